@@ -1,0 +1,4 @@
+"""`python -m core <command>`: see `python -m core --help`."""
+from .cli.main import main
+
+raise SystemExit(main())
