@@ -34,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a resume file exists")
     p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this many minutes")
     p.set_defaults(func=train_fewshot_cmd)
+    register_more(sub)
 
 
 def _data_dir(arg):
@@ -71,4 +72,106 @@ def train_fewshot_cmd(args) -> int:
     summary = train_fewshot(cfg, sets["train"], sets["val"], info, resume=not args.no_resume,
                             should_stop=lambda: time.time() > deadline)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def register_more(sub) -> None:
+    p = sub.add_parser("evaluate-fewshot", help="score a PANet++ checkpoint on fixed, seeded episodes")
+    p.add_argument("--checkpoint", default=None, help="PANet++ checkpoint (default: the shipped one)")
+    p.add_argument("--data", default=None, help="data folder in any supported layout (default: $BUSI_DIR)")
+    p.add_argument("--split", default=None, help="split JSON for BUSI (default: the committed split); "
+                                                  "data without one is used whole")
+    p.add_argument("--no-split", action="store_true", help="ignore any split: use every image of --data")
+    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--episodes", type=int, default=300)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--support-pool", choices=["test", "train"], default="test",
+                   help="test: supports from the held-out cohort (never the query's duplicate group); "
+                        "train: supports from the training split")
+    p.add_argument("--normal-queries", type=int, default=1000,
+                   help="also score up to N lesion-free queries (false-positive rate)")
+    p.add_argument("--mismatched", action="store_true", help="support masks moved off the lesion (control)")
+    p.add_argument("--out", default=None, help="JSON with every episode (default: print the summary only)")
+    p.add_argument("--figure", default=None, help="PNG of example episodes with heatmaps")
+    p.set_defaults(func=evaluate_fewshot_cmd)
+
+    p = sub.add_parser("segment", help="segment a query image from 1-5 annotated support images")
+    p.add_argument("--checkpoint", default=None, help="PANet++ checkpoint (default: the shipped one)")
+    p.add_argument("--support", nargs=2, action="append", metavar=("IMG", "MASK"), required=True,
+                   help="a support image and its lesion mask (repeat 1-5 times)")
+    p.add_argument("--query", required=True)
+    p.add_argument("--out", required=True, help="output mask PNG (query's original size)")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--heatmap", default=None, help="PNG of the foreground/background cosine maps")
+    p.add_argument("--overlay", default=None, help="PNG of the prediction drawn on the query")
+    p.set_defaults(func=segment_cmd)
+
+
+def default_checkpoint() -> Path:
+    return Path(__file__).resolve().parents[2] / "checkpoints" / "panet_lite0"
+
+
+def evaluation_sets(data_arg, split_arg, no_split: bool, size: int, pool: str):
+    """(query_set, support_set or None) for BUSI with its split, or a whole folder."""
+    from ..data.sets import folder_set, split_sets
+    from ..data.split import DEFAULT_SPLIT_FILE
+
+    data = _data_dir(data_arg)
+    split_file = Path(split_arg) if split_arg else DEFAULT_SPLIT_FILE
+    if not no_split and split_file.exists():
+        try:
+            parts = ("test", "train") if pool == "train" else ("test",)
+            sets = split_sets(data, parts, size, split_file)
+            return sets["test"], sets.get("train"), f"{data} (test split of {split_file.name})"
+        except Exception as exc:  # not BUSI: fall back to the whole folder
+            from ..data.io import DataError
+            if not isinstance(exc, DataError):
+                raise
+    if pool == "train":
+        raise ValueError("--support-pool train needs BUSI with its split file")
+    return folder_set(data, size), None, f"{data} (all images, no split)"
+
+
+def evaluate_fewshot_cmd(args) -> int:
+    from ..evaluation.fewshot import figure_examples, make_episodes, panet_predictor, run_episodes, summarize
+    from ..inference import load_panet
+
+    model, meta = load_panet(args.checkpoint or default_checkpoint())
+    qset, sset, desc = evaluation_sets(args.data, args.split, args.no_split, model.config.image_size, args.support_pool)
+    eps = make_episodes(qset, sset, args.shots, args.episodes, args.seed, args.normal_queries)
+    res = run_episodes(panet_predictor(model), qset, sset or qset, eps, mismatched=args.mismatched,
+                       seed=args.seed, progress=True)
+    summary = summarize(res)
+    summary.update(data=desc, shots=args.shots, seed=args.seed, support_pool=args.support_pool,
+                   mismatched=args.mismatched, checkpoint=str(args.checkpoint or default_checkpoint()))
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        from dataclasses import asdict
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"summary": summary, "episodes": [asdict(r) for r in res]}, indent=1))
+    if args.figure:
+        figure_examples(model, qset, sset or qset, res, eps, args.figure)
+    return 0
+
+
+def segment_cmd(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from ..inference import FewShotSegmenter, as_image
+    from ..visual import heatmap_panel, overlay
+
+    seg = FewShotSegmenter(args.checkpoint or default_checkpoint())
+    res = seg.predict(args.query, [tuple(s) for s in args.support], threshold=args.threshold)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(res.mask.astype(np.uint8) * 255).save(args.out)
+    print(f"mask written: {args.out} ({res.mask.shape[1]}x{res.mask.shape[0]}, "
+          f"{res.mask.mean() * 100:.1f}% lesion)")
+    query = as_image(args.query)
+    if args.overlay:
+        Image.fromarray(overlay(query, res.mask)).save(args.overlay)
+        print(f"overlay written: {args.overlay}")
+    if args.heatmap:
+        heatmap_panel(query, res.heatmaps, args.heatmap)
+        print(f"heatmaps written: {args.heatmap}")
     return 0

@@ -1,5 +1,228 @@
-"""Supervised pipeline commands (added with the supervised pipeline)."""
+"""Supervised pipeline commands: train-seg, train-cls, evaluate-supervised, predict."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.io import IMAGE_SUFFIXES, DataError
+
+
+def _common(p, save_default: str, img_default: int) -> None:
+    p.add_argument("--data", default=None, help="BUSI/Kaggle-layout root (uses the committed leak-free split)")
+    p.add_argument("--images-dir", default=None, help="images folder (flat or <class>/ subfolders)")
+    p.add_argument("--masks-dir", default=None, help="masks folder matching --images-dir")
+    p.add_argument("--split", default=None, help="split JSON for --data (default: the committed BUSI split)")
+    p.add_argument("--val-split", type=float, default=0.15,
+                   help="validation share for data without a split file (split by duplicate group)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--img-size", type=int, default=img_default)
+    p.add_argument("--patience", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+    p.add_argument("--save-path", default=save_default, help="checkpoint path without extension")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N images of each part (smoke runs)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--weights", default="imagenet", choices=["imagenet", "imagenet-download", "random"])
 
 
 def register(sub) -> None:
-    return None
+    p = sub.add_parser("train-seg", help="train the supervised segmenter (smp DeepLabV3+ by default)")
+    _common(p, "runs/segmenter", 256)
+    p.add_argument("--arch", default="deeplabv3plus", help="smp architecture: deeplabv3plus, unet, unetplusplus, fpn, ...")
+    p.add_argument("--encoder", default="tf_efficientnet_lite0",
+                   help="registry backbone, or mit_b2 (random init offline)")
+    p.set_defaults(func=train_seg_cmd)
+
+    p = sub.add_parser("train-cls", help="train the 4-channel (image + mask) lesion classifier")
+    _common(p, "runs/classifier", 224)
+    p.add_argument("--backbone", default="tf_efficientnet_lite0",
+                   help="tf_efficientnet_lite0/lite2, mobilenetv2 (offline ImageNet), resnet50, convnext_base (random offline)")
+    p.add_argument("--mask-source", choices=["gt", "predicted"], default="gt")
+    p.add_argument("--seg-model", default=None, help="segmenter checkpoint for --mask-source predicted")
+    p.set_defaults(func=train_cls_cmd)
+
+    p = sub.add_parser("evaluate-supervised", help="test-split metrics of a segmenter and/or classifier")
+    p.add_argument("--data", default=None)
+    p.add_argument("--split", default=None)
+    p.add_argument("--seg-model", default=None)
+    p.add_argument("--cls-model", default=None)
+    p.add_argument("--out", default=None, help="JSON file for the metrics (and a confusion-matrix PNG beside it)")
+    p.set_defaults(func=evaluate_supervised_cmd)
+
+    p = sub.add_parser("predict", help="segment an image (or a folder) and classify the lesion")
+    p.add_argument("--image", required=True, help="an image file or a folder of images")
+    p.add_argument("--seg_model", "--seg-model", dest="seg_model", required=True)
+    p.add_argument("--cls_model", "--cls-model", dest="cls_model", required=True)
+    p.add_argument("--save_mask", "--save-mask", dest="save_mask", default=None,
+                   help="mask PNG (for a folder: an output folder; default <folder>/predictions)")
+    p.add_argument("--csv", default=None, help="for a folder: results CSV (default <out>/predictions.csv)")
+    p.set_defaults(func=predict_cmd)
+
+
+def load_parts(args, size: int):
+    """(train, val, test-or-None, info) ImageSets from --data (+split) or --images-dir/--masks-dir."""
+    from ..data.dataset import ImageSet, load_image_set
+    from ..data.discover import discover
+    from ..data.sets import default_data_dir, split_sets
+    from ..data.split import DEFAULT_SPLIT_FILE, load_split, split_hash
+
+    if args.images_dir:
+        if not args.masks_dir:
+            raise DataError("--images-dir needs --masks-dir")
+        import shutil
+        import tempfile
+        # present the two folders as one root with images/ and masks/ (symlinks, nothing copied)
+        root = Path(tempfile.mkdtemp(prefix="panet_data_"))
+        (root / "images").symlink_to(Path(args.images_dir).resolve())
+        (root / "masks").symlink_to(Path(args.masks_dir).resolve())
+        try:
+            samples = discover(root).samples
+            parts = _group_split(samples, args.val_split, args.seed, size)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        info = {"images_dir": args.images_dir, "masks_dir": args.masks_dir, "val_split": args.val_split}
+        train, val, test = parts
+    else:
+        data = Path(args.data) if args.data else default_data_dir()
+        if data is None:
+            raise DataError("no data: pass --data DIR (BUSI layout) or --images-dir/--masks-dir, or set BUSI_DIR")
+        split_file = args.split or DEFAULT_SPLIT_FILE
+        sets = split_sets(data, ("train", "val", "test"), size, split_file)
+        train, val, test = sets["train"], sets["val"], sets["test"]
+        info = {"data_dir": str(data), "split_file": str(split_file), "split_hash": split_hash(load_split(split_file))}
+    if getattr(args, "limit", 0):
+        n = args.limit
+        cut = lambda s: ImageSet(s.samples[:n], s.images[:n], s.masks[:n], s.groups[:n]) if s is not None else None
+        train, val, test = cut(train), cut(val), cut(test)
+    info.update(n_train=len(train), n_val=len(val))
+    return train, val, test, info
+
+
+def _group_split(samples, val_share: float, seed: int, size: int):
+    from ..data.dataset import load_image_set
+    from ..data.dedup import group_near_duplicates, image_signatures
+    from ..data.split import split_groups
+
+    thumbs, embs = image_signatures(samples)
+    groups = group_near_duplicates(thumbs, embs).groups
+    parts = split_groups(samples, groups, seed, (1 - val_share, val_share, 0.0))
+    gmap = {s.rel_path: g for s, g in zip(samples, groups)}
+    pick = lambda names: [s for s in samples if s.rel_path in set(names)]
+    return load_image_set(pick(parts["train"]), size, gmap), load_image_set(pick(parts["val"]), size, gmap), None
+
+
+def _threads(args):
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+
+
+def train_seg_cmd(args) -> int:
+    from ..models.supervised import SegmenterConfig
+    from ..training.supervised import SupervisedTrainConfig, train_segmenter
+
+    _threads(args)
+    train, val, _, info = load_parts(args, args.img_size)
+    cfg = SupervisedTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
+                                seed=args.seed, device=args.device, save_path=args.save_path)
+    mcfg = SegmenterConfig(arch=args.arch, encoder=args.encoder, image_size=args.img_size, weights=args.weights)
+    print(json.dumps(train_segmenter(mcfg, cfg, train, val, info), indent=2))
+    return 0
+
+
+def _masks_for(parts, seg_path, device):
+    from ..inference import load_segmenter
+    from ..training.supervised import predict_masks
+    from ..data.dataset import resize_mask
+
+    seg = load_segmenter(seg_path, device)
+    out = []
+    for data in parts:
+        pred = predict_masks(seg, _resized(data, seg.config.image_size), device)
+        out.append(np.stack([resize_mask(p, data.images.shape[1]) for p in pred]))
+    return out
+
+
+def _resized(data, size):
+    from ..data.dataset import ImageSet, resize_image, resize_mask
+
+    if data.images.shape[1] == size:
+        return data
+    return ImageSet(data.samples, np.stack([resize_image(i, size) for i in data.images]),
+                    np.stack([resize_mask(m, size) for m in data.masks]), data.groups)
+
+
+def train_cls_cmd(args) -> int:
+    from ..device import pick_device
+    from ..models.supervised import ClassifierConfig
+    from ..training.supervised import SupervisedTrainConfig, train_classifier
+
+    _threads(args)
+    train, val, _, info = load_parts(args, args.img_size)
+    if args.mask_source == "predicted":
+        if not args.seg_model:
+            raise ValueError("--mask-source predicted needs --seg-model")
+        train_masks, val_masks = _masks_for([train, val], args.seg_model, pick_device(args.device))
+    else:
+        train_masks, val_masks = train.masks, val.masks
+    info["mask_source"] = args.mask_source
+    cfg = SupervisedTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
+                                seed=args.seed, device=args.device, save_path=args.save_path)
+    mcfg = ClassifierConfig(backbone=args.backbone, image_size=args.img_size, weights=args.weights)
+    print(json.dumps(train_classifier(mcfg, cfg, train, val, train_masks, val_masks, info), indent=2))
+    return 0
+
+
+def evaluate_supervised_cmd(args) -> int:
+    from ..evaluation.supervised import evaluate_supervised
+
+    result = evaluate_supervised(args.data, args.split, args.seg_model, args.cls_model, args.out)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def predict_cmd(args) -> int:
+    from ..inference import SupervisedPipeline
+
+    pipe = SupervisedPipeline(args.seg_model, args.cls_model)
+    src = Path(args.image)
+    if not src.exists():
+        raise DataError(f"{src}: not found")
+    if src.is_file():
+        res = pipe.predict_file(src)
+        print(f"Predicted class: {res.label} ({res.confidence:.2f} confidence)")
+        print("Probabilities: " + ", ".join(f"{k} {v:.3f}" for k, v in res.probabilities.items()))
+        print(f"Lesion area: {res.lesion_fraction * 100:.1f}% of the image")
+        if args.save_mask:
+            res.save_mask(args.save_mask)
+            print(f"Mask written: {args.save_mask}")
+        return 0
+    out_dir = Path(args.save_mask) if args.save_mask else src / "predictions"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = Path(args.csv) if args.csv else out_dir / "predictions.csv"
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and "_mask" not in p.stem)
+    if not files:
+        raise DataError(f"{src}: no images found")
+    n_err = 0
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "class", "confidence", "lesion_area_px", "lesion_area_fraction", "error"])
+        for f in files:
+            try:
+                res = pipe.predict_file(f)
+            except DataError as exc:
+                n_err += 1
+                w.writerow([f.name, "", "", "", "", str(exc)])
+                print(f"{f.name}: error: {exc}")
+                continue
+            res.save_mask(out_dir / f"{f.stem}_mask.png")
+            w.writerow([f.name, res.label, f"{res.confidence:.4f}", int(res.mask.sum()),
+                        f"{res.lesion_fraction:.5f}", ""])
+            print(f"{f.name}: {res.label} ({res.confidence:.2f} confidence)")
+    print(f"{len(files) - n_err} images processed, {n_err} errors; CSV: {csv_path}; masks in {out_dir}")
+    return 0

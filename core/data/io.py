@@ -93,12 +93,13 @@ def array_to_rgb_uint8(arr: np.ndarray, name: str = "image") -> np.ndarray:
 def mask_from_array(arr: np.ndarray, name: str = "mask") -> np.ndarray:
     """Binary lesion mask from any array: 0/1, 0/255, anti-aliased edges, RGB or RGBA.
 
-    RGBA masks whose colour channels are empty use the alpha channel (a drawn layer);
-    otherwise the brightest channel is thresholded at half its range.
+    RGBA masks whose colour channels are empty but whose alpha varies use the alpha channel (a
+    drawn layer); otherwise the brightest channel is thresholded at half its range.
     """
     arr = np.asarray(arr)
     if arr.ndim == 3:
-        if arr.shape[2] == 4 and arr[:, :, :3].max(initial=0) == 0:
+        if (arr.shape[2] == 4 and arr[:, :, :3].max(initial=0) == 0
+                and arr.size and np.ptp(arr[:, :, 3]) > 0):
             arr = arr[:, :, 3]
         else:
             arr = arr[:, :, : min(3, arr.shape[2])].max(axis=2)

@@ -156,7 +156,7 @@ class PANetPlusPlus(nn.Module):
     def alignment_loss(self, query_feats, query_logits, support_images, support_masks, loss_fn) -> torch.Tensor:
         """PAR: prototypes from the query's own prediction must segment the supports back."""
         q_mask = (torch.sigmoid(query_logits[:, 0]) > 0.5).float()
-        if q_mask.sum() < 1:
+        if q_mask.sum() < 1 or (1 - q_mask).sum() < 1:  # no foreground or no background prototype
             return query_logits.sum() * 0
         protos = Prototypes({}, {}, {}, {})
         for lvl in PROTO_LEVELS:

@@ -32,7 +32,8 @@ def read_csv(path: str | Path) -> list[dict]:
 
 
 def plot_curves(step_csv: str | Path, epoch_csv: str | Path, out_png: str | Path, title: str,
-                step_key: str = "episode", smooth: int = 50) -> Path:
+                step_key: str = "episode", smooth: int = 50, metric_name: str = "Dice",
+                val_name: str = "validation Dice") -> Path:
     """Training loss/Dice per step (moving average) and validation Dice per epoch, in one figure."""
     import matplotlib
     matplotlib.use("Agg")
@@ -53,9 +54,9 @@ def plot_curves(step_csv: str | Path, epoch_csv: str | Path, out_png: str | Path
                 ax.plot(x[smooth - 1:], yy, color="C0", label=f"moving mean ({smooth})")
     if epochs:
         ex = [float(r[f"last_{step_key}"]) for r in epochs]
-        axes[1].plot(ex, [float(r["val_dice"]) for r in epochs], "o-", color="C3", label="validation Dice")
+        axes[1].plot(ex, [float(r["val_dice"]) for r in epochs], "o-", color="C3", label=val_name)
     axes[0].set(xlabel=step_key, ylabel="loss", title="training loss")
-    axes[1].set(xlabel=step_key, ylabel="Dice", title="Dice", ylim=(0, 1))
+    axes[1].set(xlabel=step_key, ylabel=metric_name, title=f"{metric_name} / {val_name}")
     for ax in axes:
         ax.legend(loc="best", fontsize=8)
         ax.grid(alpha=0.3)

@@ -1,0 +1,76 @@
+"""Baselines scored on the same episodes as PANet++ (see core.evaluation.fewshot.Predictor).
+
+(a) the original PANet: the same (trained) encoder, no decoder, prediction = fg cosine > bg cosine;
+(b) what a user would otherwise do: an smp U-Net with the same ImageNet encoder fine-tuned on just
+    the k supports for a fixed budget of steps, then applied to the query;
+(c) the supervised segmenter trained on the whole training split (ignores the supports).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+
+from ..backbones.registry import load_imagenet, spec
+from ..data.dataset import AugmentConfig, augment
+from ..losses import bce_dice_loss
+
+
+def original_panet(model):
+    """A copy of a trained PANet++ without its decoder (PANet's parameter-free segmentation)."""
+    bare = copy.deepcopy(model)
+    bare.decoder = None
+    bare.config.decoder = False
+    return bare.eval()
+
+
+def finetuned_unet_predictor(backbone: str = "tf_efficientnet_lite0", steps: int = 40, lr: float = 1e-3,
+                             seed: int = 0):
+    """Fine-tune a fresh ImageNet-initialised U-Net on the supports of each episode."""
+    s = spec(backbone)
+    base = smp.create_model("unet", encoder_name="tu-" + s.timm_name, encoder_weights=None, classes=1)
+    load_imagenet(base.encoder.model, backbone)
+    init = copy.deepcopy(base.state_dict())
+    mean = torch.tensor(s.mean).view(1, 3, 1, 1)
+    std = torch.tensor(s.std).view(1, 3, 1, 1)
+    rng = np.random.default_rng(seed)
+
+    def predict(s_img, s_msk, q_img):
+        base.load_state_dict(init)
+        base.train()
+        opt = torch.optim.Adam(base.parameters(), lr=lr)
+        imgs = (s_img.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        msks = s_msk.numpy() > 0.5
+        for _ in range(steps):
+            batch = [augment(i, m, rng, AugmentConfig()) for i, m in zip(imgs, msks)]
+            if len(batch) == 1:  # BatchNorm needs 2 samples: add a second augmented view
+                batch.append(augment(imgs[0], msks[0], rng, AugmentConfig()))
+            x = torch.stack([torch.from_numpy(b[0].copy()).permute(2, 0, 1).float() / 255 for b in batch])
+            y = torch.stack([torch.from_numpy(b[1].copy()).float() for b in batch])
+            loss = bce_dice_loss(base((x - mean) / std)[:, 0], y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        base.eval()
+        with torch.no_grad():
+            return (base((q_img - mean) / std)[0, 0] > 0).numpy()
+
+    return predict
+
+
+def supervised_predictor(segmenter):
+    segmenter.eval()
+
+    @torch.no_grad()
+    def predict(s_img, s_msk, q_img):
+        size = segmenter.config.image_size
+        x = q_img
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        logits = segmenter(x)
+        logits = torch.nn.functional.interpolate(logits, size=q_img.shape[-2:], mode="bilinear", align_corners=False)
+        return (logits[0, 0] > 0).numpy()
+
+    return predict

@@ -1,0 +1,109 @@
+"""Test-split metrics of the supervised segmenter and the lesion classifier."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.dataset import ImageSet
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], n_bins: int = 10) -> dict:
+    """Accuracy, macro-F1, one-vs-rest AUC per class, confusion matrix and expected calibration error."""
+    pred = probs.argmax(1)
+    k = len(classes)
+    cm = np.zeros((k, k), dtype=int)
+    for t, p in zip(labels, pred):
+        cm[t, p] += 1
+    f1s = []
+    for c in range(k):
+        tp = cm[c, c]
+        prec = tp / cm[:, c].sum() if cm[:, c].sum() else 0.0
+        rec = tp / cm[c].sum() if cm[c].sum() else 0.0
+        f1s.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
+    aucs = {classes[c]: _auc(probs[:, c], labels == c) for c in range(k)}
+    conf = probs.max(1)
+    correct = pred == labels
+    edges = np.linspace(0, 1, n_bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    valid = [a for a in aucs.values() if not np.isnan(a)]
+    return {"accuracy": float(correct.mean()), "macro_f1": float(np.mean(f1s)),
+            "auc": aucs, "macro_auc": float(np.mean(valid)) if valid else float("nan"),
+            "confusion_matrix": cm.tolist(), "classes": list(classes), "ece": float(ece), "n": int(len(labels))}
+
+
+def _auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula, ties counted half."""
+    pos, neg = score[positive], score[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def plot_confusion(cm, classes, out_png, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def evaluate_supervised(data, split, seg_path, cls_path, out=None) -> dict:
+    from ..cli.fewshot_cmds import _data_dir
+    from ..data.dataset import resize_image, resize_mask
+    from ..data.sets import split_sets
+    from ..data.split import DEFAULT_SPLIT_FILE
+    from ..inference import load_classifier, load_segmenter
+    from ..models.supervised import CLASSES
+    from ..training.supervised import class_index, classifier_logits, predict_masks, segmentation_scores
+
+    data_dir = _data_dir(data)
+    split_file = split or DEFAULT_SPLIT_FILE
+    result: dict = {"data": str(data_dir), "split": str(split_file)}
+    seg = load_segmenter(seg_path) if seg_path else None
+    size = seg.config.image_size if seg else 256
+    test = split_sets(data_dir, ("test",), size, split_file)["test"]
+    pred_masks = None
+    if seg:
+        pred_masks = predict_masks(seg, test, "cpu")
+        result["segmenter"] = segmentation_scores(pred_masks, test)
+    if cls_path:
+        clf = load_classifier(cls_path)
+        labels = class_index(test)
+        csize = clf.config.image_size
+        small = ImageSet(test.samples, np.stack([resize_image(i, csize) for i in test.images]),
+                         np.stack([resize_mask(m, csize) for m in test.masks]), test.groups)
+        sources = {"gt": small.masks}
+        if pred_masks is not None:
+            sources["predicted"] = np.stack([resize_mask(m, csize) for m in pred_masks])
+        result["classifier"] = {}
+        for name, masks in sources.items():
+            logits = classifier_logits(clf, small, masks, "cpu") / clf.config.temperature
+            probs = torch.softmax(logits, 1).numpy()
+            m = classification_metrics(probs, labels, CLASSES)
+            result["classifier"][f"{name}_masks"] = m
+            if out:
+                plot_confusion(m["confusion_matrix"], CLASSES, Path(out).with_name(Path(out).stem + f"_confusion_{name}.png"),
+                               f"test, {name} masks: acc {m['accuracy']:.2f}")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,217 @@
+"""Inference: load a checkpoint once, then segment queries from supports (few-shot) or classify.
+
+Inputs are arrays of any size and mode (or paths); outputs come back at the query's original size.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import checkpoint
+from .data.dataset import resize_image, resize_mask, to_tensor
+from .data.io import DataError, check_mask_matches, mask_from_array, read_image, read_mask, to_rgb_uint8
+from .models.panet import PANetConfig, PANetPlusPlus, Prototypes, PROTO_LEVELS
+from .models.prototypes import EmptySupportMask, cosine_similarity_map
+from .models.supervised import ClassifierConfig, LesionClassifier, Segmenter, SegmenterConfig
+
+MAX_SHOTS = 5
+
+
+def _known_fields(cls, d: dict) -> dict:
+    names = set(cls.__dataclass_fields__)
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+
+
+def _load_state(model: torch.nn.Module, path, meta) -> None:
+    try:
+        model.load_state_dict(checkpoint.load_weights(path))
+    except RuntimeError as exc:
+        raise checkpoint.CheckpointError(f"{path}: weights do not fit the model in its config ({str(exc)[:200]})") from exc
+
+
+def load_panet(path: str | Path, device: str | torch.device = "cpu") -> tuple[PANetPlusPlus, dict]:
+    meta = checkpoint.load_meta(path)
+    checkpoint.expect_kind(meta, "panet", path)
+    cfg = PANetConfig(**_known_fields(PANetConfig, meta["model"]))
+    loaded = cfg.weights_loaded
+    cfg.weights = "random"  # the checkpoint has all the weights: skip loading ImageNet first
+    model = PANetPlusPlus(cfg)
+    cfg.weights_loaded = loaded
+    _load_state(model, path, meta)
+    return model.to(device).eval(), meta
+
+
+def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:
+    meta = checkpoint.load_meta(path)
+    checkpoint.expect_kind(meta, "segmenter", path)
+    cfg = SegmenterConfig(**_known_fields(SegmenterConfig, meta["model"]))
+    cfg.weights = "random"
+    model = Segmenter(cfg)
+    _load_state(model, path, meta)
+    return model.to(device).eval()
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LesionClassifier:
+    meta = checkpoint.load_meta(path)
+    checkpoint.expect_kind(meta, "classifier", path)
+    cfg = ClassifierConfig(**_known_fields(ClassifierConfig, meta["model"]))
+    cfg.weights = "random"
+    model = LesionClassifier(cfg)
+    _load_state(model, path, meta)
+    return model.to(device).eval()
+
+
+def as_image(x, name: str = "image") -> np.ndarray:
+    """Path, PIL image or array (any mode) -> uint8 RGB array."""
+    if isinstance(x, (str, Path)):
+        return read_image(x)
+    if x is None:
+        raise DataError(f"{name}: no image given")
+    return to_rgb_uint8(x, name)
+
+
+def as_mask(x, name: str = "mask") -> np.ndarray:
+    if isinstance(x, (str, Path)):
+        return read_mask(x)
+    if x is None:
+        raise DataError(f"{name}: no mask given")
+    if isinstance(x, Image.Image):
+        x = np.asarray(x.convert("RGBA") if x.mode == "P" else x)
+    return mask_from_array(np.asarray(x), name)
+
+
+@dataclass
+class FewShotResult:
+    probability: np.ndarray            # (H, W) float32 in [0, 1], query's original size
+    mask: np.ndarray                   # (H, W) bool
+    heatmaps: dict = field(default_factory=dict)  # name -> (H, W) cosine similarity in [-1, 1]
+    threshold: float = 0.5
+
+
+class FewShotSegmenter:
+    """Load a PANet++ checkpoint once; prototypes are cached until the supports change."""
+
+    def __init__(self, checkpoint_path: str | Path, device: str = "cpu"):
+        self.model, self.meta = load_panet(checkpoint_path, device)
+        self.device = torch.device(device)
+        self.size = self.model.config.image_size
+        self._cache_key: str | None = None
+        self._protos: Prototypes | None = None
+
+    def _prepare_supports(self, supports) -> tuple[torch.Tensor, torch.Tensor, str]:
+        if not supports:
+            raise DataError("no support images: add at least one support image with its lesion mask")
+        if len(supports) > MAX_SHOTS:
+            raise DataError(f"at most {MAX_SHOTS} supports, got {len(supports)}")
+        imgs, msks, h = [], [], hashlib.sha1()
+        for i, (image, mask) in enumerate(supports, 1):
+            img = as_image(image, f"support {i} image")
+            m = as_mask(mask, f"support {i} mask")
+            check_mask_matches(img, m, f"support {i} mask")
+            if not m.any():
+                raise DataError(f"support {i}: the mask is empty: mark the lesion on every support")
+            small_img, small_m = resize_image(img, self.size), resize_mask(m, self.size)
+            if not small_m.any():  # a lesion smaller than a pixel at the working size: keep it
+                small_m = cv2.resize(m.astype(np.float32), (self.size, self.size), interpolation=cv2.INTER_AREA) > 0
+            h.update(small_img.tobytes())
+            h.update(np.packbits(small_m).tobytes())
+            imgs.append(to_tensor(small_img))
+            msks.append(torch.from_numpy(small_m).float())
+        return torch.stack(imgs).to(self.device), torch.stack(msks).to(self.device), h.hexdigest()
+
+    @torch.no_grad()
+    def set_supports(self, supports) -> Prototypes:
+        """supports: list of (image, mask) pairs (arrays, PIL images or paths). Cached by content."""
+        imgs, msks, key = self._prepare_supports(supports)
+        if key != self._cache_key:
+            try:
+                self._protos = self.model.prototypes(imgs, msks)
+            except EmptySupportMask as exc:
+                raise DataError(str(exc)) from exc
+            self._cache_key = key
+        return self._protos
+
+    @torch.no_grad()
+    def predict(self, query, supports=None, threshold: float = 0.5, heatmaps: bool = True) -> FewShotResult:
+        if supports is not None:
+            self.set_supports(supports)
+        if self._protos is None:
+            raise DataError("no supports set: add at least one support image with its lesion mask")
+        img = as_image(query, "query image")
+        h, w = img.shape[:2]
+        x = to_tensor(resize_image(img, self.size))[None].to(self.device)
+        logits, sims, feats = self.model.segment(x, self._protos)
+        prob = torch.sigmoid(F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False))[0, 0]
+        prob = prob.cpu().numpy().astype(np.float32)
+        maps = self._heatmaps(feats, sims, (h, w)) if heatmaps else {}
+        return FewShotResult(prob, prob > threshold, maps, threshold)
+
+    def _heatmaps(self, feats, sims, size) -> dict:
+        """Cosine maps (tau removed, so values are in [-1, 1]) at the finest prototype level."""
+        level = min(PROTO_LEVELS)
+        tau = self.model.tau
+        up = lambda t: F.interpolate(t[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+        out = {"foreground": up(sims[level][0, 0] / tau), "background": up(sims[level][0, 1] / tau)}
+        for k in range(self._protos.shots):
+            out[f"support {k + 1} foreground"] = up(cosine_similarity_map(feats[level], self._protos.per_shot_fg[level][k], 1.0)[0])
+            out[f"support {k + 1} background"] = up(cosine_similarity_map(feats[level], self._protos.per_shot_bg[level][k], 1.0)[0])
+        return out
+
+
+@dataclass
+class ClassResult:
+    label: str
+    confidence: float
+    probabilities: dict
+    mask: np.ndarray
+    lesion_fraction: float
+
+    def save_mask(self, path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(self.mask.astype(np.uint8) * 255).save(path)
+
+
+class SupervisedPipeline:
+    """Segmenter -> 4-channel classifier, both loaded once."""
+
+    def __init__(self, seg_path: str | Path | None, cls_path: str | Path | None, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.segmenter = load_segmenter(seg_path, device) if seg_path else None
+        self.classifier = load_classifier(cls_path, device) if cls_path else None
+
+    @torch.no_grad()
+    def segment(self, image) -> np.ndarray:
+        if self.segmenter is None:
+            raise DataError("no segmenter checkpoint loaded")
+        img = as_image(image)
+        size = self.segmenter.config.image_size
+        logits = self.segmenter(to_tensor(resize_image(img, size))[None].to(self.device))
+        logits = F.interpolate(logits, size=img.shape[:2], mode="bilinear", align_corners=False)
+        return (logits[0, 0] > 0).cpu().numpy()
+
+    @torch.no_grad()
+    def classify(self, image, mask) -> ClassResult:
+        if self.classifier is None:
+            raise DataError("no classifier checkpoint loaded")
+        img = as_image(image)
+        m = as_mask(mask)
+        check_mask_matches(img, m)
+        size = self.classifier.config.image_size
+        x = to_tensor(resize_image(img, size))[None].to(self.device)
+        mt = torch.from_numpy(resize_mask(m, size)).float()[None, None].to(self.device)
+        logits = self.classifier(x, mt)[0] / self.classifier.config.temperature
+        p = torch.softmax(logits, 0).cpu().numpy()
+        classes = list(self.classifier.config.classes)
+        k = int(p.argmax())
+        return ClassResult(classes[k], float(p[k]), {c: float(v) for c, v in zip(classes, p)}, m, float(m.mean()))
+
+    def predict_file(self, path) -> ClassResult:
+        img = as_image(path)
+        return self.classify(img, self.segment(img))

@@ -1,0 +1,108 @@
+"""Supervised models: an smp segmenter and a 4-channel (RGB + lesion mask) timm classifier."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from timm.models import adapt_input_conv
+from torch import nn
+
+from ..backbones.registry import BACKBONES, load_imagenet, spec
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("benign", "malignant", "normal")
+SMP_ONLY_ENCODERS = {"mit_b2": "smp's MiT-B2 (SegFormer) encoder: random init offline; "
+                               "ImageNet weights need a network (--weights imagenet-download)"}
+
+
+@dataclass
+class SegmenterConfig:
+    arch: str = "deeplabv3plus"
+    encoder: str = "tf_efficientnet_lite0"
+    image_size: int = 256
+    weights: str = "imagenet"
+    weights_loaded: str = ""
+
+
+@dataclass
+class ClassifierConfig:
+    backbone: str = "tf_efficientnet_lite0"
+    image_size: int = 224
+    classes: tuple[str, ...] = CLASSES
+    weights: str = "imagenet"
+    weights_loaded: str = ""
+    temperature: float = 1.0     # set by temperature scaling on the validation split
+    extra: dict = field(default_factory=dict)
+
+
+class Segmenter(nn.Module):
+    """smp model (DeepLabV3+ by default) on a registry encoder; input RGB [0, 1], output logits."""
+
+    def __init__(self, config: SegmenterConfig):
+        super().__init__()
+        self.config = config
+        if config.encoder in SMP_ONLY_ENCODERS:
+            self.model = smp.create_model(config.arch, encoder_name=config.encoder,
+                                          encoder_weights="imagenet" if config.weights == "imagenet-download" else None,
+                                          classes=1)
+            config.weights_loaded = ("ImageNet (downloaded by smp)" if config.weights == "imagenet-download"
+                                     else "random init (" + SMP_ONLY_ENCODERS[config.encoder] + ")")
+            mean, std, bgr = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False
+        else:
+            s = spec(config.encoder)
+            self.model = smp.create_model(config.arch, encoder_name="tu-" + s.timm_name,
+                                          encoder_weights=None, classes=1)
+            config.weights_loaded = load_imagenet(self.model.encoder.model, config.encoder, config.weights)
+            mean, std, bgr = s.mean, s.std, s.bgr
+        self.bgr = bgr
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        log.info("segmenter %s/%s: %s", config.arch, config.encoder, config.weights_loaded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bgr:
+            x = x.flip(1)
+            return self.model((x - self.mean.flip(1)) / self.std.flip(1))
+        return self.model((x - self.mean) / self.std)
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+
+CLASSIFIER_BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite2", "mobilenetv2", "resnet50", "convnext_base")
+
+
+class LesionClassifier(nn.Module):
+    """timm classifier with in_chans=4: RGB (backbone normalisation) + lesion mask (as -1/+1)."""
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        if config.backbone not in CLASSIFIER_BACKBONES:
+            raise ValueError(f"classifier backbone must be one of {CLASSIFIER_BACKBONES}")
+        self.config = config
+        s = BACKBONES[config.backbone]
+        n = len(config.classes)
+        rgb_model = timm.create_model(s.timm_name, pretrained=False, num_classes=n)
+        head = rgb_model.default_cfg.get("classifier", "classifier")
+        config.weights_loaded = load_imagenet(rgb_model, config.backbone, config.weights, skip_prefixes=(head,))
+        self.model = timm.create_model(s.timm_name, pretrained=False, num_classes=n, in_chans=4)
+        sd = rgb_model.state_dict()
+        stem = rgb_model.default_cfg.get("first_conv", "conv_stem") + ".weight"
+        # timm's principled way: repeat the RGB filters over the new channels and rescale by 3/in_chans
+        sd[stem] = adapt_input_conv(4, sd[stem])
+        self.model.load_state_dict(sd)
+        self.register_buffer("mean", torch.tensor(s.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(s.std).view(1, 3, 1, 1), persistent=False)
+        self.bgr = s.bgr
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """image (B, 3, H, W) in [0, 1]; mask (B, 1, H, W) in {0, 1} -> logits (B, n_classes)."""
+        x = (image - self.mean) / self.std
+        return self.model(torch.cat([x, mask * 2 - 1], 1))
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)

