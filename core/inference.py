@@ -5,6 +5,8 @@ Inputs are arrays of any size and mode (or paths); outputs come back at the quer
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from .models.prototypes import EmptySupportMask, cosine_similarity_map
 from .models.supervised import ClassifierConfig, LesionClassifier, Segmenter, SegmenterConfig
 
 MAX_SHOTS = 5
+CACHE_SIZE = 64  # prototype sets kept (a few KB each)
 
 
 def _known_fields(cls, d: dict) -> dict:
@@ -102,8 +105,11 @@ class FewShotSegmenter:
         self.model, self.meta = load_panet(checkpoint_path, device)
         self.device = torch.device(device)
         self.size = self.model.config.image_size
+        self._cache: OrderedDict[str, Prototypes] = OrderedDict()  # support-set hash -> prototypes (LRU)
+        self._lock = threading.Lock()
         self._cache_key: str | None = None
         self._protos: Prototypes | None = None
+        self.cache_hits = 0
 
     def _prepare_supports(self, supports) -> tuple[torch.Tensor, torch.Tensor, str]:
         if not supports:
@@ -130,38 +136,48 @@ class FewShotSegmenter:
     def set_supports(self, supports) -> Prototypes:
         """supports: list of (image, mask) pairs (arrays, PIL images or paths). Cached by content."""
         imgs, msks, key = self._prepare_supports(supports)
-        if key != self._cache_key:
+        with self._lock:
+            protos = self._cache.get(key)
+            if protos is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+        if protos is None:
             try:
-                self._protos = self.model.prototypes(imgs, msks)
+                protos = self.model.prototypes(imgs, msks)
             except EmptySupportMask as exc:
                 raise DataError(str(exc)) from exc
-            self._cache_key = key
-        return self._protos
+            with self._lock:
+                self._cache[key] = protos
+                while len(self._cache) > CACHE_SIZE:
+                    self._cache.popitem(last=False)
+        self._protos, self._cache_key = protos, key
+        return protos
 
     @torch.no_grad()
     def predict(self, query, supports=None, threshold: float = 0.5, heatmaps: bool = True) -> FewShotResult:
-        if supports is not None:
-            self.set_supports(supports)
-        if self._protos is None:
+        """Segment `query`. With `supports`, their prototypes are used (computed once per support set,
+        shared across callers); without, the last support set given to this object."""
+        protos = self.set_supports(supports) if supports is not None else self._protos
+        if protos is None:
             raise DataError("no supports set: add at least one support image with its lesion mask")
         img = as_image(query, "query image")
         h, w = img.shape[:2]
         x = to_tensor(resize_image(img, self.size))[None].to(self.device)
-        logits, sims, feats = self.model.segment(x, self._protos)
+        logits, sims, feats = self.model.segment(x, protos)
         prob = torch.sigmoid(F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False))[0, 0]
         prob = prob.cpu().numpy().astype(np.float32)
-        maps = self._heatmaps(feats, sims, (h, w)) if heatmaps else {}
+        maps = self._heatmaps(feats, sims, protos, (h, w)) if heatmaps else {}
         return FewShotResult(prob, prob > threshold, maps, threshold)
 
-    def _heatmaps(self, feats, sims, size) -> dict:
+    def _heatmaps(self, feats, sims, protos: Prototypes, size) -> dict:
         """Cosine maps (tau removed, so values are in [-1, 1]) at the finest prototype level."""
         level = min(PROTO_LEVELS)
         tau = self.model.tau
         up = lambda t: F.interpolate(t[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
         out = {"foreground": up(sims[level][0, 0] / tau), "background": up(sims[level][0, 1] / tau)}
-        for k in range(self._protos.shots):
-            out[f"support {k + 1} foreground"] = up(cosine_similarity_map(feats[level], self._protos.per_shot_fg[level][k], 1.0)[0])
-            out[f"support {k + 1} background"] = up(cosine_similarity_map(feats[level], self._protos.per_shot_bg[level][k], 1.0)[0])
+        for k in range(protos.shots):
+            out[f"support {k + 1} foreground"] = up(cosine_similarity_map(feats[level], protos.per_shot_fg[level][k], 1.0)[0])
+            out[f"support {k + 1} background"] = up(cosine_similarity_map(feats[level], protos.per_shot_bg[level][k], 1.0)[0])
         return out
 
 

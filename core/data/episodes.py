@@ -42,12 +42,16 @@ class EpisodeSampler:
         qgroup = self.query_set.groups[query]
         return [i for i in self.support_candidates if self.support_set.groups[i] != qgroup]
 
-    def episode(self, rng: np.random.Generator, k: int, query: int | None = None) -> Episode:
+    def episode(self, rng: np.random.Generator, k: int, query: int | None = None,
+                allow_fewer: bool = False) -> Episode:
+        """allow_fewer: take fewer than k supports when fewer are allowed (tiny user data sets)."""
         if not 1 <= k <= 5:
             raise ValueError(f"shots must be between 1 and 5, got {k}")
         if query is None:
             query = int(rng.choice(self.query_candidates))
         allowed = self._allowed_supports(query)
+        if allow_fewer and allowed:
+            k = min(k, len(allowed))
         if len(allowed) < k:
             raise ValueError(f"only {len(allowed)} supports available for query {query}, need {k}")
         support = tuple(int(i) for i in rng.choice(allowed, size=k, replace=False))

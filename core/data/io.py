@@ -28,8 +28,12 @@ def _open(path: str | Path) -> Image.Image:
         raise DataError(f"{path}: file not found")
     try:
         img = Image.open(path)
+        if max(img.size) > MAX_SIDE:  # checked on the header, before decoding any pixel
+            raise DataError(f"{path}: image too large ({img.size[0]}x{img.size[1]} px, limit {MAX_SIDE})")
         img.load()  # force decoding now so truncated files fail here
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"{path}: not a readable image ({exc})") from exc
     return img
 

@@ -62,12 +62,12 @@ def episode_tensors(data: ImageSet, support_data: ImageSet, ep: Episode, rng: np
 
 
 @torch.no_grad()
-def validate(model: PANetPlusPlus, data: ImageSet, episodes: list[Episode], device) -> float:
-    """Mean per-query Dice over fixed episodes (supports from the same pool, other duplicate groups)."""
+def validate(model: PANetPlusPlus, data: ImageSet, support_data: ImageSet, episodes: list[Episode], device) -> float:
+    """Mean per-query Dice over fixed episodes."""
     model.eval()
     scores = []
     for ep in episodes:
-        s_img, s_msk, q_img, q_msk = episode_tensors(data, data, ep, None, device)
+        s_img, s_msk, q_img, q_msk = episode_tensors(data, support_data, ep, None, device)
         logits, _, _, _ = model(s_img, s_msk, q_img)
         scores.append(dice(logits[0, 0] > 0, q_msk[0] > 0.5))
     model.train()
@@ -114,10 +114,15 @@ def train_fewshot(cfg: FewShotTrainConfig, train_set: ImageSet, val_set: ImageSe
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
 
     train_sampler = EpisodeSampler(train_set)
-    val_sampler = EpisodeSampler(val_set)
+    # validation supports come from the validation pool itself (the clinician's situation) when it
+    # has enough lesion images; a tiny validation set (web-app fine-tuning) borrows training supports
+    n_val_lesion = sum(val_set.has_lesion(i) for i in range(len(val_set)))
+    val_support_set = val_set if n_val_lesion >= 6 else train_set
+    val_sampler = EpisodeSampler(val_set, None if val_support_set is val_set else train_set)
+    max_k = min(5, len(val_sampler.support_candidates) - (1 if val_support_set is val_set else 0))
     half = max(1, cfg.val_episodes // 2)
     val_eps = (val_sampler.fixed_episodes(half, 1, cfg.seed + 1000)
-               + val_sampler.fixed_episodes(half, min(5, len(val_sampler.support_candidates) - 1), cfg.seed + 2000))
+               + val_sampler.fixed_episodes(half, max(1, max_k), cfg.seed + 2000))
 
     state = {"epoch": 0, "episode": 0, "best_dice": -1.0, "best_epoch": -1, "bad_epochs": 0, "seconds": 0.0}
     rp = _resume_path(save_path)
@@ -142,7 +147,8 @@ def train_fewshot(cfg: FewShotTrainConfig, train_set: ImageSet, val_set: ImageSe
                    disable=not progress, leave=False)
         for _ in bar:
             k = cfg.shots if cfg.shots else int(rng.choice([1, 5]))
-            ep = train_sampler.episode(rng, k)
+            ep = train_sampler.episode(rng, k, allow_fewer=True)
+            k = len(ep.support)
             s_img, s_msk, q_img, q_msk = episode_tensors(train_set, train_set, ep, rng if cfg.augment else None, device)
             logits, _, _, q_feats = model(s_img, s_msk, q_img)
             loss = bce_dice_loss(logits[:, 0], q_msk)
@@ -168,7 +174,7 @@ def train_fewshot(cfg: FewShotTrainConfig, train_set: ImageSet, val_set: ImageSe
         if cancelled:
             break
         state["epoch"] += 1
-        val_dice = validate(model, val_set, val_eps, device)
+        val_dice = validate(model, val_set, val_support_set, val_eps, device)
         state["seconds"] = time.time() - t_start
         epoch_log.write(epoch=state["epoch"], last_episode=state["episode"], train_loss=f"{np.mean(losses):.5f}",
                         train_dice=f"{np.nanmean(dices):.4f}", val_dice=f"{val_dice:.4f}",

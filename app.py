@@ -1,0 +1,41 @@
+"""PANet++ Studio: `python app.py [--data DIR] [--checkpoints DIR] [--host H] [--port P] [--share]`.
+
+Every option can also come from the environment: PANET_DATA (or BUSI_DIR), PANET_CHECKPOINTS,
+PANET_OUTPUT, PANET_HOST / GRADIO_SERVER_NAME, PANET_PORT / GRADIO_SERVER_PORT, PANET_SHARE=1.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="PANet++ Studio web app")
+    p.add_argument("--data", default=None, help="data folder for the gallery (default: $PANET_DATA or $BUSI_DIR)")
+    p.add_argument("--checkpoints", default=None, help="folder of shipped checkpoints (default: ./checkpoints)")
+    p.add_argument("--output", default=None, help="the app's output folder (default: ./outputs)")
+    p.add_argument("--host", default=os.environ.get("PANET_HOST", os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")))
+    p.add_argument("--port", type=int, default=int(os.environ.get("PANET_PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))))
+    p.add_argument("--share", action="store_true", default=os.environ.get("PANET_SHARE") == "1",
+                   help="create a public Gradio link (needs internet)")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from webapp.context import AppContext, config_from_env
+    from webapp.ui import build_app
+
+    cfg = config_from_env(data_dir=args.data, checkpoints_dir=args.checkpoints, output_dir=args.output,
+                          device=args.device)
+    ctx = AppContext(cfg)
+    demo = build_app(ctx)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size="20mb",
+                allowed_paths=[str(cfg.output_dir)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""PANet++ Studio web app: a thin Gradio layer over `core`."""

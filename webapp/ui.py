@@ -1,0 +1,270 @@
+"""The Gradio Blocks of PANet++ Studio: wiring only; the work is in webapp.handlers and core."""
+from __future__ import annotations
+
+import copy
+
+import gradio as gr
+import numpy as np
+
+from core.visual import overlay
+
+from . import finetune, handlers
+from .context import AppContext
+from .handlers import N_SLOTS, Session, UserError
+
+HEADER = """# PANet++ Studio
+Few-shot segmentation of breast tumours on ultrasound: annotate 1-5 **support** images, and the model
+outlines the tumour on a new **query** image. *Research tool: not for diagnosis.*"""
+
+HELP = """### How to use it
+1. **Supports.** In a support slot, upload an image (or pick one in the gallery and press *Put in support slot*:
+   dataset images bring their ground-truth mask). Paint the tumour with the brush (the eraser removes paint), or
+   upload a mask PNG instead (white = lesion; it must have the image's size). 1 support works; 3-5 work better.
+2. **Query.** Upload an image or pick one in the gallery (*Use as query*), then press **Segment**. The red
+   overlay is the prediction; a green contour is the ground truth when the query comes from the data folder.
+   The heatmaps show how similar each part of the query is to the lesion (foreground) and tissue (background)
+   prototypes of the supports: bright = similar.
+3. **Correct and reuse.** Fix the prediction with the brush in *Correct*, then *Add corrected query as a support*.
+4. **Classify** runs the lesion classifier on the query and its (corrected) mask.
+5. **Fine-tune** adapts the model to your images; the result is saved as a new checkpoint ("yours").
+
+The synthetic demo images are computer-generated phantoms, not patient data.
+Known editor quirks (Gradio): strokes may vanish when switching brush size; if the brush stops responding
+after a gallery pick, clear the slot or upload a mask PNG instead."""
+
+
+def _editor(label: str, height: int = 340) -> gr.ImageEditor:
+    return gr.ImageEditor(
+        label=label, type="numpy", format="png", transforms=(), sources=("upload", "clipboard"),
+        brush=gr.Brush(colors=[("#ff0000", 0.5)], color_mode="fixed", default_size=12),
+        eraser=gr.Eraser(default_size=16),
+        layers=gr.LayerOptions(allow_additional_layers=False, layers=["Lesion"]),
+        height=height, image_mode="RGBA")
+
+
+def _error(exc: Exception) -> gr.Error:
+    return gr.Error(str(exc), duration=12)
+
+
+def build_app(ctx: AppContext) -> gr.Blocks:
+    panet_choices = list(ctx.checkpoints("panet"))
+    keys = list(ctx.gallery)
+    thumbs = ctx.thumbnails()
+
+    with gr.Blocks(title="PANet++ Studio") as demo:
+        session = gr.State(Session())
+        picked = gr.State(None)
+        gr.Markdown(HEADER)
+        with gr.Row():
+            ckpt = gr.Dropdown(panet_choices, value=panet_choices[0] if panet_choices else None,
+                               label="Few-shot checkpoint", scale=3, allow_custom_value=False)
+            refresh = gr.Button("Refresh list", scale=0, min_width=120)
+        gr.Markdown(f"{ctx.data_message} Running on the **{ctx.device().upper()}**.")
+
+        with gr.Tab("Segment"):
+            with gr.Row():
+                with gr.Column(scale=3):
+                    gr.Markdown("### 1. Supports (1-5): an image and its tumour mask in each slot")
+                    editors, mask_files, clears = [], [], []
+                    with gr.Tabs():
+                        for i in range(1, N_SLOTS + 1):
+                            with gr.Tab(f"Support {i}"):
+                                editors.append(_editor(f"Support {i}: upload, then paint the tumour"))
+                                with gr.Row():
+                                    mask_files.append(gr.File(label=f"...or upload a mask PNG for support {i}",
+                                                              file_types=["image"], height=90))
+                                    clears.append(gr.Button(f"Clear slot {i}", size="sm", scale=0, min_width=110))
+                    support_thumbs = gr.Gallery(label="Supports used in the last segmentation", columns=5,
+                                                height=150, allow_preview=False)
+                with gr.Column(scale=2):
+                    gallery = gr.Gallery(value=thumbs, label="Gallery: synthetic demo phantoms, then the data folder",
+                                         columns=4, height=360, allow_preview=False)
+                    picked_text = gr.Markdown("Click an image in the gallery to select it.")
+                    with gr.Row():
+                        slot_choice = gr.Dropdown(list(range(1, N_SLOTS + 1)), value=1, label="Slot", scale=0,
+                                                  min_width=80)
+                        to_slot = gr.Button("Put in support slot")
+                        to_query = gr.Button("Use as query")
+            gr.Markdown("### 2. Query")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    query = gr.Image(label="Query image", type="filepath", sources=["upload", "clipboard"],
+                                     image_mode=None, format="png", height=320)
+                    threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold")
+                    opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Overlay opacity")
+                    seg_btn = gr.Button("Segment", variant="primary")
+                with gr.Column(scale=1):
+                    overlay_out = gr.Image(label="Prediction overlay (red; green: ground truth)", type="numpy",
+                                           format="png", interactive=False, height=320, elem_id="overlay")
+                    report = gr.Markdown()
+            with gr.Row():
+                prob_out = gr.Image(label="Probability map (0 dark, 1 yellow)", type="numpy", format="png",
+                                    interactive=False, height=260)
+                heat_out = gr.Gallery(label="Similarity heatmaps (cosine, colour bar below each)", columns=4,
+                                      height=300)
+            files_out = gr.File(label="Downloads: mask PNG (query size), overlay, heatmaps", file_count="multiple",
+                                interactive=False)
+            gr.Markdown("### 3. Correct and reuse")
+            corrector = _editor("Correct the prediction (paint / erase), then reuse it", 320)
+            add_support = gr.Button("Add corrected query as a support")
+
+        with gr.Tab("Classify"):
+            gr.Markdown("Classifies the current query with its predicted mask (or your corrected mask).")
+            cls_btn = gr.Button("Classify query", variant="primary")
+            label_out = gr.Label(num_top_classes=3, label="Class probabilities")
+            cls_text = gr.Markdown()
+
+        with gr.Tab("Fine-tune"):
+            gr.Markdown("Adapts the selected few-shot checkpoint to your images. Runs on the GPU when present, "
+                        "else the CPU. The shipped checkpoints are never changed: the result is a new one.")
+            with gr.Row():
+                ft_source = gr.Radio(["this session's supports and corrected queries", "data folder"],
+                                     value="this session's supports and corrected queries", label="Images")
+                ft_name = gr.Textbox(label="Name of the new checkpoint", placeholder="my_hospital")
+            with gr.Row():
+                ft_epochs = gr.Slider(1, 20, value=3, step=1, label="Epochs")
+                ft_episodes = gr.Slider(10, 500, value=50, step=10, label="Episodes per epoch")
+                ft_lr = gr.Number(value=5e-5, label="Learning rate")
+            with gr.Row():
+                ft_start = gr.Button("Start fine-tuning", variant="primary")
+                ft_cancel = gr.Button("Cancel", variant="stop")
+            ft_status = gr.Markdown()
+            ft_plot = gr.Plot(label="Loss and Dice")
+
+        with gr.Tab("Help"):
+            gr.Markdown(HELP)
+
+        # ------------------------------------------------------------------------- events
+        def on_refresh(current):
+            names = list(ctx.checkpoints("panet"))
+            return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
+
+        refresh.click(on_refresh, ckpt, ckpt, api_name=False)
+
+        def on_pick(evt: gr.SelectData):
+            key = keys[evt.index]
+            return key, f"Selected: **{ctx.gallery[key].caption}**"
+
+        gallery.select(on_pick, None, [picked, picked_text], api_name=False)
+
+        def put_in_slot(key, slot):
+            if not key:
+                raise gr.Error("select an image in the gallery first")
+            it = ctx.item(key)
+            out = [gr.skip()] * (2 * N_SLOTS)
+            mask = it.mask if it.mask is not None and it.mask.any() else None
+            out[int(slot) - 1] = handlers.editor_value(it.image, mask)
+            out[N_SLOTS + int(slot) - 1] = None
+            if mask is None:
+                gr.Warning("this image has no lesion mask: paint the tumour before segmenting")
+            return out
+
+        to_slot.click(put_in_slot, [picked, slot_choice], editors + mask_files, api_name="put_in_slot")
+
+        def use_as_query(key, sess: Session):
+            if not key:
+                raise gr.Error("select an image in the gallery first")
+            sess = copy.copy(sess)
+            sess.query_key = key
+            return ctx.item(key).image, sess
+
+        to_query.click(use_as_query, [picked, session], [query, session], api_name="use_as_query")
+
+        def forget_query_key(sess: Session):
+            sess = copy.copy(sess)
+            sess.query_key = None
+            return sess
+
+        query.upload(forget_query_key, session, session, api_name=False)
+
+        for i in range(N_SLOTS):
+            clears[i].click(lambda: ({"background": None, "layers": [], "composite": None}, None),
+                            None, [editors[i], mask_files[i]], api_name=False)
+
+        def do_segment(sess: Session, ckpt_name, *rest, progress=gr.Progress()):
+            eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:2 * N_SLOTS]
+            q, thr, opa = rest[2 * N_SLOTS:]
+            sess = copy.copy(sess)
+            try:
+                out = handlers.segment(ctx, sess, ckpt_name, eds, mfs, q, thr, opa)
+            except (UserError, ValueError) as exc:
+                raise _error(exc)
+            for note in out.notes:
+                gr.Warning(note)
+            pairs = handlers.collect_supports(eds, mfs)
+            sthumbs = [(overlay(img, m, 0.4), f"support {k + 1}") for k, (img, m) in enumerate(pairs)]
+            return (out.overlay, out.probability, out.heatmaps, out.report + f"\n\n*{out.seconds * 1000:.0f} ms*",
+                    out.files, handlers.editor_value(sess.query_image, sess.mask), sthumbs, sess)
+
+        seg_btn.click(do_segment, [session, ckpt] + editors + mask_files + [query, threshold, opacity],
+                      [overlay_out, prob_out, heat_out, report, files_out, corrector, support_thumbs, session],
+                      api_name="segment", concurrency_limit=2)
+
+        def do_rerender(sess: Session, thr, opa):
+            img = handlers.rerender(sess, thr, opa, ctx)
+            return img if img is not None else gr.skip()
+
+        threshold.release(do_rerender, [session, threshold, opacity], overlay_out, api_name=False)
+        opacity.release(do_rerender, [session, threshold, opacity], overlay_out, api_name=False)
+
+        def add_corrected(sess: Session, corr, *rest):
+            eds = rest[:N_SLOTS]
+            try:
+                mask = handlers.corrected_mask(sess, corr)
+            except UserError as exc:
+                raise _error(exc)
+            if not mask.any():
+                raise gr.Error("the corrected mask is empty: paint the lesion first")
+            free = [i for i, v in enumerate(eds) if not (isinstance(v, dict) and v.get("background") is not None)]
+            if not free:
+                raise gr.Error("all 5 support slots are in use: clear one first")
+            sess = copy.copy(sess)
+            sess.mask, sess.corrected = mask, True
+            sess.extra_pairs = sess.extra_pairs + [(sess.query_image, mask)]
+            out = [gr.skip()] * N_SLOTS
+            out[free[0]] = handlers.editor_value(sess.query_image, mask)
+            gr.Info(f"added as support {free[0] + 1}")
+            return out + [sess]
+
+        add_support.click(add_corrected, [session, corrector] + editors, editors + [session],
+                          api_name="add_corrected_support")
+
+        def do_classify(sess: Session, corr):
+            try:
+                mask = handlers.corrected_mask(sess, corr)
+                sess.corrected = sess.corrected or (sess.mask is not None and not np.array_equal(mask, sess.mask))
+                sess.mask = mask
+                return handlers.classify(ctx, sess, corr)
+            except (UserError, ValueError) as exc:
+                raise _error(exc)
+
+        cls_btn.click(do_classify, [session, corrector], [label_out, cls_text], api_name="classify")
+
+        def do_finetune(ckpt_name, source, epochs, episodes, lr, name, sess: Session, *rest):
+            eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:]
+            pairs = []
+            if source != "data folder":
+                for i, (v, f) in enumerate(zip(eds, mfs), 1):
+                    try:
+                        p = handlers.editor_pair(v, f, i)
+                    except UserError:
+                        p = None
+                    if p is not None:
+                        pairs.append(p)
+                pairs += list(sess.extra_pairs)
+            try:
+                for status, fig, new_name in finetune.run(ctx, ckpt_name, source, pairs, epochs, episodes, lr, name):
+                    upd = gr.skip()
+                    if new_name:
+                        names = list(ctx.checkpoints("panet"))
+                        upd = gr.update(choices=names, value=new_name)
+                    yield status, fig, upd
+            except (UserError, ValueError) as exc:
+                raise _error(exc)
+
+        ft_start.click(do_finetune, [ckpt, ft_source, ft_epochs, ft_episodes, ft_lr, ft_name, session]
+                       + editors + mask_files, [ft_status, ft_plot, ckpt], api_name="finetune",
+                       concurrency_limit=1, concurrency_id="finetune")
+        ft_cancel.click(finetune.cancel, None, ft_status, api_name="cancel_finetune")
+    demo.queue(default_concurrency_limit=2)
+    return demo
