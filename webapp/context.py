@@ -143,12 +143,27 @@ class AppContext:
                     out[js.stem + tag] = js.with_suffix("")
         return out
 
+    def default_checkpoint(self, kind: str) -> str | None:
+        """The shipped default (named in checkpoints/DEFAULTS.json) when present, else the first listed."""
+        import json
+
+        names = list(self.checkpoints(kind))
+        defaults = self.config.checkpoints_dir / "DEFAULTS.json"
+        if defaults.exists():
+            try:
+                wanted = json.loads(defaults.read_text()).get(kind)
+            except ValueError:
+                wanted = None
+            if wanted in names:
+                return wanted
+        return names[0] if names else None
+
     def _resolve(self, kind: str, name: str | None) -> Path:
         choices = self.checkpoints(kind)
         if not choices:
             raise checkpoint.CheckpointError(f"no {kind} checkpoint found in {self.config.checkpoints_dir}")
         if not name:
-            return next(iter(choices.values()))
+            return choices[self.default_checkpoint(kind)]
         if name not in choices:
             raise checkpoint.CheckpointError(f"unknown checkpoint {name!r}")
         return choices[name]

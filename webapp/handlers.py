@@ -52,14 +52,22 @@ def read_upload(path, what: str, notes: list | None = None) -> np.ndarray:
     if p.stat().st_size > MAX_UPLOAD_BYTES:
         raise UserError(f"{what}: file larger than {MAX_UPLOAD_BYTES // 2**20} MB")
     try:
+        image = read_image(p)  # validates: decodable, not truncated, within the size limit
         with Image.open(p) as im:
             mode = im.mode
-        image = read_image(p)
     except DataError as exc:
         raise UserError(f"{what}: {_short(exc, p)}") from exc
     if mode not in ("L", "RGB", "1") and notes is not None:
         notes.append(f"{what}: {mode} image converted to 8-bit RGB")
     return image
+
+
+def _hide_dirs(ctx: AppContext, exc) -> str:
+    """The message without server folder names (the page needs the file name only)."""
+    text = str(exc)
+    for d in (ctx.config.checkpoints_dir, ctx.config.output_dir / "checkpoints"):
+        text = text.replace(str(Path(d).resolve()) + "/", "").replace(str(d) + "/", "")
+    return text
 
 
 def _short(exc, p: Path) -> str:
@@ -86,11 +94,31 @@ def read_mask_upload(path, shape, what: str) -> np.ndarray:
     return m
 
 
+def layer_mask(value: dict, target_hw: tuple[int, int]) -> np.ndarray:
+    """The union of the editor's painted layers (alpha > 0) as a mask of size target_hw.
+
+    Layers come back in three shapes: the background's size (drawn in the page); the canvas size
+    with the background at its top-left (a layer the app set: see `editor_value`); or scaled
+    (Gradio issue #10298). Crop the second, resize (nearest) the third, then map to target_hw.
+    """
+    bg = np.asarray(value["background"])
+    h, w = bg.shape[:2]
+    mask = np.zeros((h, w), bool)
+    for layer in value.get("layers") or []:
+        if layer is None:
+            continue
+        layer = np.asarray(layer)
+        m = layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 else mask_from_array(layer)
+        if m.shape != (h, w) and m.shape[0] >= h and m.shape[1] >= w:
+            m = m[:h, :w]
+        mask |= resize_mask(m, (h, w))
+    return resize_mask(mask, target_hw)
+
+
 def editor_pair(value, mask_file, slot: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(image, mask) of a support slot, or None when the slot is empty.
 
-    The drawn layer's alpha is the mask, resized (nearest) to the image since the editor may return
-    the layer at another size; an uploaded mask PNG wins over the drawing.
+    The painted layer is the mask; an uploaded mask PNG wins over the drawing.
     """
     bg = value.get("background") if isinstance(value, dict) else None
     if bg is None:
@@ -100,13 +128,7 @@ def editor_pair(value, mask_file, slot: int) -> tuple[np.ndarray, np.ndarray] | 
     image = _array(bg, f"support {slot} image")
     if mask_file:
         return image, read_mask_upload(mask_file, image.shape[:2], f"support {slot} mask")
-    mask = np.zeros(image.shape[:2], bool)
-    for layer in value.get("layers") or []:
-        if layer is None:
-            continue
-        layer = np.asarray(layer)
-        m = layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 else mask_from_array(layer)
-        mask |= resize_mask(m, image.shape[:2])
+    mask = layer_mask(value, image.shape[:2])
     if not mask.any():
         raise UserError(f"support {slot}: the mask is empty: paint the lesion with the brush or upload a mask PNG")
     return image, mask
@@ -123,11 +145,26 @@ def collect_supports(editors, mask_files) -> list[tuple[np.ndarray, np.ndarray]]
     return pairs
 
 
+EDITOR_CANVAS = 800  # gr.ImageEditor's default canvas_size
+
+
 def editor_value(image: np.ndarray, mask: np.ndarray | None) -> dict:
-    """ImageEditor value with `mask` as a semi-transparent red layer."""
-    layer = np.zeros((*image.shape[:2], 4), np.uint8)
+    """ImageEditor value with `mask` as a semi-transparent red layer.
+
+    Gradio 6 places a layer set from Python centred on its (800 x 800) canvas while the background
+    sits at the top-left, so the layer is given at canvas size with the mask at its top-left; images
+    larger than the canvas are shown downscaled (their masks are mapped back by `layer_mask`).
+    """
+    h, w = image.shape[:2]
+    if max(h, w) > EDITOR_CANVAS:
+        scale = EDITOR_CANVAS / max(h, w)
+        size = (max(1, int(w * scale)), max(1, int(h * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        mask = resize_mask(mask, (size[1], size[0])) if mask is not None else None
+        h, w = image.shape[:2]
+    layer = np.zeros((EDITOR_CANVAS, EDITOR_CANVAS, 4), np.uint8)
     if mask is not None:
-        layer[mask] = (255, 0, 0, 128)
+        layer[:h, :w][mask] = (255, 0, 0, 128)
     return {"background": image, "layers": [layer], "composite": None}
 
 
@@ -147,15 +184,19 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, editors, mask_fi
             opacity: float) -> SegmentOutput:
     t0 = time.perf_counter()
     supports = collect_supports(editors, mask_files)
-    if query is None:
-        raise UserError("no query image: upload one or pick one from the gallery")
     notes: list[str] = []
-    q_img = read_upload(query, "query image", notes)
+    if query is not None:          # an uploaded file (the page, or an API call)
+        q_img = read_upload(query, "query image", notes)
+        session.query_key = None
+    elif session.query_image is not None:  # picked from the gallery
+        q_img = session.query_image
+    else:
+        raise UserError("no query image: upload one or pick one from the gallery")
     try:
         model = ctx.fewshot(checkpoint_name)
         res = model.predict(q_img, supports, threshold=threshold)
     except CheckpointError as exc:
-        raise UserError(f"checkpoint could not be loaded: {exc}") from exc
+        raise UserError(f"checkpoint could not be loaded: {_hide_dirs(ctx, exc)}") from exc
     except DataError as exc:
         raise UserError(str(exc)) from exc
     session.query_image, session.probability, session.mask, session.corrected = q_img, res.probability, res.mask, False
@@ -245,10 +286,8 @@ def corrected_mask(session: Session, corrector) -> np.ndarray:
     """The mask of the correction editor (its layer), or the prediction when nothing was edited."""
     if session.query_image is None:
         raise UserError("segment a query first")
-    if isinstance(corrector, dict) and corrector.get("layers"):
-        layer = np.asarray(corrector["layers"][0])
-        if layer.ndim == 3 and layer.shape[2] == 4:
-            return resize_mask(layer[..., 3] > 0, session.query_image.shape[:2])
+    if isinstance(corrector, dict) and corrector.get("layers") and corrector.get("background") is not None:
+        return layer_mask(corrector, session.query_image.shape[:2])
     return session.mask
 
 

@@ -33,13 +33,13 @@ Known editor quirks (Gradio): strokes may vanish when switching brush size; if t
 after a gallery pick, clear the slot or upload a mask PNG instead."""
 
 
-def _editor(label: str, height: int = 340) -> gr.ImageEditor:
+def _editor(label: str, height: int = 340, elem_id: str | None = None) -> gr.ImageEditor:
     return gr.ImageEditor(
         label=label, type="numpy", format="png", transforms=(), sources=("upload", "clipboard"),
         brush=gr.Brush(colors=[("#ff0000", 0.5)], color_mode="fixed", default_size=12),
         eraser=gr.Eraser(default_size=16),
         layers=gr.LayerOptions(allow_additional_layers=False, layers=["Lesion"]),
-        height=height, image_mode="RGBA")
+        height=height, image_mode="RGBA", elem_id=elem_id)
 
 
 def _error(exc: Exception) -> gr.Error:
@@ -56,7 +56,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         picked = gr.State(None)
         gr.Markdown(HEADER)
         with gr.Row():
-            ckpt = gr.Dropdown(panet_choices, value=panet_choices[0] if panet_choices else None,
+            ckpt = gr.Dropdown(panet_choices, value=ctx.default_checkpoint("panet"),
                                label="Few-shot checkpoint", scale=3, allow_custom_value=False)
             refresh = gr.Button("Refresh list", scale=0, min_width=120)
         gr.Markdown(f"{ctx.data_message} Running on the **{ctx.device().upper()}**.")
@@ -69,30 +69,33 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     with gr.Tabs():
                         for i in range(1, N_SLOTS + 1):
                             with gr.Tab(f"Support {i}"):
-                                editors.append(_editor(f"Support {i}: upload, then paint the tumour"))
+                                editors.append(_editor(f"Support {i}: upload, then paint the tumour",
+                                                      elem_id=f"support{i}"))
                                 with gr.Row():
                                     mask_files.append(gr.File(label=f"...or upload a mask PNG for support {i}",
-                                                              file_types=["image"], height=90))
+                                                              file_types=["image"], height=90, elem_id=f"mask{i}"))
                                     clears.append(gr.Button(f"Clear slot {i}", size="sm", scale=0, min_width=110))
                     support_thumbs = gr.Gallery(label="Supports used in the last segmentation", columns=5,
-                                                height=150, allow_preview=False)
+                                                height=170, allow_preview=False, preview=False, object_fit="contain")
                 with gr.Column(scale=2):
                     gallery = gr.Gallery(value=thumbs, label="Gallery: synthetic demo phantoms, then the data folder",
                                          columns=4, height=360, allow_preview=False)
                     picked_text = gr.Markdown("Click an image in the gallery to select it.")
                     with gr.Row():
                         slot_choice = gr.Dropdown(list(range(1, N_SLOTS + 1)), value=1, label="Slot", scale=0,
-                                                  min_width=80)
+                                                  min_width=110)
                         to_slot = gr.Button("Put in support slot")
                         to_query = gr.Button("Use as query")
             gr.Markdown("### 2. Query")
             with gr.Row():
                 with gr.Column(scale=1):
-                    query = gr.Image(label="Query image", type="filepath", sources=["upload", "clipboard"],
-                                     image_mode=None, format="png", height=320)
+                    query_preview = gr.Image(label="Query image", type="numpy", format="png", interactive=False,
+                                             height=280)
+                    query = gr.File(label="Upload a query image (PNG, JPEG, BMP, TIFF; up to 4096 px)",
+                                    file_types=["image"], height=90, elem_id="query-file")
                     threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold")
                     opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Overlay opacity")
-                    seg_btn = gr.Button("Segment", variant="primary")
+                    seg_btn = gr.Button("Segment", variant="primary", elem_id="segment-button")
                 with gr.Column(scale=1):
                     overlay_out = gr.Image(label="Prediction overlay (red; green: ground truth)", type="numpy",
                                            format="png", interactive=False, height=320, elem_id="overlay")
@@ -166,16 +169,24 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 raise gr.Error("select an image in the gallery first")
             sess = copy.copy(sess)
             sess.query_key = key
-            return ctx.item(key).image, sess
+            sess.query_image = ctx.item(key).image
+            return sess.query_image, None, sess
 
-        to_query.click(use_as_query, [picked, session], [query, session], api_name="use_as_query")
+        to_query.click(use_as_query, [picked, session], [query_preview, query, session], api_name="use_as_query")
 
-        def forget_query_key(sess: Session):
+        def on_query_upload(path, sess: Session):
             sess = copy.copy(sess)
+            notes: list[str] = []
+            try:
+                sess.query_image = handlers.read_upload(path, "query image", notes) if path else None
+            except UserError as exc:
+                raise _error(exc)
+            for note in notes:
+                gr.Warning(note)
             sess.query_key = None
-            return sess
+            return sess.query_image, sess
 
-        query.upload(forget_query_key, session, session, api_name=False)
+        query.upload(on_query_upload, [query, session], [query_preview, session], api_name=False)
 
         for i in range(N_SLOTS):
             clears[i].click(lambda: ({"background": None, "layers": [], "composite": None}, None),

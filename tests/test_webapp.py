@@ -1,0 +1,178 @@
+"""The web app through its HTTP API (gradio_client), launched in the test with tiny random models."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import checkpoint
+from core.models.panet import PANetConfig, PANetPlusPlus
+from core.models.supervised import ClassifierConfig, LesionClassifier
+from core.phantom import make_phantom
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+EMPTY = {"background": None, "layers": [], "composite": None}
+
+
+def make_checkpoints(folder: Path) -> None:
+    torch.manual_seed(0)
+    m = PANetPlusPlus(PANetConfig(image_size=128, weights="random"))
+    checkpoint.save(folder / "tiny_panet", m.state_dict(), {"kind": "panet", "model": m.config_dict()})
+    c = LesionClassifier(ClassifierConfig(image_size=64, weights="random"))
+    checkpoint.save(folder / "tiny_classifier", c.state_dict(), {"kind": "classifier", "model": c.config_dict()})
+    # a checkpoint that is listed but cannot load
+    (folder / "broken.json").write_text(json.dumps({"kind": "panet", "model": m.config_dict()}))
+    (folder / "broken.safetensors").write_bytes(b"not a safetensors file")
+    (folder / "DEFAULTS.json").write_text(json.dumps({"panet": "tiny_panet"}))
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from webapp.context import AppConfig, AppContext
+    from webapp.ui import build_app
+
+    root = tmp_path_factory.mktemp("app")
+    make_checkpoints(root / "ckpt")
+    ctx = AppContext(AppConfig(data_dir=None, checkpoints_dir=root / "ckpt", output_dir=root / "out"))
+    demo = build_app(ctx)
+    demo.launch(prevent_thread_lock=True, quiet=True, server_port=None, allowed_paths=[str(root / "out")])
+    client = Client(demo.local_url, verbose=False)
+    files = root / "files"
+    files.mkdir()
+    yield client, files, ctx
+    demo.close()
+
+
+def _png(path: Path, arr) -> str:
+    Image.fromarray(arr).save(path)
+    return str(path)
+
+
+def support_editor(files: Path, seed: int = 1, mask=True):
+    p = make_phantom(seed)
+    layer = np.zeros((*p.mask.shape, 4), np.uint8)
+    if mask:
+        layer[p.mask] = (255, 0, 0, 128)
+    return {"background": handle_file(_png(files / f"s{seed}.png", p.image)),
+            "layers": [handle_file(_png(files / f"l{seed}_{mask}.png", layer))], "composite": None}
+
+
+def segment(client, editors, query, masks=(None,) * 5, ckpt="tiny_panet"):
+    editors = list(editors) + [EMPTY] * (5 - len(editors))
+    return client.predict(ckpt, *editors, *masks, query, 0.5, 0.4, api_name="/segment")
+
+
+def test_segment_returns_a_mask_of_the_query_size(app):
+    client, files, _ = app
+    q = make_phantom(5, size=(300, 410))
+    out = segment(client, [support_editor(files, 1), support_editor(files, 2)],
+                  handle_file(_png(files / "q.png", q.image)))
+    overlay, prob, heatmaps, report, downloads = out[:5]
+    assert "2 support(s)" in report
+    mask = Image.open([d for d in downloads if d.endswith("mask.png")][0])
+    assert mask.size == (410, 300)
+    assert Image.open(overlay).size == (410, 300)
+    captions = [h["caption"] for h in heatmaps]
+    assert any("support 2 foreground" in c for c in captions) and any(c.endswith("background") for c in captions)
+
+
+def test_classify_after_segment(app):
+    client, files, _ = app
+    q = make_phantom(6)
+    segment(client, [support_editor(files, 1)], handle_file(_png(files / "q6.png", q.image)))
+    label, text = client.predict(None, api_name="/classify")
+    assert "Predicted class:" in text
+    assert {c["label"] for c in label["confidences"]} == {"benign", "malignant", "normal"}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_support", "no support"),
+    ("empty_mask", "the mask is empty"),
+    ("no_query", "no query image"),
+    ("mask_size", "but its image is"),
+    ("too_large", "too large"),
+    ("not_an_image", "not a readable image"),
+    ("broken_checkpoint", "checkpoint could not be loaded"),
+])
+def test_bad_input_gives_a_clear_message(app, case, message):
+    client, files, _ = app
+    q = handle_file(_png(files / "qq.png", make_phantom(3).image))
+    good = [support_editor(files, 1)]
+    kwargs = {}
+    if case == "no_support":
+        editors = []
+    elif case == "empty_mask":
+        editors = [support_editor(files, 1, mask=False)]
+    elif case == "no_query":  # a fresh session: no query uploaded nor picked
+        editors, q, client = good, None, Client(client.src, verbose=False)
+    elif case == "mask_size":
+        editors = good
+        kwargs["masks"] = (handle_file(_png(files / "small_mask.png", np.full((50, 60), 255, np.uint8))),) + (None,) * 4
+    elif case == "too_large":
+        editors, q = good, handle_file(_png(files / "huge.png", np.zeros((64, 5000), np.uint8)))
+    elif case == "not_an_image":
+        bad = files / "fake.png"
+        bad.write_bytes(b"this is not a PNG")
+        editors, q = good, handle_file(str(bad))
+    elif case == "broken_checkpoint":
+        editors, kwargs["ckpt"] = good, "broken"
+    with pytest.raises(Exception, match=message):
+        segment(client, editors, q, **kwargs)
+
+
+def test_odd_modes_are_accepted(app):
+    client, files, _ = app
+    q = make_phantom(4)
+    p16 = files / "q16.png"
+    Image.fromarray(q.image[..., 0].astype(np.uint16) * 257).save(p16)
+    prgba = _png(files / "qrgba.png", np.dstack([q.image, np.full(q.mask.shape, 255, np.uint8)]))
+    ppal = files / "qpal.png"
+    Image.fromarray(q.image).convert("P").save(ppal)
+    for path in (p16, prgba, ppal):
+        report = segment(client, [support_editor(files, 1)], handle_file(str(path)))[3]
+        assert "1 support(s)" in report
+
+
+def test_sessions_do_not_share_state(app):
+    """Classifying in a fresh session must not see another session's segmentation."""
+    client, files, _ = app
+    segment(client, [support_editor(files, 1)], handle_file(_png(files / "q7.png", make_phantom(7).image)))
+    other = Client(client.src, verbose=False)
+    with pytest.raises(Exception, match="segment a query first"):
+        other.predict(None, api_name="/classify")
+
+
+def test_outputs_stay_in_the_output_folder(app):
+    client, files, ctx = app
+    segment(client, [support_editor(files, 1)], handle_file(_png(files / "q8.png", make_phantom(8).image)))
+    written = [p for p in ctx.config.output_dir.rglob("*") if p.is_file()]
+    assert written and all(ctx.config.output_dir in p.parents for p in written)
+
+
+def test_layer_mask_handles_the_three_layer_shapes():
+    from webapp.handlers import editor_value, layer_mask
+
+    image = np.zeros((60, 80, 3), np.uint8)
+    mask = np.zeros((60, 80), bool)
+    mask[10:20, 30:50] = True
+    value = editor_value(image, mask)            # canvas-size layer, mask at the top-left
+    assert value["layers"][0].shape[:2] == (800, 800)
+    np.testing.assert_array_equal(layer_mask(value, (60, 80)), mask)
+    drawn = np.zeros((60, 80, 4), np.uint8)      # drawn in the page: the background's size
+    drawn[mask] = (255, 0, 0, 128)
+    np.testing.assert_array_equal(layer_mask({"background": image, "layers": [drawn]}, (60, 80)), mask)
+    scaled = drawn[::2, ::2]                     # returned downscaled (Gradio #10298)
+    back = layer_mask({"background": image, "layers": [scaled]}, (60, 80))
+    assert (back == mask).mean() > 0.97
+    big = np.zeros((1000, 1200, 3), np.uint8)    # larger than the canvas: shown downscaled
+    big_mask = np.zeros((1000, 1200), bool)
+    big_mask[100:300, 600:900] = True
+    v = editor_value(big, big_mask)
+    assert max(v["background"].shape[:2]) == 800
+    assert (layer_mask(v, (1000, 1200)) == big_mask).mean() > 0.99

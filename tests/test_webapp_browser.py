@@ -1,0 +1,65 @@
+"""A real browser (Debian's Chromium driven by Playwright): upload a support, paint its mask with the
+mouse, upload a query, click Segment, and check that the overlay appears. Saves a screenshot."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.phantom import make_phantom
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "screenshot_test.png"
+
+
+def test_draw_a_support_mask_and_segment(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from tests.test_webapp import make_checkpoints
+    from webapp.context import AppConfig, AppContext
+    from webapp.ui import build_app
+
+    make_checkpoints(tmp_path / "ckpt")
+    ctx = AppContext(AppConfig(data_dir=None, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out"))
+    demo = build_app(ctx)
+    demo.launch(prevent_thread_lock=True, quiet=True)
+    support, query = make_phantom(1), make_phantom(2)
+    Image.fromarray(support.image).save(tmp_path / "support.png")
+    Image.fromarray(query.image).save(tmp_path / "query.png")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1700})
+            page.goto(demo.local_url)
+            with page.expect_file_chooser() as chooser:
+                page.locator("#support1").get_by_text("Upload an image").click()
+            chooser.value.set_files(str(tmp_path / "support.png"))
+            canvas = page.locator("#support1 canvas").first
+            page.wait_for_timeout(1500)  # the editor draws the image, then activates the brush
+            box = canvas.bounding_box()
+            assert box and box["width"] > 50
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(cx - 30, cy)
+            page.mouse.down()
+            for dx in range(-30, 31, 5):
+                page.mouse.move(cx + dx, cy + (dx % 10), steps=2)
+            page.mouse.up()
+            page.locator("#query-file input[type=file]").set_input_files(str(tmp_path / "query.png"))
+            page.wait_for_timeout(1000)
+            page.locator("#segment-button").click()
+            overlay = page.locator("#overlay img")
+            overlay.wait_for(state="visible", timeout=60_000)
+            page.wait_for_timeout(500)
+            assert "support(s)" in page.content()  # the report under the overlay
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+    shot = np.asarray(Image.open(SCREENSHOT))
+    assert shot.shape[0] > 500 and shot.std() > 10
