@@ -35,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this many minutes")
     p.set_defaults(func=train_fewshot_cmd)
     register_more(sub)
+    register_benchmark(sub)
 
 
 def _data_dir(arg):
@@ -174,4 +175,31 @@ def segment_cmd(args) -> int:
     if args.heatmap:
         heatmap_panel(query, res.heatmaps, args.heatmap)
         print(f"heatmaps written: {args.heatmap}")
+    return 0
+
+
+def register_benchmark(sub) -> None:
+    p = sub.add_parser("benchmark-fewshot", help="PANet++ and baselines on the same test episodes; writes docs/results.md")
+    p.add_argument("--checkpoint", default=None, help="PANet++ checkpoint (default: the shipped one)")
+    p.add_argument("--data", default=None, help="BUSI root (default: $BUSI_DIR)")
+    p.add_argument("--episodes", type=int, default=300, help="lesion-query episodes per shot count")
+    p.add_argument("--unet-episodes", type=int, default=30, help="episodes for the fine-tuned U-Net baseline")
+    p.add_argument("--unet-steps", type=int, default=40)
+    p.add_argument("--seg-checkpoint", default=None, help="supervised segmenter checkpoint (baseline c)")
+    p.add_argument("--compare", nargs="*", default=[], help="other PANet++ checkpoints (backbone choice)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--out-dir", default=None, help="default: docs/")
+    p.set_defaults(func=benchmark_cmd)
+
+
+def benchmark_cmd(args) -> int:
+    from ..evaluation.benchmark import run_benchmark
+    from ..evaluation.report import DOCS, render
+
+    res = run_benchmark(args.checkpoint or default_checkpoint(), _data_dir(args.data),
+                        Path(args.out_dir) if args.out_dir else DOCS, args.episodes, args.unet_episodes,
+                        args.unet_steps, args.seg_checkpoint, args.compare, args.seed)
+    print(json.dumps({k: {m: v.get("dice") for m, v in b.items() if isinstance(v, dict) and "dice" in v}
+                      for k, b in res["by_shots"].items()}, indent=2))
+    print(f"written: {render()}")
     return 0

@@ -183,6 +183,9 @@ def evaluate_supervised_cmd(args) -> int:
 
     result = evaluate_supervised(args.data, args.split, args.seg_model, args.cls_model, args.out)
     print(json.dumps(result, indent=2))
+    if args.out and Path(args.out).resolve().parent == Path(__file__).resolve().parents[2] / "docs":
+        from ..evaluation.report import render
+        print(f"written: {render()}")
     return 0
 
 

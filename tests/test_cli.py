@@ -1,0 +1,106 @@
+"""The command line as a user runs it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import checkpoint
+from core.cli.main import main
+from tests.conftest import ROOT, blob_image, save_png
+
+
+def run(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_every_command_has_help():
+    out = run("--help")
+    assert out.returncode == 0
+    for cmd in ("data-report", "make-split", "train-fewshot", "evaluate-fewshot", "segment", "benchmark-fewshot",
+                "train-seg", "train-cls", "predict", "evaluate-supervised"):
+        assert cmd in out.stdout
+        r = run(cmd, "--help")
+        assert r.returncode == 0 and "usage" in r.stdout, cmd
+
+
+def test_data_report_on_a_messy_folder(kaggle_dir, capsys):
+    (kaggle_dir / "benign" / "benign (9).png").write_bytes(b"garbage")       # unreadable, with a mask
+    save_png(kaggle_dir / "benign" / "benign (9)_mask.png", np.zeros((100, 120), np.uint8))
+    save_png(kaggle_dir / "malignant" / "malignant (7).png", blob_image()[0])  # no mask
+    save_png(kaggle_dir / "benign" / "benign (1)_mask_1.png", np.zeros((50, 60), np.uint8))  # wrong size
+    code = main(["data-report", "--data", str(kaggle_dir), "--json", str(kaggle_dir / "r.json")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "benign (9).png: not a readable image" in out
+    assert "malignant (7).png: image without a mask" in out
+    assert "resized" in out
+    assert "Near-duplicate groups" in out
+    rep = json.loads((kaggle_dir / "r.json").read_text())
+    assert rep["per_class"] == {"benign": 2, "malignant": 2, "normal": 1}
+
+
+def test_data_report_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["data-report", "--data", str(tmp_path / "nope"), "--no-duplicates"]) == 2
+    assert "data folder not found" in capsys.readouterr().err
+
+
+def test_segment_command_writes_mask_overlay_heatmap(tmp_path):
+    m = __import__("core.models.panet", fromlist=["x"])
+    model = m.PANetPlusPlus(m.PANetConfig(image_size=64, weights="random"))
+    checkpoint.save(tmp_path / "p", model.state_dict(), {"kind": "panet", "model": model.config_dict()})
+    img, mask = blob_image((150, 120))
+    s, sm, q = save_png(tmp_path / "s.png", img), save_png(tmp_path / "sm.png", mask.astype(np.uint8) * 255), \
+        save_png(tmp_path / "q.png", blob_image((201, 97))[0])
+    r = run("segment", "--checkpoint", str(tmp_path / "p"), "--support", str(s), str(sm), "--query", str(q),
+            "--out", str(tmp_path / "o.png"), "--overlay", str(tmp_path / "ov.png"), "--heatmap", str(tmp_path / "h.png"))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "o.png").size == (201, 97)
+    assert Image.open(tmp_path / "ov.png").size == (201, 97)
+    assert (tmp_path / "h.png").stat().st_size > 1000
+    empty = save_png(tmp_path / "empty.png", np.zeros((120, 150), np.uint8))
+    r = run("segment", "--checkpoint", str(tmp_path / "p"), "--support", str(s), str(empty), "--query", str(q),
+            "--out", str(tmp_path / "o2.png"))
+    assert r.returncode == 2 and "mask is empty" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_predict_on_a_real_image(busi_dir, tmp_path):
+    from core.models.supervised import ClassifierConfig, LesionClassifier, Segmenter, SegmenterConfig
+
+    seg = Segmenter(SegmenterConfig(image_size=64, weights="random"))
+    checkpoint.save(tmp_path / "seg", seg.state_dict(), {"kind": "segmenter", "model": seg.config_dict()})
+    cls = LesionClassifier(ClassifierConfig(image_size=64, weights="random"))
+    checkpoint.save(tmp_path / "cls", cls.state_dict(), {"kind": "classifier", "model": cls.config_dict()})
+    image = busi_dir / "malignant" / "malignant (10).png"
+    r = run("predict", "--image", str(image), "--seg_model", str(tmp_path / "seg"), "--cls_model", str(tmp_path / "cls"),
+            "--save_mask", str(tmp_path / "m.png"))
+    assert r.returncode == 0, r.stderr
+    assert "Predicted class:" in r.stdout and "confidence" in r.stdout
+    assert Image.open(tmp_path / "m.png").size == Image.open(image).size
+    # a classifier given as the segmenter is refused with a clear message
+    r = run("predict", "--image", str(image), "--seg_model", str(tmp_path / "cls"), "--cls_model", str(tmp_path / "cls"))
+    assert r.returncode == 2 and "expected a 'segmenter' checkpoint" in r.stderr
+
+
+def test_evaluate_on_a_flat_folder_without_split(tmp_path):
+    m = __import__("core.models.panet", fromlist=["x"])
+    model = m.PANetPlusPlus(m.PANetConfig(image_size=64, weights="random"))
+    checkpoint.save(tmp_path / "p", model.state_dict(), {"kind": "panet", "model": model.config_dict()})
+    for i in range(5):
+        img, mask = blob_image(seed=i, center=(40 + 3 * i, 50))
+        save_png(tmp_path / "other" / "images" / f"case{i}.png", img)
+        save_png(tmp_path / "other" / "masks" / f"case{i}.png", mask.astype(np.uint8) * 255)
+    out = tmp_path / "ev.json"
+    args = ("evaluate-fewshot", "--checkpoint", str(tmp_path / "p"), "--data", str(tmp_path / "other"),
+            "--shots", "2", "--episodes", "6", "--out", str(out))
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["summary"]["n_lesion_queries"] == 6 and "all images, no split" in doc["summary"]["data"]
+    ep = doc["episodes"][0]
+    assert ep["query"] not in ep["support"] and len(ep["support"]) == 2
+    assert run(*args).returncode == 0 and json.loads(out.read_text())["episodes"] == doc["episodes"]  # deterministic
