@@ -176,3 +176,49 @@ def test_layer_mask_handles_the_three_layer_shapes():
     v = editor_value(big, big_mask)
     assert max(v["background"].shape[:2]) == 800
     assert (layer_mask(v, (1000, 1200)) == big_mask).mean() > 0.99
+
+
+def _finetune(client, editors, name, epochs=1, episodes=10):
+    editors = list(editors) + [EMPTY] * (5 - len(editors))
+    return client.predict("tiny_panet", "this session's supports and corrected queries", epochs, episodes, 1e-4, name,
+                          *editors, *([None] * 5), api_name="/finetune")
+
+
+def test_finetune_saves_a_new_checkpoint_atomically(app):
+    client, files, ctx = app
+    status, _, ckpt = _finetune(client, [support_editor(files, s) for s in (1, 2, 3)], "../../evil name")
+    assert "Saved as" in status
+    saved = list((ctx.config.output_dir / "checkpoints").glob("*.json"))
+    assert [p.stem for p in saved] == ["evil_name"], "the name is sanitised and stays in outputs/checkpoints"
+    assert saved[0].with_suffix(".safetensors").exists()
+    assert "evil_name (yours)" in ctx.checkpoints("panet")
+    assert not list(ctx.config.output_dir.glob("finetune_*")), "the work folder is removed"
+    assert (Path(ctx.config.checkpoints_dir) / "tiny_panet.json").exists()  # shipped one untouched
+
+
+def test_finetune_needs_three_images(app):
+    client, files, _ = app
+    fresh = Client(client.src, verbose=False)
+    with pytest.raises(Exception, match="at least 3 annotated images"):
+        _finetune(fresh, [support_editor(files, 1)], "x")
+
+
+def test_cancelled_finetune_saves_nothing(app):
+    import threading
+    import time
+
+    client, files, ctx = app
+    before = set((ctx.config.output_dir / "checkpoints").iterdir())
+    result = {}
+
+    def go():
+        result["out"] = _finetune(client, [support_editor(files, s) for s in (1, 2, 3)], "cancelled", 3, 200)
+
+    t = threading.Thread(target=go)
+    t.start()
+    time.sleep(6)
+    Client(client.src, verbose=False).predict(api_name="/cancel_finetune")
+    t.join(timeout=120)
+    assert "Cancelled" in result["out"][0]
+    assert set((ctx.config.output_dir / "checkpoints").iterdir()) == before
+    assert not list(ctx.config.output_dir.glob("finetune_*"))

@@ -111,6 +111,7 @@ def train_fewshot(cfg: FewShotTrainConfig, train_set: ImageSet, val_set: ImageSe
     model = PANetPlusPlus(model_cfg).to(device)
     if init_weights is not None:
         model.load_state_dict(init_weights)
+        model.config.weights_loaded = f"fine-tuned from {data_info.get('base', 'a given checkpoint')}"
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
 
     train_sampler = EpisodeSampler(train_set)
