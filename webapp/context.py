@@ -112,19 +112,22 @@ class AppContext:
             it.image, it.mask = load_pair(it.sample)
         return it
 
-    def thumbnails(self) -> list[tuple[np.ndarray, str]]:
+    def thumbnails(self) -> list[tuple[str, np.ndarray, str]]:
+        """(key, thumbnail, caption) of every gallery item that can be read; unreadable ones are dropped."""
         from core.visual import overlay
         import cv2
 
         out = []
-        for key, it in self.gallery.items():
+        for key, it in list(self.gallery.items()):
             try:
                 full = self.item(key)
-            except DataError:
+            except DataError as exc:
+                log.warning("gallery: skipped %s (%s)", key, exc)
+                del self.gallery[key]
                 continue
             img = overlay(full.image, full.mask, 0.3) if full.mask is not None and full.mask.any() else full.image
             scale = 160 / max(img.shape[:2])
-            out.append((cv2.resize(img, (int(img.shape[1] * scale), int(img.shape[0] * scale))), it.caption))
+            out.append((key, cv2.resize(img, (int(img.shape[1] * scale), int(img.shape[0] * scale))), it.caption))
         return out
 
     # ------------------------------------------------------------------ checkpoints

@@ -48,8 +48,9 @@ def _error(exc: Exception) -> gr.Error:
 
 def build_app(ctx: AppContext) -> gr.Blocks:
     panet_choices = list(ctx.checkpoints("panet"))
-    keys = list(ctx.gallery)
-    thumbs = ctx.thumbnails()
+    gallery_items = ctx.thumbnails()
+    keys = [k for k, _, _ in gallery_items]
+    thumbs = [(img, caption) for _, img, caption in gallery_items]
 
     with gr.Blocks(title="PANet++ Studio") as demo:
         session = gr.State(Session())
