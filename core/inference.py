@@ -51,24 +51,24 @@ def load_panet(path: str | Path, device: str | torch.device = "cpu") -> tuple[PA
     return model.to(device).eval(), meta
 
 
-def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:
+def _load_supervised(path, kind: str, config_cls, model_cls, device):
     meta = checkpoint.load_meta(path)
-    checkpoint.expect_kind(meta, "segmenter", path)
-    cfg = SegmenterConfig(**_known_fields(SegmenterConfig, meta["model"]))
-    cfg.weights = "random"
-    model = Segmenter(cfg)
+    checkpoint.expect_kind(meta, kind, path)
+    cfg = config_cls(**_known_fields(config_cls, meta["model"]))
+    started_from = cfg.weights_loaded
+    cfg.weights = "random"  # the checkpoint has all the weights: skip loading ImageNet first
+    model = model_cls(cfg)
+    model.config.weights_loaded = started_from
     _load_state(model, path, meta)
     return model.to(device).eval()
+
+
+def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:
+    return _load_supervised(path, "segmenter", SegmenterConfig, Segmenter, device)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LesionClassifier:
-    meta = checkpoint.load_meta(path)
-    checkpoint.expect_kind(meta, "classifier", path)
-    cfg = ClassifierConfig(**_known_fields(ClassifierConfig, meta["model"]))
-    cfg.weights = "random"
-    model = LesionClassifier(cfg)
-    _load_state(model, path, meta)
-    return model.to(device).eval()
+    return _load_supervised(path, "classifier", ClassifierConfig, LesionClassifier, device)
 
 
 def as_image(x, name: str = "image") -> np.ndarray:
