@@ -80,11 +80,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                                 height=170, allow_preview=False, preview=False, object_fit="contain")
                 with gr.Column(scale=2):
                     gallery = gr.Gallery(value=thumbs, label="Gallery: synthetic demo phantoms, then the data folder",
-                                         columns=4, height=360, allow_preview=False)
+                                         columns=4, height=360, allow_preview=False, elem_id="gallery")
                     picked_text = gr.Markdown("Click an image in the gallery to select it.")
                     with gr.Row():
                         slot_choice = gr.Dropdown(list(range(1, N_SLOTS + 1)), value=1, label="Slot", scale=0,
-                                                  min_width=110)
+                                                  min_width=110, elem_id="slot-choice")
                         to_slot = gr.Button("Put in support slot")
                         to_query = gr.Button("Use as query")
             gr.Markdown("### 2. Query")
