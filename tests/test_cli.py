@@ -104,3 +104,37 @@ def test_evaluate_on_a_flat_folder_without_split(tmp_path):
     ep = doc["episodes"][0]
     assert ep["query"] not in ep["support"] and len(ep["support"]) == 2
     assert run(*args).returncode == 0 and json.loads(out.read_text())["episodes"] == doc["episodes"]  # deterministic
+
+
+def test_train_seg_on_flat_folders_with_group_val_split(busi_dir, tmp_path):
+    import shutil
+
+    from core.data.split import load_split
+
+    doc = load_split()
+    seen, picked = set(), []
+    for name in doc["test"]:  # 8 lesion images from 8 different duplicate groups
+        if not name.startswith("normal") and doc["groups"][name] not in seen:
+            seen.add(doc["groups"][name])
+            picked.append(name)
+        if len(picked) == 8:
+            break
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "msks").mkdir()
+    for i, name in enumerate(picked):
+        shutil.copy(busi_dir / name, tmp_path / "imgs" / f"case{i}.png")
+        shutil.copy(busi_dir / name.replace(".png", "_mask.png"), tmp_path / "msks" / f"case{i}_mask.png")
+    r = run("train-seg", "--images-dir", str(tmp_path / "imgs"), "--masks-dir", str(tmp_path / "msks"),
+            "--epochs", "1", "--img-size", "64", "--batch-size", "3", "--val-split", "0.25",
+            "--save-path", str(tmp_path / "seg"))
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "seg.json").read_text())
+    assert meta["kind"] == "segmenter" and meta["data"]["n_train"] + meta["data"]["n_val"] == 8
+    assert meta["data"]["n_val"] >= 1
+    # copies of one image cannot be split without a leak: a clear error, not a crash
+    for i in range(4):
+        save_png(tmp_path / "same" / "images" / f"c{i}.png", blob_image()[0])
+        save_png(tmp_path / "same" / "masks" / f"c{i}.png", blob_image()[1].astype(np.uint8) * 255)
+    r = run("train-seg", "--images-dir", str(tmp_path / "same" / "images"), "--masks-dir",
+            str(tmp_path / "same" / "masks"), "--epochs", "1", "--img-size", "64", "--save-path", str(tmp_path / "s2"))
+    assert r.returncode == 2 and "near-duplicate group" in r.stderr

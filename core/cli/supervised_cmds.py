@@ -112,6 +112,9 @@ def _group_split(samples, val_share: float, seed: int, size: int):
     thumbs, embs = image_signatures(samples)
     groups = group_near_duplicates(thumbs, embs).groups
     parts = split_groups(samples, groups, seed, (1 - val_share, val_share, 0.0))
+    if not parts["train"] or not parts["val"]:
+        raise DataError(f"the {len(samples)} images form only {len(set(groups))} near-duplicate group(s): "
+                        "cannot hold out a validation set without a leak; add more distinct images")
     gmap = {s.rel_path: g for s, g in zip(samples, groups)}
     pick = lambda names: [s for s in samples if s.rel_path in set(names)]
     return load_image_set(pick(parts["train"]), size, gmap), load_image_set(pick(parts["val"]), size, gmap), None
