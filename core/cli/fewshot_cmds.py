@@ -189,13 +189,21 @@ def register_benchmark(sub) -> None:
     p.add_argument("--compare", nargs="*", default=[], help="other PANet++ checkpoints (backbone choice)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--out-dir", default=None, help="default: docs/")
+    p.add_argument("--add-supervised", action="store_true",
+                   help="only add --seg-checkpoint's scores to an earlier run's episodes (same seed)")
     p.set_defaults(func=benchmark_cmd)
 
 
 def benchmark_cmd(args) -> int:
-    from ..evaluation.benchmark import run_benchmark
+    from ..evaluation.benchmark import add_supervised, run_benchmark
     from ..evaluation.report import DOCS, render
 
+    if args.add_supervised:
+        if not args.seg_checkpoint:
+            raise ValueError("--add-supervised needs --seg-checkpoint")
+        res = add_supervised(Path(args.out_dir) if args.out_dir else DOCS, args.seg_checkpoint, _data_dir(args.data))
+        print(f"written: {render()}")
+        return 0
     res = run_benchmark(args.checkpoint or default_checkpoint(), _data_dir(args.data),
                         Path(args.out_dir) if args.out_dir else DOCS, args.episodes, args.unet_episodes,
                         args.unet_steps, args.seg_checkpoint, args.compare, args.seed)

@@ -104,6 +104,29 @@ def run_benchmark(checkpoint_path, data_dir, out_dir: Path, episodes: int, unet_
     return results
 
 
+def add_supervised(out_dir: Path, seg_checkpoint, data_dir) -> dict:
+    """Score the supervised segmenter on exactly the episodes of an earlier benchmark run (same seed)."""
+    from ..data.sets import split_sets
+    from ..inference import load_segmenter
+
+    path = out_dir / "results_fewshot.json"
+    results = json.loads(path.read_text())
+    size = results["model"]["image_size"]
+    test = split_sets(data_dir, ("test",), size, progress=False)["test"]
+    pred = supervised_predictor(load_segmenter(seg_checkpoint))
+    seed = results["seed"]
+    for k, block in results["by_shots"].items():
+        eps = make_episodes(test, None, int(k), block["PANet++"]["n_lesion_queries"], seed + int(k), normal_queries=1000)
+        block["Supervised DeepLabV3+"] = summarize(run_episodes(pred, test, test, eps, seed=seed))
+        sub = block["subset_for_unet"]
+        lesion_eps = [e for e in eps if test.has_lesion(e.query)][: sub["n_episodes"]]
+        sub["methods"]["Supervised DeepLabV3+"] = summarize(run_episodes(pred, test, test, lesion_eps, seed=seed))
+    results["seg_checkpoint"] = str(seg_checkpoint)
+    path.write_text(json.dumps(results, indent=2))
+    plot_methods(results, out_dir / "results_fewshot.png")
+    return results
+
+
 def plot_methods(results: dict, out_png: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
