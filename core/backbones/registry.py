@@ -104,5 +104,6 @@ def load_imagenet(module: nn.Module, name: str, weights: str = "imagenet",
 
 def create_encoder(name: str, weights: str = "imagenet") -> Encoder:
     enc = Encoder(name, weights)
-    log.info("backbone %s: %s", name, enc.weights)
+    # "random" is also how checkpoints are loaded (their own weights follow): not worth an INFO line
+    (log.debug if weights == "random" else log.info)("backbone %s: %s", name, enc.weights)
     return enc

@@ -191,13 +191,20 @@ def register_benchmark(sub) -> None:
     p.add_argument("--out-dir", default=None, help="default: docs/")
     p.add_argument("--add-supervised", action="store_true",
                    help="only add --seg-checkpoint's scores to an earlier run's episodes (same seed)")
+    p.add_argument("--latency-only", action="store_true",
+                   help="only re-time the checkpoints of an earlier run (e.g. on a quiet machine)")
     p.set_defaults(func=benchmark_cmd)
 
 
 def benchmark_cmd(args) -> int:
-    from ..evaluation.benchmark import add_supervised, run_benchmark
+    from ..evaluation.benchmark import add_supervised, remeasure_latency, run_benchmark
     from ..evaluation.report import DOCS, render
 
+    if args.latency_only:
+        res = remeasure_latency(Path(args.out_dir) if args.out_dir else DOCS, _data_dir(args.data))
+        print(json.dumps(res["latency"], indent=2))
+        print(f"written: {render()}")
+        return 0
     if args.add_supervised:
         if not args.seg_checkpoint:
             raise ValueError("--add-supervised needs --seg-checkpoint")

@@ -39,6 +39,30 @@ def latency(checkpoint_path, images, masks, queries, shots: int, repeats: int = 
             "cached_with_heatmaps_ms": ms(with_maps), "repeats": repeats, "threads": torch.get_num_threads()}
 
 
+def latency_images(test) -> tuple[list, list]:
+    """12 original-size lesion images of the test split (5 queries, then supports) and their masks."""
+    from ..data.dataset import load_pair
+
+    lesion = [s for i, s in enumerate(test.samples) if test.has_lesion(i)][:12]
+    pairs = [load_pair(s) for s in lesion]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def remeasure_latency(out_dir: Path, data_dir, shots=(1, 5)) -> dict:
+    """Re-time an earlier run's checkpoints (e.g. on a quiet machine) without re-scoring them."""
+    from ..data.sets import split_sets
+
+    path = out_dir / "results_fewshot.json"
+    results = json.loads(path.read_text())
+    test = split_sets(data_dir, ("test",), results["model"]["image_size"], progress=False)["test"]
+    imgs, msks = latency_images(test)
+    results["latency"] = [latency(results["checkpoint"], imgs[5:], msks[5:], imgs[:5], k) for k in shots]
+    for other, row in results.get("compare", {}).items():
+        row["latency"] = latency(other, imgs[5:], msks[5:], imgs[:5], 5)
+    path.write_text(json.dumps(results, indent=2))
+    return results
+
+
 def run_benchmark(checkpoint_path, data_dir, out_dir: Path, episodes: int, unet_episodes: int, unet_steps: int,
                   seg_checkpoint=None, compare=(), seed: int = 1234, shots=(1, 5)) -> dict:
     from ..data.dataset import load_pair
@@ -83,10 +107,7 @@ def run_benchmark(checkpoint_path, data_dir, out_dir: Path, episodes: int, unet_
             sub[name] = summarize(run_episodes(pred, test, test, lesion_eps, seed=seed))
         block["subset_for_unet"] = {"n_episodes": len(lesion_eps), "steps": unet_steps, "methods": sub}
         results["by_shots"][str(k)] = block
-    # latency on real, original-size test images
-    lesion = [s for i, s in enumerate(test.samples) if test.has_lesion(i)][:12]
-    pairs = [load_pair(s) for s in lesion]
-    imgs, msks = [p[0] for p in pairs], [p[1] for p in pairs]
+    imgs, msks = latency_images(test)
     results["latency"] = [latency(checkpoint_path, imgs[5:], msks[5:], imgs[:5], k) for k in shots]
     results["compare"] = {}
     for other in compare:
