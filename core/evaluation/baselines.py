@@ -27,8 +27,12 @@ def original_panet(model):
 
 
 def finetuned_unet_predictor(backbone: str = "tf_efficientnet_lite0", steps: int = 40, lr: float = 1e-3,
-                             seed: int = 0):
-    """Fine-tune a fresh ImageNet-initialised U-Net on the supports of each episode."""
+                             seed: int = 0, size: int = 128):
+    """Fine-tune a fresh ImageNet-initialised U-Net on the supports of each episode.
+
+    Trained and applied at `size` px (then upsampled) to keep a CPU episode within seconds.
+    """
+    import torch.nn.functional as F
     s = spec(backbone)
     base = smp.create_model("unet", encoder_name="tu-" + s.timm_name, encoder_weights=None, classes=1)
     load_imagenet(base.encoder.model, backbone)
@@ -41,6 +45,10 @@ def finetuned_unet_predictor(backbone: str = "tf_efficientnet_lite0", steps: int
         base.load_state_dict(init)
         base.train()
         opt = torch.optim.Adam(base.parameters(), lr=lr)
+        out_size = q_img.shape[-2:]
+        s_img = F.interpolate(s_img, size=(size, size), mode="bilinear", align_corners=False)
+        s_msk = F.interpolate(s_msk[:, None], size=(size, size), mode="nearest")[:, 0]
+        q_img = F.interpolate(q_img, size=(size, size), mode="bilinear", align_corners=False)
         imgs = (s_img.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         msks = s_msk.numpy() > 0.5
         for _ in range(steps):
@@ -55,7 +63,8 @@ def finetuned_unet_predictor(backbone: str = "tf_efficientnet_lite0", steps: int
             opt.step()
         base.eval()
         with torch.no_grad():
-            return (base((q_img - mean) / std)[0, 0] > 0).numpy()
+            logits = F.interpolate(base((q_img - mean) / std), size=out_size, mode="bilinear", align_corners=False)
+            return (logits[0, 0] > 0).numpy()
 
     return predict
 

@@ -105,7 +105,8 @@ def run_benchmark(checkpoint_path, data_dir, out_dir: Path, episodes: int, unet_
         sub["U-Net fine-tuned on the k supports"]["seconds_per_episode"] = (time.time() - t0) / max(1, len(lesion_eps))
         for name, pred in predictors.items():
             sub[name] = summarize(run_episodes(pred, test, test, lesion_eps, seed=seed))
-        block["subset_for_unet"] = {"n_episodes": len(lesion_eps), "steps": unet_steps, "methods": sub}
+        block["subset_for_unet"] = {"n_episodes": len(lesion_eps), "steps": unet_steps, "image_size": 128,
+                                    "methods": sub}
         results["by_shots"][str(k)] = block
     imgs, msks = latency_images(test)
     results["latency"] = [latency(checkpoint_path, imgs[5:], msks[5:], imgs[:5], k) for k in shots]
