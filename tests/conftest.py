@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-torch.set_num_threads(2)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -100,8 +100,7 @@ def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episo
         workdir = ctx.new_output_dir("finetune_")
         cfg = FewShotTrainConfig(backbone=base.model.config.backbone, image_size=size, epochs=int(epochs),
                                  episodes_per_epoch=int(episodes), lr=float(lr), patience=max(2, int(epochs)),
-                                 val_episodes=20, device=device, save_path=str(workdir / "model"),
-                                 weights="random")  # every weight comes from the base checkpoint
+                                 val_episodes=20, device=device, save_path=str(workdir / "model"))
         events: queue.Queue = queue.Queue()
         result: dict = {}
 

@@ -33,6 +33,9 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a resume file exists")
     p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this many minutes")
+    p.add_argument("--pseudo-prob", type=float, default=0.0,
+                   help="share of self-supervised region-matching episodes (makes the model rely on its supports)")
+    p.add_argument("--init-checkpoint", default=None, help="start from this PANet++ checkpoint's weights")
     p.set_defaults(func=train_fewshot_cmd)
     register_more(sub)
     register_benchmark(sub)
@@ -58,7 +61,14 @@ def train_fewshot_cmd(args) -> int:
         backbone=args.backbone, image_size=args.image_size, shots=args.shots,
         episodes_per_epoch=args.episodes_per_epoch, epochs=args.epochs, lr=args.lr, patience=args.patience,
         seed=args.seed, val_episodes=args.val_episodes, par=args.par, augment=not args.no_augment,
-        device=args.device, save_path=args.save_path)
+        device=args.device, save_path=args.save_path, pseudo_prob=args.pseudo_prob)
+    init = None
+    if args.init_checkpoint:
+        from ..inference import load_panet
+        base, _ = load_panet(args.init_checkpoint)
+        if base.config.backbone != cfg.backbone:
+            raise ValueError(f"--init-checkpoint has backbone {base.config.backbone}, not {cfg.backbone}")
+        init = base.state_dict()
     data = _data_dir(args.data)
     split_file = args.split or DEFAULT_SPLIT_FILE
     sets = split_sets(data, ("train", "val"), cfg.image_size, split_file)
@@ -69,9 +79,11 @@ def train_fewshot_cmd(args) -> int:
             sets[k] = ImageSet(s.samples[:n], s.images[:n], s.masks[:n], s.groups[:n])
     info = {"data_dir": str(data), "split_file": str(split_file), "split_hash": split_hash(load_split(split_file)),
             "n_train": len(sets["train"]), "n_val": len(sets["val"])}
+    if args.init_checkpoint:
+        info["base"] = str(args.init_checkpoint)
     deadline = time.time() + args.max_minutes * 60 if args.max_minutes else float("inf")
     summary = train_fewshot(cfg, sets["train"], sets["val"], info, resume=not args.no_resume,
-                            should_stop=lambda: time.time() > deadline)
+                            should_stop=lambda: time.time() > deadline, init_weights=init)
     print(json.dumps(summary, indent=2))
     return 0
 

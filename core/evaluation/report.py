@@ -23,6 +23,15 @@ def _ci(s):
     return f"{s['dice']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _history(fs) -> str:
+    """The checkpoint's own note (how it was trained), read from its JSON."""
+    try:
+        meta = json.loads(Path(fs["checkpoint"]).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return f"History: {meta['note']}." if meta.get("note") else ""
+
+
 def render() -> Path:
     fs, sup, web = _load("results_fewshot.json"), _load("results_supervised.json"), _load("results_webapp.json")
     L = ["# Measured results", "",
@@ -33,9 +42,9 @@ def render() -> Path:
         m = fs["model"]
         L += ["## Few-shot segmentation (PANet++)", "",
               f"Checkpoint `{Path(fs['checkpoint']).name}`: backbone `{m['backbone']}` ({m.get('weights_loaded', '')}), "
-              f"input {m['image_size']} px, learned tau. Trained {fs.get('train_episodes')} episodes in "
-              f"{_f((fs.get('train_seconds') or 0) / 60, 0)} min on 1 CPU thread (validation Dice {_f(fs.get('val_dice'))}).",
-              "", "Reproduce: `python -m core benchmark-fewshot --data $BUSI_DIR --seg-checkpoint checkpoints/segmenter_deeplabv3plus_lite0`", "",
+              f"input {m['image_size']} px, learned tau. Its last training run: {fs.get('train_episodes')} episodes in "
+              f"{_f((fs.get('train_seconds') or 0) / 60, 0)} min on the CPU (validation Dice {_f(fs.get('val_dice'))}).",
+              "", _history(fs), "", "Reproduce: `python -m core benchmark-fewshot --data $BUSI_DIR --seg-checkpoint checkpoints/segmenter_deeplabv3plus_lite0`", "",
               "Supports and queries from the held-out test cohort (supports never from the query's duplicate group); "
               "per-query Dice/IoU over lesion queries, mean [95% CI]; false-positive rate = share of the normal "
               "(lesion-free) test queries with any predicted lesion pixel.", "",

@@ -38,6 +38,7 @@ class FewShotTrainConfig:
     val_episodes: int = 100         # half 1-shot, half 5-shot, fixed by the seed
     par: bool = False               # prototype alignment regularisation
     par_weight: float = 1.0
+    pseudo_prob: float = 0.0        # share of self-supervised "match this region" episodes (see pseudo_episode)
     augment: bool = True
     device: str = "auto"
     save_path: str = "checkpoints/panet_lite0"
@@ -72,6 +73,35 @@ def validate(model: PANetPlusPlus, data: ImageSet, support_data: ImageSet, episo
         scores.append(dice(logits[0, 0] > 0, q_msk[0] > 0.5))
     model.train()
     return float(np.nanmean(scores))
+
+
+def random_region(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A random lobulated ellipse covering about 2-15% of an h x w image."""
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    cy, cx = rng.uniform(0.25, 0.75) * h, rng.uniform(0.2, 0.8) * w
+    ry, rx = rng.uniform(0.08, 0.2) * h, rng.uniform(0.08, 0.2) * w
+    theta = np.arctan2(yy - cy, xx - cx)
+    lobes = 1 + sum(rng.uniform(0, 0.12) * np.sin(k * theta + rng.uniform(0, 6)) for k in (2, 3, 5))
+    return np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) < lobes
+
+
+def pseudo_episode(data: ImageSet, rng: np.random.Generator, k: int, device):
+    """Self-supervised episode (as in SSL-ALPNet): a random region of one training image is the
+    'class'; supports and query are differently augmented views of that image with the region moved
+    along. The target depends only on what the supports mark, so a model cannot solve these
+    episodes while ignoring its supports."""
+    i = int(rng.integers(len(data)))
+    img = data.images[i]
+    region = random_region(*img.shape[:2], rng)
+    views = []
+    for _ in range(k + 1):
+        a_img, a_msk = augment(img, region, rng, AugmentConfig())
+        if not a_msk.any():
+            a_img, a_msk = img, region
+        views.append((to_tensor(a_img), mask_tensor(a_msk)))
+    sup, (q_img, q_msk) = views[:k], views[k]
+    return (torch.stack([v[0] for v in sup]).to(device), torch.stack([v[1] for v in sup]).to(device),
+            q_img[None].to(device), q_msk[None].to(device))
 
 
 def _resume_path(save_path: str | Path) -> Path:
@@ -111,7 +141,8 @@ def train_fewshot(cfg: FewShotTrainConfig, train_set: ImageSet, val_set: ImageSe
     model = PANetPlusPlus(model_cfg).to(device)
     if init_weights is not None:
         model.load_state_dict(init_weights)
-        model.config.weights_loaded = f"fine-tuned from {data_info.get('base', 'a given checkpoint')}"
+        model.config.weights_loaded = (f"{model.config.weights_loaded}, then fine-tuned from "
+                                       f"{data_info.get('base', 'a given checkpoint')}")
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
 
     train_sampler = EpisodeSampler(train_set)
@@ -148,9 +179,12 @@ def train_fewshot(cfg: FewShotTrainConfig, train_set: ImageSet, val_set: ImageSe
                    disable=not progress, leave=False)
         for _ in bar:
             k = cfg.shots if cfg.shots else int(rng.choice([1, 5]))
-            ep = train_sampler.episode(rng, k, allow_fewer=True)
-            k = len(ep.support)
-            s_img, s_msk, q_img, q_msk = episode_tensors(train_set, train_set, ep, rng if cfg.augment else None, device)
+            if cfg.pseudo_prob and rng.random() < cfg.pseudo_prob:
+                s_img, s_msk, q_img, q_msk = pseudo_episode(train_set, rng, k, device)
+            else:
+                ep = train_sampler.episode(rng, k, allow_fewer=True)
+                k = len(ep.support)
+                s_img, s_msk, q_img, q_msk = episode_tensors(train_set, train_set, ep, rng if cfg.augment else None, device)
             logits, _, _, q_feats = model(s_img, s_msk, q_img)
             loss = bce_dice_loss(logits[:, 0], q_msk)
             if cfg.par and model.decoder is not None:
