@@ -178,6 +178,7 @@ class SegmentOutput:
     files: list
     seconds: float
     notes: list
+    supports: list  # the (image, mask) pairs used, for the thumbnails
 
 
 def segment(ctx: AppContext, session: Session, checkpoint_name, editors, mask_files, query, threshold: float,
@@ -217,7 +218,7 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, editors, mask_fi
     heat = heatmap_tiles(q_img, res.heatmaps)
     prob_rgb = colorize(res.probability, 0, 1, "viridis")
     files = export_files(ctx, q_img, res.mask, ov, heat)
-    return SegmentOutput(ov, prob_rgb, heat, "\n\n".join(lines), files, time.perf_counter() - t0, notes)
+    return SegmentOutput(ov, prob_rgb, heat, "\n\n".join(lines), files, time.perf_counter() - t0, notes, supports)
 
 
 def _truth(ctx: AppContext, session: Session, q_img: np.ndarray):

@@ -203,8 +203,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 raise _error(exc)
             for note in out.notes:
                 gr.Warning(note)
-            pairs = handlers.collect_supports(eds, mfs)
-            sthumbs = [(overlay(img, m, 0.4), f"support {k + 1}") for k, (img, m) in enumerate(pairs)]
+            sthumbs = [(overlay(img, m, 0.4), f"support {k + 1}") for k, (img, m) in enumerate(out.supports)]
             return (out.overlay, out.probability, out.heatmaps, out.report + f"\n\n*{out.seconds * 1000:.0f} ms*",
                     out.files, handlers.editor_value(sess.query_image, sess.mask), sthumbs, sess)
 
