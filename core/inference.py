@@ -25,6 +25,7 @@ from .models.supervised import ClassifierConfig, LesionClassifier, Segmenter, Se
 
 MAX_SHOTS = 5
 CACHE_SIZE = 64  # prototype sets kept (a few KB each)
+ADAPTED_CACHE_SIZE = 4  # adapted model copies kept in memory (about 19 MB each)
 
 
 def _known_fields(cls, d: dict) -> dict:
@@ -109,7 +110,10 @@ class FewShotSegmenter:
         self._lock = threading.Lock()
         self._cache_key: str | None = None
         self._protos: Prototypes | None = None
+        self._model_for_protos: PANetPlusPlus | None = None
         self.cache_hits = 0
+        # (owner, support-set key) -> (adapted model copy, summary); never written over a checkpoint
+        self._adapted: OrderedDict[tuple[str, str], tuple[PANetPlusPlus, dict]] = OrderedDict()
 
     def _prepare_supports(self, supports) -> tuple[torch.Tensor, torch.Tensor, str]:
         if not supports:
@@ -132,47 +136,106 @@ class FewShotSegmenter:
             msks.append(torch.from_numpy(small_m).float())
         return torch.stack(imgs).to(self.device), torch.stack(msks).to(self.device), h.hexdigest()
 
+    def _model_for(self, key: str, owner: str) -> PANetPlusPlus:
+        entry = self._adapted.get((owner, key))
+        return entry[0] if entry is not None else self.model
+
+    def set_supports(self, supports, owner: str = "") -> Prototypes:
+        """supports: list of (image, mask) pairs (arrays, PIL images or paths). Cached by content.
+        If `owner` adapted the model to exactly these supports, the adapted copy is used."""
+        return self._resolve(supports, owner)[0]
+
     @torch.no_grad()
-    def set_supports(self, supports) -> Prototypes:
-        """supports: list of (image, mask) pairs (arrays, PIL images or paths). Cached by content."""
+    def _resolve(self, supports, owner: str) -> tuple[Prototypes, PANetPlusPlus]:
         imgs, msks, key = self._prepare_supports(supports)
+        model = self._model_for(key, owner)
+        cache_key = key if model is self.model else f"{key}:adapted:{owner}"
         with self._lock:
-            protos = self._cache.get(key)
+            protos = self._cache.get(cache_key)
             if protos is not None:
-                self._cache.move_to_end(key)
+                self._cache.move_to_end(cache_key)
                 self.cache_hits += 1
         if protos is None:
             try:
-                protos = self.model.prototypes(imgs, msks)
+                protos = model.prototypes(imgs, msks)
             except EmptySupportMask as exc:
                 raise DataError(str(exc)) from exc
             with self._lock:
-                self._cache[key] = protos
+                self._cache[cache_key] = protos
                 while len(self._cache) > CACHE_SIZE:
                     self._cache.popitem(last=False)
-        self._protos, self._cache_key = protos, key
-        return protos
+        self._protos, self._cache_key, self._model_for_protos = protos, key, model
+        return protos, model
+
+    def support_key(self, supports) -> str:
+        return self._prepare_supports(supports)[2]
+
+    def adapt(self, supports, seconds: float = 30.0, steps: int = 0, owner: str = "", job=None,
+              on_progress=None, should_stop=lambda: False) -> dict:
+        """Fine-tune a copy of the model on these supports only (time-boxed; on the GPU when the
+        segmenter lives there). The copy is kept in memory for (owner, this support set) and used by
+        predict() with the same supports and owner; the checkpoint on disk is never touched.
+        Returns a summary (status, steps, seconds, leave-one-out Dice among the supports before/after)."""
+        from .training.adapt import AdaptConfig, adapt_model
+
+        imgs, msks, key = self._prepare_supports(supports)
+        net, summary = adapt_model(self.model, imgs, msks, AdaptConfig(seconds=seconds, steps=steps),
+                                   job=job, on_progress=on_progress, should_stop=should_stop)
+        if net is not None:
+            with self._lock:
+                self._adapted[(owner, key)] = (net, summary)
+                while len(self._adapted) > ADAPTED_CACHE_SIZE:
+                    self._adapted.popitem(last=False)
+                for k in [k for k in self._cache if k.endswith(f":adapted:{owner}") and k.startswith(key)]:
+                    del self._cache[k]
+        summary["support_key"] = key
+        return summary
+
+    def is_adapted(self, supports, owner: str = "") -> bool:
+        return (owner, self.support_key(supports)) in self._adapted
+
+    def forget_adapted(self, owner: str) -> None:
+        with self._lock:
+            for k in [k for k in self._adapted if k[0] == owner]:
+                del self._adapted[k]
+
+    def save_adapted(self, supports, path, owner: str = "", note: str = "") -> Path:
+        """Save the adapted copy for these supports as a new named checkpoint (never over an existing one)."""
+        entry = self._adapted.get((owner, self.support_key(supports)))
+        if entry is None:
+            raise DataError("no adapted model for these supports: adapt first")
+        net, summary = entry
+        weights, json_path = checkpoint.paths(path)
+        if weights.exists() or json_path.exists():
+            raise DataError(f"a checkpoint named {json_path.stem} already exists: choose another name")
+        meta = {**self.meta, "note": note or "adapted to a support set (test-time fine-tuning)",
+                "adapted": {k: v for k, v in summary.items() if k not in ("message",)}}
+        meta.pop("save_path", None)
+        return checkpoint.save(path, net.state_dict(), meta, half=False)
 
     @torch.no_grad()
-    def predict(self, query, supports=None, threshold: float = 0.5, heatmaps: bool = True) -> FewShotResult:
+    def predict(self, query, supports=None, threshold: float = 0.5, heatmaps: bool = True,
+                owner: str = "") -> FewShotResult:
         """Segment `query`. With `supports`, their prototypes are used (computed once per support set,
         shared across callers); without, the last support set given to this object."""
-        protos = self.set_supports(supports) if supports is not None else self._protos
+        if supports is not None:
+            protos, model = self._resolve(supports, owner)
+        else:
+            protos, model = self._protos, (self._model_for_protos or self.model)
         if protos is None:
             raise DataError("no supports set: add at least one support image with its lesion mask")
         img = as_image(query, "query image")
         h, w = img.shape[:2]
         x = to_tensor(resize_image(img, self.size))[None].to(self.device)
-        logits, sims, feats = self.model.segment(x, protos)
+        logits, sims, feats = model.segment(x, protos)
         prob = torch.sigmoid(F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False))[0, 0]
         prob = prob.cpu().numpy().astype(np.float32)
-        maps = self._heatmaps(feats, sims, protos, (h, w)) if heatmaps else {}
+        maps = self._heatmaps(feats, sims, protos, (h, w), model.tau) if heatmaps else {}
         return FewShotResult(prob, prob > threshold, maps, threshold)
 
-    def _heatmaps(self, feats, sims, protos: Prototypes, size) -> dict:
+    def _heatmaps(self, feats, sims, protos: Prototypes, size, tau) -> dict:
         """Cosine maps (tau removed, so values are in [-1, 1]) at the finest prototype level."""
         level = min(PROTO_LEVELS)
-        tau = self.model.tau
         up = lambda t: F.interpolate(t[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
         out = {"foreground": up(sims[level][0, 0] / tau), "background": up(sims[level][0, 1] / tau)}
         for k in range(protos.shots):

@@ -178,9 +178,9 @@ def test_layer_mask_handles_the_three_layer_shapes():
     assert (layer_mask(v, (1000, 1200)) == big_mask).mean() > 0.99
 
 
-def _finetune(client, editors, name, epochs=1, episodes=10):
+def _finetune(client, editors, name, epochs=1, episodes=10, lr=1e-4):
     editors = list(editors) + [EMPTY] * (5 - len(editors))
-    return client.predict("tiny_panet", "this session's supports and corrected queries", epochs, episodes, 1e-4, name,
+    return client.predict("tiny_panet", "this session's supports and corrected queries", epochs, episodes, lr, name,
                           *editors, *([None] * 5), api_name="/finetune")
 
 
@@ -203,22 +203,46 @@ def test_finetune_needs_three_images(app):
         _finetune(fresh, [support_editor(files, 1)], "x")
 
 
-def test_cancelled_finetune_saves_nothing(app):
+def test_cancelled_finetune_saves_nothing_and_only_its_owner_can_cancel(app):
     import threading
     import time
 
     client, files, ctx = app
+    owner = Client(client.src, verbose=False)
     before = set((ctx.config.output_dir / "checkpoints").iterdir())
     result = {}
 
     def go():
-        result["out"] = _finetune(client, [support_editor(files, s) for s in (1, 2, 3)], "cancelled", 3, 200)
+        result["out"] = _finetune(owner, [support_editor(files, s) for s in (1, 2, 3)], "cancelled", 3, 200)
 
     t = threading.Thread(target=go)
     t.start()
     time.sleep(6)
-    Client(client.src, verbose=False).predict(api_name="/cancel_finetune")
+    stranger = Client(client.src, verbose=False).predict(api_name="/cancel_finetune")
+    assert "no fine-tuning" in stranger, "another session must not be able to cancel this job"
+    time.sleep(1)
+    assert t.is_alive(), "the job kept running after a stranger's cancel"
+    assert "Cancelling" in owner.predict(api_name="/cancel_finetune")
     t.join(timeout=120)
     assert "Cancelled" in result["out"][0]
     assert set((ctx.config.output_dir / "checkpoints").iterdir()) == before
     assert not list(ctx.config.output_dir.glob("finetune_*"))
+
+
+def test_finetune_refuses_a_learning_rate_that_would_diverge(app):
+    client, files, _ = app
+    with pytest.raises(Exception, match="learning rate"):
+        _finetune(Client(client.src, verbose=False), [support_editor(files, s) for s in (1, 2, 3)], "x", lr=1e9)
+
+
+def test_adapt_then_segment_uses_the_adapted_model_for_this_session_only(app):
+    client, files, ctx = app
+    me = Client(client.src, verbose=False)
+    sups = [support_editor(files, s) for s in (1, 2)]
+    status = me.predict("tiny_panet", 5, *(sups + [EMPTY] * 3), *([None] * 5), api_name="/adapt")
+    assert "Adapted" in status and "leave-one-out Dice" in status
+    seg = ctx.fewshot("tiny_panet")
+    assert len(seg._adapted) == 1
+    (owner, _), = seg._adapted.keys()
+    assert owner == me.session_hash, "the adapted copy belongs to the session that asked for it"
+    assert "no fine-tuning or adaptation job" in Client(client.src, verbose=False).predict(api_name="/cancel_adapt")

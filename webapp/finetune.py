@@ -1,4 +1,7 @@
-"""Fine-tuning from the page: one job at a time, live progress, Cancel, atomic result.
+"""Fine-tuning and adaptation from the page: one job at a time, live progress, Cancel, atomic result.
+
+Each run is a `core.training.engine.Job` owned by the browser session that started it: only that
+session can cancel it (a module-level registry maps owners to their jobs; nothing else is shared).
 
 The run writes into a private temporary folder under outputs/; only a finished run is moved into
 outputs/checkpoints/ (weights first, JSON last: a checkpoint counts only once its JSON exists).
@@ -22,15 +25,45 @@ from core.data.discover import Sample
 from .context import AppContext
 from .handlers import UserError
 
-_JOB_LOCK = threading.Lock()
-_CANCEL = threading.Event()
+from core.training.engine import Job
+
+_JOB_LOCK = threading.Lock()          # the machine runs one training job at a time
+_JOBS: dict[str, Job] = {}            # owner (browser session) -> its running job
+_JOBS_LOCK = threading.Lock()
+MAX_LR = 1e-2
 
 
-def cancel() -> str:
-    if not _JOB_LOCK.locked():
-        return "No fine-tuning job is running."
-    _CANCEL.set()
-    return "Cancelling: the job stops after the current episode; nothing will be saved."
+def _register(owner: str, name: str) -> Job:
+    job = Job(owner=owner, name=name)
+    with _JOBS_LOCK:
+        _JOBS[owner] = job
+    return job
+
+
+def _unregister(job: Job) -> None:
+    with _JOBS_LOCK:
+        if _JOBS.get(job.owner) is job:
+            del _JOBS[job.owner]
+
+
+def cancel(owner: str) -> str:
+    """Cancel the caller's own job; another session's job is never touched."""
+    with _JOBS_LOCK:
+        job = _JOBS.get(owner)
+    if job is None or not job.active:
+        return "You have no fine-tuning or adaptation job running."
+    job.cancel(by=owner)
+    return f"Cancelling {job.name}: it stops after the current episode; nothing will be saved."
+
+
+def check_lr(lr) -> float:
+    try:
+        lr = float(lr)
+    except (TypeError, ValueError):
+        raise UserError("the learning rate must be a number") from None
+    if not (0 < lr <= MAX_LR):  # also refuses NaN and infinity
+        raise UserError(f"the learning rate must be above 0 and at most {MAX_LR:g} (got {lr:g})")
+    return lr
 
 
 def safe_name(name: str) -> str:
@@ -74,17 +107,17 @@ def folder_sets(ctx: AppContext, size: int) -> tuple[ImageSet, ImageSet, str]:
             f"{len(whole) - n_val} training and {n_val} validation images of the data folder"
 
 
-def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episodes: int, lr: float, name: str):
+def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episodes: int, lr: float, name: str,
+        owner: str = ""):
     """Generator of (status markdown, curve figure or None, finished checkpoint name or None)."""
-    import torch
-
     from core.training.fewshot import FewShotTrainConfig, train_fewshot
 
+    lr = check_lr(lr)
     if not _JOB_LOCK.acquire(blocking=False):
-        raise UserError("another fine-tuning job is running: wait for it to finish (one job at a time)")
+        raise UserError("another fine-tuning or adaptation job is running: wait for it to finish (one job at a time)")
     workdir = None
+    job = _register(owner, "fine-tuning")
     try:
-        _CANCEL.clear()
         base = ctx.fewshot(checkpoint_name)
         size = base.model.config.image_size
         if source == "data folder":
@@ -108,7 +141,7 @@ def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episo
             try:
                 result["summary"] = train_fewshot(
                     cfg, train, val, {"source": source, "description": desc, "base": str(checkpoint_name)},
-                    resume=False, should_stop=_CANCEL.is_set, on_progress=events.put, progress=False,
+                    resume=False, job=job, on_progress=events.put, progress=False,
                     init_weights={k: v.clone() for k, v in base.model.state_dict().items()})
             except Exception as exc:  # reported in the page
                 result["error"] = exc
@@ -123,7 +156,7 @@ def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episo
                 ev = events.get(timeout=0.5)
             except queue.Empty:
                 continue
-            if ev["type"] == "episode":
+            if ev["type"] == "step":
                 losses.append(ev["loss"])
                 dices.append(ev["dice"])
             else:
@@ -138,6 +171,10 @@ def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episo
         if "error" in result:
             raise UserError(f"fine-tuning failed: {result['error']}; nothing was saved")
         summary = result["summary"]
+        if summary["diverged"]:
+            yield (f"{header}\n\nThe run diverged ({summary['message']}): nothing was saved. Try a smaller "
+                   "learning rate.", curve_figure(losses, dices, vals), None)
+            return
         if summary["cancelled"]:
             yield f"{header}\n\nCancelled after {summary['episodes']} episodes: nothing was saved.", \
                 curve_figure(losses, dices, vals), None
@@ -153,8 +190,73 @@ def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episo
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
-        _CANCEL.clear()
+        _unregister(job)
         _JOB_LOCK.release()
+
+
+def adapt(ctx: AppContext, checkpoint_name, supports, seconds: float, owner: str):
+    """Generator of status markdown while the few-shot model adapts to `supports` (this owner only)."""
+    seconds = float(seconds)
+    if not (1 <= seconds <= 600):
+        raise UserError("adaptation time must be between 1 and 600 seconds")
+    if not supports:
+        raise UserError("no supports: add at least one support image with its mask first")
+    if not _JOB_LOCK.acquire(blocking=False):
+        raise UserError("another fine-tuning or adaptation job is running: wait for it to finish (one job at a time)")
+    job = _register(owner, "adaptation")
+    try:
+        seg = ctx.fewshot(checkpoint_name)
+        events: queue.Queue = queue.Queue()
+        result: dict = {}
+
+        def work():
+            try:
+                result["summary"] = seg.adapt(supports, seconds=seconds, owner=owner, job=job, on_progress=events.put)
+            except Exception as exc:  # reported in the page
+                result["error"] = exc
+
+        thread = threading.Thread(target=work, daemon=True)
+        t0 = time.time()
+        thread.start()
+        losses: list[float] = []
+        last = 0.0
+        while thread.is_alive() or not events.empty():
+            try:
+                ev = events.get(timeout=0.5)
+                losses.append(ev.get("loss", float("nan")))
+            except queue.Empty:
+                pass
+            if time.time() - last > 1.0:
+                last = time.time()
+                done = min(1.0, (time.time() - t0) / seconds)
+                yield (f"Adapting to {len(supports)} support(s) on the {str(seg.device).upper()}: "
+                       f"{'#' * int(20 * done)}{'.' * (20 - int(20 * done))} {done:.0%}, {len(losses)} steps, "
+                       f"loss {np.mean(losses[-20:]) if losses else float('nan'):.3f}")
+        thread.join()
+        if "error" in result:
+            raise UserError(f"adaptation failed: {result['error']}")
+        yield adapt_report(result["summary"])
+    finally:
+        _unregister(job)
+        _JOB_LOCK.release()
+
+
+def adapt_report(summary: dict) -> str:
+    if summary["status"] == "cancelled":
+        return "Adaptation cancelled: the model is unchanged."
+    if summary["status"] == "diverged":
+        return f"Adaptation diverged ({summary['message']}): the model is unchanged."
+    before, after = summary.get("loo_dice_before") or [], summary.get("loo_dice_after") or []
+    lines = [f"**Adapted** to these supports: {summary['steps']} steps in {summary['seconds']:.0f} s. "
+             "Segment now uses the adapted model for exactly these supports (this session only); "
+             "changing a support goes back to the checkpoint."]
+    if before:
+        lines.append(f"Each support segmented from the others (leave-one-out Dice): before {np.mean(before):.2f}, "
+                     f"after {np.mean(after):.2f} (after is optimistic: it trained on them).")
+        if np.mean(before) < 0.5:
+            lines.append("The supports agree poorly before adaptation: the target may look unlike anything the "
+                         "model was trained on, or the supports mark different structures.")
+    return "\n\n".join(lines)
 
 
 def curve_figure(losses, dices, vals):

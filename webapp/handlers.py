@@ -182,7 +182,7 @@ class SegmentOutput:
 
 
 def segment(ctx: AppContext, session: Session, checkpoint_name, editors, mask_files, query, threshold: float,
-            opacity: float) -> SegmentOutput:
+            opacity: float, owner: str = "") -> SegmentOutput:
     t0 = time.perf_counter()
     supports = collect_supports(editors, mask_files)
     notes: list[str] = []
@@ -195,7 +195,8 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, editors, mask_fi
         raise UserError("no query image: upload one or pick one from the gallery")
     try:
         model = ctx.fewshot(checkpoint_name)
-        res = model.predict(q_img, supports, threshold=threshold)
+        res = model.predict(q_img, supports, threshold=threshold, owner=owner)
+        adapted = model.is_adapted(supports, owner) if owner else False
     except CheckpointError as exc:
         raise UserError(f"checkpoint could not be loaded: {_hide_dirs(ctx, exc)}") from exc
     except DataError as exc:
@@ -203,8 +204,8 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, editors, mask_fi
     session.query_image, session.probability, session.mask, session.corrected = q_img, res.probability, res.mask, False
     truth = _truth(ctx, session, q_img)
     ov = overlay(q_img, res.mask, opacity, truth=truth)
-    lines = [f"**{len(supports)} support(s)**, lesion predicted on {res.mask.mean() * 100:.1f}% of the image "
-             f"(threshold {threshold:.2f})."]
+    lines = [f"**{len(supports)} support(s)**{' (model adapted to them)' if adapted else ''}, lesion predicted on "
+             f"{res.mask.mean() * 100:.1f}% of the image (threshold {threshold:.2f})."]
     if truth is not None:
         if truth.any():
             lines.append(f"Against the ground truth (green contour): **Dice {dice(res.mask, truth):.3f}, "

@@ -26,7 +26,10 @@ HELP = """### How to use it
    prototypes of the supports: bright = similar.
 3. **Correct and reuse.** Fix the prediction with the brush in *Correct*, then *Add corrected query as a support*.
 4. **Classify** runs the lesion classifier on the query and its (corrected) mask.
-5. **Fine-tune** adapts the model to your images; the result is saved as a new checkpoint ("yours").
+5. **Adapt to these supports** (under Segment) fine-tunes a private copy of the model on your supports for the
+   seconds you choose (GPU when present); Segment then uses it for exactly these supports, in your session only.
+   Use it when the target is unlike breast lesions (another organ): it reports how well the supports agree.
+6. **Fine-tune** trains on more images; the result is saved as a new checkpoint ("yours").
 
 The synthetic demo images are computer-generated phantoms, not patient data.
 Known editor quirks (Gradio): strokes may vanish when switching brush size; if the brush stops responding
@@ -40,6 +43,11 @@ def _editor(label: str, height: int = 340, elem_id: str | None = None) -> gr.Ima
         eraser=gr.Eraser(default_size=16),
         layers=gr.LayerOptions(allow_additional_layers=False, layers=["Lesion"]),
         height=height, image_mode="RGBA", elem_id=elem_id)
+
+
+def _owner(request: gr.Request | None) -> str:
+    """The browser session a call comes from: jobs and adapted models belong to it."""
+    return getattr(request, "session_hash", None) or "anonymous"
 
 
 def _error(exc: Exception) -> gr.Error:
@@ -97,6 +105,12 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold")
                     opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Overlay opacity")
                     seg_btn = gr.Button("Segment", variant="primary", elem_id="segment-button")
+                    with gr.Row():
+                        adapt_seconds = gr.Slider(5, 300, value=30, step=5, label="Adaptation time (s)")
+                    with gr.Row():
+                        adapt_btn = gr.Button("Adapt to these supports", elem_id="adapt-button")
+                        adapt_cancel = gr.Button("Cancel adaptation", variant="stop", size="sm")
+                    adapt_status = gr.Markdown(elem_id="adapt-status")
                 with gr.Column(scale=1):
                     overlay_out = gr.Image(label="Prediction overlay (red; green: ground truth)", type="numpy",
                                            format="png", interactive=False, height=320, elem_id="overlay")
@@ -193,12 +207,12 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             clears[i].click(lambda: ({"background": None, "layers": [], "composite": None}, None),
                             None, [editors[i], mask_files[i]], api_name=False)
 
-        def do_segment(sess: Session, ckpt_name, *rest, progress=gr.Progress()):
+        def do_segment(sess: Session, ckpt_name, *rest, request: gr.Request, progress=gr.Progress()):
             eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:2 * N_SLOTS]
             q, thr, opa = rest[2 * N_SLOTS:]
             sess = copy.copy(sess)
             try:
-                out = handlers.segment(ctx, sess, ckpt_name, eds, mfs, q, thr, opa)
+                out = handlers.segment(ctx, sess, ckpt_name, eds, mfs, q, thr, opa, owner=_owner(request))
             except (UserError, ValueError) as exc:
                 raise _error(exc)
             for note in out.notes:
@@ -210,6 +224,22 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         seg_btn.click(do_segment, [session, ckpt] + editors + mask_files + [query, threshold, opacity],
                       [overlay_out, prob_out, heat_out, report, files_out, corrector, support_thumbs, session],
                       api_name="segment", concurrency_limit=2)
+
+        def do_adapt(ckpt_name, seconds, *rest, request: gr.Request):
+            eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:]
+            try:
+                supports = handlers.collect_supports(eds, mfs)
+                for status in finetune.adapt(ctx, ckpt_name, supports, seconds, _owner(request)):
+                    yield status
+            except (UserError, ValueError) as exc:
+                raise _error(exc)
+
+        adapt_btn.click(do_adapt, [ckpt, adapt_seconds] + editors + mask_files, adapt_status, api_name="adapt",
+                        concurrency_limit=1, concurrency_id="finetune")
+        def do_cancel(request: gr.Request):
+            return finetune.cancel(_owner(request))
+
+        adapt_cancel.click(do_cancel, None, adapt_status, api_name="cancel_adapt")
 
         def do_rerender(sess: Session, thr, opa):
             img = handlers.rerender(sess, thr, opa, ctx)
@@ -251,7 +281,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
         cls_btn.click(do_classify, [session, corrector], [label_out, cls_text], api_name="classify")
 
-        def do_finetune(ckpt_name, source, epochs, episodes, lr, name, sess: Session, *rest):
+        def do_finetune(ckpt_name, source, epochs, episodes, lr, name, sess: Session, *rest, request: gr.Request):
             eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:]
             pairs = []
             if source != "data folder":
@@ -264,7 +294,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                         pairs.append(p)
                 pairs += list(sess.extra_pairs)
             try:
-                for status, fig, new_name in finetune.run(ctx, ckpt_name, source, pairs, epochs, episodes, lr, name):
+                for status, fig, new_name in finetune.run(ctx, ckpt_name, source, pairs, epochs, episodes, lr, name,
+                                                          owner=_owner(request)):
                     upd = gr.skip()
                     if new_name:
                         names = list(ctx.checkpoints("panet"))
@@ -276,6 +307,6 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         ft_start.click(do_finetune, [ckpt, ft_source, ft_epochs, ft_episodes, ft_lr, ft_name, session]
                        + editors + mask_files, [ft_status, ft_plot, ckpt], api_name="finetune",
                        concurrency_limit=1, concurrency_id="finetune")
-        ft_cancel.click(finetune.cancel, None, ft_status, api_name="cancel_finetune")
+        ft_cancel.click(do_cancel, None, ft_status, api_name="cancel_finetune")
     demo.queue(default_concurrency_limit=2)
     return demo

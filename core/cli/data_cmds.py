@@ -25,6 +25,13 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=make_split)
 
+    p = sub.add_parser("make-split-multidomain",
+                       help="group near-duplicates of every multidomain set and write their train/val/test splits")
+    p.add_argument("--data", default=None, help="multidomain root (default: $MULTIDOMAIN_DIR or ../shared/data/multidomain)")
+    p.add_argument("--out", default=None, help="split JSON (default: core/data/multidomain_split.json)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=make_split_multidomain)
+
 
 def collect_report(data: str | Path, duplicates: bool = True, progress: bool = True) -> dict:
     found = discover(data)
@@ -114,5 +121,21 @@ def make_split(args) -> int:
     for part in ("train", "val", "test"):
         counts = Counter(label[n] for n in doc[part])
         print(f"  {part:<5} {len(doc[part]):4d}  " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(f"written: {out}")
+    return 0
+
+
+def make_split_multidomain(args) -> int:
+    from ..data.multidomain import DEFAULT_MULTIDOMAIN_SPLIT, default_multidomain_dir, make_multidomain_split
+
+    root = args.data or default_multidomain_dir()
+    if root is None:
+        raise DataError("no multidomain folder: pass --data DIR or set MULTIDOMAIN_DIR")
+    doc = make_multidomain_split(root, args.seed)
+    out = Path(args.out) if args.out else DEFAULT_MULTIDOMAIN_SPLIT
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    for name, e in doc["sets"].items():
+        print(f"{name:<22} {e['n_images']:4d} images, {e['n_groups']:4d} groups; train {len(e['train'])}, "
+              f"val {len(e['val'])}, test {len(e['test'])}  ({e['grouping']})")
     print(f"written: {out}")
     return 0

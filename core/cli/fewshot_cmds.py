@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -36,9 +35,17 @@ def register(sub) -> None:
     p.add_argument("--pseudo-prob", type=float, default=0.0,
                    help="share of self-supervised region-matching episodes (makes the model rely on its supports)")
     p.add_argument("--init-checkpoint", default=None, help="start from this PANet++ checkpoint's weights")
+    p.add_argument("--multidomain", default=None, metavar="DIR",
+                   help="meta-train on BUSI's training split plus these sets (default folder: $MULTIDOMAIN_DIR "
+                        "or ../shared/data/multidomain; pass 'auto' for it)")
+    p.add_argument("--sets", nargs="*", default=None, help="multidomain sets to use (default: all)")
+    p.add_argument("--hold-out", nargs="*", default=[], help="multidomain sets left out of training (leave-set-out)")
+    p.add_argument("--busi-share", type=float, default=d.busi_share, help="share of episodes drawn from BUSI")
+    p.add_argument("--strong-augment", action="store_true", help="wider geometry and intensity augmentation")
     p.set_defaults(func=train_fewshot_cmd)
     register_more(sub)
     register_benchmark(sub)
+    register_multidomain(sub)
 
 
 def _data_dir(arg):
@@ -61,7 +68,8 @@ def train_fewshot_cmd(args) -> int:
         backbone=args.backbone, image_size=args.image_size, shots=args.shots,
         episodes_per_epoch=args.episodes_per_epoch, epochs=args.epochs, lr=args.lr, patience=args.patience,
         seed=args.seed, val_episodes=args.val_episodes, par=args.par, augment=not args.no_augment,
-        device=args.device, save_path=args.save_path, pseudo_prob=args.pseudo_prob)
+        device=args.device, save_path=args.save_path, pseudo_prob=args.pseudo_prob, busi_share=args.busi_share,
+        strong_augment=args.strong_augment)
     init = None
     if args.init_checkpoint:
         from ..inference import load_panet
@@ -81,11 +89,43 @@ def train_fewshot_cmd(args) -> int:
             "n_train": len(sets["train"]), "n_val": len(sets["val"])}
     if args.init_checkpoint:
         info["base"] = str(args.init_checkpoint)
-    deadline = time.time() + args.max_minutes * 60 if args.max_minutes else float("inf")
-    summary = train_fewshot(cfg, sets["train"], sets["val"], info, resume=not args.no_resume,
-                            should_stop=lambda: time.time() > deadline, init_weights=init)
+    train_sets, val_sets = sets["train"], sets["val"]
+    if args.multidomain:
+        train_sets, val_sets, md = multidomain_sets(args.multidomain, args.sets, args.hold_out, cfg.image_size,
+                                                    sets["train"], sets["val"], args.limit)
+        info.update(md)
+    summary = train_fewshot(cfg, train_sets, val_sets, info, resume=not args.no_resume,
+                            init_weights=init, time_budget_s=args.max_minutes * 60)
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        summary["rank"] = dist.get_rank()
+        dist.destroy_process_group()
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def multidomain_sets(root_arg, names, hold_out, size, busi_train, busi_val, limit: int = 0):
+    """{set: ImageSet} for training and validation: BUSI's parts plus each multidomain set's parts."""
+    from ..data.dataset import ImageSet
+    from ..data.multidomain import BUSI, default_multidomain_dir, domain_set, list_sets, load_multidomain_split
+
+    root = default_multidomain_dir() if root_arg in (None, "auto") else Path(root_arg)
+    if root is None:
+        raise ValueError("no multidomain folder: pass --multidomain DIR or set MULTIDOMAIN_DIR")
+    split = load_multidomain_split()
+    chosen = [n for n in (names or list_sets(root)) if n not in set(hold_out)]
+    unknown = [n for n in list(names or []) + list(hold_out) if n not in split["sets"]]
+    if unknown:
+        raise ValueError(f"unknown set(s) {unknown}; known: {', '.join(split['sets'])}")
+    cut = (lambda s: ImageSet(s.samples[:limit], s.images[:limit], s.masks[:limit], s.groups[:limit])) \
+        if limit else (lambda s: s)
+    train, val = {BUSI: busi_train}, {BUSI: busi_val}
+    for n in chosen:
+        train[n] = cut(domain_set(root, n, "train", size, split))
+        val[n] = cut(domain_set(root, n, "val", size, split))
+    info = {"multidomain_dir": str(root), "train_sets": [BUSI] + chosen, "held_out_sets": sorted(hold_out),
+            "n_train_per_set": {n: len(s) for n, s in train.items()}}
+    return train, val, info
 
 
 def register_more(sub) -> None:
@@ -108,15 +148,19 @@ def register_more(sub) -> None:
     p.add_argument("--figure", default=None, help="PNG of example episodes with heatmaps")
     p.set_defaults(func=evaluate_fewshot_cmd)
 
-    p = sub.add_parser("segment", help="segment a query image from 1-5 annotated support images")
+    p = sub.add_parser("segment", help="segment query images from 1-5 annotated support images")
     p.add_argument("--checkpoint", default=None, help="PANet++ checkpoint (default: the shipped one)")
     p.add_argument("--support", nargs=2, action="append", metavar=("IMG", "MASK"), required=True,
-                   help="a support image and its lesion mask (repeat 1-5 times)")
-    p.add_argument("--query", required=True)
-    p.add_argument("--out", required=True, help="output mask PNG (query's original size)")
+                   help="a support image and its mask (repeat 1-5 times)")
+    p.add_argument("--query", nargs="+", required=True, help="one or more query images")
+    p.add_argument("--out", default=None, help="output mask PNG for a single query (query's original size)")
+    p.add_argument("--out-dir", default=None, help="folder for DIR/<query stem>_mask.png (any number of queries)")
     p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--heatmap", default=None, help="PNG of the foreground/background cosine maps")
-    p.add_argument("--overlay", default=None, help="PNG of the prediction drawn on the query")
+    p.add_argument("--adapt", type=float, default=0, metavar="SECONDS",
+                   help="first fine-tune a copy of the model on the supports for this many seconds")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+    p.add_argument("--heatmap", default=None, help="PNG of the foreground/background cosine maps (single query)")
+    p.add_argument("--overlay", default=None, help="PNG of the prediction drawn on the query (single query)")
     p.set_defaults(func=segment_cmd)
 
 
@@ -170,23 +214,63 @@ def evaluate_fewshot_cmd(args) -> int:
 def segment_cmd(args) -> int:
     import numpy as np
     from PIL import Image
+    from tqdm import tqdm
 
+    from ..device import pick_device
     from ..inference import FewShotSegmenter, as_image
     from ..visual import heatmap_panel, overlay
 
-    seg = FewShotSegmenter(args.checkpoint or default_checkpoint())
-    res = seg.predict(args.query, [tuple(s) for s in args.support], threshold=args.threshold)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(res.mask.astype(np.uint8) * 255).save(args.out)
-    print(f"mask written: {args.out} ({res.mask.shape[1]}x{res.mask.shape[0]}, "
-          f"{res.mask.mean() * 100:.1f}% lesion)")
-    query = as_image(args.query)
-    if args.overlay:
-        Image.fromarray(overlay(query, res.mask)).save(args.overlay)
-        print(f"overlay written: {args.overlay}")
-    if args.heatmap:
-        heatmap_panel(query, res.heatmaps, args.heatmap)
-        print(f"heatmaps written: {args.heatmap}")
+    queries = list(args.query)
+    if args.out and args.out_dir:
+        raise ValueError("give --out (one query) or --out-dir (any number of queries), not both")
+    if not args.out and not args.out_dir:
+        raise ValueError("give --out MASK.png for one query or --out-dir DIR")
+    if args.out and len(queries) > 1:
+        raise ValueError(f"{len(queries)} queries: use --out-dir DIR (one mask per query)")
+    if (args.heatmap or args.overlay) and len(queries) > 1:
+        raise ValueError("--heatmap and --overlay work with a single query")
+    stems = [Path(q).stem for q in queries]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if args.out_dir and dupes:
+        raise ValueError(f"several queries share the name {dupes[0]}: their masks would overwrite each other")
+    missing = [q for q in queries if not Path(q).is_file()]
+    if missing:
+        raise FileNotFoundError(f"query not found: {missing[0]}")
+    seg = FewShotSegmenter(args.checkpoint or default_checkpoint(), str(pick_device(args.device)))
+    supports = [tuple(s) for s in args.support]
+    seg.set_supports(supports)  # validates the supports and computes the prototypes once
+    if args.adapt:
+        bar = tqdm(total=int(args.adapt), desc="adapting", unit="s")
+
+        def tick(ev, t0=[None]):
+            t0[0] = t0[0] or time.time()
+            bar.n = min(int(args.adapt), int(time.time() - t0[0]))
+            bar.set_postfix(loss=f"{ev.get('loss', float('nan')):.3f}")
+            bar.refresh()
+
+        summary = seg.adapt(supports, seconds=args.adapt, on_progress=tick)
+        bar.close()
+        before = summary["loo_dice_before"]
+        agree = f"; supports' leave-one-out Dice before {np.mean(before):.2f}" if before else ""
+        print(f"adapted: {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['status']}){agree}")
+    outs = [Path(args.out)] if args.out else [Path(args.out_dir) / f"{s}_mask.png" for s in stems]
+    for q, out in tqdm(list(zip(queries, outs)), desc="segmenting", disable=len(queries) < 2):
+        res = seg.predict(q, supports, threshold=args.threshold, heatmaps=bool(args.heatmap))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(res.mask.astype(np.uint8) * 255).save(out)
+        if len(queries) == 1:
+            print(f"mask written: {out} ({res.mask.shape[1]}x{res.mask.shape[0]}, "
+                  f"{res.mask.mean() * 100:.1f}% foreground)")
+    if len(queries) > 1:
+        print(f"{len(queries)} masks written to {args.out_dir}")
+    if len(queries) == 1:
+        query = as_image(queries[0])
+        if args.overlay:
+            Image.fromarray(overlay(query, res.mask)).save(args.overlay)
+            print(f"overlay written: {args.overlay}")
+        if args.heatmap:
+            heatmap_panel(query, res.heatmaps, args.heatmap)
+            print(f"heatmaps written: {args.heatmap}")
     return 0
 
 
@@ -229,4 +313,90 @@ def benchmark_cmd(args) -> int:
     print(json.dumps({k: {m: v.get("dice") for m, v in b.items() if isinstance(v, dict) and "dice" in v}
                       for k, b in res["by_shots"].items()}, indent=2))
     print(f"written: {render()}")
+    return 0
+
+
+def register_multidomain(sub) -> None:
+    p = sub.add_parser("evaluate-multidomain",
+                       help="leave-set-out table: k-shot Dice of checkpoints on multidomain test parts and BUSI test")
+    p.add_argument("--checkpoint", nargs=2, action="append", metavar=("LABEL", "PATH"), required=True,
+                   help="a label and a PANet++ checkpoint (repeat to compare)")
+    p.add_argument("--data", default=None, help="multidomain root (default: $MULTIDOMAIN_DIR or ../shared/data/multidomain)")
+    p.add_argument("--busi", default=None, help="BUSI root for its test split (default: $BUSI_DIR; 'none' to skip)")
+    p.add_argument("--sets", nargs="*", default=None, help="sets to score (default: all)")
+    p.add_argument("--shots", nargs="+", type=int, default=[1, 5])
+    p.add_argument("--episodes", type=int, default=100, help="episodes per set and shot count")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--out", default="docs/results_multidomain.json")
+    p.set_defaults(func=evaluate_multidomain_cmd)
+
+    p = sub.add_parser("adaptation-curve", help="Dice against adaptation time, beside a U-Net fine-tuned as long")
+    p.add_argument("--checkpoint", default=None, help="PANet++ checkpoint (default: the shipped one)")
+    p.add_argument("--data", default=None, help="multidomain root")
+    p.add_argument("--sets", nargs="+", required=True)
+    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--episodes", type=int, default=2, help="support sets per set")
+    p.add_argument("--queries", type=int, default=20, help="queries scored per support set")
+    p.add_argument("--marks", nargs="+", type=float, default=[0, 10, 30, 60, 150], help="seconds of training")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default="docs/results_adaptation.json")
+    p.set_defaults(func=adaptation_curve_cmd)
+
+
+def _md_root(arg):
+    from ..data.multidomain import default_multidomain_dir
+
+    root = Path(arg) if arg else default_multidomain_dir()
+    if root is None:
+        raise ValueError("no multidomain folder: pass --data DIR or set MULTIDOMAIN_DIR")
+    return root
+
+
+def evaluate_multidomain_cmd(args) -> int:
+    from ..data.multidomain import domain_set, list_sets, load_multidomain_split
+    from ..evaluation.multidomain import leave_set_out_table, save_json
+    from ..evaluation.report import render
+    from ..inference import load_panet
+
+    root = _md_root(args.data)
+    size = load_panet(args.checkpoint[0][1])[0].config.image_size
+    split = load_multidomain_split()
+    sets = {}
+    if (args.busi or "").lower() != "none":
+        from ..data.sets import split_sets
+        sets["busi"] = split_sets(_data_dir(args.busi), ("test",), size, progress=False)["test"]
+    for name in args.sets or list_sets(root):
+        sets[name] = domain_set(root, name, "test", size, split, progress=False)
+    table = leave_set_out_table(dict(args.checkpoint), sets, tuple(args.shots), args.episodes, args.seed)
+    doc = {"command": "python -m core evaluate-multidomain " + " ".join(
+               f"--checkpoint {a} {b}" for a, b in args.checkpoint) + f" --episodes {args.episodes}",
+           "episodes": args.episodes, "seed": args.seed, "shots": args.shots, "table": table}
+    save_json(doc, args.out)
+    for name, row in table.items():
+        print(name, {lab: {k: round(v["dice"], 3) for k, v in r.items() if isinstance(v, dict)} for lab, r in row.items()})
+    print(f"written: {args.out}; {render()}")
+    return 0
+
+
+def adaptation_curve_cmd(args) -> int:
+    from ..data.multidomain import domain_set, load_multidomain_split
+    from ..evaluation.multidomain import adaptation_curve, save_json
+    from ..evaluation.report import render
+    from ..inference import load_panet
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ckpt = args.checkpoint or default_checkpoint()
+    size = load_panet(ckpt)[0].config.image_size
+    root = _md_root(args.data)
+    split = load_multidomain_split()
+    sets = {n: domain_set(root, n, "test", size, split, progress=False) for n in args.sets}
+    marks = tuple(int(m) if float(m).is_integer() else m for m in args.marks)
+    res = adaptation_curve(str(ckpt), sets, args.shots, args.episodes, args.queries, marks)
+    res["command"] = (f"python -m core adaptation-curve --checkpoint {ckpt} --sets {' '.join(args.sets)} "
+                      f"--shots {args.shots} --episodes {args.episodes} --queries {args.queries}")
+    save_json(res, args.out)
+    for n, r in res["sets"].items():
+        print(n, "PANet++", {m: round(v, 3) for m, v in r["panet"].items()}, "U-Net", {m: round(v, 3) for m, v in r["unet"].items()})
+    print(f"written: {args.out}; {render()}")
     return 0

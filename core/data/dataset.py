@@ -107,6 +107,14 @@ class AugmentConfig:
     contrast: float = 0.15
     gamma: tuple[float, float] = (0.8, 1.25)
     speckle: float = 0.1          # std of multiplicative noise
+    grey: float = 0.0             # probability of turning a colour image grey
+    blur: float = 0.0             # probability of a Gaussian blur (another device's resolution)
+
+
+# Meta-training on many sets and devices: wider geometry and intensity changes, so that a prototype
+# cannot lean on one scanner's grey levels or on a fixed size/position of the target.
+STRONG_AUGMENT = AugmentConfig(hflip=0.5, vflip=0.1, rotate_deg=20.0, scale=(0.75, 1.3), translate=0.1,
+                               brightness=0.25, contrast=0.3, gamma=(0.6, 1.6), speckle=0.15, grey=0.2, blur=0.2)
 
 
 def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
@@ -126,7 +134,11 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     mask = cv2.warpAffine(np.ascontiguousarray(mask).astype(np.uint8), m, (w, h),
                           flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    if cfg.blur and rng.random() < cfg.blur:
+        image = cv2.GaussianBlur(np.ascontiguousarray(image), (0, 0), rng.uniform(0.5, 1.5))
     x = image.astype(np.float32) / 255
+    if cfg.grey and rng.random() < cfg.grey:
+        x = np.repeat(x.mean(2, keepdims=True), 3, axis=2)
     x = x * (1 + rng.uniform(-cfg.contrast, cfg.contrast)) + rng.uniform(-cfg.brightness, cfg.brightness)
     x = np.clip(x, 0, 1) ** rng.uniform(*cfg.gamma)
     if cfg.speckle > 0:

@@ -14,6 +14,35 @@ from .io import DataError
 DEFAULT_SPLIT_FILE = Path(__file__).with_name("busi_split.json")
 FRACTIONS = (0.7, 0.1, 0.2)
 
+# Same-lesion pairs the automatic grouping misses (found by inspection from outside the project).
+# (anchor, other): `other` joins the anchor's group and part. malignant 23/24/25 are frames of one lesion.
+MANUAL_LINKS: tuple[tuple[str, str], ...] = (
+    ("malignant/malignant (24).png", "malignant/malignant (23).png"),
+    ("malignant/malignant (24).png", "malignant/malignant (25).png"),
+)
+
+
+def apply_manual_links(parts: dict[str, list[str]], group_of: dict[str, int],
+                       links=MANUAL_LINKS) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Merge each linked image's whole group into its anchor's group and part.
+
+    Applied after the random assignment so that the rest of the split stays exactly as it was."""
+    parts = {k: list(v) for k, v in parts.items()}
+    group_of = dict(group_of)
+    for anchor, other in links:
+        if anchor not in group_of or other not in group_of:
+            continue
+        old, new = group_of[other], group_of[anchor]
+        target = next(p for p, names in parts.items() if anchor in names)
+        moved = [n for n, g in group_of.items() if g == old]
+        for n in moved:
+            group_of[n] = new
+            for p, names in parts.items():
+                if n in names and p != target:
+                    names.remove(n)
+                    parts[target].append(n)
+    return {k: sorted(v) for k, v in parts.items()}, group_of
+
 
 def split_groups(samples: list[Sample], groups: list[int], seed: int = 0,
                  fractions: tuple[float, float, float] = FRACTIONS) -> dict[str, list[str]]:
@@ -52,12 +81,14 @@ def split_groups(samples: list[Sample], groups: list[int], seed: int = 0,
 def build_split_document(samples: list[Sample], dedup: DedupResult, seed: int) -> dict:
     parts = split_groups(samples, dedup.groups, seed)
     group_of = {s.rel_path: g for s, g in zip(samples, dedup.groups)}
+    parts, group_of = apply_manual_links(parts, group_of)
     return {
         "dataset": "BUSI (Dataset_BUSI_with_GT)",
         "seed": seed,
         "method": "near-duplicate groups (32x32 thumbnail MAD < 4 grey levels, or EfficientNet-Lite0 "
                   "embedding cosine > 0.93 over whole/central-crop views), whole groups split 70/10/20 "
-                  "stratified by majority class",
+                  "stratified by majority class; then the manual same-lesion links (MANUAL_LINKS) move "
+                  "a linked image's group to its anchor's part",
         "n_groups": dedup.n_groups,
         "n_duplicate_groups": len(dedup.duplicate_groups()),
         **parts,

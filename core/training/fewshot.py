@@ -1,26 +1,27 @@
-"""Episodic training of PANet++ with validation Dice, early stopping, resumption and atomic checkpoints."""
+"""Episodic (meta-)training of PANet++ on one set or many, on the shared engine (core.training.engine).
+
+With many sets (BUSI's training split plus the multidomain sets), an episode first draws a set, then
+k supports and a query from different groups of that set; self-supervised region episodes (SSL-ALPNet
+style) are drawn from the images of every set, so the model must segment what the supports mark.
+"""
 from __future__ import annotations
 
 import logging
-import math
-import os
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .. import checkpoint
-from ..data.dataset import AugmentConfig, ImageSet, augment, mask_tensor, to_tensor
+from ..data.dataset import STRONG_AUGMENT, AugmentConfig, ImageSet, augment, mask_tensor, to_tensor
 from ..data.episodes import Episode, EpisodeSampler
 from ..losses import bce_dice_loss
 from ..metrics import dice
 from ..models.panet import PANetConfig, PANetPlusPlus
-from .logs import CsvLog, plot_curves
+from .engine import BestCheckpoint, CsvLogger, EarlyStopping, Engine, Job, Progress, StopWhen
+from .logs import plot_curves
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,18 @@ class FewShotTrainConfig:
     device: str = "auto"
     save_path: str = "checkpoints/panet_lite0"
     weights: str = "imagenet"
+    busi_share: float = 0.3         # with many sets: share of episodes drawn from BUSI (the rest: uniform over the others)
+    strong_augment: bool = False    # wider geometry/intensity changes (meta-training on many devices)
+    grad_clip: float = 5.0
 
 
 def episode_tensors(data: ImageSet, support_data: ImageSet, ep: Episode, rng: np.random.Generator | None,
-                    device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                    device, aug: AugmentConfig = AugmentConfig()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Support images/masks and query image/mask tensors of an episode (augmented if rng is given)."""
     def get(ds, i):
         img, msk = ds.images[i], ds.masks[i]
         if rng is not None:
-            img, msk = augment(img, msk, rng, AugmentConfig())
+            img, msk = augment(img, msk, rng, aug)
             if not msk.any():  # the affine moved the whole lesion out: keep the original
                 img, msk = ds.images[i], ds.masks[i]
         return to_tensor(img), mask_tensor(msk)
@@ -85,7 +89,7 @@ def random_region(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) < lobes
 
 
-def pseudo_episode(data: ImageSet, rng: np.random.Generator, k: int, device):
+def pseudo_episode(data: ImageSet, rng: np.random.Generator, k: int, device, aug: AugmentConfig = AugmentConfig()):
     """Self-supervised episode (as in SSL-ALPNet): a random region of one training image is the
     'class'; supports and query are differently augmented views of that image with the region moved
     along. The target depends only on what the supports mark, so a model cannot solve these
@@ -95,7 +99,7 @@ def pseudo_episode(data: ImageSet, rng: np.random.Generator, k: int, device):
     region = random_region(*img.shape[:2], rng)
     views = []
     for _ in range(k + 1):
-        a_img, a_msk = augment(img, region, rng, AugmentConfig())
+        a_img, a_msk = augment(img, region, rng, aug)
         if not a_msk.any():
             a_img, a_msk = img, region
         views.append((to_tensor(a_img), mask_tensor(a_msk)))
@@ -104,37 +108,73 @@ def pseudo_episode(data: ImageSet, rng: np.random.Generator, k: int, device):
             q_img[None].to(device), q_msk[None].to(device))
 
 
-def _resume_path(save_path: str | Path) -> Path:
-    return Path(str(save_path) + ".resume.pt")
+
+Sets = "ImageSet | dict[str, ImageSet]"
 
 
-def _atomic_torch_save(obj, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _as_dict(sets, name: str = "train") -> dict[str, ImageSet]:
+    return dict(sets) if isinstance(sets, dict) else {name: sets}
 
 
-def train_fewshot(cfg: FewShotTrainConfig, train_set: ImageSet, val_set: ImageSet, data_info: dict,
+class SetMixture:
+    """Which set an episode comes from: BUSI (when present among several) with `busi_share`, the
+    others uniformly (so a small set teaches as much as a big one)."""
+
+    def __init__(self, names: list[str], busi_share: float, busi_name: str = "busi"):
+        self.names = list(names)
+        others = [n for n in self.names if n != busi_name]
+        if busi_name in self.names and others:
+            p = {busi_name: busi_share, **{n: (1 - busi_share) / len(others) for n in others}}
+        else:
+            p = {n: 1 / len(self.names) for n in self.names}
+        self.p = np.array([p[n] for n in self.names])
+
+    def pick(self, rng: np.random.Generator) -> str:
+        return self.names[int(rng.choice(len(self.names), p=self.p))]
+
+
+def _val_plan(val_sets: dict[str, ImageSet], train_sets: dict[str, ImageSet], n_per_set: int, seed: int):
+    """Fixed validation episodes per set: half 1-shot, half with up to 5 shots."""
+    plan = {}
+    for j, (name, vs) in enumerate(sorted(val_sets.items())):
+        n_lesion = sum(vs.has_lesion(i) for i in range(len(vs)))
+        # supports from the validation pool itself (the user's situation) when it has enough lesion
+        # images; a tiny validation set (web-app fine-tuning) borrows training supports
+        fallback = train_sets.get(name) or next(iter(train_sets.values()))
+        sup = vs if n_lesion >= 6 else fallback
+        sampler = EpisodeSampler(vs, None if sup is vs else sup)
+        max_k = min(5, len(sampler.support_candidates) - (1 if sup is vs else 0))
+        half = max(1, n_per_set // 2)
+        eps = (sampler.fixed_episodes(half, 1, seed + 1000 + 7 * j)
+               + sampler.fixed_episodes(half, max(1, max_k), seed + 2000 + 7 * j))
+        plan[name] = (vs, sup, eps)
+    return plan
+
+
+def train_fewshot(cfg: FewShotTrainConfig, train_set, val_set, data_info: dict,
                   resume: bool = True, should_stop: Callable[[], bool] = lambda: False,
                   on_progress: Callable[[dict], None] | None = None, progress: bool = True,
-                  init_weights: dict | None = None) -> dict:
+                  init_weights: dict | None = None, job: Job | None = None,
+                  time_budget_s: float = 0.0) -> dict:
     """Train; returns a summary dict. The best checkpoint is written atomically to cfg.save_path.
 
-    should_stop: polled after every episode (cancel button); on_progress: called with a dict per
-    episode and per epoch (web app live view). A cancelled run leaves the last best checkpoint (if
-    any) intact and never a partial file.
+    train_set / val_set: one ImageSet, or {set name: ImageSet} for meta-training on many sets
+    (validation Dice is then the mean over the sets). should_stop / job.cancel(): stop after the
+    current episode (resumable; the last best checkpoint stays intact, never a partial file).
+    A diverged run (non-finite loss or weights) stops and saves nothing more. Under torchrun the run
+    is data-parallel (DDP); only rank 0 writes files.
     """
     from ..device import pick_device
+    from .engine import TimeBudget, distributed_env
 
+    rank, world = distributed_env()
     device = pick_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(__import__("os").environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, rank])
+    train_sets, val_sets = _as_dict(train_set), _as_dict(val_set)
     save_path = Path(cfg.save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
     model_cfg = PANetConfig(backbone=cfg.backbone, image_size=cfg.image_size, weights=cfg.weights)
@@ -144,103 +184,89 @@ def train_fewshot(cfg: FewShotTrainConfig, train_set: ImageSet, val_set: ImageSe
         model.config.weights_loaded = (f"{model.config.weights_loaded}, then fine-tuned from "
                                        f"{data_info.get('base', 'a given checkpoint')}")
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    aug = STRONG_AUGMENT if cfg.strong_augment else AugmentConfig()
+    samplers = {n: EpisodeSampler(s) for n, s in train_sets.items()}
+    mixture = SetMixture(list(train_sets), cfg.busi_share)
+    n_val = cfg.val_episodes if len(val_sets) == 1 else max(2, cfg.val_episodes)
+    plan = _val_plan(val_sets, train_sets, n_val, cfg.seed)
 
-    train_sampler = EpisodeSampler(train_set)
-    # validation supports come from the validation pool itself (the clinician's situation) when it
-    # has enough lesion images; a tiny validation set (web-app fine-tuning) borrows training supports
-    n_val_lesion = sum(val_set.has_lesion(i) for i in range(len(val_set)))
-    val_support_set = val_set if n_val_lesion >= 6 else train_set
-    val_sampler = EpisodeSampler(val_set, None if val_support_set is val_set else train_set)
-    max_k = min(5, len(val_sampler.support_candidates) - (1 if val_support_set is val_set else 0))
-    half = max(1, cfg.val_episodes // 2)
-    val_eps = (val_sampler.fixed_episodes(half, 1, cfg.seed + 1000)
-               + val_sampler.fixed_episodes(half, max(1, max_k), cfg.seed + 2000))
-
-    state = {"epoch": 0, "episode": 0, "best_dice": -1.0, "best_epoch": -1, "bad_epochs": 0, "seconds": 0.0}
-    rp = _resume_path(save_path)
-    if resume and rp.exists():
-        saved = torch.load(rp, map_location=device, weights_only=True)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        state.update({k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in saved["state"].items()})
-        rng = np.random.default_rng([cfg.seed, int(state["episode"])])
-        log.info("resumed from %s at epoch %d, episode %d", rp, state["epoch"], state["episode"])
-    step_log = CsvLog(str(save_path) + ".episodes.csv", ["epoch", "episode", "shots", "loss", "dice", "tau"],
-                      resume=resume and rp.exists())
-    epoch_log = CsvLog(str(save_path) + ".epochs.csv",
-                       ["epoch", "last_episode", "train_loss", "train_dice", "val_dice", "seconds"],
-                       resume=resume and rp.exists())
-    cancelled = False
-    model.train()
-    t_start = time.time() - state["seconds"]
-    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
-        losses, dices = [], []
-        bar = tqdm(range(cfg.episodes_per_epoch), desc=f"epoch {state['epoch'] + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False)
-        for _ in bar:
-            k = cfg.shots if cfg.shots else int(rng.choice([1, 5]))
-            if cfg.pseudo_prob and rng.random() < cfg.pseudo_prob:
-                s_img, s_msk, q_img, q_msk = pseudo_episode(train_set, rng, k, device)
-            else:
-                ep = train_sampler.episode(rng, k, allow_fewer=True)
-                k = len(ep.support)
-                s_img, s_msk, q_img, q_msk = episode_tensors(train_set, train_set, ep, rng if cfg.augment else None, device)
-            logits, _, _, q_feats = model(s_img, s_msk, q_img)
-            loss = bce_dice_loss(logits[:, 0], q_msk)
-            if cfg.par and model.decoder is not None:
-                loss = loss + cfg.par_weight * model.alignment_loss(
-                    q_feats, logits, s_img, s_msk, lambda lg, m: bce_dice_loss(lg, m))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            state["episode"] += 1
-            d = dice(logits.detach()[0, 0] > 0, q_msk[0] > 0.5)
-            losses.append(loss.item())
-            dices.append(d)
-            step_log.write(epoch=state["epoch"] + 1, episode=state["episode"], shots=k,
-                           loss=f"{loss.item():.5f}", dice=f"{d:.4f}", tau=f"{model.tau.item():.3f}")
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", dice=f"{np.nanmean(dices[-50:]):.3f}")
-            if on_progress:
-                on_progress({"type": "episode", "epoch": state["epoch"] + 1, "episode": state["episode"],
-                             "loss": loss.item(), "dice": d})
-            if should_stop():
-                cancelled = True
-                break
-        if cancelled:
-            break
-        state["epoch"] += 1
-        val_dice = validate(model, val_set, val_support_set, val_eps, device)
-        state["seconds"] = time.time() - t_start
-        epoch_log.write(epoch=state["epoch"], last_episode=state["episode"], train_loss=f"{np.mean(losses):.5f}",
-                        train_dice=f"{np.nanmean(dices):.4f}", val_dice=f"{val_dice:.4f}",
-                        seconds=f"{state['seconds']:.1f}")
-        msg = (f"epoch {state['epoch']}: train loss {np.mean(losses):.4f}, train Dice {np.nanmean(dices):.4f}, "
-               f"val Dice {val_dice:.4f} ({state['seconds']:.0f} s)")
-        log.info(msg)
-        if progress:
-            tqdm.write(msg)
-        if on_progress:
-            on_progress({"type": "epoch", "epoch": state["epoch"], "val_dice": val_dice})
-        if val_dice > state["best_dice"]:
-            state.update(best_dice=val_dice, best_epoch=state["epoch"], bad_epochs=0)
-            meta = {"kind": "panet", "model": model.config_dict(), "train": asdict(cfg), "data": data_info,
-                    "val_dice": val_dice, "epoch": state["epoch"], "episodes": state["episode"],
-                    "train_seconds": state["seconds"], "tau": model.tau.item()}
-            checkpoint.save(save_path, model.state_dict(), meta, half=False)
+    def step(engine: Engine) -> dict:
+        k = cfg.shots if cfg.shots else int(rng.choice([1, 5]))
+        name = mixture.pick(rng)
+        ds = train_sets[name]
+        pseudo = bool(cfg.pseudo_prob and rng.random() < cfg.pseudo_prob)
+        if pseudo:
+            s_img, s_msk, q_img, q_msk = pseudo_episode(ds, rng, k, device, aug)
         else:
-            state["bad_epochs"] += 1
-        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, rp)
-    step_log.close()
-    epoch_log.close()
-    finished = not cancelled
-    if finished and rp.exists():
-        rp.unlink()
-    try:
-        plot_curves(str(save_path) + ".episodes.csv", str(save_path) + ".epochs.csv",
-                    str(save_path) + ".curves.png", f"PANet++ {cfg.backbone} training")
-    except Exception as exc:  # a plot must never fail a training run
-        log.warning("could not plot curves: %s", exc)
-    return {"best_val_dice": state["best_dice"], "best_epoch": state["best_epoch"], "epochs": state["epoch"],
-            "episodes": state["episode"], "seconds": time.time() - t_start, "cancelled": cancelled,
-            "checkpoint": str(save_path) if state["best_dice"] >= 0 else None,
-            "stopped_early": state["bad_epochs"] >= cfg.patience}
+            ep = samplers[name].episode(rng, k, allow_fewer=True)
+            k = len(ep.support)
+            s_img, s_msk, q_img, q_msk = episode_tensors(ds, ds, ep, rng if cfg.augment else None, device, aug)
+        logits, _, _, q_feats = engine.net(s_img, s_msk, q_img)
+        loss = bce_dice_loss(logits[:, 0], q_msk)
+        if cfg.par and model.decoder is not None:
+            loss = loss + cfg.par_weight * model.alignment_loss(
+                q_feats, logits, s_img, s_msk, lambda lg, m: bce_dice_loss(lg, m))
+        d = dice(logits.detach()[0, 0] > 0, q_msk[0] > 0.5)
+        return {"loss": loss, "dice": float(d), "shots": k, "set": name + (" (ssl)" if pseudo else ""),
+                "tau": f"{model.tau.item():.3f}"}
+
+    def validate_all(engine: Engine) -> dict:
+        per_set = {n: validate(model, vs, sup, eps, device) for n, (vs, sup, eps) in plan.items()}
+        out = {"val_dice": float(np.mean(list(per_set.values())))}
+        if len(per_set) > 1:
+            out["val_per_set"] = " ".join(f"{n}={v:.3f}" for n, v in per_set.items())
+        return out
+
+    def save_best(engine: Engine, metrics: dict) -> None:
+        meta = {"kind": "panet", "model": model.config_dict(), "train": asdict(cfg), "data": data_info,
+                "val_dice": metrics["val_dice"], "epoch": engine.state.epoch, "episodes": engine.state.step,
+                "train_seconds": engine.state.seconds, "tau": model.tau.item(), "world_size": engine.world}
+        if "val_per_set" in metrics:
+            meta["val_per_set"] = metrics["val_per_set"]
+        checkpoint.save(save_path, model.state_dict(), meta, half=False)
+
+    callbacks = [
+        CsvLogger(str(save_path) + ".episodes.csv", ["epoch", "episode", "shots", "loss", "dice", "tau", "set"],
+                  str(save_path) + ".epochs.csv",
+                  ["epoch", "last_episode", "val_dice", "val_per_set", "seconds"], step_key="episode"),
+        Progress(bar=progress, on_progress=on_progress, desc="epoch"),
+        BestCheckpoint(save_best), EarlyStopping(cfg.patience), StopWhen(should_stop),
+    ]
+    if time_budget_s:
+        callbacks.append(TimeBudget(time_budget_s))
+    engine = Engine(model, opt, step, epochs=cfg.epochs, steps_per_epoch=cfg.episodes_per_epoch,
+                    validate_fn=validate_all, callbacks=callbacks, job=job, device=device,
+                    resume_path=_resume_path(save_path) if resume else None, monitor="val_dice",
+                    grad_clip=cfg.grad_clip)
+    if resume and engine.restore():
+        # a resumed run continues with fresh random episodes, reproducibly
+        rng = np.random.default_rng([cfg.seed, rank, int(engine.state.step)])
+    if not resume and _resume_path(save_path).exists() and rank == 0:
+        _resume_path(save_path).unlink()
+    summary = engine.run()
+    if world > 1:
+        summary["ranks_in_sync"] = _ranks_in_sync(model)
+    if rank == 0 and (save_path.parent / (save_path.name + ".episodes.csv")).exists():
+        try:
+            plot_curves(str(save_path) + ".episodes.csv", str(save_path) + ".epochs.csv",
+                        str(save_path) + ".curves.png", f"PANet++ {cfg.backbone} training")
+        except Exception as exc:  # a plot must never fail a training run
+            log.warning("could not plot curves: %s", exc)
+    best = engine.state.best
+    return {**summary, "best_val_dice": best if best > -1 else -1.0, "best_epoch": engine.state.best_epoch,
+            "episodes": engine.state.step, "checkpoint": str(save_path) if engine.state.best_epoch > 0 else None,
+            "stopped_early": engine.state.stop_reason == "early stopping"}
+
+
+def _ranks_in_sync(model: torch.nn.Module) -> bool:
+    """Whether every DDP process ended with the same weights (they must: gradients are all-reduced)."""
+    import torch.distributed as dist
+
+    total = torch.stack([p.detach().double().sum().cpu() for p in model.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(total) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, total)
+    return bool(all(torch.allclose(g, gathered[0], rtol=1e-9, atol=1e-9) for g in gathered))
+
+
+def _resume_path(save_path: str | Path) -> Path:
+    return Path(str(save_path) + ".resume.pt")

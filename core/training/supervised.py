@@ -6,7 +6,6 @@ the validation score, the best checkpoint written atomically, a CSV log and a cu
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,14 +13,13 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .. import checkpoint
 from ..data.dataset import AugmentConfig, ImageSet, augment, mask_tensor, resize_image, to_tensor
 from ..losses import bce_dice_loss
 from ..metrics import dice
 from ..models.supervised import CLASSES, ClassifierConfig, LesionClassifier, Segmenter, SegmenterConfig
-from .logs import CsvLog, plot_curves
+from .logs import plot_curves
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +40,11 @@ def fit(model: torch.nn.Module, cfg: SupervisedTrainConfig, n_train: int,
         step: Callable[[np.ndarray, np.random.Generator], tuple[torch.Tensor, float]],
         validate: Callable[[], float], save_best: Callable[[float, int, float], None], title: str,
         progress: bool = True, should_stop: Callable[[], bool] = lambda: False,
-        metric_name: str = "Dice", val_name: str = "validation Dice") -> dict:
-    """Generic loop. `step(indices, rng)` returns (loss, a training metric); higher validate() is better."""
+        metric_name: str = "Dice", val_name: str = "validation Dice", job=None) -> dict:
+    """Mini-batch training on the shared engine. `step(indices, rng)` returns (loss, a training
+    metric); higher validate() is better; save_best is called on each improvement."""
+    from .engine import BestCheckpoint, CsvLogger, EarlyStopping, Engine, Progress, StopWhen
+
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -51,54 +52,37 @@ def fit(model: torch.nn.Module, cfg: SupervisedTrainConfig, n_train: int,
     save_path = Path(cfg.save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
     steps_csv, epochs_csv = str(save_path) + ".steps.csv", str(save_path) + ".epochs.csv"
-    step_log = CsvLog(steps_csv, ["epoch", "step", "loss", "dice"])
-    epoch_log = CsvLog(epochs_csv, ["epoch", "last_step", "train_loss", "val_dice", "seconds"])
-    best, best_epoch, bad, n_step, t0, cancelled = -np.inf, -1, 0, 0, time.time(), False
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        order = rng.permutation(n_train)
-        batches = [order[i:i + cfg.batch_size] for i in range(0, n_train, cfg.batch_size)]
-        batches = [b for b in batches if len(b) > 1]  # BatchNorm needs 2+ samples
-        losses = []
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
-        for b in bar:
-            loss, metric = step(b, rng)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n_step += 1
-            losses.append(loss.item())
-            step_log.write(epoch=epoch, step=n_step, loss=f"{loss.item():.5f}", dice=f"{metric:.4f}")
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            if should_stop():
-                cancelled = True
-                break
-        if cancelled:
-            break
-        sched.step()
-        score = validate()
-        elapsed = time.time() - t0
-        epoch_log.write(epoch=epoch, last_step=n_step, train_loss=f"{np.mean(losses):.5f}",
-                        val_dice=f"{score:.4f}", seconds=f"{elapsed:.1f}")
-        msg = f"epoch {epoch}: train loss {np.mean(losses):.4f}, validation score {score:.4f} ({elapsed:.0f} s)"
-        log.info(msg)
-        if progress:
-            tqdm.write(msg)
-        if score > best:
-            best, best_epoch, bad = score, epoch, 0
-            save_best(score, epoch, elapsed)
-        else:
-            bad += 1
-            if bad >= cfg.patience:
-                break
-    step_log.close()
-    epoch_log.close()
+    per_epoch = max(1, sum(1 for i in range(0, n_train, cfg.batch_size) if min(cfg.batch_size, n_train - i) > 1))
+    batches: list[np.ndarray] = []
+
+    def step_fn(engine) -> dict:
+        if not batches:  # a new epoch: a fresh order; BatchNorm needs 2+ samples per batch
+            order = rng.permutation(n_train)
+            batches.extend(b for b in (order[i:i + cfg.batch_size] for i in range(0, n_train, cfg.batch_size))
+                           if len(b) > 1)
+        loss, metric = step(batches.pop(0), rng)
+        return {"loss": loss, "dice": float(metric)}
+
+    def validate_fn(engine) -> dict:
+        batches.clear()
+        return {"val_dice": float(validate())}
+
+    callbacks = [CsvLogger(steps_csv, ["epoch", "step", "loss", "dice"], epochs_csv,
+                           ["epoch", "last_step", "val_dice", "seconds"]),
+                 Progress(bar=progress, desc="epoch"),
+                 BestCheckpoint(lambda e, m: save_best(m["val_dice"], e.state.epoch, e.state.seconds)),
+                 EarlyStopping(cfg.patience), StopWhen(should_stop)]
+    engine = Engine(model, opt, step_fn, epochs=cfg.epochs, steps_per_epoch=per_epoch, validate_fn=validate_fn,
+                    callbacks=callbacks, job=job, scheduler=sched, monitor="val_dice")
+    summary = engine.run()
     try:
         plot_curves(steps_csv, epochs_csv, str(save_path) + ".curves.png", title, step_key="step", smooth=20,
                     metric_name=metric_name, val_name=val_name)
     except Exception as exc:
         log.warning("could not plot curves: %s", exc)
-    return {"best_val": float(best), "best_epoch": best_epoch, "seconds": time.time() - t0, "cancelled": cancelled}
+    return {"best_val": float(engine.state.best), "best_epoch": engine.state.best_epoch,
+            "seconds": summary["seconds"], "cancelled": summary["cancelled"], "diverged": summary["diverged"],
+            "status": summary["status"]}
 
 
 def _batch(data: ImageSet, idx, rng, size: int | None = None, masks: np.ndarray | None = None):

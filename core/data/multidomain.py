@@ -1,0 +1,131 @@
+"""Many segmentation sets (one target each) for meta-training and leave-set-out evaluation.
+
+Each set sits in the flat layout `<set>/images/<id>.jpg`, `<set>/masks/<id>_mask.png` with
+`<set>/groups.csv` (`id,group`: one patient or case). Splits are by group, and where a source
+publishes no patient ids (every image its own group) consecutive frames of one patient may be near
+duplicates, so the project's near-duplicate grouping (core/data/dedup.py) links them first. The
+committed split (`multidomain_split.json`) records every image's group; supports and queries of an
+episode always come from different groups.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import ImageSet, load_image_set
+from .discover import Sample, discover
+from .io import DataError
+
+DEFAULT_MULTIDOMAIN_SPLIT = Path(__file__).with_name("multidomain_split.json")
+ENV_MULTIDOMAIN = "MULTIDOMAIN_DIR"
+BUSI = "busi"   # the name BUSI's training split goes by among the meta-training sets
+# a component holding more than this share of a set means the feature test chains unrelated images
+# (homogeneous sets such as fetal heads): then only the pixel test links images of that set
+MAX_COMPONENT_SHARE = 0.1
+
+
+def default_multidomain_dir() -> Path | None:
+    """$MULTIDOMAIN_DIR, else ../shared/data/multidomain beside the project."""
+    env = os.environ.get(ENV_MULTIDOMAIN)
+    if env:
+        return Path(env)
+    guess = Path(__file__).resolve().parents[3] / "shared" / "data" / "multidomain"
+    return guess if guess.is_dir() else None
+
+
+def list_sets(root: str | Path) -> list[str]:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: multidomain folder not found")
+    names = sorted(d.name for d in root.iterdir() if (d / "images").is_dir() and (d / "masks").is_dir())
+    if not names:
+        raise DataError(f"{root}: no sets found (expected <set>/images and <set>/masks)")
+    return names
+
+
+def read_groups(set_dir: Path) -> dict[str, str]:
+    """id -> group from groups.csv (every image its own group if the file is absent)."""
+    path = set_dir / "groups.csv"
+    if not path.exists():
+        return {}
+    with path.open(newline="") as f:
+        return {row["id"]: row["group"] for row in csv.DictReader(f)}
+
+
+def set_samples(root: str | Path, name: str) -> list[Sample]:
+    return discover(Path(root) / name).samples
+
+
+def _components(n: int, pairs) -> list[int]:
+    from .dedup import _union_find
+    return _union_find(n, pairs)
+
+
+def group_set(samples: list[Sample], id_groups: dict[str, str], progress: bool = True) -> tuple[list[int], str]:
+    """Group ids per sample: published groups joined with near-duplicate links.
+
+    Returns (groups, how) where `how` says which tests linked images."""
+    from .dedup import group_near_duplicates, image_signatures
+
+    names = [Path(s.rel_path).stem for s in samples]
+    published = [id_groups.get(n, n) for n in names]
+    by_group: dict[str, int] = {}
+    pairs = []
+    for i, g in enumerate(published):
+        if g in by_group:
+            pairs.append((by_group[g], i))
+        else:
+            by_group[g] = i
+    thumbs, embs = image_signatures(samples, progress=progress)
+    # BUSI's threshold first; on homogeneous sets (every fetal head looks alike) the feature test can
+    # chain unrelated images into one giant group: then a stricter cosine, then pixels only
+    for min_cosine in (0.93, 0.96, 0.98):
+        dup = group_near_duplicates(thumbs, embs, min_cosine=min_cosine)
+        both = _components(len(samples), pairs + [(a, b) for a, b, _, _ in dup.links])
+        if np.bincount(both).max() <= MAX_COMPONENT_SHARE * len(samples):
+            return both, f"published groups + near-duplicate links (pixels, or feature cosine > {min_cosine})"
+    pixel_links = [(a, b) for a, b, reason, _ in dup.links if reason == "pixels"]
+    both = _components(len(samples), pairs + pixel_links)
+    how = ("published groups + near-duplicate links (pixels only: the feature test chained more than "
+           f"{MAX_COMPONENT_SHARE:.0%} of this set into one group even at cosine 0.98)")
+    return both, how
+
+
+def make_multidomain_split(root: str | Path, seed: int = 0, names: list[str] | None = None,
+                           progress: bool = True) -> dict:
+    from .split import split_groups
+
+    root = Path(root)
+    doc = {"seed": seed, "fractions": "70/10/20 by group", "sets": {}}
+    for name in names or list_sets(root):
+        samples = set_samples(root, name)
+        groups, how = group_set(samples, read_groups(root / name), progress)
+        parts = split_groups(samples, groups, seed)
+        doc["sets"][name] = {"n_images": len(samples), "n_groups": len(set(groups)), "grouping": how, **parts,
+                             "groups": {s.rel_path: int(g) for s, g in zip(samples, groups)}}
+    return doc
+
+
+def load_multidomain_split(path: str | Path = DEFAULT_MULTIDOMAIN_SPLIT) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: multidomain split not found (python -m core make-split-multidomain)")
+    return json.loads(path.read_text())
+
+
+def domain_set(root: str | Path, name: str, part: str, size: int, split: dict | None = None,
+               progress: bool = True) -> ImageSet:
+    """One part ('train', 'val', 'test' or 'all') of one set, at `size`, with its groups."""
+    split = split or load_multidomain_split()
+    if name not in split["sets"]:
+        raise DataError(f"set '{name}' is not in the multidomain split (known: {', '.join(split['sets'])})")
+    entry = split["sets"][name]
+    wanted = set(entry["train"] + entry["val"] + entry["test"]) if part == "all" else set(entry[part])
+    samples = [s for s in set_samples(root, name) if s.rel_path in wanted]
+    if not samples:
+        raise DataError(f"{Path(root) / name}: none of the split's '{part}' images were found")
+    return load_image_set(samples, size, entry["groups"], progress)

@@ -1,0 +1,118 @@
+"""Test-time adaptation: fine-tune a copy of PANet++ on the current supports only, time-boxed.
+
+Episodes come from the supports themselves: with k >= 2, leave-one-out (one support is the query,
+the others are the supports); with k = 1 (and for a share of the steps otherwise), augmented
+self-episodes (two differently augmented views of one support: one is the support, the other the
+query). The copy is trained on the shared engine, so a cancel, a time budget and a divergence behave
+as everywhere else; the base model is never modified and nothing is written to disk.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.dataset import AugmentConfig, augment, mask_tensor, to_tensor
+from ..losses import bce_dice_loss
+from ..metrics import dice
+from ..models.panet import PANetPlusPlus
+from .engine import Callback, Engine, Job, Progress, StopWhen, TimeBudget
+
+log = logging.getLogger(__name__)
+
+ADAPT_AUGMENT = AugmentConfig(hflip=0.5, rotate_deg=15.0, scale=(0.85, 1.15), translate=0.08,
+                              brightness=0.15, contrast=0.2, gamma=(0.8, 1.25), speckle=0.1)
+
+
+@dataclass
+class AdaptConfig:
+    seconds: float = 30.0        # wall-time budget (0: no budget, then `steps` must be set)
+    steps: int = 0               # step budget (0: until the time runs out)
+    lr_encoder: float = 5e-5
+    lr_decoder: float = 5e-4
+    self_episode_share: float = 0.3
+    seed: int = 0
+
+
+def leave_one_out_dice(model: PANetPlusPlus, images: torch.Tensor, masks: torch.Tensor) -> list[float]:
+    """Dice of each support segmented from the others: how well the supports agree (k >= 2)."""
+    k = images.shape[0]
+    if k < 2:
+        return []
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for q in range(k):
+            rest = [i for i in range(k) if i != q]
+            logits, _, _, _ = model(images[rest], masks[rest], images[q:q + 1])
+            out.append(float(dice(logits[0, 0] > 0, masks[q] > 0.5)))
+    return out
+
+
+class _StepCounter(Callback):
+    def __init__(self):
+        self.dices: list[float] = []
+
+    def on_step(self, engine, metrics):
+        self.dices.append(metrics.get("dice", float("nan")))
+
+
+def adapt_model(model: PANetPlusPlus, images: torch.Tensor, masks: torch.Tensor, cfg: AdaptConfig,
+                job: Job | None = None, on_progress: Callable[[dict], None] | None = None,
+                should_stop: Callable[[], bool] = lambda: False, callbacks: list[Callback] = (),
+                clock: Callable[[], float] | None = None) -> tuple[PANetPlusPlus | None, dict]:
+    """A fine-tuned copy of `model` (None if the run diverged or was cancelled) and a summary.
+
+    callbacks: extra engine callbacks (engine.model is the copy being trained); clock: the time
+    source of the budget (an evaluation may pause it while it scores the copy).
+
+    images (K, 3, S, S) in [0, 1] and masks (K, S, S) at the model's working size, on its device.
+    """
+    if not cfg.seconds and not cfg.steps:
+        raise ValueError("adaptation needs a time budget (seconds) or a number of steps")
+    device = images.device
+    k = images.shape[0]
+    before = leave_one_out_dice(model, images, masks)
+    net = copy.deepcopy(model).to(device)
+    enc = [p for p in net.encoder.parameters() if p.requires_grad]
+    rest = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
+    opt = torch.optim.Adam([{"params": enc, "lr": cfg.lr_encoder}, {"params": rest, "lr": cfg.lr_decoder}])
+    rng = np.random.default_rng(cfg.seed)
+    imgs_np = [(images[i].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8) for i in range(k)]
+    msks_np = [masks[i].cpu().numpy() > 0.5 for i in range(k)]
+
+    def view(i):
+        img, m = augment(imgs_np[i], msks_np[i], rng, ADAPT_AUGMENT)
+        if not m.any():
+            img, m = imgs_np[i], msks_np[i]
+        return to_tensor(img).to(device), mask_tensor(m).to(device)
+
+    def step(engine: Engine) -> dict:
+        q = int(rng.integers(k))
+        if k == 1 or rng.random() < cfg.self_episode_share:
+            sup_idx = [q]
+        else:
+            sup_idx = [i for i in range(k) if i != q]
+        sup = [view(i) for i in sup_idx]
+        q_img, q_msk = view(q)
+        logits, _, _, _ = engine.net(torch.stack([s[0] for s in sup]), torch.stack([s[1] for s in sup]), q_img[None])
+        loss = bce_dice_loss(logits[:, 0], q_msk[None])
+        return {"loss": loss, "dice": float(dice(logits.detach()[0, 0] > 0, q_msk > 0.5))}
+
+    counter = _StepCounter()
+    callbacks = [Progress(bar=False, on_progress=on_progress), StopWhen(should_stop), counter, *callbacks]
+    if cfg.seconds:
+        callbacks.append(TimeBudget(cfg.seconds, clock) if clock else TimeBudget(cfg.seconds))
+    engine = Engine(net, opt, step, epochs=1, steps_per_epoch=cfg.steps or 10 ** 9, callbacks=callbacks,
+                    job=job, device=device, grad_clip=5.0)
+    summary = engine.run()
+    net.eval()
+    summary.update(shots=k, loo_dice_before=before)
+    if summary["status"] in ("diverged", "cancelled", "failed"):
+        return None, summary
+    summary["loo_dice_after"] = leave_one_out_dice(net, images, masks)  # optimistic: trained on these
+    return net, summary

@@ -1,0 +1,81 @@
+"""Multidomain sets: group-aware splits (committed and regenerated), loading, and the BUSI hole closed."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.data.multidomain import (DEFAULT_MULTIDOMAIN_SPLIT, domain_set, load_multidomain_split,
+                                   make_multidomain_split)
+from core.data.split import apply_manual_links, load_split
+from tests.conftest import blob_image
+
+EXPECTED_SETS = {"busbra_breast", "cvc_clinicdb_polyp", "hc18_fetal_head", "kvasir_polyp", "mmotu_ovarian_tumour",
+                 "muscle_aponeurosis", "ph2_skin_lesion", "usgra_structure1", "usgra_structure2"}
+
+
+def _flat_set(root: Path, n: int, groups: dict[str, str] | None = None, copies: dict[int, int] | None = None):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    images = {}
+    for i in range(n):
+        src = (copies or {}).get(i)
+        img, mask = images[src] if src is not None else blob_image(seed=100 + i, center=(30 + 3 * i % 40, 50))
+        images[i] = (img, mask)
+        Image.fromarray(img).save(root / "images" / f"id{i}.jpg", quality=95)
+        Image.fromarray(mask.astype(np.uint8) * 255).convert("1").save(root / "masks" / f"id{i}_mask.png")
+    rows = ["id,group"] + [f"id{i},{(groups or {}).get(f'id{i}', f'id{i}')}" for i in range(n)]
+    (root / "groups.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_committed_multidomain_split_keeps_groups_whole():
+    doc = load_multidomain_split()
+    assert set(doc["sets"]) == EXPECTED_SETS
+    for name, e in doc["sets"].items():
+        names = e["train"] + e["val"] + e["test"]
+        assert len(names) == len(set(names)) == e["n_images"] == len(e["groups"]), name
+        where = {n: p for p in ("train", "val", "test") for n in e[p]}
+        parts_of_group: dict[int, set] = {}
+        for n, g in e["groups"].items():
+            parts_of_group.setdefault(g, set()).add(where[n])
+        assert all(len(p) == 1 for p in parts_of_group.values()), f"{name}: a group spans two parts"
+        assert 0.1 <= len(e["test"]) / e["n_images"] <= 0.3, name
+
+
+def test_published_groups_and_near_duplicates_are_joined(tmp_path):
+    root = tmp_path / "md"
+    # id0/id1 share a published patient; id5 is a pixel copy of id4 (no id says so)
+    _flat_set(root / "toy", 10, groups={"id0": "p0", "id1": "p0"}, copies={5: 4})
+    doc = make_multidomain_split(root, seed=0, progress=False)
+    g = doc["sets"]["toy"]["groups"]
+    assert g["images/id0.jpg"] == g["images/id1.jpg"]
+    assert g["images/id4.jpg"] == g["images/id5.jpg"]
+    assert len({g[f"images/id{i}.jpg"] for i in (0, 2, 3, 4, 6)}) == 5
+    loaded = domain_set(root, "toy", "all", 64, doc, progress=False)
+    assert len(loaded) == 10 and loaded.images.shape[1:] == (64, 64, 3)
+    with pytest.raises(Exception, match="not in the multidomain split"):
+        domain_set(root, "nope", "test", 64, doc, progress=False)
+
+
+def test_real_multidomain_sets_load_by_part():
+    from core.data.multidomain import default_multidomain_dir
+
+    root = default_multidomain_dir()
+    if root is None:
+        pytest.skip("no multidomain folder beside the project")
+    doc = load_multidomain_split(DEFAULT_MULTIDOMAIN_SPLIT)
+    test = domain_set(root, "ph2_skin_lesion", "test", 64, doc, progress=False)
+    assert len(test) == len(doc["sets"]["ph2_skin_lesion"]["test"])
+    assert all(test.has_lesion(i) for i in range(len(test)))
+
+
+def test_busi_frames_of_one_lesion_share_a_group_and_a_part():
+    doc = load_split()
+    names = [f"malignant/malignant ({i}).png" for i in (23, 24, 25)]
+    assert len({doc["groups"][n] for n in names}) == 1
+    parts = {p for p in ("train", "val", "test") for n in names if n in doc[p]}
+    assert parts == {"train"}, "the linked frames sit on one side (the anchor's: train)"
+    # the link rule on a toy split: the other image's whole group moves to the anchor's part
+    parts, groups = apply_manual_links({"train": ["a", "b"], "test": ["c", "d"]}, {"a": 0, "b": 1, "c": 2, "d": 2},
+                                       links=(("a", "c"),))
+    assert parts == {"train": ["a", "b", "c", "d"], "test": []} and groups["c"] == groups["d"] == 0
