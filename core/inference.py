@@ -114,6 +114,7 @@ class FewShotSegmenter:
         self.cache_hits = 0
         # (owner, support-set key) -> (adapted model copy, summary); never written over a checkpoint
         self._adapted: OrderedDict[tuple[str, str], tuple[PANetPlusPlus, dict]] = OrderedDict()
+        self._agreement: OrderedDict = OrderedDict()
 
     def _prepare_supports(self, supports) -> tuple[torch.Tensor, torch.Tensor, str]:
         if not supports:
@@ -190,6 +191,24 @@ class FewShotSegmenter:
                     del self._cache[k]
         summary["support_key"] = key
         return summary
+
+    def support_agreement(self, supports, owner: str = "") -> list[float]:
+        """Leave-one-out Dice among the supports (each segmented from the others; k >= 2), cached per
+        support set: low values mean the supports disagree or the target is unlike the training data."""
+        from .training.adapt import leave_one_out_dice
+
+        imgs, msks, key = self._prepare_supports(supports)
+        model = self._model_for(key, owner)
+        cache_key = (key, id(model))
+        with self._lock:
+            hit = self._agreement.get(cache_key)
+        if hit is None:
+            hit = leave_one_out_dice(model, imgs, msks)
+            with self._lock:
+                self._agreement[cache_key] = hit
+                while len(self._agreement) > CACHE_SIZE:
+                    self._agreement.popitem(last=False)
+        return hit
 
     def is_adapted(self, supports, owner: str = "") -> bool:
         return (owner, self.support_key(supports)) in self._adapted

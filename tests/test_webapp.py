@@ -246,3 +246,10 @@ def test_adapt_then_segment_uses_the_adapted_model_for_this_session_only(app):
     (owner, _), = seg._adapted.keys()
     assert owner == me.session_hash, "the adapted copy belongs to the session that asked for it"
     assert "no fine-tuning or adaptation job" in Client(client.src, verbose=False).predict(api_name="/cancel_adapt")
+    with pytest.raises(Exception, match="Adapt to these supports first"):
+        Client(client.src, verbose=False).predict("tiny_panet", "theirs", *(sups + [EMPTY] * 3), *([None] * 5),
+                                                  api_name="/save_adapted")
+    msg, _ = me.predict("tiny_panet", "../my adapted", *(sups + [EMPTY] * 3), *([None] * 5), api_name="/save_adapted")
+    assert "my_adapted (yours)" in msg
+    assert (ctx.config.output_dir / "checkpoints" / "my_adapted.safetensors").exists()
+    assert "my_adapted (yours)" in ctx.checkpoints("panet")

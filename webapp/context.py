@@ -178,6 +178,14 @@ class AppContext:
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.config.device
 
+    def forget_session(self, owner: str) -> None:
+        """Drop what a browser session left in the shared models (its adapted copies)."""
+        with self._lock:
+            models = list(self._models.values())
+        for m in models:
+            if isinstance(m, FewShotSegmenter):
+                m.forget_adapted(owner)
+
     def fewshot(self, name: str | None = None) -> FewShotSegmenter:
         path = self._resolve("panet", name)
         with self._lock:

@@ -277,3 +277,23 @@ def curve_figure(losses, dices, vals):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def save_adapted(ctx: AppContext, checkpoint_name, supports, name: str, owner: str) -> tuple[str, str]:
+    """Save this session's adapted copy (for exactly these supports) as a new checkpoint of its own."""
+    from core.data.io import DataError
+
+    seg = ctx.fewshot(checkpoint_name)
+    if not supports or not seg.is_adapted(supports, owner):
+        raise UserError("nothing to save: press Adapt to these supports first (with the same supports)")
+    final = safe_name(name or time.strftime("adapted_%Y%m%d_%H%M%S"))
+    folder = ctx.config.output_dir / "checkpoints"
+    n = 1
+    while (folder / f"{final}.json").exists() or (folder / f"{final}.safetensors").exists():
+        n += 1
+        final = f"{safe_name(name)}_{n}"
+    try:
+        seg.save_adapted(supports, folder / final, owner, note=f"adapted from {checkpoint_name} to {len(supports)} supports")
+    except DataError as exc:
+        raise UserError(str(exc)) from exc
+    return f"Saved the adapted model as **{final} (yours)**.", f"{final} (yours)"

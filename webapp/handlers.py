@@ -197,6 +197,7 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, editors, mask_fi
         model = ctx.fewshot(checkpoint_name)
         res = model.predict(q_img, supports, threshold=threshold, owner=owner)
         adapted = model.is_adapted(supports, owner) if owner else False
+        agreement = model.support_agreement(supports, owner) if len(supports) >= 2 else []
     except CheckpointError as exc:
         raise UserError(f"checkpoint could not be loaded: {_hide_dirs(ctx, exc)}") from exc
     except DataError as exc:
@@ -206,6 +207,13 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, editors, mask_fi
     ov = overlay(q_img, res.mask, opacity, truth=truth)
     lines = [f"**{len(supports)} support(s)**{' (model adapted to them)' if adapted else ''}, lesion predicted on "
              f"{res.mask.mean() * 100:.1f}% of the image (threshold {threshold:.2f})."]
+    if agreement:
+        a = float(np.mean(agreement))
+        lines.append(f"Supports agree with each other: leave-one-out Dice **{a:.2f}** (each support segmented "
+                     "from the others).")
+        if a < 0.5 and not adapted:
+            lines.append("Low agreement: the target may look unlike what the model was trained on, or the supports "
+                         "mark different structures. Try **Adapt to these supports**.")
     if truth is not None:
         if truth.any():
             lines.append(f"Against the ground truth (green contour): **Dice {dice(res.mask, truth):.3f}, "

@@ -111,6 +111,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                         adapt_btn = gr.Button("Adapt to these supports", elem_id="adapt-button")
                         adapt_cancel = gr.Button("Cancel adaptation", variant="stop", size="sm")
                     adapt_status = gr.Markdown(elem_id="adapt-status")
+                    with gr.Row():
+                        adapt_name = gr.Textbox(label="Name for the adapted model", placeholder="thyroid_adapted",
+                                                scale=2)
+                        adapt_save = gr.Button("Save adapted model", size="sm", scale=1)
                 with gr.Column(scale=1):
                     overlay_out = gr.Image(label="Prediction overlay (red; green: ground truth)", type="numpy",
                                            format="png", interactive=False, height=320, elem_id="overlay")
@@ -207,7 +211,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             clears[i].click(lambda: ({"background": None, "layers": [], "composite": None}, None),
                             None, [editors[i], mask_files[i]], api_name=False)
 
-        def do_segment(sess: Session, ckpt_name, *rest, request: gr.Request, progress=gr.Progress()):
+        # gr.Request must be a positional parameter (before *rest) for Gradio to pass it in
+        def do_segment(sess: Session, ckpt_name, request: gr.Request, *rest):
             eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:2 * N_SLOTS]
             q, thr, opa = rest[2 * N_SLOTS:]
             sess = copy.copy(sess)
@@ -225,7 +230,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                       [overlay_out, prob_out, heat_out, report, files_out, corrector, support_thumbs, session],
                       api_name="segment", concurrency_limit=2)
 
-        def do_adapt(ckpt_name, seconds, *rest, request: gr.Request):
+        def do_adapt(ckpt_name, seconds, request: gr.Request, *rest):
             eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:]
             try:
                 supports = handlers.collect_supports(eds, mfs)
@@ -236,6 +241,18 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
         adapt_btn.click(do_adapt, [ckpt, adapt_seconds] + editors + mask_files, adapt_status, api_name="adapt",
                         concurrency_limit=1, concurrency_id="finetune")
+        def do_save_adapted(ckpt_name, name, request: gr.Request, *rest):
+            eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:]
+            try:
+                supports = handlers.collect_supports(eds, mfs)
+                msg, new_name = finetune.save_adapted(ctx, ckpt_name, supports, name, _owner(request))
+            except (UserError, ValueError) as exc:
+                raise _error(exc)
+            return msg, gr.update(choices=list(ctx.checkpoints("panet")), value=ckpt_name)
+
+        adapt_save.click(do_save_adapted, [ckpt, adapt_name] + editors + mask_files, [adapt_status, ckpt],
+                         api_name="save_adapted")
+
         def do_cancel(request: gr.Request):
             return finetune.cancel(_owner(request))
 
@@ -281,7 +298,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
         cls_btn.click(do_classify, [session, corrector], [label_out, cls_text], api_name="classify")
 
-        def do_finetune(ckpt_name, source, epochs, episodes, lr, name, sess: Session, *rest, request: gr.Request):
+        def do_finetune(ckpt_name, source, epochs, episodes, lr, name, sess: Session, request: gr.Request, *rest):
             eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:]
             pairs = []
             if source != "data folder":
@@ -308,5 +325,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                        + editors + mask_files, [ft_status, ft_plot, ckpt], api_name="finetune",
                        concurrency_limit=1, concurrency_id="finetune")
         ft_cancel.click(do_cancel, None, ft_status, api_name="cancel_finetune")
+        def on_unload(request: gr.Request):
+            # a closed tab's adapted model copies are dropped (memory stays bounded)
+            ctx.forget_session(_owner(request))
+
+        demo.unload(on_unload)
     demo.queue(default_concurrency_limit=2)
     return demo

@@ -46,6 +46,7 @@ def register(sub) -> None:
     register_more(sub)
     register_benchmark(sub)
     register_multidomain(sub)
+    register_ship(sub)
 
 
 def _data_dir(arg):
@@ -165,7 +166,13 @@ def register_more(sub) -> None:
 
 
 def default_checkpoint() -> Path:
-    return Path(__file__).resolve().parents[2] / "checkpoints" / "panet_lite0"
+    """The shipped default PANet++ checkpoint named in checkpoints/DEFAULTS.json."""
+    folder = Path(__file__).resolve().parents[2] / "checkpoints"
+    try:
+        name = json.loads((folder / "DEFAULTS.json").read_text())["panet"]
+    except (OSError, ValueError, KeyError):
+        name = "panet_lite0"
+    return folder / name
 
 
 def evaluation_sets(data_arg, split_arg, no_split: bool, size: int, pool: str):
@@ -313,6 +320,32 @@ def benchmark_cmd(args) -> int:
     print(json.dumps({k: {m: v.get("dice") for m, v in b.items() if isinstance(v, dict) and "dice" in v}
                       for k, b in res["by_shots"].items()}, indent=2))
     print(f"written: {render()}")
+    return 0
+
+
+def register_ship(sub) -> None:
+    p = sub.add_parser("ship-checkpoint", help="copy a trained checkpoint into checkpoints/ in compact float16")
+    p.add_argument("source", help="trained checkpoint (path without extension)")
+    p.add_argument("target", help="shipped checkpoint (path without extension); must not exist")
+    p.add_argument("--note", default="", help="how it was trained (shown in docs/results.md)")
+    p.set_defaults(func=ship_checkpoint_cmd)
+
+
+def ship_checkpoint_cmd(args) -> int:
+    from .. import checkpoint
+
+    meta = checkpoint.load_meta(args.source)
+    weights = checkpoint.load_weights(args.source)
+    if not all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
+        raise ValueError(f"{args.source}: non-finite weights: not shipped")
+    if any(p.exists() for p in checkpoint.paths(args.target)):
+        raise ValueError(f"{args.target} exists: choose a new name (shipped checkpoints are never overwritten)")
+    meta = {**meta, "stored_dtype": "float16"}
+    if args.note:
+        meta["note"] = args.note
+    meta.pop("save_path", None)
+    path = checkpoint.save(args.target, weights, meta, half=True)
+    print(f"shipped: {path} ({path.stat().st_size / 2**20:.1f} MB)")
     return 0
 
 
