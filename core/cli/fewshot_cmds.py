@@ -402,7 +402,8 @@ def evaluate_multidomain_cmd(args) -> int:
         sets[name] = domain_set(root, name, "test", size, split, progress=False)
     table = leave_set_out_table(dict(args.checkpoint), sets, tuple(args.shots), args.episodes, args.seed)
     doc = {"command": "python -m core evaluate-multidomain " + " ".join(
-               f"--checkpoint {a} {b}" for a, b in args.checkpoint) + f" --episodes {args.episodes}",
+               f"--checkpoint {a} {b}" for a, b in args.checkpoint) + f" --episodes {args.episodes}"
+               + (f" --sets {' '.join(args.sets)}" if args.sets else "") + f" --shots {' '.join(map(str, args.shots))}",
            "episodes": args.episodes, "seed": args.seed, "shots": args.shots, "table": table}
     save_json(doc, args.out)
     for name, row in table.items():

@@ -96,6 +96,9 @@ def mask_tensor(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask)).float()
 
 
+# Why not albumentations: these ~40 lines do the few transforms we need (the same geometry on image and
+# mask, speckle), are seeded by our episode RNG (reproducible episodes and resumption), and are tested;
+# albumentations would add a dependency tree (pydantic, albucore, a second OpenCV wheel) for no new transform.
 @dataclass(frozen=True)
 class AugmentConfig:
     hflip: float = 0.5
