@@ -25,7 +25,8 @@ def test_shipped_panet_on_held_out_episodes(busi_dir):
     from core.evaluation.fewshot import make_episodes, panet_predictor, run_episodes, summarize
     from core.inference import load_panet
 
-    model, meta = load_panet(CKPT / "panet_lite0")
+    defaults = json.loads((CKPT / "DEFAULTS.json").read_text())
+    model, meta = load_panet(CKPT / defaults["panet"])
     test = split_sets(busi_dir, ("test",), model.config.image_size, progress=False)["test"]
     eps = make_episodes(test, None, 5, 20, seed=99)
     good = summarize(run_episodes(panet_predictor(model), test, test, eps))["dice"]

@@ -47,6 +47,7 @@ def register(sub) -> None:
     register_benchmark(sub)
     register_multidomain(sub)
     register_ship(sub)
+    register_interpolate(sub)
 
 
 def _data_dir(arg):
@@ -349,6 +350,41 @@ def ship_checkpoint_cmd(args) -> int:
     return 0
 
 
+def register_interpolate(sub) -> None:
+    p = sub.add_parser("interpolate-checkpoints",
+                       help="weight-space interpolation of two PANet++ checkpoints of one lineage (WiSE-FT)")
+    p.add_argument("base", help="checkpoint A (e.g. the BUSI-only model)")
+    p.add_argument("tuned", help="checkpoint B (e.g. the meta-trained model fine-tuned from A)")
+    p.add_argument("--alpha", type=float, required=True, help="weight of B: (1 - alpha) A + alpha B")
+    p.add_argument("--out", required=True, help="new checkpoint path (must not exist)")
+    p.set_defaults(func=interpolate_cmd)
+
+
+def interpolate_cmd(args) -> int:
+    from .. import checkpoint
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError("--alpha must be between 0 and 1")
+    if any(p.exists() for p in checkpoint.paths(args.out)):
+        raise ValueError(f"{args.out} exists: choose a new name")
+    ma, mb = checkpoint.load_meta(args.base), checkpoint.load_meta(args.tuned)
+    checkpoint.expect_kind(ma, "panet", args.base)
+    checkpoint.expect_kind(mb, "panet", args.tuned)
+    wa, wb = checkpoint.load_weights(args.base), checkpoint.load_weights(args.tuned)
+    if wa.keys() != wb.keys() or any(wa[k].shape != wb[k].shape for k in wa):
+        raise ValueError("the two checkpoints have different architectures: they cannot be interpolated")
+    mixed = {k: ((1 - args.alpha) * wa[k] + args.alpha * wb[k]) if wa[k].is_floating_point() else wb[k] for k in wa}
+    seen = list(dict.fromkeys(list(mb.get("data", {}).get("train_sets") or ["busi"])
+                              + list(ma.get("data", {}).get("train_sets") or ["busi"])))
+    meta = {**mb, "data": {**mb.get("data", {}), "train_sets": seen},
+            "interpolated": {"base": str(args.base), "tuned": str(args.tuned), "alpha": args.alpha}}
+    meta["model"] = {**mb["model"], "weights_loaded": mb["model"].get("weights_loaded", "")
+                     + f", then interpolated with {Path(args.base).name} (alpha {args.alpha:g})"}
+    checkpoint.save(args.out, mixed, meta, half=False)
+    print(f"written: {args.out} = {1 - args.alpha:g} x {args.base} + {args.alpha:g} x {args.tuned}")
+    return 0
+
+
 def register_multidomain(sub) -> None:
     p = sub.add_parser("evaluate-multidomain",
                        help="leave-set-out table: k-shot Dice of checkpoints on multidomain test parts and BUSI test")
@@ -360,6 +396,9 @@ def register_multidomain(sub) -> None:
     p.add_argument("--shots", nargs="+", type=int, default=[1, 5])
     p.add_argument("--episodes", type=int, default=100, help="episodes per set and shot count")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--part", default="test", choices=["test", "val"],
+                   help="val: for choosing among checkpoints (never report it as a result)")
+    p.add_argument("--no-mismatched", action="store_true", help="skip the mismatched-support control")
     p.add_argument("--out", default="docs/results_multidomain.json")
     p.set_defaults(func=evaluate_multidomain_cmd)
 
@@ -372,6 +411,10 @@ def register_multidomain(sub) -> None:
     p.add_argument("--queries", type=int, default=20, help="queries scored per support set")
     p.add_argument("--marks", nargs="+", type=float, default=[0, 10, 30, 60, 150], help="seconds of training")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--part", default="test", choices=["test", "val"], help="val: for choosing adaptation settings")
+    p.add_argument("--lr-encoder", type=float, default=None)
+    p.add_argument("--lr-decoder", type=float, default=None)
+    p.add_argument("--no-unet", action="store_true", help="skip the U-Net baseline")
     p.add_argument("--out", default="docs/results_adaptation.json")
     p.set_defaults(func=adaptation_curve_cmd)
 
@@ -397,18 +440,19 @@ def evaluate_multidomain_cmd(args) -> int:
     sets = {}
     if (args.busi or "").lower() != "none":
         from ..data.sets import split_sets
-        sets["busi"] = split_sets(_data_dir(args.busi), ("test",), size, progress=False)["test"]
+        sets["busi"] = split_sets(_data_dir(args.busi), (args.part,), size, progress=False)[args.part]
     for name in args.sets or list_sets(root):
-        sets[name] = domain_set(root, name, "test", size, split, progress=False)
-    table = leave_set_out_table(dict(args.checkpoint), sets, tuple(args.shots), args.episodes, args.seed)
+        sets[name] = domain_set(root, name, args.part, size, split, progress=False)
+    table = leave_set_out_table(dict(args.checkpoint), sets, tuple(args.shots), args.episodes, args.seed,
+                                mismatched_shots=0 if args.no_mismatched else 5)
     doc = {"command": "python -m core evaluate-multidomain " + " ".join(
                f"--checkpoint {a} {b}" for a, b in args.checkpoint) + f" --episodes {args.episodes}"
                + (f" --sets {' '.join(args.sets)}" if args.sets else "") + f" --shots {' '.join(map(str, args.shots))}",
-           "episodes": args.episodes, "seed": args.seed, "shots": args.shots, "table": table}
+           "episodes": args.episodes, "seed": args.seed, "shots": args.shots, "part": args.part, "table": table}
     save_json(doc, args.out)
     for name, row in table.items():
         print(name, {lab: {k: round(v["dice"], 3) for k, v in r.items() if isinstance(v, dict)} for lab, r in row.items()})
-    print(f"written: {args.out}; {render()}")
+    print(f"written: {args.out}" + (f"; {render()}" if Path(args.out).resolve().parent == Path("docs").resolve() else ""))
     return 0
 
 
@@ -424,13 +468,16 @@ def adaptation_curve_cmd(args) -> int:
     size = load_panet(ckpt)[0].config.image_size
     root = _md_root(args.data)
     split = load_multidomain_split()
-    sets = {n: domain_set(root, n, "test", size, split, progress=False) for n in args.sets}
+    sets = {n: domain_set(root, n, args.part, size, split, progress=False) for n in args.sets}
     marks = tuple(int(m) if float(m).is_integer() else m for m in args.marks)
-    res = adaptation_curve(str(ckpt), sets, args.shots, args.episodes, args.queries, marks)
+    acfg = {k: v for k, v in (("lr_encoder", args.lr_encoder), ("lr_decoder", args.lr_decoder)) if v is not None}
+    res = adaptation_curve(str(ckpt), sets, args.shots, args.episodes, args.queries, marks, adapt_cfg=acfg,
+                           with_unet=not args.no_unet)
+    res.update(part=args.part, adapt_settings=acfg)
     res["command"] = (f"python -m core adaptation-curve --checkpoint {ckpt} --sets {' '.join(args.sets)} "
-                      f"--shots {args.shots} --episodes {args.episodes} --queries {args.queries}")
+                      f"--shots {args.shots} --episodes {args.episodes} --queries {args.queries} --part {args.part}")
     save_json(res, args.out)
     for n, r in res["sets"].items():
         print(n, "PANet++", {m: round(v, 3) for m, v in r["panet"].items()}, "U-Net", {m: round(v, 3) for m, v in r["unet"].items()})
-    print(f"written: {args.out}; {render()}")
+    print(f"written: {args.out}" + (f"; {render()}" if Path(args.out).resolve().parent == Path("docs").resolve() else ""))
     return 0

@@ -77,7 +77,7 @@ def _query_dice(predict, s_img, s_msk, qset: ImageSet, queries: list[int]) -> fl
 
 
 def adaptation_curve_episode(model, unet_factory, qset: ImageSet, support: tuple[int, ...], queries: list[int],
-                             marks=(0, 10, 30, 60, 150)) -> dict:
+                             marks=(0, 10, 30, 60, 150), adapt_cfg=None) -> dict:
     """PANet++ adapted for each time mark, and a U-Net fine-tuned for the same time, on one support set."""
     from ..training.adapt import AdaptConfig, adapt_model
     from ..training.engine import Callback
@@ -103,8 +103,9 @@ def adaptation_curve_episode(model, unet_factory, qset: ImageSet, support: tuple
             if not todo:
                 engine.stop_reason = "all marks scored"
 
-    adapt_model(model, s_img, s_msk, AdaptConfig(seconds=max(marks) + 5), callbacks=[ScoreAtMarks()], clock=clock)
-    result["unet"] = unet_factory(s_img, s_msk, qset, queries, marks)
+    cfg = AdaptConfig(**{**(adapt_cfg or {}), "seconds": max(marks) + 5})
+    adapt_model(model, s_img, s_msk, cfg, callbacks=[ScoreAtMarks()], clock=clock)
+    result["unet"] = unet_factory(s_img, s_msk, qset, queries, marks) if unet_factory else {}
     return result
 
 
@@ -170,11 +171,12 @@ def unet_time_curve(backbone: str = "tf_efficientnet_lite0", size: int = 128, lr
 
 
 def adaptation_curve(checkpoint: str, sets: dict[str, ImageSet], shots: int = 5, episodes: int = 2,
-                     queries: int = 20, marks=(0, 10, 30, 60, 150), seed: int = 1234) -> dict:
+                     queries: int = 20, marks=(0, 10, 30, 60, 150), seed: int = 1234, adapt_cfg: dict | None = None,
+                     with_unet: bool = True) -> dict:
     from ..inference import load_panet
 
     model, _ = load_panet(checkpoint)
-    unet = unet_time_curve()
+    unet = unet_time_curve() if with_unet else None
     out = {"shots": shots, "marks": list(marks), "queries_per_episode": queries, "sets": {}}
     for name, qset in sets.items():
         rng = np.random.default_rng(seed)
@@ -185,11 +187,11 @@ def adaptation_curve(checkpoint: str, sets: dict[str, ImageSet], shots: int = 5,
             groups = {qset.groups[i] for i in ep.support}
             pool = [i for i in sampler.query_candidates if qset.groups[i] not in groups]
             qs = [int(q) for q in rng.choice(pool, size=min(queries, len(pool)), replace=False)]
-            eps.append(adaptation_curve_episode(model, unet, qset, ep.support, qs, marks))
+            eps.append(adaptation_curve_episode(model, unet, qset, ep.support, qs, marks, adapt_cfg))
         out["sets"][name] = {
             "episodes": eps,
             "panet": {m: float(np.mean([e["panet"][m] for e in eps])) for m in marks},
-            "unet": {m: float(np.mean([e["unet"][m] for e in eps])) for m in marks}}
+            "unet": {m: float(np.mean([e["unet"][m] for e in eps])) for m in marks} if with_unet else {}}
     return out
 
 

@@ -76,7 +76,8 @@ def _adaptation_section(ad: dict) -> list[str]:
     for name, r in ad["sets"].items():
         n = len(r["episodes"])
         L.append(f"| {name} ({n} support sets) | PANet++ adapted | " + " | ".join(_f(r["panet"][m]) for m in marks) + " |")
-        L.append(f"| {name} | U-Net fine-tuned | " + " | ".join(_f(r["unet"][m]) for m in marks) + " |")
+        if r.get("unet"):
+            L.append(f"| {name} | U-Net fine-tuned | " + " | ".join(_f(r["unet"][m]) for m in marks) + " |")
     return L
 
 
