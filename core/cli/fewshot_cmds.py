@@ -399,6 +399,8 @@ def register_multidomain(sub) -> None:
     p.add_argument("--part", default="test", choices=["test", "val"],
                    help="val: for choosing among checkpoints (never report it as a result)")
     p.add_argument("--no-mismatched", action="store_true", help="skip the mismatched-support control")
+    p.add_argument("--append", action="store_true",
+                   help="add these rows to --out's table (same episodes and seed) instead of replacing it")
     p.add_argument("--out", default="docs/results_multidomain.json")
     p.set_defaults(func=evaluate_multidomain_cmd)
 
@@ -445,10 +447,23 @@ def evaluate_multidomain_cmd(args) -> int:
         sets[name] = domain_set(root, name, args.part, size, split, progress=False)
     table = leave_set_out_table(dict(args.checkpoint), sets, tuple(args.shots), args.episodes, args.seed,
                                 mismatched_shots=0 if args.no_mismatched else 5)
+    import shlex
+
     doc = {"command": "python -m core evaluate-multidomain " + " ".join(
-               f"--checkpoint {a} {b}" for a, b in args.checkpoint) + f" --episodes {args.episodes}"
+               f"--checkpoint {shlex.quote(a)} {shlex.quote(b)}" for a, b in args.checkpoint) + f" --episodes {args.episodes}"
                + (f" --sets {' '.join(args.sets)}" if args.sets else "") + f" --shots {' '.join(map(str, args.shots))}",
            "episodes": args.episodes, "seed": args.seed, "shots": args.shots, "part": args.part, "table": table}
+    if args.append:
+        doc["command"] += " --append"
+    if args.append and Path(args.out).exists():
+        prev = json.loads(Path(args.out).read_text())
+        if (prev.get("episodes"), prev.get("seed"), prev.get("part", "test")) != (args.episodes, args.seed, args.part):
+            raise ValueError(f"{args.out} was made with other episodes/seed/part: cannot append")
+        for name, rows in table.items():
+            prev["table"].setdefault(name, {}).update(rows)
+        prev["commands"] = prev.get("commands", [prev.get("command")]) + [doc["command"]]
+        prev["shots"] = sorted(set(prev.get("shots", [])) | set(args.shots))
+        doc = prev
     save_json(doc, args.out)
     for name, row in table.items():
         print(name, {lab: {k: round(v["dice"], 3) for k, v in r.items() if isinstance(v, dict)} for lab, r in row.items()})

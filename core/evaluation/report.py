@@ -34,10 +34,10 @@ def _history(fs) -> str:
 
 def _multidomain_section(md: dict) -> list[str]:
     table = md["table"]
-    labels = list(next(iter(table.values())).keys())
+    labels = list(dict.fromkeys(lab for rows in table.values() for lab in rows))
     shots = md.get("shots", [1, 5])
     L = ["", "## Any target from its supports: leave-set-out", "",
-         f"Reproduce: `{md.get('command', 'python -m core evaluate-multidomain')}`", "",
+         "Reproduce: " + "; then ".join(f"`{c}`" for c in (md.get("commands") or [md.get("command")])), "",
          f"Each set's **test part** (committed split `core/data/multidomain_split.json`; BUSI: its test split), "
          f"{md['episodes']} seeded episodes per cell, supports and query from different patient / near-duplicate "
          "groups; mean per-query Dice [95% CI]. *held out* = the set was not in that checkpoint's training "
@@ -48,7 +48,9 @@ def _multidomain_section(md: dict) -> list[str]:
          + " | mismatched 5-shot |", "|---|---|---|" + "---|" * len(shots) + "---|"]
     for name, rows in table.items():
         for lab in labels:
-            r = rows[lab]
+            r = rows.get(lab)
+            if r is None:
+                continue
             cells = " | ".join(_ci(r.get(f"k{k}")) for k in shots)
             L.append(f"| {name} | {lab} | {'seen' if r['seen_in_training'] else 'held out'} | {cells} | "
                      f"{_f(r.get('mismatched_k5', {}).get('dice'))} |")
@@ -57,7 +59,7 @@ def _multidomain_section(md: dict) -> list[str]:
           "| checkpoint | held-out sets | " + " | ".join(f"mean {k}-shot" for k in shots) + " |",
           "|---|---|" + "---|" * len(shots)]
     for lab in labels:
-        held = [n for n, rows in table.items() if n != "busi" and not rows[lab]["seen_in_training"]]
+        held = [n for n, rows in table.items() if n != "busi" and lab in rows and not rows[lab]["seen_in_training"]]
         if held:
             means = " | ".join(_f(sum(table[n][lab][f"k{k}"]["dice"] for n in held) / len(held)) for k in shots)
             L.append(f"| {lab} | {', '.join(held)} | {means} |")
