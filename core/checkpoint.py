@@ -22,7 +22,8 @@ class CheckpointError(ValueError):
 def paths(path: str | Path) -> tuple[Path, Path]:
     p = Path(path)
     stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    # append, never replace: a dot in a name ("model_v1.5") is part of the name, not an extension
+    return stem.parent / f"{stem.name}.safetensors", stem.parent / f"{stem.name}.json"
 
 
 def _atomic_write(target: Path, write) -> None:

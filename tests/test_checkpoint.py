@@ -37,3 +37,11 @@ def test_errors_are_clear(tmp_path):
     (tmp_path / "c.safetensors").write_bytes(b"garbage")
     with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
         checkpoint.load_weights(tmp_path / "c")
+
+
+def test_a_dot_in_a_checkpoint_name_is_part_of_the_name(tmp_path):
+    from core import checkpoint
+
+    w, j = checkpoint.paths(tmp_path / "wise0.5")
+    assert (w.name, j.name) == ("wise0.5.safetensors", "wise0.5.json")
+    assert checkpoint.paths(tmp_path / "m.json") == (tmp_path / "m.safetensors", tmp_path / "m.json")
