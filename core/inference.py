@@ -97,6 +97,8 @@ class FewShotResult:
     mask: np.ndarray                   # (H, W) bool
     heatmaps: dict = field(default_factory=dict)  # name -> (H, W) cosine similarity in [-1, 1]
     threshold: float = 0.5
+    adapted: bool = False              # segmented by the owner's adapted copy of the model
+    agreement: list = field(default_factory=list)  # leave-one-out Dice among the supports (on request)
 
 
 class FewShotSegmenter:
@@ -106,7 +108,8 @@ class FewShotSegmenter:
         self.model, self.meta = load_panet(checkpoint_path, device)
         self.device = torch.device(device)
         self.size = self.model.config.image_size
-        self._cache: OrderedDict[str, Prototypes] = OrderedDict()  # support-set hash -> prototypes (LRU)
+        # (support-set hash, owner of the adapted copy or None for the checkpoint) -> prototypes (LRU)
+        self._cache: OrderedDict[tuple[str, str | None], Prototypes] = OrderedDict()
         self._lock = threading.Lock()
         self._cache_key: str | None = None
         self._protos: Prototypes | None = None
@@ -137,9 +140,11 @@ class FewShotSegmenter:
             msks.append(torch.from_numpy(small_m).float())
         return torch.stack(imgs).to(self.device), torch.stack(msks).to(self.device), h.hexdigest()
 
-    def _model_for(self, key: str, owner: str) -> PANetPlusPlus:
+    def _model_for(self, key: str, owner: str) -> tuple[PANetPlusPlus, tuple[str, str | None]]:
+        """The model for this support set and owner (the owner's adapted copy if there is one), and
+        the key its prototypes and agreement are cached under."""
         entry = self._adapted.get((owner, key))
-        return entry[0] if entry is not None else self.model
+        return (entry[0], (key, owner)) if entry is not None else (self.model, (key, None))
 
     def set_supports(self, supports, owner: str = "") -> Prototypes:
         """supports: list of (image, mask) pairs (arrays, PIL images or paths). Cached by content.
@@ -147,10 +152,10 @@ class FewShotSegmenter:
         return self._resolve(supports, owner)[0]
 
     @torch.no_grad()
-    def _resolve(self, supports, owner: str) -> tuple[Prototypes, PANetPlusPlus]:
+    def _resolve(self, supports, owner: str):
+        """Prepare the supports once: (prototypes, model, support images, masks, cache key)."""
         imgs, msks, key = self._prepare_supports(supports)
-        model = self._model_for(key, owner)
-        cache_key = key if model is self.model else f"{key}:adapted:{owner}"
+        model, cache_key = self._model_for(key, owner)
         with self._lock:
             protos = self._cache.get(cache_key)
             if protos is not None:
@@ -166,7 +171,7 @@ class FewShotSegmenter:
                 while len(self._cache) > CACHE_SIZE:
                     self._cache.popitem(last=False)
         self._protos, self._cache_key, self._model_for_protos = protos, key, model
-        return protos, model
+        return protos, model, imgs, msks, cache_key
 
     def support_key(self, supports) -> str:
         return self._prepare_supports(supports)[2]
@@ -187,19 +192,20 @@ class FewShotSegmenter:
                 self._adapted[(owner, key)] = (net, summary)
                 while len(self._adapted) > ADAPTED_CACHE_SIZE:
                     self._adapted.popitem(last=False)
-                for k in [k for k in self._cache if k.endswith(f":adapted:{owner}") and k.startswith(key)]:
-                    del self._cache[k]
+                self._cache.pop((key, owner), None)
+                self._agreement.pop((key, owner), None)
         summary["support_key"] = key
         return summary
 
     def support_agreement(self, supports, owner: str = "") -> list[float]:
         """Leave-one-out Dice among the supports (each segmented from the others; k >= 2), cached per
         support set: low values mean the supports disagree or the target is unlike the training data."""
+        _, model, imgs, msks, cache_key = self._resolve(supports, owner)
+        return self._agreement_for(cache_key, model, imgs, msks)
+
+    def _agreement_for(self, cache_key, model, imgs, msks) -> list[float]:
         from .training.adapt import leave_one_out_dice
 
-        imgs, msks, key = self._prepare_supports(supports)
-        model = self._model_for(key, owner)
-        cache_key = (key, id(model))
         with self._lock:
             hit = self._agreement.get(cache_key)
         if hit is None:
@@ -234,11 +240,15 @@ class FewShotSegmenter:
 
     @torch.no_grad()
     def predict(self, query, supports=None, threshold: float = 0.5, heatmaps: bool = True,
-                owner: str = "") -> FewShotResult:
+                owner: str = "", agreement: bool = False) -> FewShotResult:
         """Segment `query`. With `supports`, their prototypes are used (computed once per support set,
-        shared across callers); without, the last support set given to this object."""
+        shared across callers); without, the last support set given to this object. agreement=True
+        also reports the supports' leave-one-out Dice (k >= 2; cached per support set)."""
+        agree: list[float] = []
         if supports is not None:
-            protos, model = self._resolve(supports, owner)
+            protos, model, imgs, msks, cache_key = self._resolve(supports, owner)
+            if agreement and imgs.shape[0] >= 2:
+                agree = self._agreement_for(cache_key, model, imgs, msks)
         else:
             protos, model = self._protos, (self._model_for_protos or self.model)
         if protos is None:
@@ -250,7 +260,7 @@ class FewShotSegmenter:
         prob = torch.sigmoid(F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False))[0, 0]
         prob = prob.cpu().numpy().astype(np.float32)
         maps = self._heatmaps(feats, sims, protos, (h, w), model.tau) if heatmaps else {}
-        return FewShotResult(prob, prob > threshold, maps, threshold)
+        return FewShotResult(prob, prob > threshold, maps, threshold, model is not self.model, agree)
 
     def _heatmaps(self, feats, sims, protos: Prototypes, size, tau) -> dict:
         """Cosine maps (tau removed, so values are in [-1, 1]) at the finest prototype level."""

@@ -195,9 +195,8 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, editors, mask_fi
         raise UserError("no query image: upload one or pick one from the gallery")
     try:
         model = ctx.fewshot(checkpoint_name)
-        res = model.predict(q_img, supports, threshold=threshold, owner=owner)
-        adapted = model.is_adapted(supports, owner) if owner else False
-        agreement = model.support_agreement(supports, owner) if len(supports) >= 2 else []
+        res = model.predict(q_img, supports, threshold=threshold, owner=owner, agreement=True)
+        adapted, agreement = res.adapted, res.agreement
     except CheckpointError as exc:
         raise UserError(f"checkpoint could not be loaded: {_hide_dirs(ctx, exc)}") from exc
     except DataError as exc:

@@ -246,7 +246,6 @@ def segment_cmd(args) -> int:
         raise FileNotFoundError(f"query not found: {missing[0]}")
     seg = FewShotSegmenter(args.checkpoint or default_checkpoint(), str(pick_device(args.device)))
     supports = [tuple(s) for s in args.support]
-    seg.set_supports(supports)  # validates the supports and computes the prototypes once
     if args.adapt:
         bar = tqdm(total=int(args.adapt), desc="adapting", unit="s")
 
@@ -261,9 +260,11 @@ def segment_cmd(args) -> int:
         before = summary["loo_dice_before"]
         agree = f"; supports' leave-one-out Dice before {np.mean(before):.2f}" if before else ""
         print(f"adapted: {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['status']}){agree}")
+    # read and validate the supports once, and compute their prototypes once (with the adapted copy if any)
+    seg.set_supports(supports)
     outs = [Path(args.out)] if args.out else [Path(args.out_dir) / f"{s}_mask.png" for s in stems]
     for q, out in tqdm(list(zip(queries, outs)), desc="segmenting", disable=len(queries) < 2):
-        res = seg.predict(q, supports, threshold=args.threshold, heatmaps=bool(args.heatmap))
+        res = seg.predict(q, threshold=args.threshold, heatmaps=bool(args.heatmap))
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(res.mask.astype(np.uint8) * 255).save(out)
         if len(queries) == 1:
@@ -421,6 +422,14 @@ def register_multidomain(sub) -> None:
     p.set_defaults(func=adaptation_curve_cmd)
 
 
+def _written(out) -> None:
+    """Say where the results went; re-render docs/results.md when they went into docs/."""
+    from ..evaluation.report import DOCS, render
+
+    rendered = f"; {render()}" if Path(out).resolve().parent == DOCS.resolve() else ""
+    print(f"written: {out}{rendered}")
+
+
 def _md_root(arg):
     from ..data.multidomain import default_multidomain_dir
 
@@ -433,7 +442,6 @@ def _md_root(arg):
 def evaluate_multidomain_cmd(args) -> int:
     from ..data.multidomain import domain_set, list_sets, load_multidomain_split
     from ..evaluation.multidomain import leave_set_out_table, save_json
-    from ..evaluation.report import render
     from ..inference import load_panet
 
     root = _md_root(args.data)
@@ -467,14 +475,13 @@ def evaluate_multidomain_cmd(args) -> int:
     save_json(doc, args.out)
     for name, row in table.items():
         print(name, {lab: {k: round(v["dice"], 3) for k, v in r.items() if isinstance(v, dict)} for lab, r in row.items()})
-    print(f"written: {args.out}" + (f"; {render()}" if Path(args.out).resolve().parent == Path("docs").resolve() else ""))
+    _written(args.out)
     return 0
 
 
 def adaptation_curve_cmd(args) -> int:
     from ..data.multidomain import domain_set, load_multidomain_split
     from ..evaluation.multidomain import adaptation_curve, save_json
-    from ..evaluation.report import render
     from ..inference import load_panet
 
     if args.threads:
@@ -494,5 +501,5 @@ def adaptation_curve_cmd(args) -> int:
     save_json(res, args.out)
     for n, r in res["sets"].items():
         print(n, "PANet++", {m: round(v, 3) for m, v in r["panet"].items()}, "U-Net", {m: round(v, 3) for m, v in r["unet"].items()})
-    print(f"written: {args.out}" + (f"; {render()}" if Path(args.out).resolve().parent == Path("docs").resolve() else ""))
+    _written(args.out)
     return 0
