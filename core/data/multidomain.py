@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +29,9 @@ MAX_COMPONENT_SHARE = 0.1
 
 def default_multidomain_dir() -> Path | None:
     """$MULTIDOMAIN_DIR, else ../shared/data/multidomain beside the project."""
-    env = os.environ.get(ENV_MULTIDOMAIN)
-    if env:
-        return Path(env)
-    guess = Path(__file__).resolve().parents[3] / "shared" / "data" / "multidomain"
-    return guess if guess.is_dir() else None
+    from .sets import shared_data_dir
+
+    return shared_data_dir(ENV_MULTIDOMAIN, "multidomain")
 
 
 def list_sets(root: str | Path) -> list[str]:

@@ -11,13 +11,18 @@ from .split import DEFAULT_SPLIT_FILE, load_split, select
 ENV_DATA = "BUSI_DIR"
 
 
-def default_data_dir() -> Path | None:
-    """The BUSI folder from $BUSI_DIR, else ../shared/data/Dataset_BUSI_with_GT beside the project."""
-    env = os.environ.get(ENV_DATA)
+def shared_data_dir(env_var: str, name: str) -> Path | None:
+    """$env_var if set, else ../shared/data/<name> beside the project when that folder exists."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env)
-    guess = Path(__file__).resolve().parents[3] / "shared" / "data" / "Dataset_BUSI_with_GT"
+    guess = Path(__file__).resolve().parents[3] / "shared" / "data" / name
     return guess if guess.is_dir() else None
+
+
+def default_data_dir() -> Path | None:
+    """The BUSI folder from $BUSI_DIR, else ../shared/data/Dataset_BUSI_with_GT beside the project."""
+    return shared_data_dir(ENV_DATA, "Dataset_BUSI_with_GT")
 
 
 def split_sets(data_dir: str | Path, parts: tuple[str, ...], size: int,

@@ -114,18 +114,12 @@ def unet_time_curve(backbone: str = "tf_efficientnet_lite0", size: int = 128, lr
     while scoring): what a user would otherwise do with k annotated images."""
     import copy
 
-    import segmentation_models_pytorch as smp
     import torch.nn.functional as F
 
-    from ..backbones.registry import load_imagenet, spec
-    from ..data.dataset import AugmentConfig, augment
-    from ..losses import bce_dice_loss
+    from .baselines import imagenet_unet, unet_support_step
 
-    s = spec(backbone)
-    base = smp.create_model("unet", encoder_name="tu-" + s.timm_name, encoder_weights=None, classes=1)
-    load_imagenet(base.encoder.model, backbone)
+    base, mean, std = imagenet_unet(backbone)
     init = copy.deepcopy(base.state_dict())
-    mean, std = torch.tensor(s.mean).view(1, 3, 1, 1), torch.tensor(s.std).view(1, 3, 1, 1)
 
     def run(s_img, s_msk, qset, queries, marks):
         rng = np.random.default_rng(seed)
@@ -153,15 +147,7 @@ def unet_time_curve(backbone: str = "tf_efficientnet_lite0", size: int = 128, lr
         t0 = clock()
         base.train()
         while todo:
-            batch = [augment(i, m, rng, AugmentConfig()) for i, m in zip(imgs, msks)]
-            if len(batch) == 1:
-                batch.append(augment(imgs[0], msks[0], rng, AugmentConfig()))
-            x = torch.stack([torch.from_numpy(b[0].copy()).permute(2, 0, 1).float() / 255 for b in batch])
-            y = torch.stack([torch.from_numpy(b[1].copy()).float() for b in batch])
-            loss = bce_dice_loss(base((x - mean) / std)[:, 0], y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            unet_support_step(base, opt, imgs, msks, rng, mean, std)
             t = clock() - t0
             while todo and t >= todo[0]:
                 curve[todo.pop(0)] = clock.pause(score)

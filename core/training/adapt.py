@@ -53,14 +53,6 @@ def leave_one_out_dice(model: PANetPlusPlus, images: torch.Tensor, masks: torch.
     return out
 
 
-class _StepCounter(Callback):
-    def __init__(self):
-        self.dices: list[float] = []
-
-    def on_step(self, engine, metrics):
-        self.dices.append(metrics.get("dice", float("nan")))
-
-
 def adapt_model(model: PANetPlusPlus, images: torch.Tensor, masks: torch.Tensor, cfg: AdaptConfig,
                 job: Job | None = None, on_progress: Callable[[dict], None] | None = None,
                 should_stop: Callable[[], bool] = lambda: False, callbacks: list[Callback] = (),
@@ -103,8 +95,7 @@ def adapt_model(model: PANetPlusPlus, images: torch.Tensor, masks: torch.Tensor,
         loss = bce_dice_loss(logits[:, 0], q_msk[None])
         return {"loss": loss, "dice": float(dice(logits.detach()[0, 0] > 0, q_msk > 0.5))}
 
-    counter = _StepCounter()
-    callbacks = [Progress(bar=False, on_progress=on_progress), StopWhen(should_stop), counter, *callbacks]
+    callbacks = [Progress(bar=False, on_progress=on_progress), StopWhen(should_stop), *callbacks]
     if cfg.seconds:
         callbacks.append(TimeBudget(cfg.seconds, clock) if clock else TimeBudget(cfg.seconds))
     engine = Engine(net, opt, step, epochs=1, steps_per_epoch=cfg.steps or 10 ** 9, callbacks=callbacks,

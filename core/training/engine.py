@@ -119,15 +119,16 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return rank, world
 
 
-def _any_rank(flag: bool, world: int) -> bool:
-    """True on every rank when any rank says True (keeps stop decisions in step)."""
+def _any_rank(flags: tuple[bool, ...], world: int) -> tuple[bool, ...]:
+    """Each flag True on every rank when any rank says True (keeps stop decisions in step); one
+    all-reduce for all the flags."""
     if world == 1:
-        return flag
+        return flags
     import torch.distributed as dist
 
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if f else 0.0 for f in flags])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return tuple(bool(v > 0) for v in t.tolist())
 
 
 # --- the engine ----------------------------------------------------------------------------------
@@ -162,7 +163,6 @@ class Engine:
         self.stop_reason = ""
         self.rank, self.world = distributed_env()
         self.ddp_model: torch.nn.Module = model
-        self.last_epoch_metrics: dict = {}
         self.resumed = False
 
     @property
@@ -237,9 +237,10 @@ class Engine:
                     self.state.step += 1
                     metrics = {**metrics, "loss": float(loss.detach())}
                     self._call("on_step", metrics)
-                    if _any_rank(self.job.cancel_requested, self.world):
+                    cancel, stop = _any_rank((self.job.cancel_requested, bool(self.stop_reason)), self.world)
+                    if cancel:
                         self.stop_reason = "cancelled"
-                    elif _any_rank(bool(self.stop_reason), self.world) and not self.stop_reason:
+                    elif stop and not self.stop_reason:
                         self.stop_reason = "stopped by another process"
                     if self.stop_reason:
                         break
@@ -252,7 +253,6 @@ class Engine:
                 if self.scheduler is not None:
                     self.scheduler.step()
                 epoch_metrics = dict(self.validate_fn(self)) if self.validate_fn else {}
-                self.last_epoch_metrics = epoch_metrics
                 value = epoch_metrics.get(self.monitor)
                 epoch_metrics["improved"] = value is not None and value > self.state.best
                 if epoch_metrics["improved"]:
@@ -260,7 +260,7 @@ class Engine:
                 elif value is not None:
                     self.state.bad_epochs += 1
                 self._call("on_epoch_end", epoch_metrics)
-                if _any_rank(bool(self.stop_reason), self.world) and not self.stop_reason:
+                if _any_rank((bool(self.stop_reason),), self.world)[0] and not self.stop_reason:
                     self.stop_reason = "stopped by another process"
                 self._save_resume()
             self.state.seconds = time.time() - t_start
