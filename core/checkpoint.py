@@ -78,3 +78,34 @@ def load_weights(path: str | Path, dtype: torch.dtype = torch.float32) -> dict[s
 def expect_kind(meta: dict, kind: str, path) -> None:
     if meta.get("kind") != kind:
         raise CheckpointError(f"{path}: this is a '{meta.get('kind')}' checkpoint, expected a '{kind}' checkpoint")
+
+
+def publish(src: str | Path, folder: str | Path, name: str, max_tries: int = 1000) -> Path:
+    """Move the finished checkpoint `src` into `folder` under `name`, or `name_2`, `name_3`, ... : the
+    first name that is free. Never replaces a file: each name is claimed by a hard link, which fails
+    if the target exists (atomic, also against another process claiming the same name at the same
+    moment). Weights first, JSON last, as in `save`. Returns the published path (without extension)."""
+    src_w, src_j = paths(src)
+    if not (src_w.exists() and src_j.exists()):
+        raise CheckpointError(f"{src}: nothing to publish (incomplete checkpoint)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1, max_tries + 1):
+        final = folder / (name if n == 1 else f"{name}_{n}")
+        dst_w, dst_j = paths(final)
+        try:
+            os.link(src_w, dst_w)
+        except FileExistsError:
+            continue
+        try:
+            os.link(src_j, dst_j)
+        except FileExistsError:      # a stray JSON with that name: leave it, try the next name
+            os.unlink(dst_w)
+            continue
+        except BaseException:
+            os.unlink(dst_w)
+            raise
+        os.unlink(src_w)
+        os.unlink(src_j)
+        return final
+    raise CheckpointError(f"no free checkpoint name like {name!r} in {folder.name}/")

@@ -134,6 +134,9 @@ class FewShotSegmenter:
             small_img, small_m = resize_image(img, self.size), resize_mask(m, self.size)
             if not small_m.any():  # a lesion smaller than a pixel at the working size: keep it
                 small_m = cv2.resize(m.astype(np.float32), (self.size, self.size), interpolation=cv2.INTER_AREA) > 0
+            if small_m.all():
+                raise DataError(f"support {i}: the mask covers the whole image: mark only the lesion (the model "
+                                "also needs the tissue around it, as the background)")
             h.update(small_img.tobytes())
             h.update(np.packbits(small_m).tobytes())
             imgs.append(to_tensor(small_img))

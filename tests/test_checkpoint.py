@@ -45,3 +45,36 @@ def test_a_dot_in_a_checkpoint_name_is_part_of_the_name(tmp_path):
     w, j = checkpoint.paths(tmp_path / "wise0.5")
     assert (w.name, j.name) == ("wise0.5.safetensors", "wise0.5.json")
     assert checkpoint.paths(tmp_path / "m.json") == (tmp_path / "m.safetensors", tmp_path / "m.json")
+
+
+def _staged(folder, name, value):
+    checkpoint.save(folder / name, {"a": torch.full((2,), float(value))}, {"kind": "panet", "v": value})
+    return folder / name
+
+
+def test_publish_never_overwrites_and_takes_the_next_free_name(tmp_path):
+    stage, dest = tmp_path / "stage", tmp_path / "ckpts"
+    assert checkpoint.publish(_staged(stage, "a", 1), dest, "dup").name == "dup"
+    _staged(dest, "dup_2", 99)                      # someone else's checkpoint named like a suffix
+    assert checkpoint.publish(_staged(stage, "b", 2), dest, "dup").name == "dup_3"
+    assert checkpoint.load_meta(dest / "dup")["v"] == 1
+    assert checkpoint.load_meta(dest / "dup_2")["v"] == 99, "the existing checkpoint is untouched"
+    assert checkpoint.load_meta(dest / "dup_3")["v"] == 2
+    assert not list(stage.glob("*.safetensors")), "the staged files are moved, not copied"
+
+
+def test_concurrent_publishes_of_one_name_get_distinct_names(tmp_path):
+    import threading
+
+    stage, dest = tmp_path / "stage", tmp_path / "ckpts"
+    srcs = [_staged(stage, f"s{i}", i) for i in range(8)]
+    names = []
+    threads = [threading.Thread(target=lambda s=s: names.append(checkpoint.publish(s, dest, "same").name))
+               for s in srcs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(names)) == 8
+    values = sorted(checkpoint.load_meta(dest / n)["v"] for n in names)
+    assert values == list(range(8)), "every run's checkpoint survives under its own name"

@@ -22,6 +22,25 @@ class DataError(ValueError):
     """Bad input data. The message names the file and what is wrong with it."""
 
 
+def check_header(source, name: str = "image") -> tuple[int, int]:
+    """(width, height) of an image file or bytes, read from its header only: no pixel is decoded.
+    Refuses what is not an image and anything larger than MAX_SIDE, so that a small compressed
+    file cannot make the caller decode gigabytes."""
+    import io as _io
+
+    src = _io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    try:
+        with warnings.catch_warnings():   # PIL warns about a large header: it is refused below anyway
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(src) as img:
+                size = img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{name}: not a readable image (PNG, JPEG, BMP or TIFF)") from exc
+    if max(size) > MAX_SIDE:
+        raise DataError(f"{name}: image too large ({size[0]}x{size[1]} px, limit {MAX_SIDE})")
+    return size
+
+
 def _open(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.exists():

@@ -22,7 +22,8 @@ def masked_average_pooling(features: torch.Tensor, mask: torch.Tensor) -> torch.
     weight = mask.sum(dim=(2, 3))  # (K, 1)
     if (weight <= 1e-6).any():
         bad = torch.nonzero(weight.squeeze(1) <= 1e-6).flatten().tolist()
-        raise EmptySupportMask(f"support mask(s) {bad} are empty at feature resolution")
+        raise EmptySupportMask(f"support(s) {', '.join(str(b + 1) for b in bad)}: the region to average (lesion "
+                               "or background) has no pixel at feature resolution")
     return (features * mask).sum(dim=(2, 3)) / weight
 
 

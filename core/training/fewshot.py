@@ -155,14 +155,16 @@ def train_fewshot(cfg: FewShotTrainConfig, train_set, val_set, data_info: dict,
                   resume: bool = True, should_stop: Callable[[], bool] = lambda: False,
                   on_progress: Callable[[dict], None] | None = None, progress: bool = True,
                   init_weights: dict | None = None, job: Job | None = None,
-                  time_budget_s: float = 0.0) -> dict:
+                  time_budget_s: float = 0.0, validate_start: bool = False) -> dict:
     """Train; returns a summary dict. The best checkpoint is written atomically to cfg.save_path.
 
     train_set / val_set: one ImageSet, or {set name: ImageSet} for meta-training on many sets
     (validation Dice is then the mean over the sets). should_stop / job.cancel(): stop after the
     current episode (resumable; the last best checkpoint stays intact, never a partial file).
     A diverged run (non-finite loss or weights) stops and saves nothing more. Under torchrun the run
-    is data-parallel (DDP); only rank 0 writes files.
+    is data-parallel (DDP); only rank 0 writes files. validate_start: also score the starting
+    weights on the validation episodes first (summary "start_val_dice"), so that a caller can keep a
+    fine-tuned model only if it beats the model it started from.
     """
     from ..device import pick_device
     from .engine import TimeBudget, distributed_env
@@ -243,7 +245,9 @@ def train_fewshot(cfg: FewShotTrainConfig, train_set, val_set, data_info: dict,
         rng = np.random.default_rng([cfg.seed, rank, int(engine.state.step)])
     if not resume and _resume_path(save_path).exists() and rank == 0:
         _resume_path(save_path).unlink()
+    start_val = validate_all(engine)["val_dice"] if validate_start else None
     summary = engine.run()
+    summary["start_val_dice"] = start_val
     if world > 1:
         summary["ranks_in_sync"] = _ranks_in_sync(model)
     if rank == 0 and (save_path.parent / (save_path.name + ".episodes.csv")).exists():
