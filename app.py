@@ -1,7 +1,8 @@
 """PANet++ Studio: `python app.py [--data DIR] [--checkpoints DIR] [--host H] [--port P] [--share]`.
 
 Every option can also come from the environment: PANET_DATA (or BUSI_DIR), PANET_CHECKPOINTS,
-PANET_OUTPUT, PANET_HOST / GRADIO_SERVER_NAME, PANET_PORT / GRADIO_SERVER_PORT, PANET_SHARE=1.
+PANET_OUTPUT, PANET_HOST / GRADIO_SERVER_NAME, PANET_PORT / GRADIO_SERVER_PORT, PANET_SHARE=1,
+PANET_LIST_ALL_CHECKPOINTS=1.
 """
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", default=os.environ.get("PANET_SHARE") == "1",
                    help="create a public Gradio link (needs internet)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+    p.add_argument("--list-all-checkpoints", action="store_true",
+                   default=os.environ.get("PANET_LIST_ALL_CHECKPOINTS") == "1",
+                   help="list every checkpoint saved from the page to every session (a single-user install; "
+                        "by default each session sees only the ones it saved)")
     return p.parse_args(argv)
 
 
@@ -27,14 +32,13 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     from webapp.context import AppContext, config_from_env
-    from webapp.ui import build_app
+    from webapp.ui import build_app, launch_options
 
     cfg = config_from_env(data_dir=args.data, checkpoints_dir=args.checkpoints, output_dir=args.output,
-                          device=args.device)
+                          device=args.device, list_all_checkpoints=args.list_all_checkpoints or None)
     ctx = AppContext(cfg)
     demo = build_app(ctx)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size="20mb",
-                allowed_paths=[str(cfg.output_dir)])
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(ctx))
 
 
 if __name__ == "__main__":

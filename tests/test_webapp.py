@@ -35,13 +35,13 @@ def make_checkpoints(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     from webapp.context import AppConfig, AppContext
-    from webapp.ui import build_app
+    from webapp.ui import build_app, launch_options
 
     root = tmp_path_factory.mktemp("app")
     make_checkpoints(root / "ckpt")
     ctx = AppContext(AppConfig(data_dir=None, checkpoints_dir=root / "ckpt", output_dir=root / "out"))
     demo = build_app(ctx)
-    demo.launch(prevent_thread_lock=True, quiet=True, server_port=None, allowed_paths=[str(root / "out")])
+    demo.launch(prevent_thread_lock=True, quiet=True, server_port=None, **launch_options(ctx))
     client = Client(demo.local_url, verbose=False)
     files = root / "files"
     files.mkdir()
@@ -178,7 +178,8 @@ def test_layer_mask_handles_the_three_layer_shapes():
     assert (layer_mask(v, (1000, 1200)) == big_mask).mean() > 0.99
 
 
-def _finetune(client, editors, name, epochs=1, episodes=10, lr=1e-4):
+def _finetune(client, editors, name, epochs=1, episodes=20, lr=1e-3):
+    """A short run that improves the tiny random model (a run that does not is not saved)."""
     editors = list(editors) + [EMPTY] * (5 - len(editors))
     return client.predict("tiny_panet", "this session's supports and corrected queries", epochs, episodes, lr, name,
                           *editors, *([None] * 5), api_name="/finetune")
@@ -187,12 +188,14 @@ def _finetune(client, editors, name, epochs=1, episodes=10, lr=1e-4):
 def test_finetune_saves_a_new_checkpoint_atomically(app):
     client, files, ctx = app
     status, _, ckpt = _finetune(client, [support_editor(files, s) for s in (1, 2, 3)], "../../evil name")
-    assert "Saved as" in status
+    assert "Saved as" in status and "the starting checkpoint" in status
     saved = list((ctx.config.output_dir / "checkpoints").glob("*.json"))
     assert [p.stem for p in saved] == ["evil_name"], "the name is sanitised and stays in outputs/checkpoints"
     assert saved[0].with_suffix(".safetensors").exists()
-    assert "evil_name (yours)" in ctx.checkpoints("panet")
-    assert not list(ctx.config.output_dir.glob("finetune_*")), "the work folder is removed"
+    assert "evil_name (yours)" in ctx.checkpoints("panet", client.session_hash)
+    meta = json.loads(saved[0].read_text())
+    assert str(ctx.config.output_dir) not in saved[0].read_text() and "save_path" not in meta["train"]
+    assert not list(ctx.config.output_dir.glob("work_*")), "the work folder is removed"
     assert (Path(ctx.config.checkpoints_dir) / "tiny_panet.json").exists()  # shipped one untouched
 
 
@@ -226,7 +229,7 @@ def test_cancelled_finetune_saves_nothing_and_only_its_owner_can_cancel(app):
     t.join(timeout=120)
     assert "Cancelled" in result["out"][0]
     assert set((ctx.config.output_dir / "checkpoints").iterdir()) == before
-    assert not list(ctx.config.output_dir.glob("finetune_*"))
+    assert not list(ctx.config.output_dir.glob("work_*"))
 
 
 def test_finetune_refuses_a_learning_rate_that_would_diverge(app):
@@ -252,4 +255,5 @@ def test_adapt_then_segment_uses_the_adapted_model_for_this_session_only(app):
     msg, _ = me.predict("tiny_panet", "../my adapted", *(sups + [EMPTY] * 3), *([None] * 5), api_name="/save_adapted")
     assert "my_adapted (yours)" in msg
     assert (ctx.config.output_dir / "checkpoints" / "my_adapted.safetensors").exists()
-    assert "my_adapted (yours)" in ctx.checkpoints("panet")
+    assert "my_adapted (yours)" in ctx.checkpoints("panet", me.session_hash)
+    assert "my_adapted (yours)" not in ctx.checkpoints("panet", Client(client.src, verbose=False).session_hash)

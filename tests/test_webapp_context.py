@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.data.io import DataError
-from webapp.context import AppConfig, AppContext, inside
+from webapp.context import AppConfig, AppContext, inside, owner_tag
 
 
 def test_gallery_without_data_has_the_labelled_synthetic_demo(tmp_path):
@@ -44,9 +44,14 @@ def test_checkpoint_lists_and_default(tmp_path):
     (ck / "seg.safetensors").write_bytes(b"")
     (ck / "DEFAULTS.json").write_text(json.dumps({"panet": "b_panet"}))
     ctx = AppContext(AppConfig(data_dir=None, checkpoints_dir=ck, output_dir=out))
-    (out / "checkpoints" / "mine.json").write_text(json.dumps({"kind": "panet"}))
-    (out / "checkpoints" / "mine.safetensors").write_bytes(b"")
-    assert list(ctx.checkpoints("panet")) == ["a_panet", "b_panet", "mine (yours)"]
+    for name, owner in (("mine", owner_tag("me")), ("theirs", owner_tag("them")), ("legacy", None)):
+        (out / "checkpoints" / f"{name}.json").write_text(json.dumps({"kind": "panet", "owner": owner}))
+        (out / "checkpoints" / f"{name}.safetensors").write_bytes(b"")
+    assert list(ctx.checkpoints("panet", "me")) == ["a_panet", "b_panet", "mine (yours)"]
+    assert list(ctx.checkpoints("panet")) == ["a_panet", "b_panet"], "no session: shipped ones only"
+    ctx.config.list_all_checkpoints = True   # a single-user install
+    assert list(ctx.checkpoints("panet", "me")) == ["a_panet", "b_panet", "legacy (yours)", "mine (yours)",
+                                                   "theirs (yours)"]
     assert list(ctx.checkpoints("segmenter")) == ["seg"]
     assert ctx.default_checkpoint("panet") == "b_panet"
 

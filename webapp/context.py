@@ -3,12 +3,24 @@
 Files are read only from uploads, the configured data folder and the checkpoints folders; written
 only below `output_dir`. Every path that comes from the page is resolved and checked to lie inside
 one of those folders.
+
+Below `output_dir`:
+- `checkpoints/`: checkpoints saved from the page. Each records the (hashed) browser session that
+  saved it and is listed to that session only, unless the app runs with `list_all_checkpoints`
+  (a single-user install that wants its models back after a restart). Never served by URL.
+- `cache/`: Gradio's upload and result cache (GRADIO_TEMP_DIR) and the download exports; files
+  expire after `cache_ttl` seconds and the folder is emptied at start.
+- `work_*`: a running job's private folder, with the PID of the process that owns it; a folder
+  whose process is gone (a crash) is removed at start and by every sweep.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +55,23 @@ class AppConfig:
     checkpoints_dir: Path = ROOT / "checkpoints"
     output_dir: Path = ROOT / "outputs"
     device: str = "auto"
+    list_all_checkpoints: bool = False   # True: every saved checkpoint is listed to every session
+    cache_ttl: float = 3600.0            # seconds an export or a cached upload/result is kept
+
+
+def owner_tag(owner: str) -> str:
+    """What a checkpoint records of the session that saved it (a hash: the session id stays private)."""
+    return hashlib.sha256(f"panet-owner:{owner}".encode()).hexdigest()[:16]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def inside(path: Path, folder: Path) -> bool:
@@ -63,6 +92,10 @@ class AppContext:
     def __post_init__(self):
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
         (self.config.output_dir / "checkpoints").mkdir(exist_ok=True)
+        shutil.rmtree(self.cache_dir, ignore_errors=True)   # nothing of a previous run is served again
+        self.cache_dir.mkdir()
+        self._last_sweep = 0.0
+        self.sweep()
         for i, p in enumerate(demo_set(), 1):
             self.gallery[f"demo:{i}"] = GalleryItem(f"demo:{i}", p.name, p.image, p.mask)
         self.data_message = "No data folder configured: use the synthetic demo images or upload your own."
@@ -99,7 +132,7 @@ class AppContext:
             tag = " (training image)" if s.rel_path in train_names else ""
             self.gallery[key] = GalleryItem(key, f"{s.rel_path}{tag}", sample=s,
                                             in_training_split=s.rel_path in train_names)
-        self.data_message = (f"Data folder: {found.root} ({len(found.samples)} images; gallery shows "
+        self.data_message = (f"Data folder: {Path(found.root).name} ({len(found.samples)} images; gallery shows "
                              f"{min(GALLERY_LIMIT, len(order))}, held-out test images first)")
 
     def item(self, key: str) -> GalleryItem:
@@ -130,11 +163,59 @@ class AppContext:
             out.append((key, cv2.resize(img, (int(img.shape[1] * scale), int(img.shape[0] * scale))), it.caption))
         return out
 
+    # ------------------------------------------------------------------ folders
+    @property
+    def cache_dir(self) -> Path:
+        return self.config.output_dir / "cache"
+
+    @property
+    def saved_dir(self) -> Path:
+        return self.config.output_dir / "checkpoints"
+
+    def sweep(self, now: float | None = None) -> list[Path]:
+        """Remove expired exports and cached files, and the work folders of jobs whose process is gone."""
+        now = time.time() if now is None else now
+        self._last_sweep = now
+        removed = []
+        for d in self.config.output_dir.glob("work_*"):
+            try:
+                pid = int((d / "owner.pid").read_text())
+            except (OSError, ValueError):
+                pid = -1
+            if pid == os.getpid() or (pid > 0 and _pid_alive(pid)):
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+        for root, dirs, files in os.walk(self.cache_dir, topdown=False):
+            for name in files:
+                p = Path(root) / name
+                try:
+                    if now - p.stat().st_mtime > self.config.cache_ttl:
+                        p.unlink()
+                        removed.append(p)
+                except OSError:
+                    pass
+            if Path(root) != self.cache_dir:
+                try:
+                    Path(root).rmdir()   # only when empty
+                except OSError:
+                    pass
+        if removed:
+            log.info("sweep: removed %d expired or orphaned item(s)", len(removed))
+        return removed
+
+    def maybe_sweep(self, every: float = 300.0) -> None:
+        if time.time() - self._last_sweep > every:
+            self.sweep()
+
     # ------------------------------------------------------------------ checkpoints
-    def checkpoints(self, kind: str) -> dict[str, Path]:
-        """Display name -> path of every checkpoint of `kind` (shipped first, then the user's)."""
+    def checkpoints(self, kind: str, owner: str | None = None) -> dict[str, Path]:
+        """Display name -> path of the checkpoints of `kind` this session may use: the shipped ones,
+        then those this session saved ("yours"; all saved ones with `list_all_checkpoints`)."""
         out = {}
-        for folder, tag in ((self.config.checkpoints_dir, ""), (self.config.output_dir / "checkpoints", " (yours)")):
+        tag = owner_tag(owner) if owner else None
+        for folder, suffix, own_only in ((self.config.checkpoints_dir, "", False),
+                                         (self.saved_dir, " (yours)", not self.config.list_all_checkpoints)):
             if not folder.is_dir():
                 continue
             for js in sorted(folder.glob("*.json")):
@@ -142,8 +223,9 @@ class AppContext:
                     meta = checkpoint.load_meta(js)
                 except checkpoint.CheckpointError:
                     continue
-                if meta.get("kind") == kind:
-                    out[js.stem + tag] = js.with_suffix("")
+                if meta.get("kind") != kind or (own_only and (tag is None or meta.get("owner") != tag)):
+                    continue
+                out[js.stem + suffix] = js.with_suffix("")
         return out
 
     def default_checkpoint(self, kind: str) -> str | None:
@@ -161,8 +243,8 @@ class AppContext:
                 return wanted
         return names[0] if names else None
 
-    def _resolve(self, kind: str, name: str | None) -> Path:
-        choices = self.checkpoints(kind)
+    def _resolve(self, kind: str, name: str | None, owner: str | None = None) -> Path:
+        choices = self.checkpoints(kind, owner)
         if not choices:
             raise checkpoint.CheckpointError(f"no {kind} checkpoint found in {self.config.checkpoints_dir}")
         if not name:
@@ -186,8 +268,8 @@ class AppContext:
             if isinstance(m, FewShotSegmenter):
                 m.forget_adapted(owner)
 
-    def fewshot(self, name: str | None = None) -> FewShotSegmenter:
-        path = self._resolve("panet", name)
+    def fewshot(self, name: str | None = None, owner: str | None = None) -> FewShotSegmenter:
+        path = self._resolve("panet", name, owner)
         with self._lock:
             if ("panet", path) not in self._models:
                 self._models[("panet", path)] = FewShotSegmenter(path, self.device())
@@ -204,10 +286,21 @@ class AppContext:
                                                               next(iter(cls.values())), self.device())
             return self._models["pipeline"]
 
-    def new_output_dir(self, prefix: str) -> Path:
+    def new_export_dir(self) -> Path:
+        """A fresh folder for one request's downloads (in the cache: it expires)."""
         import tempfile
 
-        d = Path(tempfile.mkdtemp(prefix=prefix, dir=self.config.output_dir))
+        self.maybe_sweep()
+        d = Path(tempfile.mkdtemp(prefix="export_", dir=self.cache_dir))
+        assert inside(d, self.config.output_dir)
+        return d
+
+    def new_work_dir(self) -> Path:
+        """A job's private folder, marked with this process's PID (removed by `sweep` once it is gone)."""
+        import tempfile
+
+        d = Path(tempfile.mkdtemp(prefix="work_", dir=self.config.output_dir))
+        (d / "owner.pid").write_text(str(os.getpid()))
         assert inside(d, self.config.output_dir)
         return d
 

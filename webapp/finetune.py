@@ -3,13 +3,19 @@
 Each run is a `core.training.engine.Job` owned by the browser session that started it: only that
 session can cancel it (a module-level registry maps owners to their jobs; nothing else is shared).
 
-The run writes into a private temporary folder under outputs/; only a finished run is moved into
-outputs/checkpoints/ (weights first, JSON last: a checkpoint counts only once its JSON exists).
-A cancelled or failed run deletes its folder, so nothing half-written is ever listed.
+The run writes into a private work folder under outputs/; only a finished run that beats the
+checkpoint it started from (validation Dice) is published into outputs/checkpoints/ under a name
+claimed atomically (`core.checkpoint.publish`: never over another checkpoint). A cancelled, failed,
+diverged or useless run deletes its folder, so nothing half-written is ever listed; the folder of a
+run whose process crashed is removed by the next start (`AppContext.sweep`). A saved checkpoint
+records the (hashed) session that made it, and no server path.
+
+Jobs wait their turn in Gradio's queue (one training job at a time, `concurrency_id="finetune"`):
+the page shows a waiting caller its position.
 """
 from __future__ import annotations
 
-import os
+import json
 import queue
 import re
 import shutil
@@ -22,7 +28,7 @@ import numpy as np
 from core.data.dataset import ImageSet, resize_image, resize_mask
 from core.data.discover import Sample
 
-from .context import AppContext
+from .context import AppContext, owner_tag
 from .handlers import UserError
 
 from core.training.engine import Job
@@ -64,6 +70,21 @@ def check_lr(lr) -> float:
     if not (0 < lr <= MAX_LR):  # also refuses NaN and infinity
         raise UserError(f"the learning rate must be above 0 and at most {MAX_LR:g} (got {lr:g})")
     return lr
+
+
+def _publish(ctx: AppContext, src: Path, name: str, owner: str) -> str:
+    """Stamp the finished checkpoint at `src` with its owner (no server paths), then publish it under
+    `name` or the first free `name_N`; returns the final name."""
+    from core import checkpoint
+
+    json_path = checkpoint.paths(src)[1]
+    meta = json.loads(json_path.read_text())
+    meta["owner"] = owner_tag(owner)
+    if isinstance(meta.get("train"), dict):
+        meta["train"].pop("save_path", None)
+    meta.pop("save_path", None)
+    json_path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return checkpoint.publish(src, ctx.saved_dir, name).name
 
 
 def safe_name(name: str) -> str:
@@ -118,19 +139,14 @@ def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episo
     workdir = None
     job = _register(owner, "fine-tuning")
     try:
-        base = ctx.fewshot(checkpoint_name)
+        base = ctx.fewshot(checkpoint_name, owner)
         size = base.model.config.image_size
         if source == "data folder":
             train, val, desc = folder_sets(ctx, size)
         else:
             train, val, desc = session_sets(pairs, size)
         device = ctx.device()
-        final_name = safe_name(name)
-        target = ctx.config.output_dir / "checkpoints" / final_name
-        if target.with_suffix(".json").exists():
-            final_name = f"{final_name}_{time.strftime('%H%M%S')}"
-            target = ctx.config.output_dir / "checkpoints" / final_name
-        workdir = ctx.new_output_dir("finetune_")
+        workdir = ctx.new_work_dir()
         cfg = FewShotTrainConfig(backbone=base.model.config.backbone, image_size=size, epochs=int(epochs),
                                  episodes_per_epoch=int(episodes), lr=float(lr), patience=max(2, int(epochs)),
                                  val_episodes=20, device=device, save_path=str(workdir / "model"))
@@ -141,7 +157,7 @@ def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episo
             try:
                 result["summary"] = train_fewshot(
                     cfg, train, val, {"source": source, "description": desc, "base": str(checkpoint_name)},
-                    resume=False, job=job, on_progress=events.put, progress=False,
+                    resume=False, job=job, on_progress=events.put, progress=False, validate_start=True,
                     init_weights={k: v.clone() for k, v in base.model.state_dict().items()})
             except Exception as exc:  # reported in the page
                 result["error"] = exc
@@ -182,10 +198,16 @@ def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episo
         src = workdir / "model"
         if not src.with_suffix(".json").exists():
             raise UserError("fine-tuning produced no checkpoint; nothing was saved")
-        os.replace(src.with_suffix(".safetensors"), target.with_suffix(".safetensors"))
-        os.replace(src.with_suffix(".json"), target.with_suffix(".json"))
+        start = summary.get("start_val_dice")
+        if start is not None and not summary["best_val_dice"] > start:
+            yield (f"{header}\n\nNo improvement: best validation Dice {summary['best_val_dice']:.3f}, the starting "
+                   f"checkpoint scores {start:.3f} on the same episodes. Nothing was saved; try more images, more "
+                   "epochs or another learning rate.", curve_figure(losses, dices, vals), None)
+            return
+        final_name = _publish(ctx, src, safe_name(name), owner)
         yield (f"{header}\n\nDone in {summary['seconds']:.0f} s: best validation Dice "
-               f"{summary['best_val_dice']:.3f} (epoch {summary['best_epoch']}). Saved as **{final_name} (yours)**; "
+               f"{summary['best_val_dice']:.3f} (epoch {summary['best_epoch']}; the starting checkpoint: "
+               f"{start:.3f}). Saved as **{final_name} (yours)**; "
                "select it in the checkpoint list.", curve_figure(losses, dices, vals), f"{final_name} (yours)")
     finally:
         if workdir is not None:
@@ -205,7 +227,7 @@ def adapt(ctx: AppContext, checkpoint_name, supports, seconds: float, owner: str
         raise UserError("another fine-tuning or adaptation job is running: wait for it to finish (one job at a time)")
     job = _register(owner, "adaptation")
     try:
-        seg = ctx.fewshot(checkpoint_name)
+        seg = ctx.fewshot(checkpoint_name, owner)
         events: queue.Queue = queue.Queue()
         result: dict = {}
 
@@ -283,17 +305,16 @@ def save_adapted(ctx: AppContext, checkpoint_name, supports, name: str, owner: s
     """Save this session's adapted copy (for exactly these supports) as a new checkpoint of its own."""
     from core.data.io import DataError
 
-    seg = ctx.fewshot(checkpoint_name)
+    seg = ctx.fewshot(checkpoint_name, owner)
     if not supports or not seg.is_adapted(supports, owner):
         raise UserError("nothing to save: press Adapt to these supports first (with the same supports)")
-    final = safe_name(name or time.strftime("adapted_%Y%m%d_%H%M%S"))
-    folder = ctx.config.output_dir / "checkpoints"
-    n = 1
-    while (folder / f"{final}.json").exists() or (folder / f"{final}.safetensors").exists():
-        n += 1
-        final = f"{safe_name(name)}_{n}"
+    workdir = ctx.new_work_dir()
     try:
-        seg.save_adapted(supports, folder / final, owner, note=f"adapted from {checkpoint_name} to {len(supports)} supports")
+        seg.save_adapted(supports, workdir / "model", owner,
+                         note=f"adapted from {checkpoint_name} to {len(supports)} supports")
+        final = _publish(ctx, workdir / "model", safe_name(name or time.strftime("adapted_%Y%m%d_%H%M%S")), owner)
     except DataError as exc:
         raise UserError(str(exc)) from exc
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return f"Saved the adapted model as **{final} (yours)**.", f"{final} (yours)"

@@ -18,6 +18,8 @@ from .context import AppContext
 
 N_SLOTS = 5
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_EXTRA_PAIRS = 10      # corrected queries a session keeps for fine-tuning (oldest dropped first)
+KEPT_PAIR_SIDE = 1024     # ...stored at most this large (fine-tuning works at 256 px)
 
 
 class UserError(ValueError):
@@ -35,6 +37,18 @@ class Session:
     corrected: bool = False
     extra_pairs: list = field(default_factory=list)  # corrected queries kept for fine-tuning
     notes: list = field(default_factory=list)
+
+
+def keep_pair(pairs: list, image: np.ndarray, mask: np.ndarray) -> list:
+    """`pairs` plus (image, mask), downscaled to KEPT_PAIR_SIDE, at most MAX_EXTRA_PAIRS (oldest out):
+    a session's memory stays bounded however often it adds a corrected query."""
+    h, w = image.shape[:2]
+    if max(h, w) > KEPT_PAIR_SIDE:
+        scale = KEPT_PAIR_SIDE / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        mask = resize_mask(mask, (size[1], size[0]))
+    return (list(pairs) + [(image, mask)])[-MAX_EXTRA_PAIRS:]
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -194,7 +208,7 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, editors, mask_fi
     else:
         raise UserError("no query image: upload one or pick one from the gallery")
     try:
-        model = ctx.fewshot(checkpoint_name)
+        model = ctx.fewshot(checkpoint_name, owner)
         res = model.predict(q_img, supports, threshold=threshold, owner=owner, agreement=True)
         adapted, agreement = res.adapted, res.agreement
     except CheckpointError as exc:
@@ -275,7 +289,7 @@ def colorbar(width: int, height: int = 26) -> np.ndarray:
 
 def export_files(ctx: AppContext, image, mask, ov, heat) -> list[str]:
     """Mask PNG (query's size), overlay PNG, heatmaps PNG, written into a fresh folder under outputs/."""
-    d = ctx.new_output_dir("export_")
+    d = ctx.new_export_dir()
     paths = [d / "mask.png", d / "overlay.png", d / "heatmaps.png"]
     Image.fromarray(mask.astype(np.uint8) * 255).save(paths[0])
     Image.fromarray(ov).save(paths[1])

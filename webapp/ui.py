@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import gradio as gr
 import numpy as np
@@ -11,6 +12,9 @@ from core.visual import overlay
 from . import finetune, handlers
 from .context import AppContext
 from .handlers import N_SLOTS, Session, UserError
+from .uploads import SafeImageEditor
+
+SESSION_TTL = 3600  # seconds a session's state outlives its last use (API clients never "close a tab")
 
 HEADER = """# PANet++ Studio
 Few-shot segmentation of breast tumours on ultrasound: annotate 1-5 **support** images, and the model
@@ -37,7 +41,7 @@ after a gallery pick, clear the slot or upload a mask PNG instead."""
 
 
 def _editor(label: str, height: int = 340, elem_id: str | None = None) -> gr.ImageEditor:
-    return gr.ImageEditor(
+    return SafeImageEditor(
         label=label, type="numpy", format="png", transforms=(), sources=("upload", "clipboard"),
         brush=gr.Brush(colors=[("#ff0000", 0.5)], color_mode="fixed", default_size=12),
         eraser=gr.Eraser(default_size=16),
@@ -55,18 +59,27 @@ def _error(exc: Exception) -> gr.Error:
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:
+    from . import gradio_fixes
+
+    gradio_fixes.apply()
+    # Gradio's uploads and results live in the app's own cache folder (cleaned at start and by age),
+    # not in the system temp folder; set before any component is created (each reads it then)
+    os.environ["GRADIO_TEMP_DIR"] = str(ctx.cache_dir)
     panet_choices = list(ctx.checkpoints("panet"))
     gallery_items = ctx.thumbnails()
     keys = [k for k, _, _ in gallery_items]
     thumbs = [(img, caption) for _, img, caption in gallery_items]
+    ttl = int(ctx.config.cache_ttl)
 
-    with gr.Blocks(title="PANet++ Studio") as demo:
-        session = gr.State(Session())
+    with gr.Blocks(title="PANet++ Studio", delete_cache=(max(60, ttl // 4), ttl)) as demo:
+        session = gr.State(Session(), time_to_live=SESSION_TTL)
         picked = gr.State(None)
         gr.Markdown(HEADER)
         with gr.Row():
+            # custom values are let through to the handlers, which accept only names this session may use
+            # (so an API client can name a checkpoint it saved after the page was built)
             ckpt = gr.Dropdown(panet_choices, value=ctx.default_checkpoint("panet"),
-                               label="Few-shot checkpoint", scale=3, allow_custom_value=False)
+                               label="Few-shot checkpoint", scale=3, allow_custom_value=True)
             refresh = gr.Button("Refresh list", scale=0, min_width=120)
         gr.Markdown(f"{ctx.data_message} Running on the **{ctx.device().upper()}**.")
 
@@ -157,11 +170,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             gr.Markdown(HELP)
 
         # ------------------------------------------------------------------------- events
-        def on_refresh(current):
-            names = list(ctx.checkpoints("panet"))
+        def on_refresh(current, request: gr.Request):
+            names = list(ctx.checkpoints("panet", _owner(request)))
             return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
 
-        refresh.click(on_refresh, ckpt, ckpt, api_name=False)
+        refresh.click(on_refresh, ckpt, ckpt, api_name="refresh_checkpoints")
 
         def on_pick(evt: gr.SelectData):
             key = keys[evt.index]
@@ -248,7 +261,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 msg, new_name = finetune.save_adapted(ctx, ckpt_name, supports, name, _owner(request))
             except (UserError, ValueError) as exc:
                 raise _error(exc)
-            return msg, gr.update(choices=list(ctx.checkpoints("panet")), value=ckpt_name)
+            return msg, gr.update(choices=list(ctx.checkpoints("panet", _owner(request))), value=ckpt_name)
 
         adapt_save.click(do_save_adapted, [ckpt, adapt_name] + editors + mask_files, [adapt_status, ckpt],
                          api_name="save_adapted")
@@ -278,7 +291,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 raise gr.Error("all 5 support slots are in use: clear one first")
             sess = copy.copy(sess)
             sess.mask, sess.corrected = mask, True
-            sess.extra_pairs = sess.extra_pairs + [(sess.query_image, mask)]
+            sess.extra_pairs = handlers.keep_pair(sess.extra_pairs, sess.query_image, mask)
             out = [gr.skip()] * N_SLOTS
             out[free[0]] = handlers.editor_value(sess.query_image, mask)
             gr.Info(f"added as support {free[0] + 1}")
@@ -315,7 +328,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                                           owner=_owner(request)):
                     upd = gr.skip()
                     if new_name:
-                        names = list(ctx.checkpoints("panet"))
+                        names = list(ctx.checkpoints("panet", _owner(request)))
                         upd = gr.update(choices=names, value=new_name)
                     yield status, fig, upd
             except (UserError, ValueError) as exc:
@@ -332,3 +345,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         demo.unload(on_unload)
     demo.queue(default_concurrency_limit=2)
     return demo
+
+
+def launch_options(ctx: AppContext) -> dict:
+    """demo.launch() settings that belong to the app (app.py and the tests use the same): nothing
+    below outputs/ is served by URL except Gradio's own cache; saved checkpoints are blocked too."""
+    return {"max_file_size": "20mb", "blocked_paths": [str(ctx.saved_dir)]}

@@ -1,0 +1,172 @@
+"""The app under careless and hostile use: decode bombs, many layers, bounded memory and disk,
+private checkpoints, names never overwritten, concurrent identical requests."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.phantom import make_phantom
+
+from test_webapp import _finetune, _png, app, segment, support_editor  # noqa: F401  (module fixture)
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+
+def _bomb(path: Path, side: int = 10000) -> str:
+    """A small PNG that declares side x side pixels (a few hundred KB, gigabytes once decoded)."""
+    Image.new("L", (side, side)).save(path, optimize=True)
+    return str(path)
+
+
+def test_an_editor_image_over_the_pixel_limit_is_refused_before_decoding(app):
+    client, files, _ = app
+    bomb = _bomb(files / "bomb.png")
+    assert os.path.getsize(bomb) < 1_000_000
+    q = handle_file(_png(files / "qb.png", make_phantom(3).image))
+    editor = {"background": handle_file(bomb), "layers": [], "composite": None}
+    with pytest.raises(Exception, match="too large"):
+        segment(client, [editor], q)
+    as_layers = dict(support_editor(files, 1), layers=[handle_file(bomb)] * 2)
+    with pytest.raises(Exception, match="too large"):
+        segment(client, [as_layers], q)
+
+
+def test_the_number_of_editor_layers_is_limited(app):
+    client, files, _ = app
+    q = handle_file(_png(files / "ql.png", make_phantom(3).image))
+    many = support_editor(files, 1)
+    many = dict(many, layers=many["layers"] * 6)
+    with pytest.raises(Exception, match="layers"):
+        segment(client, [many], q)
+
+
+def test_a_non_image_support_and_a_whole_image_mask_get_clear_messages(app):
+    client, files, _ = app
+    q = handle_file(_png(files / "qm.png", make_phantom(3).image))
+    fake = files / "fake_support.png"
+    fake.write_bytes(b"GIF89a not really")
+    with pytest.raises(Exception, match="Support 1 image: not a readable image"):
+        segment(client, [{"background": handle_file(str(fake)), "layers": [], "composite": None}], q)
+    white = np.full(make_phantom(1).mask.shape, 255, np.uint8)
+    masks = (handle_file(_png(files / "white.png", white)),) + (None,) * 4
+    with pytest.raises(Exception, match="support 1: the mask covers the whole image"):
+        segment(client, [support_editor(files, 1)], q, masks=masks)
+
+
+def test_session_keeps_at_most_ten_downscaled_corrected_pairs():
+    from webapp.handlers import KEPT_PAIR_SIDE, MAX_EXTRA_PAIRS, keep_pair
+
+    pairs = []
+    big = np.zeros((3000, 4000, 3), np.uint8)
+    mask = np.zeros((3000, 4000), bool)
+    mask[1000:2000, 1000:2000] = True
+    for i in range(25):
+        pairs = keep_pair(pairs, big + i, mask)
+    assert len(pairs) == MAX_EXTRA_PAIRS
+    assert pairs[-1][0][0, 0, 0] == 24 and pairs[0][0][0, 0, 0] == 15, "the oldest are dropped first"
+    assert max(pairs[0][0].shape[:2]) == KEPT_PAIR_SIDE and pairs[0][1].shape == pairs[0][0].shape[:2]
+    assert pairs[0][1].mean() == pytest.approx(mask.mean(), abs=0.01)
+
+
+def test_concurrent_identical_segment_calls_all_succeed(app):
+    client, files, _ = app
+    q = _png(files / "same.png", make_phantom(9).image)
+    sups = [support_editor(files, 1), support_editor(files, 2)]
+    errors, done = [], []
+
+    def user():
+        c = Client(client.src, verbose=False)
+        for _ in range(3):
+            try:
+                segment(c, sups, handle_file(q))
+                done.append(1)
+            except Exception as exc:  # the count of failures is the assertion
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=user) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and len(done) == 18
+
+
+def test_gradio_cache_and_exports_live_in_the_output_folder(app):
+    client, files, ctx = app
+    segment(client, [support_editor(files, 1)], handle_file(_png(files / "qc.png", make_phantom(4).image)))
+    assert os.environ["GRADIO_TEMP_DIR"] == str(ctx.cache_dir)
+    cached = [p for p in ctx.cache_dir.rglob("*") if p.is_file()]
+    assert any(p.name == "mask.png" for p in cached), "exports are written in the cache"
+    assert any(p.suffix == ".png" and p.name != "mask.png" for p in cached), "Gradio's results are cached there too"
+
+
+def test_saved_checkpoints_are_private_to_their_session_and_not_served(app):
+    client, files, ctx = app
+    me = Client(client.src, verbose=False)
+    status, _, name = _finetune(me, [support_editor(files, s) for s in (1, 2, 3)], "private one")
+    assert "Saved as **private_one (yours)**" in status
+    assert "private_one (yours)" in ctx.checkpoints("panet", me.session_hash)
+    stranger = Client(client.src, verbose=False)
+    listed = stranger.predict("tiny_panet", api_name="/refresh_checkpoints")
+    assert "private_one (yours)" not in json.dumps(listed)
+    with pytest.raises(Exception, match="unknown checkpoint"):
+        segment(stranger, [support_editor(files, 1)], handle_file(_png(files / "qp.png", make_phantom(2).image)),
+                ckpt="private_one (yours)")
+    # its owner, connected before the checkpoint existed, can refresh and use it by name
+    assert "private_one (yours)" in json.dumps(me.predict("tiny_panet", api_name="/refresh_checkpoints"))
+    report = segment(me, [support_editor(files, 1)], handle_file(_png(files / "qo.png", make_phantom(2).image)),
+                     ckpt="private_one (yours)")[3]
+    assert "1 support(s)" in report
+    url = f"{client.src.rstrip('/')}/gradio_api/file={ctx.saved_dir / 'private_one.json'}"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(url)
+    assert err.value.code in (403, 404)
+
+
+def test_a_run_that_does_not_beat_its_start_is_not_saved(app, monkeypatch):
+    import core.training.fewshot as fs
+
+    client, files, ctx = app
+    real = fs.train_fewshot
+
+    def no_better(*a, **k):  # the real run, reported as no better than where it started
+        out = real(*a, **k)
+        return {**out, "start_val_dice": out["best_val_dice"]}
+
+    monkeypatch.setattr(fs, "train_fewshot", no_better)
+    before = set(ctx.saved_dir.iterdir())
+    status, _, _ = _finetune(Client(client.src, verbose=False), [support_editor(files, s) for s in (1, 2, 3)], "x")
+    assert "No improvement" in status and "Nothing was saved" in status
+    assert set(ctx.saved_dir.iterdir()) == before
+    assert not list(ctx.config.output_dir.glob("work_*"))
+
+
+def test_sweep_removes_expired_exports_and_crashed_jobs_folders(tmp_path):
+    from webapp.context import AppConfig, AppContext
+
+    out = tmp_path / "out"
+    stale_work = out / "work_crashed"
+    stale_work.mkdir(parents=True)
+    (stale_work / "owner.pid").write_text("999999999")      # no such process: a crashed run
+    (stale_work / "model.safetensors").write_bytes(b"x" * 1000)
+    ctx = AppContext(AppConfig(data_dir=None, output_dir=out, cache_ttl=60))
+    assert not stale_work.exists(), "a crashed job's folder is removed at start"
+    live = ctx.new_work_dir()
+    old, fresh = ctx.new_export_dir(), ctx.new_export_dir()
+    (old / "mask.png").write_bytes(b"old")
+    (fresh / "mask.png").write_bytes(b"new")
+    past = time.time() - 120
+    os.utime(old / "mask.png", (past, past))
+    ctx.sweep()
+    assert live.exists(), "a running job's folder stays"
+    assert not old.exists() and (fresh / "mask.png").exists()
+    assert (out / "checkpoints").is_dir()

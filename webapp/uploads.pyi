@@ -1,0 +1,77 @@
+"""Image editors that check what they are sent before anything is decoded.
+
+Gradio's ImageEditor decodes its background, every layer and the composite into arrays before an
+event handler runs, so a 97 KB PNG that declares 10000 x 10000 pixels costs gigabytes before the
+app's own checks see it, and the number of layers a request sends is not limited. `SafeImageEditor`
+checks each file's header (type, pixel size) first and refuses more than `MAX_LAYERS` layers; its
+blob endpoint (the page uploads editor layers through it) is bounded the same way.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import gradio as gr
+from gradio.components.base import server
+
+from core.data.io import DataError, check_header
+
+MAX_LAYERS = 2                # the page has one mask layer; one spare for Gradio's own
+MAX_BLOB_BYTES = 20 * 2**20   # same as the app's upload limit
+MAX_PENDING_BLOBS = 64        # editor values uploaded by the page and not yet used by an event
+
+
+class UploadRefused(gr.Error):
+    def __init__(self, message: str):
+        super().__init__(message, duration=12)
+
+from gradio.events import Dependency
+
+class SafeImageEditor(gr.ImageEditor):
+    """gr.ImageEditor that refuses, before decoding, images over the pixel limit, non-images and extra layers."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.blob_storage = OrderedDict()
+
+    def _what(self) -> str:
+        return self.label.split(":")[0] if self.label else "image editor"
+
+    def convert_and_format_image(self, file, flatten_on_white: bool = False):
+        if file is None:
+            return None
+        src = file if isinstance(file, (bytes, bytearray, memoryview)) else file.path
+        try:
+            check_header(src, f"{self._what()} image")
+        except DataError as exc:
+            raise UploadRefused(str(exc)) from None
+        return super().convert_and_format_image(file, flatten_on_white)
+
+    def preprocess(self, payload):
+        if payload is not None:
+            layers = payload.layers
+            if payload.id is not None and payload.id in self.blob_storage:
+                layers = self.blob_storage[payload.id].layers
+            if len(layers or []) > MAX_LAYERS:
+                raise UploadRefused(f"{self._what()}: {len(layers)} layers sent, at most {MAX_LAYERS} are accepted")
+        return super().preprocess(payload)
+
+    @server
+    def accept_blobs(self, data):
+        try:
+            index = int(data.data["index"]) if data.data["index"] and data.data["index"] != "null" else None
+        except (TypeError, ValueError):
+            raise UploadRefused("bad layer index") from None
+        if index is not None and not 0 <= index < MAX_LAYERS:
+            raise UploadRefused(f"layer {index} refused: at most {MAX_LAYERS} layers")
+        if not data.files or len(data.files[0][1]) > MAX_BLOB_BYTES:
+            raise UploadRefused(f"editor upload refused: empty or larger than {MAX_BLOB_BYTES // 2**20} MB")
+        result = super().accept_blobs(data)
+        self.blob_storage.move_to_end(data.data["id"])
+        while len(self.blob_storage) > MAX_PENDING_BLOBS:
+            self.blob_storage.popitem(last=False)
+        return result
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
