@@ -23,6 +23,7 @@ def test_gallery_with_a_data_folder_brings_ground_truth(kaggle_dir, tmp_path):
     keys = [k for k, _, _ in ctx.thumbnails()]
     assert "data:benign/benign (0).png" in keys
     assert "data:malignant/malignant (3).png" not in keys  # unreadable: dropped, not a crash
+    assert str(kaggle_dir.parent) not in ctx.data_message and kaggle_dir.name in ctx.data_message
     it = ctx.item("data:benign/benign (0).png")
     assert it.mask[10, 10] and it.mask[40, 50]  # union of its two mask files
     with pytest.raises(DataError, match="unknown gallery item"):
@@ -32,6 +33,7 @@ def test_gallery_with_a_data_folder_brings_ground_truth(kaggle_dir, tmp_path):
 def test_bad_data_folder_still_starts(tmp_path):
     ctx = AppContext(AppConfig(data_dir=tmp_path / "missing", checkpoints_dir=tmp_path, output_dir=tmp_path / "o"))
     assert "not usable" in ctx.data_message and len(ctx.gallery) == 8
+    assert str(tmp_path) not in ctx.data_message, "the page never shows the server's absolute paths"
 
 
 def test_checkpoint_lists_and_default(tmp_path):

@@ -170,3 +170,28 @@ def test_sweep_removes_expired_exports_and_crashed_jobs_folders(tmp_path):
     assert live.exists(), "a running job's folder stays"
     assert not old.exists() and (fresh / "mask.png").exists()
     assert (out / "checkpoints").is_dir()
+
+
+def test_a_second_job_waits_in_the_queue_with_its_position(app):
+    from gradio_client.utils import Status
+
+    client, files, _ = app
+    first, second = Client(client.src, verbose=False), Client(client.src, verbose=False)
+    sups = [support_editor(files, s) for s in (1, 2, 3)] + [{"background": None, "layers": [], "composite": None}] * 2
+    long_run = first.submit("tiny_panet", "this session's supports and corrected queries", 3, 200, 1e-4, "queued",
+                            *sups, *([None] * 5), api_name="/finetune")
+    deadline = time.time() + 60
+    while time.time() < deadline and long_run.status().code != Status.PROCESSING:
+        time.sleep(0.2)
+    waiting = second.submit("tiny_panet", 5, *sups, *([None] * 5), api_name="/adapt")
+    seen = None
+    while time.time() < deadline:
+        st = waiting.status()
+        if st.code == Status.IN_QUEUE and st.rank is not None:
+            seen = st
+            break
+        time.sleep(0.2)
+    assert seen is not None and seen.rank == 0 and seen.queue_size >= 1, "the waiting job sees its place in line"
+    assert "Cancelling" in first.predict(api_name="/cancel_finetune")
+    assert "Adapted" in waiting.result(timeout=120), "it runs once the first job is gone"
+    assert "Cancelled" in long_run.result(timeout=60)[0]

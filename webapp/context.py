@@ -103,8 +103,10 @@ class AppContext:
             try:
                 self._index_data(self.config.data_dir)
             except DataError as exc:
-                self.data_message = f"Data folder not usable: {exc}"
-                log.warning(self.data_message)
+                log.warning("data folder not usable: %s", exc)
+                # the page shows folder names, never the server's absolute paths
+                text = str(exc).replace(str(self.config.data_dir), Path(self.config.data_dir).name)
+                self.data_message = f"Data folder not usable: {text}"
 
     # ------------------------------------------------------------------ data folder
     def _index_data(self, root: Path) -> None:
