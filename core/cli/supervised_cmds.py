@@ -45,7 +45,23 @@ def register(sub) -> None:
                    help="tf_efficientnet_lite0/lite2, mobilenetv2 (offline ImageNet), resnet50, convnext_base (random offline)")
     p.add_argument("--mask-source", choices=["gt", "predicted"], default="gt")
     p.add_argument("--seg-model", default=None, help="segmenter checkpoint for --mask-source predicted")
+    p.add_argument("--val-mask-source", choices=["same", "gt", "predicted"], default="same",
+                   help="masks for validation (early stopping, temperature): 'predicted' scores the classifier "
+                        "as the pipeline uses it (needs --seg-model; the segmenter never trained on val)")
+    p.add_argument("--mask-noise", action="store_true",
+                   help="train on masks with a segmenter's kinds of error (misses, false lesions, boundary errors)")
     p.set_defaults(func=train_cls_cmd)
+
+    p = sub.add_parser("evaluate-external", help="the pipeline on another hospital's labelled images "
+                                                 "(e.g. BUS-BRA): Dice, benign-vs-malignant AUC with bootstrap CIs")
+    p.add_argument("--data", required=True, help="folder with images/, masks/, labels.csv (id,pathology), groups.csv")
+    p.add_argument("--seg-model", required=True)
+    p.add_argument("--cls-model", required=True)
+    p.add_argument("--bootstrap", type=int, default=2000, help="resamples of whole patients for the 95%% CIs")
+    p.add_argument("--limit", type=int, default=0, help="first N images only (smoke runs)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="JSON of the metrics (+ per-image CSV and a reliability diagram beside it)")
+    p.set_defaults(func=evaluate_external_cmd)
 
     p = sub.add_parser("evaluate-supervised", help="test-split metrics of a segmenter and/or classifier")
     p.add_argument("--data", default=None)
@@ -167,17 +183,29 @@ def train_cls_cmd(args) -> int:
 
     _threads(args)
     train, val, _, info = load_parts(args, args.img_size)
-    if args.mask_source == "predicted":
-        if not args.seg_model:
-            raise ValueError("--mask-source predicted needs --seg-model")
-        train_masks, val_masks = _masks_for([train, val], args.seg_model, pick_device(args.device))
-    else:
-        train_masks, val_masks = train.masks, val.masks
-    info["mask_source"] = args.mask_source
+    val_source = args.mask_source if args.val_mask_source == "same" else args.val_mask_source
+    if "predicted" in (args.mask_source, val_source) and not args.seg_model:
+        raise ValueError("predicted masks need --seg-model")
+    device = pick_device(args.device)
+    train_masks = _masks_for([train], args.seg_model, device)[0] if args.mask_source == "predicted" else train.masks
+    val_masks = _masks_for([val], args.seg_model, device)[0] if val_source == "predicted" else val.masks
+    info.update(mask_source=args.mask_source, val_mask_source=val_source, seg_model=args.seg_model)
     cfg = SupervisedTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
                                 seed=args.seed, device=args.device, save_path=args.save_path)
     mcfg = ClassifierConfig(backbone=args.backbone, image_size=args.img_size, weights=args.weights)
-    print(json.dumps(train_classifier(mcfg, cfg, train, val, train_masks, val_masks, info), indent=2))
+    from ..data.mask_noise import MaskNoise
+    noise = MaskNoise() if args.mask_noise else None
+    print(json.dumps(train_classifier(mcfg, cfg, train, val, train_masks, val_masks, info, mask_noise=noise),
+                     indent=2))
+    return 0
+
+
+def evaluate_external_cmd(args) -> int:
+    from ..evaluation.external import evaluate_external
+
+    result = evaluate_external(args.data, args.seg_model, args.cls_model, n_boot=args.bootstrap, limit=args.limit,
+                               out=args.out, device=args.device)
+    print(json.dumps(result, indent=2))
     return 0
 
 

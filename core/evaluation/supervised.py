@@ -101,8 +101,13 @@ def evaluate_supervised(data, split, seg_path, cls_path, out=None) -> dict:
             m = classification_metrics(probs, labels, CLASSES)
             result["classifier"][f"{name}_masks"] = m
             if out:
-                plot_confusion(m["confusion_matrix"], CLASSES, Path(out).with_name(Path(out).stem + f"_confusion_{name}.png"),
+                from .external import plot_reliability
+
+                stem = Path(out).with_name(Path(out).stem)
+                plot_confusion(m["confusion_matrix"], CLASSES, f"{stem}_confusion_{name}.png",
                                f"test, {name} masks: acc {m['accuracy']:.2f}")
+                plot_reliability(probs.max(1), probs.argmax(1) == labels, f"{stem}_reliability_{name}.png",
+                                 f"test, {name} masks: top-class confidence vs accuracy (ECE {m['ece']:.3f})")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .. import checkpoint
 from ..data.dataset import AugmentConfig, ImageSet, augment, mask_tensor, resize_image, to_tensor
+from ..data.mask_noise import MaskNoise, perturb_mask
 from ..losses import bce_dice_loss
 from ..metrics import dice
 from ..models.supervised import CLASSES, ClassifierConfig, LesionClassifier, Segmenter, SegmenterConfig
@@ -85,10 +86,13 @@ def fit(model: torch.nn.Module, cfg: SupervisedTrainConfig, n_train: int,
             "status": summary["status"]}
 
 
-def _batch(data: ImageSet, idx, rng, size: int | None = None, masks: np.ndarray | None = None):
+def _batch(data: ImageSet, idx, rng, size: int | None = None, masks: np.ndarray | None = None,
+           mask_fn: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None):
     imgs, msks = [], []
     for i in idx:
         img, m = data.images[i], (data.masks[i] if masks is None else masks[i])
+        if mask_fn is not None and rng is not None:
+            m = mask_fn(m, rng)
         if rng is not None:
             img, m = augment(img, m, rng, AugmentConfig())
         if size and img.shape[0] != size:
@@ -185,7 +189,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def train_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConfig, train: ImageSet, val: ImageSet,
                      train_masks: np.ndarray, val_masks: np.ndarray, data_info: dict,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, mask_noise: MaskNoise | None = None) -> dict:
+    """`mask_noise`: train on masks with a segmenter's kinds of error (`core.data.mask_noise`), so that
+    the classifier does not learn "empty mask = normal" from ground-truth masks."""
     from ..device import pick_device
 
     device = pick_device(cfg.device)
@@ -195,8 +201,11 @@ def train_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConfig, tr
     # class imbalance: inverse-frequency weights, normalised to mean 1
     weights = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(CLASSES), dtype=torch.float32, device=device)
 
+    donors = [m for m in train_masks if m.any()]
+    noisy = (lambda m, rng: perturb_mask(m, rng, donors, mask_noise)) if mask_noise is not None else None
+
     def step(idx, rng):
-        x, m = _batch(train, idx, rng if cfg.augment else None, model_cfg.image_size, train_masks)
+        x, m = _batch(train, idx, rng if cfg.augment else None, model_cfg.image_size, train_masks, noisy)
         logits = model(x.to(device), m[:, None].to(device))
         y = torch.as_tensor(y_train[idx], device=device)
         loss = F.cross_entropy(logits, y, weight=weights)
@@ -213,7 +222,8 @@ def train_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConfig, tr
         acc = float((logits.argmax(1).numpy() == y_val).mean())
         checkpoint.save(cfg.save_path, model.state_dict(), {
             "kind": "classifier", "model": model.config_dict(), "train": asdict(cfg), "data": data_info,
-            "val_nll": -score, "val_accuracy": acc, "epoch": epoch, "train_seconds": seconds})
+            "val_nll": -score, "val_accuracy": acc, "epoch": epoch, "train_seconds": seconds,
+            "mask_noise": asdict(mask_noise) if mask_noise is not None else None})
 
     return fit(model, cfg, len(train), step, validate, save_best, f"classifier / {model_cfg.backbone}", progress,
                metric_name="accuracy (train) / -NLL (val)", val_name="validation -NLL")
