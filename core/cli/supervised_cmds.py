@@ -43,7 +43,13 @@ def register(sub) -> None:
     _common(p, "runs/classifier", 224)
     p.add_argument("--backbone", default="tf_efficientnet_lite0",
                    help="tf_efficientnet_lite0/lite2, mobilenetv2 (offline ImageNet), resnet50, convnext_base (random offline)")
-    p.add_argument("--mask-source", choices=["gt", "predicted"], default="gt")
+    p.add_argument("--mask-source", choices=["gt", "predicted", "oof"], default="gt",
+                   help="training masks: ground truth, the --seg-model's predictions, or out-of-fold predictions "
+                        "(--oof-masks, from the oof-masks command)")
+    p.add_argument("--oof-masks", default=None, help="file written by oof-masks (without extension)")
+    p.add_argument("--oof-share", type=float, default=1.0,
+                   help="with --mask-source oof: share of training steps that use an image's out-of-fold mask; "
+                        "the rest use its ground-truth mask (perturbed with --mask-noise)")
     p.add_argument("--seg-model", default=None, help="segmenter checkpoint for --mask-source predicted")
     p.add_argument("--val-mask-source", choices=["same", "gt", "predicted"], default="same",
                    help="masks for validation (early stopping, temperature): 'predicted' scores the classifier "
@@ -51,6 +57,14 @@ def register(sub) -> None:
     p.add_argument("--mask-noise", action="store_true",
                    help="train on masks with a segmenter's kinds of error (misses, false lesions, boundary errors)")
     p.set_defaults(func=train_cls_cmd)
+
+    p = sub.add_parser("oof-masks", help="out-of-fold segmenter masks of the training split (for train-cls "
+                                         "--mask-source oof): k segmenters, each predicting the fold it did not see")
+    _common(p, "runs/oof_masks", 256)
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--arch", default="deeplabv3plus")
+    p.add_argument("--encoder", default="tf_efficientnet_lite0")
+    p.set_defaults(func=oof_masks_cmd)
 
     p = sub.add_parser("evaluate-external", help="the pipeline on another hospital's labelled images "
                                                  "(e.g. BUS-BRA): Dice, benign-vs-malignant AUC with bootstrap CIs")
@@ -184,19 +198,48 @@ def train_cls_cmd(args) -> int:
     _threads(args)
     train, val, _, info = load_parts(args, args.img_size)
     val_source = args.mask_source if args.val_mask_source == "same" else args.val_mask_source
+    if val_source == "oof":
+        raise ValueError("out-of-fold masks exist for the training split only: use --val-mask-source predicted")
     if "predicted" in (args.mask_source, val_source) and not args.seg_model:
         raise ValueError("predicted masks need --seg-model")
     device = pick_device(args.device)
     train_masks = _masks_for([train], args.seg_model, device)[0] if args.mask_source == "predicted" else train.masks
+    alt = None
+    if args.mask_source == "oof":
+        from ..data.dataset import resize_mask
+        from ..training.oof import load_oof
+
+        if not args.oof_masks:
+            raise ValueError("--mask-source oof needs --oof-masks (made by the oof-masks command)")
+        alt = np.stack([resize_mask(m, args.img_size) for m in load_oof(args.oof_masks, train.names)])
     val_masks = _masks_for([val], args.seg_model, device)[0] if val_source == "predicted" else val.masks
-    info.update(mask_source=args.mask_source, val_mask_source=val_source, seg_model=args.seg_model)
+    info.update(mask_source=args.mask_source, val_mask_source=val_source, seg_model=args.seg_model,
+                oof_masks=args.oof_masks, oof_share=args.oof_share if alt is not None else None)
     cfg = SupervisedTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
                                 seed=args.seed, device=args.device, save_path=args.save_path)
     mcfg = ClassifierConfig(backbone=args.backbone, image_size=args.img_size, weights=args.weights)
     from ..data.mask_noise import MaskNoise
     noise = MaskNoise() if args.mask_noise else None
-    print(json.dumps(train_classifier(mcfg, cfg, train, val, train_masks, val_masks, info, mask_noise=noise),
+    print(json.dumps(train_classifier(mcfg, cfg, train, val, train_masks, val_masks, info, mask_noise=noise,
+                                      alt_masks=alt, alt_share=args.oof_share if alt is not None else 0.0),
                      indent=2))
+    return 0
+
+
+def oof_masks_cmd(args) -> int:
+    from ..models.supervised import SegmenterConfig
+    from ..training.oof import out_of_fold_masks, save_oof
+    from ..training.supervised import SupervisedTrainConfig
+
+    _threads(args)
+    train, val, _, info = load_parts(args, args.img_size)
+    cfg = SupervisedTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
+                                seed=args.seed, device=args.device, save_path=args.save_path)
+    mcfg = SegmenterConfig(arch=args.arch, encoder=args.encoder, image_size=args.img_size, weights=args.weights)
+    result = out_of_fold_masks(train, val, args.folds, mcfg, cfg, args.save_path + "_models", info)
+    save_oof(args.save_path, train.names, result)
+    print(json.dumps({"folds": args.folds, "val_dice": result["val_dice"], "held_out_dice": result["held_out_dice"],
+                      "written": args.save_path + ".npz"}, indent=2))
     return 0
 
 

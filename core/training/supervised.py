@@ -87,12 +87,12 @@ def fit(model: torch.nn.Module, cfg: SupervisedTrainConfig, n_train: int,
 
 
 def _batch(data: ImageSet, idx, rng, size: int | None = None, masks: np.ndarray | None = None,
-           mask_fn: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None):
+           mask_fn: Callable[[int, np.ndarray, np.random.Generator], np.ndarray] | None = None):
     imgs, msks = [], []
     for i in idx:
         img, m = data.images[i], (data.masks[i] if masks is None else masks[i])
         if mask_fn is not None and rng is not None:
-            m = mask_fn(m, rng)
+            m = mask_fn(i, m, rng)
         if rng is not None:
             img, m = augment(img, m, rng, AugmentConfig())
         if size and img.shape[0] != size:
@@ -189,9 +189,11 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def train_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConfig, train: ImageSet, val: ImageSet,
                      train_masks: np.ndarray, val_masks: np.ndarray, data_info: dict,
-                     progress: bool = True, mask_noise: MaskNoise | None = None) -> dict:
+                     progress: bool = True, mask_noise: MaskNoise | None = None,
+                     alt_masks: np.ndarray | None = None, alt_share: float = 0.0) -> dict:
     """`mask_noise`: train on masks with a segmenter's kinds of error (`core.data.mask_noise`), so that
-    the classifier does not learn "empty mask = normal" from ground-truth masks."""
+    the classifier does not learn "empty mask = normal" from ground-truth masks. `alt_masks` (e.g.
+    out-of-fold predicted masks) replace a training image's mask with probability `alt_share`."""
     from ..device import pick_device
 
     device = pick_device(cfg.device)
@@ -202,10 +204,17 @@ def train_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConfig, tr
     weights = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(CLASSES), dtype=torch.float32, device=device)
 
     donors = [m for m in train_masks if m.any()]
-    noisy = (lambda m, rng: perturb_mask(m, rng, donors, mask_noise)) if mask_noise is not None else None
+
+    def noisy(i, m, rng):
+        if alt_masks is not None and rng.random() < alt_share:
+            return alt_masks[i]
+        return perturb_mask(m, rng, donors, mask_noise) if mask_noise is not None else m
+
+    use_fn = mask_noise is not None or (alt_masks is not None and alt_share > 0)
 
     def step(idx, rng):
-        x, m = _batch(train, idx, rng if cfg.augment else None, model_cfg.image_size, train_masks, noisy)
+        x, m = _batch(train, idx, rng if cfg.augment else None, model_cfg.image_size, train_masks,
+                      noisy if use_fn else None)
         logits = model(x.to(device), m[:, None].to(device))
         y = torch.as_tensor(y_train[idx], device=device)
         loss = F.cross_entropy(logits, y, weight=weights)
@@ -223,7 +232,8 @@ def train_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConfig, tr
         checkpoint.save(cfg.save_path, model.state_dict(), {
             "kind": "classifier", "model": model.config_dict(), "train": asdict(cfg), "data": data_info,
             "val_nll": -score, "val_accuracy": acc, "epoch": epoch, "train_seconds": seconds,
-            "mask_noise": asdict(mask_noise) if mask_noise is not None else None})
+            "mask_noise": asdict(mask_noise) if mask_noise is not None else None,
+            "alt_mask_share": alt_share if alt_masks is not None else 0.0})
 
     return fit(model, cfg, len(train), step, validate, save_best, f"classifier / {model_cfg.backbone}", progress,
                metric_name="accuracy (train) / -NLL (val)", val_name="validation -NLL")
