@@ -22,7 +22,8 @@ def test_every_command_has_help():
     out = run("--help")
     assert out.returncode == 0
     for cmd in ("data-report", "make-split", "train-fewshot", "evaluate-fewshot", "segment", "benchmark-fewshot",
-                "train-seg", "train-cls", "predict", "evaluate-supervised"):
+                "train-seg", "train-cls", "predict", "evaluate-supervised", "oof-masks", "evaluate-external",
+                "benchmark-pipeline"):
         assert cmd in out.stdout
         r = run(cmd, "--help")
         assert r.returncode == 0 and "usage" in r.stdout, cmd
@@ -138,3 +139,32 @@ def test_train_seg_on_flat_folders_with_group_val_split(busi_dir, tmp_path):
     r = run("train-seg", "--images-dir", str(tmp_path / "same" / "images"), "--masks-dir",
             str(tmp_path / "same" / "masks"), "--epochs", "1", "--img-size", "64", "--save-path", str(tmp_path / "s2"))
     assert r.returncode == 2 and "near-duplicate group" in r.stderr
+
+
+def test_predict_on_a_folder_writes_a_csv_with_class_probabilities(tmp_path):
+    import csv as _csv
+
+    from core.models.supervised import ClassifierConfig, LesionClassifier, Segmenter, SegmenterConfig
+    from core.phantom import make_phantom
+
+    seg = Segmenter(SegmenterConfig(image_size=64, weights="random"))
+    checkpoint.save(tmp_path / "seg", seg.state_dict(), {"kind": "segmenter", "model": seg.config_dict()})
+    cls = LesionClassifier(ClassifierConfig(image_size=64, weights="random"))
+    checkpoint.save(tmp_path / "cls", cls.state_dict(), {"kind": "classifier", "model": cls.config_dict()})
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(make_phantom(1, size=(80, 120)).image).save(folder / "a.png")
+    Image.fromarray(make_phantom(2, size=(90, 70)).image).save(folder / "b.jpg")
+    (folder / "broken.bmp").write_bytes(b"BM not really")
+    r = run("predict", "--image", str(folder), "--seg_model", str(tmp_path / "seg"), "--cls_model", str(tmp_path / "cls"),
+            "--save_mask", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    rows = list(_csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert [r_["file"] for r_ in rows] == ["a.png", "b.jpg", "broken.bmp"]
+    for row in rows[:2]:
+        probs = [float(row[f"p_{c}"]) for c in ("benign", "malignant", "normal")]
+        assert abs(sum(probs) - 1) < 1e-3 and row["class"] in ("benign", "malignant", "normal")
+        assert abs(float(row["confidence"]) - max(probs)) < 1e-3
+    assert rows[2]["error"] and not rows[2]["class"]
+    assert Image.open(tmp_path / "out" / "a_mask.png").size == (120, 80)
+    assert Image.open(tmp_path / "out" / "b_mask.png").size == (70, 90)

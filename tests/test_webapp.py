@@ -86,8 +86,9 @@ def test_classify_after_segment(app):
     client, files, _ = app
     q = make_phantom(6)
     segment(client, [support_editor(files, 1)], handle_file(_png(files / "q6.png", q.image)))
-    label, text = client.predict(None, api_name="/classify")
+    label, text, shown = client.predict(None, api_name="/classify")
     assert "Predicted class:" in text
+    assert Image.open(shown).size == q.image.shape[1::-1], "the page shows the mask the classifier was given"
     assert {c["label"] for c in label["confidences"]} == {"benign", "malignant", "normal"}
 
 

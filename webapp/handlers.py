@@ -315,7 +315,8 @@ def corrected_mask(session: Session, corrector) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- classify
-def classify(ctx: AppContext, session: Session, corrector) -> tuple[dict, str]:
+def classify(ctx: AppContext, session: Session, corrector) -> tuple[dict, str, np.ndarray]:
+    """Class probabilities, a sentence, and the query with the mask the classifier was given (what it saw)."""
     mask = corrected_mask(session, corrector)
     try:
         pipe = ctx.pipeline()
@@ -325,6 +326,7 @@ def classify(ctx: AppContext, session: Session, corrector) -> tuple[dict, str]:
     except DataError as exc:
         raise UserError(str(exc)) from exc
     src = "your corrected mask" if session.corrected else "the predicted mask"
-    text = (f"**Predicted class: {res.label} ({res.confidence:.2f} confidence)**, from the query and {src}. "
-            "Research tool: not a diagnosis.")
-    return res.probabilities, text
+    text = (f"**Predicted class: {res.label} ({res.confidence:.2f} confidence)**, from the query and {src} "
+            f"(shown beside: {mask.mean() * 100:.1f}% of the image"
+            + ("; an empty mask" if not mask.any() else "") + "). Research tool: not a diagnosis.")
+    return res.probabilities, text, overlay(session.query_image, mask, 0.45)

@@ -146,7 +146,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         with gr.Tab("Classify"):
             gr.Markdown("Classifies the current query with its predicted mask (or your corrected mask).")
             cls_btn = gr.Button("Classify query", variant="primary")
-            label_out = gr.Label(num_top_classes=3, label="Class probabilities")
+            with gr.Row():
+                label_out = gr.Label(num_top_classes=3, label="Class probabilities")
+                cls_input = gr.Image(label="What the classifier was given: the query and this mask (red)",
+                                     type="numpy", format="png", interactive=False, height=280)
             cls_text = gr.Markdown()
 
         with gr.Tab("Fine-tune"):
@@ -309,7 +312,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             except (UserError, ValueError) as exc:
                 raise _error(exc)
 
-        cls_btn.click(do_classify, [session, corrector], [label_out, cls_text], api_name="classify")
+        cls_btn.click(do_classify, [session, corrector], [label_out, cls_text, cls_input], api_name="classify")
 
         def do_finetune(ckpt_name, source, epochs, episodes, lr, name, sess: Session, request: gr.Request, *rest):
             eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:]

@@ -66,6 +66,14 @@ def register(sub) -> None:
     p.add_argument("--encoder", default="tf_efficientnet_lite0")
     p.set_defaults(func=oof_masks_cmd)
 
+    p = sub.add_parser("benchmark-pipeline", help="ms per image of segment + classify on BUSI test images (CPU)")
+    p.add_argument("--data", default=None, help="BUSI folder (default $BUSI_DIR)")
+    p.add_argument("--seg-model", required=True)
+    p.add_argument("--cls-model", required=True)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2 cores)")
+    p.set_defaults(func=benchmark_pipeline_cmd)
+
     p = sub.add_parser("evaluate-external", help="the pipeline on another hospital's labelled images "
                                                  "(e.g. BUS-BRA): Dice, benign-vs-malignant AUC with bootstrap CIs")
     p.add_argument("--data", required=True, help="folder with images/, masks/, labels.csv (id,pathology), groups.csv")
@@ -243,6 +251,20 @@ def oof_masks_cmd(args) -> int:
     return 0
 
 
+def benchmark_pipeline_cmd(args) -> int:
+    from ..data.sets import default_data_dir, split_sets
+    from ..evaluation.benchmark import latency_images, pipeline_latency
+
+    _threads(args)
+    data = Path(args.data) if args.data else default_data_dir()
+    if data is None:
+        raise DataError("no data: pass --data DIR or set BUSI_DIR")
+    test = split_sets(data, ("test",), 64, progress=False)["test"]
+    images, _ = latency_images(test)
+    print(json.dumps(pipeline_latency(args.seg_model, args.cls_model, images, args.repeats), indent=2))
+    return 0
+
+
 def evaluate_external_cmd(args) -> int:
     from ..evaluation.external import evaluate_external
 
@@ -285,21 +307,26 @@ def predict_cmd(args) -> int:
     files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and "_mask" not in p.stem)
     if not files:
         raise DataError(f"{src}: no images found")
+    from tqdm import tqdm
+
+    classes = list(pipe.classifier.config.classes)
     n_err = 0
     with open(csv_path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["file", "class", "confidence", "lesion_area_px", "lesion_area_fraction", "error"])
-        for f in files:
+        w.writerow(["file", "class", "confidence", *(f"p_{c}" for c in classes), "lesion_area_px",
+                    "lesion_area_fraction", "mask", "error"])
+        for f in tqdm(files, desc="segment + classify", unit="image"):
             try:
                 res = pipe.predict_file(f)
             except DataError as exc:
                 n_err += 1
-                w.writerow([f.name, "", "", "", "", str(exc)])
-                print(f"{f.name}: error: {exc}")
+                w.writerow([f.name, "", "", *([""] * len(classes)), "", "", "", str(exc)])
+                tqdm.write(f"{f.name}: error: {exc}")
                 continue
-            res.save_mask(out_dir / f"{f.stem}_mask.png")
-            w.writerow([f.name, res.label, f"{res.confidence:.4f}", int(res.mask.sum()),
-                        f"{res.lesion_fraction:.5f}", ""])
-            print(f"{f.name}: {res.label} ({res.confidence:.2f} confidence)")
+            mask_path = out_dir / f"{f.stem}_mask.png"
+            res.save_mask(mask_path)
+            w.writerow([f.name, res.label, f"{res.confidence:.4f}",
+                        *(f"{res.probabilities[c]:.4f}" for c in classes), int(res.mask.sum()),
+                        f"{res.lesion_fraction:.5f}", mask_path.name, ""])
     print(f"{len(files) - n_err} images processed, {n_err} errors; CSV: {csv_path}; masks in {out_dir}")
     return 0

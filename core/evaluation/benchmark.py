@@ -39,6 +39,29 @@ def latency(checkpoint_path, images, masks, queries, shots: int, repeats: int = 
             "cached_with_heatmaps_ms": ms(with_maps), "repeats": repeats, "threads": torch.get_num_threads()}
 
 
+def pipeline_latency(seg_path, cls_path, images, repeats: int = 30) -> dict:
+    """Median and 90th-percentile ms per image of the whole supervised pipeline as `predict` runs it
+    (segment at the image's size, then classify image + mask), on original-size arrays."""
+    from ..inference import SupervisedPipeline
+
+    pipe = SupervisedPipeline(seg_path, cls_path)
+    pipe.classify(images[0], pipe.segment(images[0]))  # warm-up
+    seg_t, total = [], []
+    for r in range(repeats):
+        img = images[r % len(images)]
+        t0 = time.perf_counter()
+        mask = pipe.segment(img)
+        t1 = time.perf_counter()
+        pipe.classify(img, mask)
+        total.append(time.perf_counter() - t0)
+        seg_t.append(t1 - t0)
+    ms = lambda xs, q=50: round(1000 * float(np.percentile(xs, q)), 1)
+    return {"pipeline_ms_median": ms(total), "pipeline_ms_p90": ms(total, 90), "segment_ms_median": ms(seg_t),
+            "classify_ms_median": round(ms(total) - ms(seg_t), 1), "repeats": repeats,
+            "threads": torch.get_num_threads(), "image_sizes": sorted({f"{i.shape[1]}x{i.shape[0]}" for i in images}),
+            "segmenter": str(seg_path), "classifier": str(cls_path)}
+
+
 def latency_images(test) -> tuple[list, list]:
     """12 original-size lesion images of the test split (5 queries, then supports) and their masks."""
     from ..data.dataset import load_pair
