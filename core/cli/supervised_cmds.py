@@ -74,6 +74,15 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2 cores)")
     p.set_defaults(func=benchmark_pipeline_cmd)
 
+    p = sub.add_parser("select-classifier", help="compare candidate classifiers on the validation split with "
+                                                 "predicted masks; the test split is not read")
+    p.add_argument("--data", default=None)
+    p.add_argument("--split", default=None)
+    p.add_argument("--seg-model", required=True)
+    p.add_argument("--candidates", nargs="+", required=True)
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=select_classifier_cmd)
+
     p = sub.add_parser("evaluate-external", help="the pipeline on another hospital's labelled images "
                                                  "(e.g. BUS-BRA): Dice, benign-vs-malignant AUC with bootstrap CIs")
     p.add_argument("--data", required=True, help="folder with images/, masks/, labels.csv (id,pathology), groups.csv")
@@ -91,6 +100,8 @@ def register(sub) -> None:
     p.add_argument("--seg-model", default=None)
     p.add_argument("--cls-model", default=None)
     p.add_argument("--out", default=None, help="JSON file for the metrics (and a confusion-matrix PNG beside it)")
+    p.add_argument("--part", default="test", choices=["test", "val"],
+                   help="val: compare candidate models without touching the test split")
     p.set_defaults(func=evaluate_supervised_cmd)
 
     p = sub.add_parser("predict", help="segment an image (or a folder) and classify the lesion")
@@ -265,6 +276,13 @@ def benchmark_pipeline_cmd(args) -> int:
     return 0
 
 
+def select_classifier_cmd(args) -> int:
+    from ..evaluation.supervised import select_classifier
+
+    print(json.dumps(select_classifier(args.data, args.split, args.seg_model, args.candidates, args.out), indent=2))
+    return 0
+
+
 def evaluate_external_cmd(args) -> int:
     from ..evaluation.external import evaluate_external
 
@@ -277,7 +295,7 @@ def evaluate_external_cmd(args) -> int:
 def evaluate_supervised_cmd(args) -> int:
     from ..evaluation.supervised import evaluate_supervised
 
-    result = evaluate_supervised(args.data, args.split, args.seg_model, args.cls_model, args.out)
+    result = evaluate_supervised(args.data, args.split, args.seg_model, args.cls_model, args.out, args.part)
     print(json.dumps(result, indent=2))
     if args.out and Path(args.out).resolve().parent == Path(__file__).resolve().parents[2] / "docs":
         from ..evaluation.report import render

@@ -153,8 +153,9 @@ def render() -> Path:
               f"(first click, which loads the model: {web['first_ms']} ms)."]
     if sup:
         L += ["", "## Supervised pipeline", "",
-              "Reproduce: `python -m core evaluate-supervised --data $BUSI_DIR --seg-model checkpoints/segmenter_deeplabv3plus_lite0 "
-              "--cls-model checkpoints/classifier_lite0 --out docs/results_supervised.json`", ""]
+              "Reproduce: `python -m core evaluate-supervised --data $BUSI_DIR --seg-model "
+              f"{sup.get('seg_model') or 'checkpoints/segmenter_deeplabv3plus_lite0'} "
+              f"--cls-model {sup.get('cls_model') or 'checkpoints/classifier_lite0'} --out docs/results_supervised.json`", ""]
         if "segmenter" in sup:
             s = sup["segmenter"]
             L += [f"Segmenter (DeepLabV3+, EfficientNet-Lite0): test Dice on benign+malignant images **{_ci(s)}**, "
@@ -166,6 +167,89 @@ def render() -> Path:
             L += [f"Classifier with **{src.replace('_', ' ')}**: accuracy **{_f(c['accuracy'])}**, macro-F1 {_f(c['macro_f1'])}, "
                   f"macro AUC **{_f(c['macro_auc'])}** ({auc}), ECE {_f(c['ece'])} (n = {c['n']}); confusion matrix "
                   f"(rows true, columns predicted; {', '.join(c['classes'])}): {c['confusion_matrix']}.", ""]
+        if sup.get("classifier"):
+            L += ["Confusion matrices: [ground-truth masks](results_supervised_confusion_gt.png), "
+                  "[predicted masks](results_supervised_confusion_predicted.png); reliability diagrams: "
+                  "[ground-truth masks](results_supervised_reliability_gt.png), "
+                  "[predicted masks](results_supervised_reliability_predicted.png).", ""]
+    L += _classifier_sections()
+    L += _hardening_section(_load("results_hardening.json"))
     out = DOCS / "results.md"
     out.write_text("\n".join(L) + "\n")
     return out
+
+
+def _classifier_sections() -> list[str]:
+    sel, old, ext, lat = (_load("selection_classifier.json"), _load("results_supervised_previous.json"),
+                          _load("results_busbra.json"), _load("results_pipeline_latency.json"))
+    L: list[str] = []
+    if sel:
+        L += ["### Choosing the classifier (validation split, predicted masks)", "",
+              "Reproduce: `python -m core select-classifier --data $BUSI_DIR --seg-model "
+              f"{sel['seg_model']} --candidates {' '.join(sel['candidates'])} --out docs/selection_classifier.json`. "
+              f"Rule: {sel['rule']}; the test split is not read.", "",
+              "| candidate | backbone | training masks | val accuracy | val macro AUC | val ECE |", "|---|---|---|---|---|---|"]
+        for name, r in sel["candidates"].items():
+            masks = r.get("mask_source") or "gt"
+            if masks == "oof":
+                masks = f"out-of-fold predicted ({_f(r.get('oof_share'), 2)} of steps)"
+            if r.get("mask_noise"):
+                masks += " + simulated segmenter errors"
+            chosen = " (chosen)" if name == sel["chosen"] else ""
+            L.append(f"| `{Path(name).name}`{chosen} | {r.get('backbone')} | {masks} | {_f(r['val_accuracy'])} | "
+                     f"{_f(r['val_macro_auc'])} | {_f(r['val_ece'])} |")
+        L.append("")
+    if old:
+        c = old.get("classifier", {}).get("predicted_masks")
+        if c:
+            L += [f"Before (the classifier trained on ground-truth masks, `{Path(old.get('cls_model') or '').name}`), "
+                  f"on the same test split with predicted masks: accuracy {_f(c['accuracy'])}, macro AUC "
+                  f"{_f(c['macro_auc'])}, ECE {_f(c['ece'])}; confusion matrix {c['confusion_matrix']}.", ""]
+    if lat:
+        L += ["### Pipeline latency (segment + classify, CPU)", "",
+              f"Reproduce: `python -m core benchmark-pipeline --seg-model {lat['segmenter']} --cls-model "
+              f"{lat['classifier']}`. {lat['repeats']} runs on BUSI test images ({', '.join(lat['image_sizes'][:3])}...), "
+              f"{lat['threads']} torch threads: median **{lat['pipeline_ms_median']} ms** per image "
+              f"(90th percentile {lat['pipeline_ms_p90']} ms; segmenter {lat['segment_ms_median']} ms, classifier "
+              f"{lat['classify_ms_median']} ms).", ""]
+    if ext:
+        p, g = ext["pipeline"], ext["classifier_with_gt_masks"]
+        ci = lambda m, k: f"{_f(m[k])} [{_f(m[k + '_ci95'][0])}, {_f(m[k + '_ci95'][1])}]"
+        L += ["## External test: BUS-BRA (another country, 4 devices; trained only on BUSI)", "",
+              f"Reproduce: `python -m core evaluate-external --data ../shared/data/multidomain/busbra_breast "
+              f"--seg-model {ext['segmenter']} --cls-model {ext['classifier']} --out docs/results_busbra.json`. "
+              f"{ext['n_images']} images of {ext['n_patients']} patients ({ext['n_benign']} benign, "
+              f"{ext['n_malignant']} malignant, biopsy-proven); 95% CIs from {ext['bootstrap']['resamples']} "
+              "bootstrap resamples of whole patients. Malignancy score = p_malignant / (p_benign + p_malignant); "
+              "malignant when above 0.5.", "",
+              f"Segmenter Dice: **{_f(ext['segmenter_dice'])}** [{_f(ext['segmenter_dice_ci95'][0])}, "
+              f"{_f(ext['segmenter_dice_ci95'][1])}]; empty predictions {_f(ext['empty_prediction_rate'], 3)}; images "
+              f"the pipeline calls normal {_f(ext['called_normal_rate'], 3)}.", "",
+              "| classifier input | AUC benign vs malignant | accuracy | sensitivity | specificity |", "|---|---|---|---|---|",
+              f"| image + predicted mask (the pipeline) | **{ci(p, 'auc')}** | {ci(p, 'accuracy')} | {ci(p, 'sensitivity')} | "
+              f"{ci(p, 'specificity')} |",
+              f"| image + ground-truth mask (reference) | {ci(g, 'auc')} | {ci(g, 'accuracy')} | {ci(g, 'sensitivity')} | "
+              f"{ci(g, 'specificity')} |", "", "Reliability of the pipeline's malignancy probability: "
+              "[results_busbra_reliability.png](results_busbra_reliability.png); per-image results: "
+              "[results_busbra.csv](results_busbra.csv).", ""]
+    return L
+
+
+def _hardening_section(h) -> list[str]:
+    if not h:
+        return []
+    row = lambda k: f"| {k.replace('_', ' ')} | {h[k]['seconds']} s | {h[k]['rss_delta_mb']:+d} MB | {h[k]['outcome']} |"
+    c = h["concurrent_identical_segments"]
+    return ["", "## Web app under hostile and careless use", "",
+            f"Reproduce: `python scripts/probe_hardening.py`. Server memory = the app process's resident set "
+            f"({h['server_rss_start_mb']} MB after loading the model). The bomb is a {h['bomb_file_kb']} KB PNG that "
+            "declares 10000 x 10000 pixels.", "",
+            "| probe | time to answer | server memory | outcome |", "|---|---|---|---|",
+            *[row(k) for k in ("bomb_as_background", "bomb_as_three_layers", "bomb_as_one_layer", "eight_layers")],
+            "", f"20 x *Add corrected query as a support* with a 4000 x 4000 query: {h['add_corrected_x20']['accepted']} "
+            f"accepted, server memory {h['add_corrected_x20']['rss_delta_mb']:+d} MB (a session keeps at most 10, "
+            "downscaled to 1024 px). "
+            f"{c['clients']} clients x {c['calls_each']} identical Segment calls: {c['ok']} answered, **{c['failed']} "
+            f"failed** ({c['seconds']} s). A saved checkpoint fetched by URL: HTTP "
+            f"{h['saved_checkpoint_by_url_http_status']}. Files written under the system temp folder's `gradio/`: "
+            f"{len(h['files_outside_output_folder'])}.", ""]

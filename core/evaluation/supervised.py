@@ -66,7 +66,8 @@ def plot_confusion(cm, classes, out_png, title: str) -> None:
     plt.close(fig)
 
 
-def evaluate_supervised(data, split, seg_path, cls_path, out=None) -> dict:
+def evaluate_supervised(data, split, seg_path, cls_path, out=None, part: str = "test") -> dict:
+    """Metrics on the split's `part` ("test"; "val" to choose between candidates without touching test)."""
     from ..cli.fewshot_cmds import _data_dir
     from ..data.dataset import resize_image, resize_mask
     from ..data.sets import split_sets
@@ -77,10 +78,11 @@ def evaluate_supervised(data, split, seg_path, cls_path, out=None) -> dict:
 
     data_dir = _data_dir(data)
     split_file = split or DEFAULT_SPLIT_FILE
-    result: dict = {"data": str(data_dir), "split": str(split_file)}
+    result: dict = {"data": Path(data_dir).name, "split": Path(split_file).name, "part": part,
+                    "seg_model": str(seg_path) if seg_path else None, "cls_model": str(cls_path) if cls_path else None}
     seg = load_segmenter(seg_path) if seg_path else None
     size = seg.config.image_size if seg else 256
-    test = split_sets(data_dir, ("test",), size, split_file)["test"]
+    test = split_sets(data_dir, (part,), size, split_file)[part]
     pred_masks = None
     if seg:
         pred_masks = predict_masks(seg, test, "cpu")
@@ -105,9 +107,32 @@ def evaluate_supervised(data, split, seg_path, cls_path, out=None) -> dict:
 
                 stem = Path(out).with_name(Path(out).stem)
                 plot_confusion(m["confusion_matrix"], CLASSES, f"{stem}_confusion_{name}.png",
-                               f"test, {name} masks: acc {m['accuracy']:.2f}")
+                               f"{part}, {name} masks: acc {m['accuracy']:.2f}")
                 plot_reliability(probs.max(1), probs.argmax(1) == labels, f"{stem}_reliability_{name}.png",
-                                 f"test, {name} masks: top-class confidence vs accuracy (ECE {m['ece']:.3f})")
+                                 f"{part}, {name} masks: top-class confidence vs accuracy (ECE {m['ece']:.3f})")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def select_classifier(data, split, seg_path, candidates: list[str], out=None) -> dict:
+    """Score each candidate classifier on the VALIDATION split with the segmenter's predicted masks (as
+    the pipeline runs), and pick the best by macro AUC (accuracy breaks ties). The test split is not read."""
+    rows = {}
+    for c in candidates:
+        r = evaluate_supervised(data, split, seg_path, c, None, part="val")["classifier"]["predicted_masks"]
+        meta = json.loads(Path(str(c) + ".json").read_text()) if Path(str(c) + ".json").exists() else {}
+        rows[str(c)] = {"val_accuracy": r["accuracy"], "val_macro_auc": r["macro_auc"], "val_ece": r["ece"],
+                        "val_confusion_matrix": r["confusion_matrix"],
+                        "backbone": meta.get("model", {}).get("backbone"),
+                        "mask_source": meta.get("data", {}).get("mask_source"),
+                        "oof_share": meta.get("data", {}).get("oof_share"),
+                        "mask_noise": bool(meta.get("mask_noise")), "epoch": meta.get("epoch"),
+                        "train_seconds": meta.get("train_seconds")}
+    best = max(rows, key=lambda k: (rows[k]["val_macro_auc"], rows[k]["val_accuracy"]))
+    result = {"part": "val", "masks": "predicted", "seg_model": str(seg_path), "candidates": rows, "chosen": best,
+              "rule": "highest validation macro AUC with predicted masks (accuracy breaks ties)"}
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2))

@@ -1,0 +1,144 @@
+"""Probe the running app as a careless user and an attacker would, and measure what it costs the server.
+
+    python scripts/probe_hardening.py [--clients 10] [--calls 5]
+
+Launches the app (shipped checkpoints, a temporary output folder) in this process, then through its
+HTTP API (gradio_client): a 10000 x 10000 PNG (a small file) as a support editor's background and as
+three layers; many layers; 20 "add corrected query as a support" calls with a 4000 x 4000 query;
+`clients` x `calls` concurrent identical Segment calls; a download of a saved checkpoint by URL. Server
+memory is this process's resident set size. Writes docs/results_hardening.json and docs/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--clients", type=int, default=10)
+    p.add_argument("--calls", type=int, default=5)
+    args = p.parse_args()
+    from gradio_client import Client, handle_file
+
+    from core.evaluation.report import DOCS, render
+    from core.phantom import make_phantom
+    from webapp.context import AppConfig, AppContext
+    from webapp.ui import build_app, launch_options
+
+    tmp = Path(tempfile.mkdtemp())
+    ctx = AppContext(AppConfig(data_dir=None, output_dir=tmp / "out"))
+    demo = build_app(ctx)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(ctx))
+    client = Client(demo.local_url, verbose=False)
+    ckpt = ctx.default_checkpoint("panet")
+    empty = {"background": None, "layers": [], "composite": None}
+
+    def png(name, arr):
+        Image.fromarray(arr).save(tmp / name)
+        return str(tmp / name)
+
+    ph = make_phantom(1)
+    layer = np.zeros((*ph.mask.shape, 4), np.uint8)
+    layer[ph.mask] = (255, 0, 0, 128)
+    good = {"background": handle_file(png("s.png", ph.image)), "layers": [handle_file(png("l.png", layer))],
+            "composite": None}
+    query = handle_file(png("q.png", make_phantom(2).image))
+
+    def segment(c, editor, q=query):
+        return c.predict(ckpt, editor, *([empty] * 4), *([None] * 5), q, 0.5, 0.4, api_name="/segment")
+
+    segment(client, good)  # the model is loaded: later memory deltas are the probes' own
+    res = {"server_rss_start_mb": round(rss_mb())}
+    Image.new("L", (10000, 10000)).save(tmp / "bomb.png", optimize=True)
+    bomb = handle_file(str(tmp / "bomb.png"))
+    res["bomb_file_kb"] = round(os.path.getsize(tmp / "bomb.png") / 1024)
+    for name, editor in (("bomb_as_background", {"background": bomb, "layers": [], "composite": None}),
+                         ("bomb_as_three_layers", dict(good, layers=[bomb] * 3)),
+                         ("bomb_as_one_layer", dict(good, layers=[bomb])),
+                         ("eight_layers", dict(good, layers=good["layers"] * 8))):
+        before, t = rss_mb(), time.perf_counter()
+        try:
+            segment(client, editor)
+            outcome = "accepted"
+        except Exception as exc:  # the refusal message is what we record
+            outcome = str(exc).splitlines()[0][:160]
+        res[name] = {"seconds": round(time.perf_counter() - t, 2), "rss_delta_mb": round(rss_mb() - before),
+                     "outcome": outcome}
+
+    big_path = png("big.png", (np.random.default_rng(0).random((4000, 4000, 3)) * 255).astype(np.uint8))
+    big_layer = np.zeros((4000, 4000, 4), np.uint8)
+    big_layer[1000:2000, 1500:2500] = (255, 0, 0, 128)
+    corrector = {"background": handle_file(big_path), "layers": [handle_file(png("big_layer.png", big_layer))],
+                 "composite": None}
+    me = Client(demo.local_url, verbose=False)
+    before = rss_mb()
+    segment(me, good, handle_file(big_path))
+    added = 0
+    for _ in range(20):
+        try:
+            me.predict(corrector, *([empty] * 5), api_name="/add_corrected_support")
+            added += 1
+        except Exception:
+            pass
+    res["add_corrected_x20"] = {"accepted": added, "rss_delta_mb": round(rss_mb() - before)}
+
+    errors, done = [], []
+
+    def user():
+        c = Client(demo.local_url, verbose=False)
+        for _ in range(args.calls):
+            try:
+                segment(c, good)
+                done.append(1)
+            except Exception as exc:
+                errors.append(repr(exc)[:200])
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=user) for _ in range(args.clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    res["concurrent_identical_segments"] = {"clients": args.clients, "calls_each": args.calls, "ok": len(done),
+                                            "failed": len(errors), "seconds": round(time.perf_counter() - t, 1),
+                                            "first_error": errors[0] if errors else None}
+    saved = ctx.saved_dir / "probe.json"
+    saved.write_text(json.dumps({"kind": "panet"}))
+    try:
+        code = urllib.request.urlopen(f"{demo.local_url.rstrip('/')}/gradio_api/file={saved}").status
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+    res["saved_checkpoint_by_url_http_status"] = code
+    res["files_outside_output_folder"] = [str(p) for p in Path(tempfile.gettempdir(), "gradio").rglob("*")
+                                          if p.is_file() and p.stat().st_mtime > time.time() - 600][:5]
+    res["server_rss_end_mb"] = round(rss_mb())
+    demo.close()
+    (DOCS / "results_hardening.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    print(f"written: {render()}")
+
+
+if __name__ == "__main__":
+    main()
