@@ -20,12 +20,15 @@ from . import checkpoint
 from .data.dataset import resize_image, resize_mask, to_tensor
 from .data.io import DataError, check_mask_matches, mask_from_array, read_image, read_mask, to_rgb_uint8
 from .models.panet import PANetConfig, PANetPlusPlus, Prototypes, PROTO_LEVELS
+from .models.clicks import (ClickConfig, box_mask, check_box, click_bias, edge_distances, parse_clicks,
+                            refined_similarity)
 from .models.prototypes import EmptySupportMask, cosine_similarity_map
 from .models.supervised import ClassifierConfig, LesionClassifier, Segmenter, SegmenterConfig
 
 MAX_SHOTS = 5
 CACHE_SIZE = 64  # prototype sets kept (a few KB each)
 ADAPTED_CACHE_SIZE = 4  # adapted model copies kept in memory (about 19 MB each)
+FEATURE_CACHE_SIZE = 8  # queries whose encoder features are kept for click refinement (about 0.7 MB each)
 
 
 def _known_fields(cls, d: dict) -> dict:
@@ -118,6 +121,7 @@ class FewShotSegmenter:
         # (owner, support-set key) -> (adapted model copy, summary); never written over a checkpoint
         self._adapted: OrderedDict[tuple[str, str], tuple[PANetPlusPlus, dict]] = OrderedDict()
         self._agreement: OrderedDict = OrderedDict()
+        self._features: OrderedDict = OrderedDict()
 
     def _prepare_supports(self, supports) -> tuple[torch.Tensor, torch.Tensor, str]:
         if not supports:
@@ -197,6 +201,7 @@ class FewShotSegmenter:
                     self._adapted.popitem(last=False)
                 self._cache.pop((key, owner), None)
                 self._agreement.pop((key, owner), None)
+                self._features.clear()   # keyed by id(model): never reuse features of a freed copy's id
         summary["support_key"] = key
         return summary
 
@@ -226,6 +231,7 @@ class FewShotSegmenter:
         with self._lock:
             for k in [k for k in self._adapted if k[0] == owner]:
                 del self._adapted[k]
+            self._features.clear()
 
     def save_adapted(self, supports, path, owner: str = "", note: str = "") -> Path:
         """Save the adapted copy for these supports as a new named checkpoint (never over an existing one)."""
@@ -241,36 +247,82 @@ class FewShotSegmenter:
         meta.pop("save_path", None)
         return checkpoint.save(path, net.state_dict(), meta, half=False)
 
+    def _query_features(self, model: PANetPlusPlus, img: np.ndarray) -> list[torch.Tensor]:
+        """Encoder features of a query at the working size, cached (LRU) per (model, image content):
+        a click refinement of the same query runs only the decoder."""
+        small = resize_image(img, self.size)
+        key = (id(model), hashlib.sha1(small.tobytes()).hexdigest())
+        with self._lock:
+            feats = self._features.get(key)
+            if feats is not None:
+                self._features.move_to_end(key)
+                return feats
+        feats = model.encoder(to_tensor(small)[None].to(self.device))
+        with self._lock:
+            self._features[key] = feats
+            while len(self._features) > FEATURE_CACHE_SIZE:
+                self._features.popitem(last=False)
+        return feats
+
     @torch.no_grad()
     def predict(self, query, supports=None, threshold: float = 0.5, heatmaps: bool = True,
-                owner: str = "", agreement: bool = False) -> FewShotResult:
+                owner: str = "", agreement: bool = False, clicks=None, box=None,
+                click_config: ClickConfig = ClickConfig(), per_support_maps: bool = True) -> FewShotResult:
         """Segment `query`. With `supports`, their prototypes are used (computed once per support set,
         shared across callers); without, the last support set given to this object. agreement=True
-        also reports the supports' leave-one-out Dice (k >= 2; cached per support set)."""
+        also reports the supports' leave-one-out Dice (k >= 2; cached per support set).
+
+        clicks=[(x, y, positive), ...] (query pixels; positive True or "+") refine the prediction and
+        box=(x0, y0, x1, y1) restricts the lesion to it (`core.models.clicks`); the query's encoder
+        features are cached, so a refinement runs only the decoder. supports=[] (none at all): positive
+        clicks alone define the target."""
         agree: list[float] = []
-        if supports is not None:
+        clicks = parse_clicks(clicks)
+        if supports is not None and len(supports) == 0:   # clicks only
+            protos, model = None, self.model
+        elif supports is not None:
             protos, model, imgs, msks, cache_key = self._resolve(supports, owner)
             if agreement and imgs.shape[0] >= 2:
                 agree = self._agreement_for(cache_key, model, imgs, msks)
         else:
             protos, model = self._protos, (self._model_for_protos or self.model)
-        if protos is None:
-            raise DataError("no supports set: add at least one support image with its lesion mask")
+        if protos is None and not any(c[2] for c in clicks):
+            raise DataError("no supports set: add at least one support image with its lesion mask "
+                            "(or click on the lesion)")
         img = as_image(query, "query image")
         h, w = img.shape[:2]
-        x = to_tensor(resize_image(img, self.size))[None].to(self.device)
-        logits, sims, feats = model.segment(x, protos)
-        prob = torch.sigmoid(F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False))[0, 0]
-        prob = prob.cpu().numpy().astype(np.float32)
-        maps = self._heatmaps(feats, sims, protos, (h, w), model.tau) if heatmaps else {}
+        try:
+            box = check_box(box, (h, w))
+        except ValueError as exc:
+            raise DataError(str(exc)) from exc
+        feats = self._query_features(model, img)
+        sims = model.similarity(feats, protos) if protos is not None else None
+        radii = None
+        if clicks and click_config.adaptive and sims is not None:
+            base = F.interpolate(model.decode(feats, sims, (self.size, self.size)), size=(h, w), mode="bilinear",
+                                 align_corners=False)[0, 0] > 0
+            radii = edge_distances(clicks, base.cpu().numpy())
+        if clicks and (click_config.prototypes or sims is None):
+            sims = refined_similarity(feats, sims, model.tau, clicks, (h, w), PROTO_LEVELS,
+                                      click_config.prototype_signs)
+        logits = model.decode(feats, sims, (self.size, self.size))
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        if clicks:
+            logits = logits + click_bias(clicks, (h, w), click_config, logits.device, feats[click_config.gate_level],
+                                         radii)
+        prob = torch.sigmoid(logits).cpu().numpy().astype(np.float32)
+        if box is not None:
+            prob[~box_mask(box, (h, w))] = 0.0
+        maps = self._heatmaps(feats, sims, protos if per_support_maps else None, (h, w), model.tau) if heatmaps else {}
         return FewShotResult(prob, prob > threshold, maps, threshold, model is not self.model, agree)
 
-    def _heatmaps(self, feats, sims, protos: Prototypes, size, tau) -> dict:
-        """Cosine maps (tau removed, so values are in [-1, 1]) at the finest prototype level."""
+    def _heatmaps(self, feats, sims, protos: Prototypes | None, size, tau) -> dict:
+        """Cosine maps (tau removed, so values are in [-1, 1]) at the finest prototype level; per-support
+        maps too when `protos` is given."""
         level = min(PROTO_LEVELS)
         up = lambda t: F.interpolate(t[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
         out = {"foreground": up(sims[level][0, 0] / tau), "background": up(sims[level][0, 1] / tau)}
-        for k in range(protos.shots):
+        for k in range(protos.shots if protos is not None else 0):
             out[f"support {k + 1} foreground"] = up(cosine_similarity_map(feats[level], protos.per_shot_fg[level][k], 1.0)[0])
             out[f"support {k + 1} background"] = up(cosine_similarity_map(feats[level], protos.per_shot_bg[level][k], 1.0)[0])
         return out

@@ -67,6 +67,16 @@ def test_segment_command_writes_mask_overlay_heatmap(tmp_path):
     r = run("segment", "--checkpoint", str(tmp_path / "p"), "--support", str(s), str(empty), "--query", str(q),
             "--out", str(tmp_path / "o2.png"))
     assert r.returncode == 2 and "mask is empty" in r.stderr and "Traceback" not in r.stderr
+    # clicks and a box refine the one query; a positive click's pixel becomes lesion
+    r = run("segment", "--checkpoint", str(tmp_path / "p"), "--support", str(s), str(sm), "--query", str(q),
+            "--out", str(tmp_path / "o3.png"), "--threshold", "0.99", "--click", "50", "40", "+",
+            "--click", "150", "20", "-", "--box", "10", "10", "190", "90")
+    assert r.returncode == 0, r.stderr
+    clicked = np.asarray(Image.open(tmp_path / "o3.png")) > 0
+    assert clicked[40, 50] and not clicked[20, 150] and not clicked[95:].any()
+    r = run("segment", "--checkpoint", str(tmp_path / "p"), "--query", str(q), "--out", str(tmp_path / "o4.png"),
+            "--click", "50", "40", "+")
+    assert r.returncode == 0 and (np.asarray(Image.open(tmp_path / "o4.png")) > 0)[40, 50], r.stderr
 
 
 def test_predict_on_a_real_image(busi_dir, tmp_path):

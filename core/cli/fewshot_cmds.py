@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+from ..models.clicks import ClickConfig as ClickDefaults
 
 
 def register(sub) -> None:
@@ -45,6 +48,7 @@ def register(sub) -> None:
     p.set_defaults(func=train_fewshot_cmd)
     register_more(sub)
     register_benchmark(sub)
+    register_clicks(sub)
     register_multidomain(sub)
     register_ship(sub)
     register_interpolate(sub)
@@ -152,8 +156,8 @@ def register_more(sub) -> None:
 
     p = sub.add_parser("segment", help="segment query images from 1-5 annotated support images")
     p.add_argument("--checkpoint", default=None, help="PANet++ checkpoint (default: the shipped one)")
-    p.add_argument("--support", nargs=2, action="append", metavar=("IMG", "MASK"), required=True,
-                   help="a support image and its mask (repeat 1-5 times)")
+    p.add_argument("--support", nargs=2, action="append", metavar=("IMG", "MASK"), default=[],
+                   help="a support image and its mask (repeat 1-5 times; none: --click alone defines the target)")
     p.add_argument("--query", nargs="+", required=True, help="one or more query images")
     p.add_argument("--out", default=None, help="output mask PNG for a single query (query's original size)")
     p.add_argument("--out-dir", default=None, help="folder for DIR/<query stem>_mask.png (any number of queries)")
@@ -163,7 +167,69 @@ def register_more(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
     p.add_argument("--heatmap", default=None, help="PNG of the foreground/background cosine maps (single query)")
     p.add_argument("--overlay", default=None, help="PNG of the prediction drawn on the query (single query)")
+    p.add_argument("--click", nargs=3, action="append", metavar=("X", "Y", "SIGN"), default=[],
+                   help="refine with a click at pixel X Y of the query, SIGN + (lesion) or - (not lesion); repeatable "
+                        "(single query)")
+    p.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), default=None,
+                   help="restrict the lesion to this box of the query (single query)")
     p.set_defaults(func=segment_cmd)
+
+
+def register_clicks(sub) -> None:
+    p = sub.add_parser("evaluate-clicks", help="interactive protocol: Dice after 0/1/3/5 clicks and clicks to "
+                                               "Dice 0.85, with supports and with clicks alone")
+    p.add_argument("--checkpoint", default=None, help="PANet++ checkpoint for BUSI (default: the shipped one)")
+    p.add_argument("--data", default=None, help="BUSI root (default: $BUSI_DIR)")
+    p.add_argument("--part", default="test", choices=["test", "val"], help="val: for tuning the click settings")
+    p.add_argument("--episodes", type=int, default=100, help="queries per setting")
+    p.add_argument("--shots", type=int, nargs="+", default=[0, 1, 5], help="0 = clicks alone (the baseline)")
+    p.add_argument("--sets", nargs="*", default=[], help="multidomain sets (their test part) to score as well")
+    p.add_argument("--sets-checkpoint", default=None,
+                   help="checkpoint for --sets (one that did not train on them, e.g. a leave-sets-out run)")
+    p.add_argument("--sigma", type=float, nargs="+", default=[ClickDefaults.sigma])
+    p.add_argument("--strength", type=float, nargs="+", default=[ClickDefaults.strength])
+    p.add_argument("--click-prototypes", action="store_true",
+                   help="the query's features at clicks also become prototypes (with supports)")
+    p.add_argument("--fixed-radius", action="store_true",
+                   help="every bump has radius --sigma (default: the click's distance to the mask's edge)")
+    p.add_argument("--out", default=None, help="JSON (docs/results_clicks.json also renders docs/results.md)")
+    p.set_defaults(func=evaluate_clicks_cmd)
+
+
+def evaluate_clicks_cmd(args) -> int:
+    import itertools
+
+    from ..data.multidomain import default_multidomain_dir, domain_set
+    from ..data.sets import split_sets
+    from ..evaluation.interactive import run_protocol
+    from ..inference import FewShotSegmenter
+    from ..models.clicks import ClickConfig
+
+    busi_ck = args.checkpoint or str(default_checkpoint())
+    seg = FewShotSegmenter(busi_ck)
+    jobs = [("BUSI " + args.part, seg, split_sets(_data_dir(args.data), (args.part,), seg.size)[args.part], busi_ck)]
+    if args.sets:
+        md = default_multidomain_dir()
+        other = FewShotSegmenter(args.sets_checkpoint) if args.sets_checkpoint else seg
+        for name in args.sets:
+            jobs.append((name, other, domain_set(md, name, "test", other.size), args.sets_checkpoint or busi_ck))
+    result = {"command": "python -m core " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["evaluate-clicks"] else "",
+              "part": args.part, "episodes": args.episodes, "rows": []}
+    for (name, model, qset, ck), sigma, strength in itertools.product(jobs, args.sigma, args.strength):
+        cfg = ClickConfig(sigma=sigma, strength=strength, prototypes=args.click_prototypes,
+                          adaptive=not args.fixed_radius)
+        for k in args.shots:
+            r = run_protocol(model, qset, k, args.episodes, seed=k, cfg=cfg, progress=True)
+            row = {"set": name, "checkpoint": ck, "sigma": sigma, "strength": strength,
+                   "click_prototypes": cfg.prototypes, "adaptive_radius": cfg.adaptive, **r}
+            result["rows"].append(row)
+            print(f"{name} {k}-shot sigma={sigma} strength={strength}: Dice after 0/1/3/5 clicks "
+                  + "/".join(f"{row['dice_after_clicks'][n]:.3f}" for n in ("0", "1", "3", "5"))
+                  + f", NoC@85 {row['noc85']:.2f}, {row['click_ms_median']} ms per click")
+    if args.out:
+        from ..evaluation.multidomain import save_json
+        save_json(result, args.out)
+    return 0
 
 
 def default_checkpoint() -> Path:
@@ -235,8 +301,14 @@ def segment_cmd(args) -> int:
         raise ValueError("give --out MASK.png for one query or --out-dir DIR")
     if args.out and len(queries) > 1:
         raise ValueError(f"{len(queries)} queries: use --out-dir DIR (one mask per query)")
-    if (args.heatmap or args.overlay) and len(queries) > 1:
-        raise ValueError("--heatmap and --overlay work with a single query")
+    if (args.heatmap or args.overlay or args.click or args.box) and len(queries) > 1:
+        raise ValueError("--heatmap, --overlay, --click and --box work with a single query")
+    if not args.support and not args.click:
+        raise ValueError("give 1-5 --support IMG MASK pairs, or --click X Y + on the lesion")
+    if args.adapt and not args.support:
+        raise ValueError("--adapt needs supports")
+    from ..models.clicks import parse_clicks
+    clicks = parse_clicks([(float(x), float(y), sign) for x, y, sign in args.click])
     stems = [Path(q).stem for q in queries]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if args.out_dir and dupes:
@@ -261,10 +333,12 @@ def segment_cmd(args) -> int:
         agree = f"; supports' leave-one-out Dice before {np.mean(before):.2f}" if before else ""
         print(f"adapted: {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['status']}){agree}")
     # read and validate the supports once, and compute their prototypes once (with the adapted copy if any)
-    seg.set_supports(supports)
+    if supports:
+        seg.set_supports(supports)
     outs = [Path(args.out)] if args.out else [Path(args.out_dir) / f"{s}_mask.png" for s in stems]
     for q, out in tqdm(list(zip(queries, outs)), desc="segmenting", disable=len(queries) < 2):
-        res = seg.predict(q, threshold=args.threshold, heatmaps=bool(args.heatmap))
+        res = seg.predict(q, None if supports else [], threshold=args.threshold, heatmaps=bool(args.heatmap),
+                          clicks=clicks, box=args.box)
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(res.mask.astype(np.uint8) * 255).save(out)
         if len(queries) == 1:

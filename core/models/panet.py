@@ -138,15 +138,16 @@ class PANetPlusPlus(nn.Module):
         """Logits (B, 1, H, W) of the query, the cosine maps, and the query features."""
         feats = self.encoder(query_images)
         sims = self.similarity(feats, protos)
-        out_size = query_images.shape[-2:]
+        return self.decode(feats, sims, query_images.shape[-2:]), sims, feats
+
+    def decode(self, feats: list[torch.Tensor], sims: dict[int, torch.Tensor], out_size) -> torch.Tensor:
+        """Logits (B, 1, H, W) from query features and cosine maps (the part a click refinement re-runs)."""
         if self.decoder is None:
             # original PANet: softmax over (bg, fg) cosine maps, upsampled; fg logit = fg - bg
             s = sims[max(PROTO_LEVELS)]
             logits = (s[:, :1] - s[:, 1:2])
-            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-        else:
-            logits = self.decoder(feats, sims, out_size)
-        return logits, sims, feats
+            return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        return self.decoder(feats, sims, out_size)
 
     def forward(self, support_images, support_masks, query_images):
         protos = self.prototypes(support_images, support_masks)

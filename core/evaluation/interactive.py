@@ -1,0 +1,58 @@
+"""The standard interactive-segmentation protocol on few-shot predictions.
+
+Each next click goes to the centre (largest distance-transform value) of the largest error region,
+positive on a missed region, negative on a false one (`core.models.clicks.next_click`); all clicks so
+far refine the supports' prediction. Reported: mean Dice after 0, 1, 3 and 5 clicks and the mean
+number of clicks to reach Dice 0.85 (NoC@85, capped at 10), with supports (k-shot episodes whose
+supports come from other patients' groups) and with clicks alone (the baseline). Images are scored
+at the model's working size (the sets are loaded at it).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from ..data.dataset import ImageSet
+from ..metrics import dice
+from ..models.clicks import ClickConfig, clicks_to_reach, next_click
+from .fewshot import make_episodes
+
+
+def run_protocol(seg, qset: ImageSet, shots: int, n_queries: int, seed: int = 0, max_clicks: int = 10,
+                 cfg: ClickConfig = ClickConfig(), target: float = 0.85, progress: bool = False) -> dict:
+    """shots=0: clicks only (no supports; Dice 0 before the first click)."""
+    from tqdm import tqdm
+
+    if shots:
+        eps = make_episodes(qset, None, shots, n_queries, seed)
+        jobs = [(ep.query, [(qset.images[j], qset.masks[j]) for j in ep.support]) for ep in eps]
+    else:
+        lesion = [i for i in range(len(qset)) if qset.has_lesion(i)]
+        rng = np.random.default_rng(seed)
+        jobs = [(int(i), []) for i in rng.permutation(lesion)[:n_queries]]
+    curves, click_ms = [], []
+    for q, supports in tqdm(jobs, desc=f"{shots}-shot clicks", disable=not progress):
+        image, truth = qset.images[q], qset.masks[q]
+        pred = seg.predict(image, supports, heatmaps=False, click_config=cfg).mask if supports else \
+            np.zeros_like(truth)
+        clicks, dices = [], [dice(pred, truth)]
+        for _ in range(max_clicks):
+            c = next_click(pred, truth)
+            if c is None:          # perfect: later clicks change nothing
+                dices.append(dices[-1])
+                continue
+            clicks.append(c)
+            t = time.perf_counter()
+            pred = seg.predict(image, supports, heatmaps=False, clicks=clicks, click_config=cfg).mask
+            click_ms.append(1000 * (time.perf_counter() - t))
+            dices.append(dice(pred, truth))
+        curves.append(dices)
+    arr = np.array(curves)
+    return {"shots": shots, "n_queries": len(curves),
+            "dice_after_clicks": {str(n): float(arr[:, n].mean()) for n in (0, 1, 3, 5, max_clicks)},
+            f"noc{int(target * 100)}": float(np.mean([clicks_to_reach(c, target, max_clicks) for c in curves])),
+            "reached_share": float(np.mean([max(c) >= target for c in curves])),
+            "click_ms_median": round(statistics.median(click_ms), 1) if click_ms else None,
+            "curve": arr.mean(0).round(4).tolist()}
