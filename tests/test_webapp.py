@@ -63,9 +63,15 @@ def support_editor(files: Path, seed: int = 1, mask=True):
             "layers": [handle_file(_png(files / f"l{seed}_{mask}.png", layer))], "composite": None}
 
 
-def segment(client, editors, query, masks=(None,) * 5, ckpt="tiny_panet"):
+def set_supports(client, editors, masks=(None,) * 5):
     editors = list(editors) + [EMPTY] * (5 - len(editors))
-    return client.predict(ckpt, *editors, *masks, query, 0.5, 0.4, api_name="/segment")
+    return client.predict(*editors, *masks, api_name="/set_supports")
+
+
+def segment(client, editors, query, masks=(None,) * 5, ckpt="tiny_panet"):
+    """Set the session's supports, then Segment (which never receives the supports itself)."""
+    set_supports(client, editors, masks)
+    return client.predict(ckpt, query, 0.5, 0.4, False, api_name="/segment")
 
 
 def test_segment_returns_a_mask_of_the_query_size(app):
@@ -73,13 +79,18 @@ def test_segment_returns_a_mask_of_the_query_size(app):
     q = make_phantom(5, size=(300, 410))
     out = segment(client, [support_editor(files, 1), support_editor(files, 2)],
                   handle_file(_png(files / "q.png", q.image)))
-    overlay, prob, heatmaps, report, downloads = out[:5]
+    overlay, prob, heatmaps, report = out[:4]
     assert "2 support(s)" in report
+    downloads = client.predict(0.4, api_name="/downloads")
     mask = Image.open([d for d in downloads if d.endswith("mask.png")][0])
-    assert mask.size == (410, 300)
+    assert mask.size == (410, 300), "the downloaded mask has the query's size"
     assert Image.open(overlay).size == (410, 300)
     captions = [h["caption"] for h in heatmaps]
-    assert any("support 2 foreground" in c for c in captions) and any(c.endswith("background") for c in captions)
+    assert "cosine similarity: foreground" in captions and "cosine similarity: background" in captions
+    assert not any("support 2" in c for c in captions), "per-support maps only on request"
+    per = client.predict("tiny_panet", handle_file(_png(files / "q.png", q.image)), 0.5, 0.4, True,
+                         api_name="/segment")[2]
+    assert any("support 2 foreground" in h["caption"] for h in per)
 
 
 def test_classify_after_segment(app):
@@ -94,7 +105,7 @@ def test_classify_after_segment(app):
 
 @pytest.mark.parametrize("case, message", [
     ("no_support", "no support"),
-    ("empty_mask", "the mask is empty"),
+    ("empty_mask", "support 1: no mask yet"),
     ("no_query", "no query image"),
     ("mask_size", "but its image is"),
     ("too_large", "too large"),
@@ -181,9 +192,9 @@ def test_layer_mask_handles_the_three_layer_shapes():
 
 def _finetune(client, editors, name, epochs=1, episodes=20, lr=1e-3):
     """A short run that improves the tiny random model (a run that does not is not saved)."""
-    editors = list(editors) + [EMPTY] * (5 - len(editors))
+    set_supports(client, editors)
     return client.predict("tiny_panet", "this session's supports and corrected queries", epochs, episodes, lr, name,
-                          *editors, *([None] * 5), api_name="/finetune")
+                          api_name="/finetune")
 
 
 def test_finetune_saves_a_new_checkpoint_atomically(app):
@@ -243,18 +254,63 @@ def test_adapt_then_segment_uses_the_adapted_model_for_this_session_only(app):
     client, files, ctx = app
     me = Client(client.src, verbose=False)
     sups = [support_editor(files, s) for s in (1, 2)]
-    status = me.predict("tiny_panet", 5, *(sups + [EMPTY] * 3), *([None] * 5), api_name="/adapt")
+    set_supports(me, sups)
+    status = me.predict("tiny_panet", 5, api_name="/adapt")
     assert "Adapted" in status and "leave-one-out Dice" in status
     seg = ctx.fewshot("tiny_panet")
     assert len(seg._adapted) == 1
     (owner, _), = seg._adapted.keys()
     assert owner == me.session_hash, "the adapted copy belongs to the session that asked for it"
     assert "no fine-tuning or adaptation job" in Client(client.src, verbose=False).predict(api_name="/cancel_adapt")
+    theirs = Client(client.src, verbose=False)
+    set_supports(theirs, sups)
     with pytest.raises(Exception, match="Adapt to these supports first"):
-        Client(client.src, verbose=False).predict("tiny_panet", "theirs", *(sups + [EMPTY] * 3), *([None] * 5),
-                                                  api_name="/save_adapted")
-    msg, _ = me.predict("tiny_panet", "../my adapted", *(sups + [EMPTY] * 3), *([None] * 5), api_name="/save_adapted")
+        theirs.predict("tiny_panet", "theirs", api_name="/save_adapted")
+    msg, _ = me.predict("tiny_panet", "../my adapted", api_name="/save_adapted")
     assert "my_adapted (yours)" in msg
     assert (ctx.config.output_dir / "checkpoints" / "my_adapted.safetensors").exists()
     assert "my_adapted (yours)" in ctx.checkpoints("panet", me.session_hash)
     assert "my_adapted (yours)" not in ctx.checkpoints("panet", Client(client.src, verbose=False).session_hash)
+
+
+def test_segment_never_receives_the_supports_again(app):
+    from webapp import handlers
+
+    client, files, _ = app
+    params = [p["parameter_name"] for p in client.view_api(print_info=False, return_format="dict")
+              ["named_endpoints"]["/segment"]["parameters"]]
+    assert not any("support" in p.lower() or "editor" in p.lower() for p in params), params
+    q = handle_file(_png(files / "q_twice.png", make_phantom(11).image))
+    segment(client, [support_editor(files, 1), support_editor(files, 2)], q)
+    decoded = handlers.SUPPORT_DECODES[0]
+    for thr in (0.45, 0.55):
+        report = client.predict("tiny_panet", q, thr, 0.4, False, api_name="/segment")[3]
+        assert "2 support(s)" in report
+    assert handlers.SUPPORT_DECODES[0] == decoded, "a second Segment decodes no support"
+    calls = handlers.SEGMENT_CALLS[0]
+    client.predict("tiny_panet", q, 0.55, 0.4, False, api_name="/segment")   # the same, at once: a double click
+    assert handlers.SEGMENT_CALLS[0] == calls, "an immediate identical repeat is dropped"
+
+
+def test_clicks_on_the_overlay_refine_the_mask_and_undo(app):
+    client, files, ctx = app
+    me = Client(client.src, verbose=False)
+    q = make_phantom(12)
+    segment(me, [support_editor(files, 1)], handle_file(_png(files / "q12.png", q.image)))
+    ys, xs = np.nonzero(q.mask)
+    x, y = int(xs.mean()), int(ys.mean())
+    ov, text, = me.predict(x, y, "+", 0.5, 0.4, api_name="/click")[:2]
+    assert "1 positive" in text
+    # the session's mask (downloads) has the lesion at the click
+    mask = np.asarray(Image.open([d for d in me.predict(0.4, api_name="/downloads") if d.endswith("mask.png")][0]))
+    assert mask[y, x] > 0
+    me.predict(x, y, "-", 0.5, 0.4, api_name="/click")
+    mask = np.asarray(Image.open([d for d in me.predict(0.4, api_name="/downloads") if d.endswith("mask.png")][0]))
+    assert mask[y, x] == 0, "a negative click on the same spot removes it"
+    _, text = me.predict(0.5, 0.4, api_name="/undo_click")[:2]
+    assert "1 positive and 0 negative" in text
+    me.predict(5, 5, "box", 0.5, 0.4, api_name="/click")
+    _, text = me.predict(60, 60, "box", 0.5, 0.4, api_name="/click")[:2]
+    assert "box" in text
+    mask = np.asarray(Image.open([d for d in me.predict(0.4, api_name="/downloads") if d.endswith("mask.png")][0]))
+    assert not mask[70:].any() and not mask[:, 70:].any(), "nothing outside the box"

@@ -1,5 +1,6 @@
 """A real browser (Debian's Chromium driven by Playwright): upload a support, paint its mask with the
-mouse, upload a query, click Segment, and check that the overlay appears. Saves a screenshot."""
+mouse (the slot is registered on the server once), upload a query, double-click Segment (it runs once),
+click on the overlay to refine, and check that the overlay changes. Saves a screenshot."""
 from __future__ import annotations
 
 import shutil
@@ -21,6 +22,7 @@ def test_draw_a_support_mask_and_segment(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     from tests.test_webapp import make_checkpoints
     from webapp.context import AppConfig, AppContext
+    from webapp import handlers
     from webapp.ui import build_app
 
     make_checkpoints(tmp_path / "ckpt")
@@ -49,13 +51,26 @@ def test_draw_a_support_mask_and_segment(tmp_path):
             for dx in range(-30, 31, 5):
                 page.mouse.move(cx + dx, cy + (dx % 10), steps=2)
             page.mouse.up()
+            # the painted slot reaches the server once, on its change event (not with each Segment)
+            page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=30_000)
+            decoded = handlers.SUPPORT_DECODES[0]
             page.locator("#query-file input[type=file]").set_input_files(str(tmp_path / "query.png"))
             page.wait_for_timeout(1000)
-            page.locator("#segment-button").click()
+            calls = handlers.SEGMENT_CALLS[0]
+            page.locator("#segment-button").dblclick()
             overlay = page.locator("#overlay img")
             overlay.wait_for(state="visible", timeout=60_000)
-            page.wait_for_timeout(500)
+            page.wait_for_timeout(1500)
             assert "support(s)" in page.content()  # the report under the overlay
+            assert handlers.SEGMENT_CALLS[0] == calls + 1, "a double click runs Segment once"
+            page.locator("#segment-button").click()
+            page.wait_for_timeout(1500)
+            assert handlers.SUPPORT_DECODES[0] == decoded, "Segment clicks send no support images"
+            before = overlay.get_attribute("src")
+            ob = overlay.bounding_box()
+            page.mouse.click(ob["x"] + ob["width"] * 0.5, ob["y"] + ob["height"] * 0.5)
+            page.locator("#click-status").get_by_text("1 positive").wait_for(timeout=30_000)
+            assert overlay.get_attribute("src") != before, "the click changed the overlay"
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
             browser.close()

@@ -15,7 +15,7 @@ from PIL import Image
 
 from core.phantom import make_phantom
 
-from test_webapp import _finetune, _png, app, segment, support_editor  # noqa: F401  (module fixture)
+from test_webapp import _finetune, _png, app, segment, set_supports, support_editor  # noqa: F401  (module fixture)
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -103,10 +103,12 @@ def test_concurrent_identical_segment_calls_all_succeed(app):
 def test_gradio_cache_and_exports_live_in_the_output_folder(app):
     client, files, ctx = app
     segment(client, [support_editor(files, 1)], handle_file(_png(files / "qc.png", make_phantom(4).image)))
+    client.predict(0.4, api_name="/downloads")
     assert os.environ["GRADIO_TEMP_DIR"] == str(ctx.cache_dir)
     cached = [p for p in ctx.cache_dir.rglob("*") if p.is_file()]
     assert any(p.name == "mask.png" for p in cached), "exports are written in the cache"
-    assert any(p.suffix == ".png" and p.name != "mask.png" for p in cached), "Gradio's results are cached there too"
+    assert any(p.suffix in (".png", ".jpeg") and p.name != "mask.png" for p in cached), \
+        "Gradio's results are cached there too"
 
 
 def test_saved_checkpoints_are_private_to_their_session_and_not_served(app):
@@ -178,12 +180,14 @@ def test_a_second_job_waits_in_the_queue_with_its_position(app):
     client, files, _ = app
     first, second = Client(client.src, verbose=False), Client(client.src, verbose=False)
     sups = [support_editor(files, s) for s in (1, 2, 3)] + [{"background": None, "layers": [], "composite": None}] * 2
+    set_supports(first, sups)
+    set_supports(second, sups)
     long_run = first.submit("tiny_panet", "this session's supports and corrected queries", 3, 200, 1e-4, "queued",
-                            *sups, *([None] * 5), api_name="/finetune")
+                            api_name="/finetune")
     deadline = time.time() + 60
     while time.time() < deadline and long_run.status().code != Status.PROCESSING:
         time.sleep(0.2)
-    waiting = second.submit("tiny_panet", 5, *sups, *([None] * 5), api_name="/adapt")
+    waiting = second.submit("tiny_panet", 5, api_name="/adapt")
     seen = None
     while time.time() < deadline:
         st = waiting.status()

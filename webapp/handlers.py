@@ -1,6 +1,7 @@
 """Page handlers: plain functions over core, raising UserError with a message for the page."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,15 @@ class Session:
     corrected: bool = False
     extra_pairs: list = field(default_factory=list)  # corrected queries kept for fine-tuning
     notes: list = field(default_factory=list)
+    # supports, decoded once when a slot changes (never re-sent with each Segment): (image, mask) or None
+    supports: list = field(default_factory=lambda: [None] * N_SLOTS)
+    slot_notes: list = field(default_factory=lambda: [""] * N_SLOTS)
+    query_file: str | None = None         # the uploaded query file already decoded into query_image
+    clicks: list = field(default_factory=list)   # (x, y, positive) in query pixels, since the last Segment
+    box: tuple | None = None
+    box_corner: tuple | None = None       # first corner of a box being drawn
+    tiles: list = field(default_factory=list)    # heatmap tiles of the last Segment (for the download)
+    checkpoint: str | None = None         # the checkpoint of the last Segment (clicks refine with it)
 
 
 def keep_pair(pairs: list, image: np.ndarray, mask: np.ndarray) -> list:
@@ -182,42 +192,148 @@ def editor_value(image: np.ndarray, mask: np.ndarray | None) -> dict:
     return {"background": image, "layers": [layer], "composite": None}
 
 
+# ---------------------------------------------------------------------------------- supports
+SUPPORT_DECODES = [0]   # support editor values decoded by this process (a test checks Segment adds none)
+SEGMENT_CALLS = [0]     # Segment runs (a browser test checks that a double click runs one)
+
+
+def register_slot(session: Session, slot: int, value, mask_file) -> None:
+    """Decode one support slot into the session (on the slot's change, not on every Segment).
+
+    A slot with an image but no painted mask yet is kept as "no mask yet" (the user is still drawing);
+    an editor value that arrives without its image (an upload the server no longer holds) changes nothing.
+    Raises UserError for what the user must fix (unreadable image, mask of the wrong size).
+    """
+    i = slot - 1
+    bg = value.get("background") if isinstance(value, dict) else None
+    if bg is None and not mask_file:
+        return
+    SUPPORT_DECODES[0] += 1
+    supports, notes = list(session.supports), list(session.slot_notes)
+    try:
+        pair = editor_pair(value, mask_file, slot)
+        notes[i] = "" if pair else "empty"
+    except UserError as exc:
+        pair = None
+        if "the mask is empty" in str(exc):
+            notes[i] = "no mask yet: paint the lesion or upload a mask PNG"
+        else:
+            notes[i] = str(exc)
+            session.supports, session.slot_notes = supports[:i] + [None] + supports[i + 1:], notes
+            raise
+    supports[i] = pair
+    session.supports, session.slot_notes = supports, notes
+    session.clicks, session.box, session.box_corner = [], None, None
+
+
+def clear_slot(session: Session, slot: int) -> None:
+    session.supports = [None if k == slot - 1 else p for k, p in enumerate(session.supports)]
+    session.slot_notes = ["" if k == slot - 1 else n for k, n in enumerate(session.slot_notes)]
+
+
+def set_slot_pair(session: Session, slot: int, image: np.ndarray, mask: np.ndarray | None) -> None:
+    """A slot filled by the app (gallery pick, corrected query): already decoded."""
+    i = slot - 1
+    ok = mask is not None and mask.any()
+    session.supports = [(image, mask) if (k == i and ok) else (None if k == i else p)
+                        for k, p in enumerate(session.supports)]
+    session.slot_notes = [("" if ok else "no mask yet: paint the lesion or upload a mask PNG") if k == i else n
+                          for k, n in enumerate(session.slot_notes)]
+
+
+def session_supports(session: Session) -> list[tuple[np.ndarray, np.ndarray]]:
+    pairs = [p for p in session.supports if p is not None]
+    if not pairs:
+        pending = [f"support {k + 1}: {n}" for k, n in enumerate(session.slot_notes) if n and n != "empty"]
+        raise UserError("no support: put an image with its lesion mask in at least one support slot"
+                        + (f" ({'; '.join(pending)})" if pending else ""))
+    return pairs
+
+
+def supports_status(session: Session) -> str:
+    parts = []
+    for k, (p, n) in enumerate(zip(session.supports, session.slot_notes), 1):
+        if p is not None:
+            parts.append(f"{k}: ready ({p[0].shape[1]}x{p[0].shape[0]}, lesion {p[1].mean() * 100:.1f}%)")
+        elif n and n != "empty":
+            parts.append(f"{k}: {n}")
+    return "**Supports** - " + ("; ".join(parts) if parts else "none yet")
+
+
 # ---------------------------------------------------------------------------------- segment
+class RepeatGuard:
+    """Drops a request that repeats the same session's previous one within `window` seconds (a double
+    click): the page keeps the first one's result. The browser's own "once" mode lets both clicks of a
+    fast double click through, so the server checks too."""
+
+    def __init__(self, window: float = 1.0, max_sessions: int = 1000):
+        self.window, self.max_sessions = window, max_sessions
+        self._last: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+
+    def first(self, owner: str, key) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            prev = self._last.pop(owner, None)
+            self._last[owner] = (key, now)
+            while len(self._last) > self.max_sessions:
+                self._last.pop(next(iter(self._last)))
+        return not (prev is not None and prev[0] == key and now - prev[1] < self.window)
+
+
+SEGMENT_GUARD = RepeatGuard()
+DISPLAY_SIDE = 640   # overlays and maps are sent at most this large (the page shows them smaller)
+
+
+def display_size(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """The image downscaled for the page (longer side <= DISPLAY_SIDE) and the scale used."""
+    h, w = image.shape[:2]
+    scale = min(1.0, DISPLAY_SIDE / max(h, w))
+    if scale == 1.0:
+        return image, 1.0
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    interp = cv2.INTER_AREA if image.dtype == np.uint8 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interp), scale
+
+
 @dataclass
 class SegmentOutput:
     overlay: np.ndarray
     probability: np.ndarray
     heatmaps: list
     report: str
-    files: list
     seconds: float
     notes: list
     supports: list  # the (image, mask) pairs used, for the thumbnails
 
 
-def segment(ctx: AppContext, session: Session, checkpoint_name, editors, mask_files, query, threshold: float,
-            opacity: float, owner: str = "") -> SegmentOutput:
+def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold: float, opacity: float,
+            owner: str = "", per_support_maps: bool = False) -> SegmentOutput:
+    """Segment the session's query from the session's registered supports (nothing re-decoded)."""
     t0 = time.perf_counter()
-    supports = collect_supports(editors, mask_files)
+    SEGMENT_CALLS[0] += 1
+    supports = session_supports(session)
     notes: list[str] = []
-    if query is not None:          # an uploaded file (the page, or an API call)
+    if query is not None and str(query) != session.query_file:   # a new upload (the page, or an API call)
         q_img = read_upload(query, "query image", notes)
-        session.query_key = None
-    elif session.query_image is not None:  # picked from the gallery
+        session.query_key, session.query_file = None, str(query)
+    elif session.query_image is not None:  # decoded at upload, or picked from the gallery
         q_img = session.query_image
     else:
         raise UserError("no query image: upload one or pick one from the gallery")
     try:
         model = ctx.fewshot(checkpoint_name, owner)
-        res = model.predict(q_img, supports, threshold=threshold, owner=owner, agreement=True)
+        res = model.predict(q_img, supports, threshold=threshold, owner=owner, agreement=True,
+                            per_support_maps=per_support_maps)
         adapted, agreement = res.adapted, res.agreement
     except CheckpointError as exc:
         raise UserError(f"checkpoint could not be loaded: {_hide_dirs(ctx, exc)}") from exc
     except DataError as exc:
         raise UserError(str(exc)) from exc
     session.query_image, session.probability, session.mask, session.corrected = q_img, res.probability, res.mask, False
+    session.clicks, session.box, session.box_corner, session.checkpoint = [], None, None, checkpoint_name
     truth = _truth(ctx, session, q_img)
-    ov = overlay(q_img, res.mask, opacity, truth=truth)
+    ov = render_overlay(session, opacity, truth)
     lines = [f"**{len(supports)} support(s)**{' (model adapted to them)' if adapted else ''}, lesion predicted on "
              f"{res.mask.mean() * 100:.1f}% of the image (threshold {threshold:.2f})."]
     if agreement:
@@ -238,9 +354,74 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, editors, mask_fi
         if ctx.gallery[session.query_key].in_training_split:
             lines.append("Note: this image was in the model's training split, so this score is optimistic.")
     heat = heatmap_tiles(q_img, res.heatmaps)
-    prob_rgb = colorize(res.probability, 0, 1, "viridis")
-    files = export_files(ctx, q_img, res.mask, ov, heat)
-    return SegmentOutput(ov, prob_rgb, heat, "\n\n".join(lines), files, time.perf_counter() - t0, notes, supports)
+    session.tiles = heat
+    prob_rgb = colorize(display_size(res.probability)[0], 0, 1, "viridis")
+    return SegmentOutput(ov, prob_rgb, heat, "\n\n".join(lines), time.perf_counter() - t0, notes, supports)
+
+
+def render_overlay(session: Session, opacity: float, truth=None) -> np.ndarray:
+    """The prediction (and ground truth, clicks, box) on the query, at display size."""
+    img, scale = display_size(session.query_image)
+    mask = resize_mask(session.mask, img.shape[:2])
+    t = resize_mask(truth, img.shape[:2]) if truth is not None else None
+    ov = overlay(img, mask, opacity, truth=t)
+    for x, y, positive in session.clicks:
+        c = (int(x * scale), int(y * scale))
+        cv2.circle(ov, c, 6, (0, 200, 0) if positive else (255, 60, 60), -1, cv2.LINE_AA)
+        cv2.circle(ov, c, 6, (255, 255, 255), 1, cv2.LINE_AA)
+    if session.box is not None:
+        x0, y0, x1, y1 = (int(v * scale) for v in session.box)
+        cv2.rectangle(ov, (x0, y0), (x1, y1), (255, 210, 0), 2)
+    if session.box_corner is not None:
+        cv2.drawMarker(ov, tuple(int(v * scale) for v in session.box_corner), (255, 210, 0), cv2.MARKER_CROSS, 14, 2)
+    return ov
+
+
+# ---------------------------------------------------------------------------------- click refinement
+def refine(ctx: AppContext, session: Session, threshold: float, opacity: float, owner: str = "") -> tuple[np.ndarray, str]:
+    """Re-run the decoder with the session's clicks and box (cached features and prototypes)."""
+    if session.query_image is None or session.probability is None:
+        raise UserError("segment a query first, then click on the overlay")
+    t0 = time.perf_counter()
+    try:
+        model = ctx.fewshot(session.checkpoint, owner)
+        res = model.predict(session.query_image, session_supports(session), threshold=threshold, heatmaps=False,
+                            owner=owner, clicks=session.clicks, box=session.box)
+    except (CheckpointError, DataError) as exc:
+        raise UserError(_hide_dirs(ctx, exc)) from exc
+    session.probability, session.mask, session.corrected = res.probability, res.mask, False
+    ms = (time.perf_counter() - t0) * 1000
+    n_pos = sum(1 for c in session.clicks if c[2])
+    text = (f"{n_pos} positive and {len(session.clicks) - n_pos} negative click(s)"
+            + (", box" if session.box else "") + f": lesion on {res.mask.mean() * 100:.1f}% of the image "
+            f"(*{ms:.0f} ms*).")
+    return render_overlay(session, opacity, _truth(ctx, session, session.query_image)), text
+
+
+def add_click(session: Session, x_display: float, y_display: float, mode: str) -> None:
+    """A click on the displayed overlay (display pixels) in `mode`: '+', '-' or 'box'."""
+    if session.query_image is None:
+        raise UserError("segment a query first, then click on the overlay")
+    _, scale = display_size(session.query_image)
+    h, w = session.query_image.shape[:2]
+    x, y = min(w - 1.0, max(0.0, x_display / scale)), min(h - 1.0, max(0.0, y_display / scale))
+    if mode == "box":
+        if session.box_corner is None:
+            session.box_corner = (x, y)
+        else:
+            (x0, y0), session.box_corner = session.box_corner, None
+            if abs(x - x0) < 2 or abs(y - y0) < 2:
+                raise UserError("the box is too small: click two opposite corners")
+            session.box = (min(x0, x), min(y0, y), max(x0, x), max(y0, y))
+        return
+    if mode not in ("+", "-"):
+        raise UserError(f"unknown click mode {mode!r}")
+    if len(session.clicks) >= MAX_CLICKS:
+        raise UserError(f"at most {MAX_CLICKS} clicks: clear them or correct with the brush")
+    session.clicks = session.clicks + [(x, y, mode == "+")]
+
+
+MAX_CLICKS = 30
 
 
 def _truth(ctx: AppContext, session: Session, q_img: np.ndarray):
@@ -259,8 +440,15 @@ def rerender(session: Session, threshold: float, opacity: float, ctx: AppContext
         return None
     if not session.corrected:
         session.mask = session.probability > threshold
-    truth = _truth(ctx, session, session.query_image)
-    return overlay(session.query_image, session.mask, opacity, truth=truth)
+    return render_overlay(session, opacity, _truth(ctx, session, session.query_image))
+
+
+def downloads(ctx: AppContext, session: Session, opacity: float) -> list[str]:
+    """The last result as files (written now, on request): mask and overlay at the query's size, heatmaps."""
+    if session.query_image is None or session.mask is None:
+        raise UserError("segment a query first")
+    ov = overlay(session.query_image, session.mask, opacity, truth=_truth(ctx, session, session.query_image))
+    return export_files(ctx, session.query_image, session.mask, ov, session.tiles)
 
 
 def heatmap_tiles(query: np.ndarray, heatmaps: dict, tile: int = 256) -> list[tuple[np.ndarray, str]]:
@@ -288,7 +476,8 @@ def colorbar(width: int, height: int = 26) -> np.ndarray:
 
 
 def export_files(ctx: AppContext, image, mask, ov, heat) -> list[str]:
-    """Mask PNG (query's size), overlay PNG, heatmaps PNG, written into a fresh folder under outputs/."""
+    """Mask PNG (query's size), overlay PNG, heatmaps PNG, written into a fresh folder in outputs/cache/
+    (only when the user asks to download; they expire with the cache)."""
     d = ctx.new_export_dir()
     paths = [d / "mask.png", d / "overlay.png", d / "heatmaps.png"]
     Image.fromarray(mask.astype(np.uint8) * 255).save(paths[0])

@@ -97,6 +97,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                     mask_files.append(gr.File(label=f"...or upload a mask PNG for support {i}",
                                                               file_types=["image"], height=90, elem_id=f"mask{i}"))
                                     clears.append(gr.Button(f"Clear slot {i}", size="sm", scale=0, min_width=110))
+                    supports_md = gr.Markdown(handlers.supports_status(Session()), elem_id="supports-status")
+                    set_supports_btn = gr.Button("Read all slots again", size="sm", elem_id="set-supports")
                     support_thumbs = gr.Gallery(label="Supports used in the last segmentation", columns=5,
                                                 height=170, allow_preview=False, preview=False, object_fit="contain")
                 with gr.Column(scale=2):
@@ -118,6 +120,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold")
                     opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Overlay opacity")
                     seg_btn = gr.Button("Segment", variant="primary", elem_id="segment-button")
+                    per_support = gr.Checkbox(False, label="Heatmaps of each support too (slower)")
                     with gr.Row():
                         adapt_seconds = gr.Slider(5, 300, value=30, step=5, label="Adaptation time (s)")
                     with gr.Row():
@@ -129,17 +132,32 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                                 scale=2)
                         adapt_save = gr.Button("Save adapted model", size="sm", scale=1)
                 with gr.Column(scale=1):
-                    overlay_out = gr.Image(label="Prediction overlay (red; green: ground truth)", type="numpy",
-                                           format="png", interactive=False, height=320, elem_id="overlay")
+                    overlay_out = gr.Image(label="Prediction overlay (red; green: ground truth). Click it to refine",
+                                           type="numpy", format="jpeg", interactive=False, height=320,
+                                           elem_id="overlay")
+                    with gr.Row():
+                        click_mode = gr.Radio([("add lesion (+)", "+"), ("remove (-)", "-"), ("box: 2 corners", "box")],
+                                              value="+", label="A click on the overlay...", elem_id="click-mode",
+                                              scale=3)
+                        undo_click = gr.Button("Undo click", size="sm", scale=1)
+                        clear_clicks = gr.Button("Clear clicks", size="sm", scale=1)
+                    click_text = gr.Markdown(elem_id="click-status")
                     report = gr.Markdown()
+                    # the click endpoint for API clients (the page uses the overlay's select event)
+                    click_x = gr.Number(visible=False)
+                    click_y = gr.Number(visible=False)
+                    click_btn = gr.Button(visible=False)
             with gr.Row():
-                prob_out = gr.Image(label="Probability map (0 dark, 1 yellow)", type="numpy", format="png",
+                prob_out = gr.Image(label="Probability map (0 dark, 1 yellow)", type="numpy", format="jpeg",
                                     interactive=False, height=260)
                 heat_out = gr.Gallery(label="Similarity heatmaps (cosine, colour bar below each)", columns=4,
-                                      height=300)
-            files_out = gr.File(label="Downloads: mask PNG (query size), overlay, heatmaps", file_count="multiple",
-                                interactive=False)
+                                      height=300, format="jpeg")
+            with gr.Row():
+                download_btn = gr.Button("Prepare downloads", size="sm", scale=0, min_width=180)
+                files_out = gr.File(label="Downloads: mask PNG (query size), overlay, heatmaps", file_count="multiple",
+                                    interactive=False)
             gr.Markdown("### 3. Correct and reuse")
+            load_corrector = gr.Button("Correct this prediction with the brush", size="sm")
             corrector = _editor("Correct the prediction (paint / erase), then reuse it", 320)
             add_support = gr.Button("Add corrected query as a support")
 
@@ -185,7 +203,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
         gallery.select(on_pick, None, [picked, picked_text], api_name=False)
 
-        def put_in_slot(key, slot):
+        def put_in_slot(key, slot, sess: Session):
             if not key:
                 raise gr.Error("select an image in the gallery first")
             it = ctx.item(key)
@@ -193,17 +211,20 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             mask = it.mask if it.mask is not None and it.mask.any() else None
             out[int(slot) - 1] = handlers.editor_value(it.image, mask)
             out[N_SLOTS + int(slot) - 1] = None
+            sess = copy.copy(sess)
+            handlers.set_slot_pair(sess, int(slot), it.image, mask)
             if mask is None:
                 gr.Warning("this image has no lesion mask: paint the tumour before segmenting")
-            return out
+            return out + [sess, handlers.supports_status(sess)]
 
-        to_slot.click(put_in_slot, [picked, slot_choice], editors + mask_files, api_name="put_in_slot")
+        to_slot.click(put_in_slot, [picked, slot_choice, session], editors + mask_files + [session, supports_md],
+                      api_name="put_in_slot")
 
         def use_as_query(key, sess: Session):
             if not key:
                 raise gr.Error("select an image in the gallery first")
             sess = copy.copy(sess)
-            sess.query_key = key
+            sess.query_key, sess.query_file = key, None
             sess.query_image = ctx.item(key).image
             return sess.query_image, None, sess
 
@@ -218,56 +239,171 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 raise _error(exc)
             for note in notes:
                 gr.Warning(note)
-            sess.query_key = None
+            sess.query_key, sess.query_file = None, str(path) if path else None
             return sess.query_image, sess
 
         query.upload(on_query_upload, [query, session], [query_preview, session], api_name=False)
 
-        for i in range(N_SLOTS):
-            clears[i].click(lambda: ({"background": None, "layers": [], "composite": None}, None),
-                            None, [editors[i], mask_files[i]], api_name=False)
+        # supports are decoded when a slot changes, once; Segment never receives them again
+        def make_register(slot):
+            def register(sess: Session, value, mask_file):
+                sess = copy.copy(sess)
+                try:
+                    handlers.register_slot(sess, slot, value, mask_file)
+                except (UserError, ValueError) as exc:
+                    gr.Warning(str(exc))
+                return sess, handlers.supports_status(sess)
+            return register
 
-        # gr.Request must be a positional parameter (before *rest) for Gradio to pass it in
-        def do_segment(sess: Session, ckpt_name, request: gr.Request, *rest):
-            eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:2 * N_SLOTS]
-            q, thr, opa = rest[2 * N_SLOTS:]
+        def make_clear(slot):
+            def clear(sess: Session):
+                sess = copy.copy(sess)
+                handlers.clear_slot(sess, slot)
+                return {"background": None, "layers": [], "composite": None}, None, sess, handlers.supports_status(sess)
+            return clear
+
+        for i in range(N_SLOTS):
+            reg = make_register(i + 1)
+            for comp in (editors[i], mask_files[i]):
+                comp.change(reg, [session, editors[i], mask_files[i]], [session, supports_md], api_name=False,
+                            trigger_mode="always_last", show_progress="hidden")
+            clears[i].click(make_clear(i + 1), session, [editors[i], mask_files[i], session, supports_md],
+                            api_name=False)
+            editors[i].clear(lambda sess, _c=make_clear(i + 1): _c(sess)[2:], session, [session, supports_md],
+                             api_name=False)
+
+        def set_supports(sess: Session, *rest):
+            """All five slots at once (an API client's way to set its supports; the page's Read again)."""
+            eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:]
             sess = copy.copy(sess)
+            for i in range(N_SLOTS):
+                empty = not (isinstance(eds[i], dict) and eds[i].get("background") is not None) and not mfs[i]
+                if empty:
+                    handlers.clear_slot(sess, i + 1)
+                    continue
+                try:
+                    handlers.register_slot(sess, i + 1, eds[i], mfs[i])
+                except (UserError, ValueError) as exc:
+                    raise _error(exc)
+            return sess, handlers.supports_status(sess)
+
+        set_supports_btn.click(set_supports, [session] + editors + mask_files, [session, supports_md],
+                               api_name="set_supports")
+
+        # gr.Request must be a positional parameter for Gradio to pass it in
+        def do_segment(sess: Session, ckpt_name, q, thr, opa, per_sup, request: gr.Request):
+            key = (ckpt_name, str(q), thr, opa, bool(per_sup), tuple(id(p) for p in sess.supports),
+                   tuple(sess.slot_notes), sess.query_key)
+            if not handlers.SEGMENT_GUARD.first(_owner(request), key):
+                return (gr.skip(),) * 7          # the second click of a double click
+            sess = copy.copy(sess)
+            shown = [id(p) for p in sess.supports]
             try:
-                out = handlers.segment(ctx, sess, ckpt_name, eds, mfs, q, thr, opa, owner=_owner(request))
+                out = handlers.segment(ctx, sess, ckpt_name, q, thr, opa, owner=_owner(request),
+                                       per_support_maps=bool(per_sup))
             except (UserError, ValueError) as exc:
                 raise _error(exc)
             for note in out.notes:
                 gr.Warning(note)
-            sthumbs = [(overlay(img, m, 0.4), f"support {k + 1}") for k, (img, m) in enumerate(out.supports)]
+            if getattr(sess, "_thumbs_for", None) == shown:
+                sthumbs = gr.skip()    # the same supports as last time: nothing to send again
+            else:
+                sthumbs = [(handlers.display_size(overlay(img, m, 0.4))[0], f"support {k + 1}")
+                           for k, (img, m) in enumerate(out.supports)]
+                sess._thumbs_for = shown
             return (out.overlay, out.probability, out.heatmaps, out.report + f"\n\n*{out.seconds * 1000:.0f} ms*",
-                    out.files, handlers.editor_value(sess.query_image, sess.mask), sthumbs, sess)
+                    "", sthumbs, sess)
 
-        seg_btn.click(do_segment, [session, ckpt] + editors + mask_files + [query, threshold, opacity],
-                      [overlay_out, prob_out, heat_out, report, files_out, corrector, support_thumbs, session],
-                      api_name="segment", concurrency_limit=2)
+        seg_btn.click(do_segment, [session, ckpt, query, threshold, opacity, per_support],
+                      [overlay_out, prob_out, heat_out, report, click_text, support_thumbs, session],
+                      api_name="segment", concurrency_limit=2, trigger_mode="once")
 
-        def do_adapt(ckpt_name, seconds, request: gr.Request, *rest):
-            eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:]
+        def on_overlay_click(sess: Session, mode, thr, opa, evt: gr.SelectData, request: gr.Request):
+            return _click(sess, evt.index[0], evt.index[1], mode, thr, opa, request)
+
+        def on_api_click(sess: Session, x, y, mode, thr, opa, request: gr.Request):
+            return _click(sess, x, y, mode, thr, opa, request)
+
+        def _click(sess: Session, x, y, mode, thr, opa, request):
+            sess = copy.copy(sess)
             try:
-                supports = handlers.collect_supports(eds, mfs)
+                handlers.add_click(sess, float(x), float(y), mode)
+                if mode == "box" and sess.box_corner is not None:
+                    return (handlers.render_overlay(sess, opa, handlers._truth(ctx, sess, sess.query_image)),
+                            "Box: now click the opposite corner.", sess)
+                img, text = handlers.refine(ctx, sess, thr, opa, _owner(request))
+            except (UserError, ValueError) as exc:
+                raise _error(exc)
+            return img, text, sess
+
+        overlay_out.select(on_overlay_click, [session, click_mode, threshold, opacity],
+                           [overlay_out, click_text, session], api_name=False, concurrency_limit=2)
+        click_btn.click(on_api_click, [session, click_x, click_y, click_mode, threshold, opacity],
+                        [overlay_out, click_text, session], api_name="click", concurrency_limit=2)
+
+        def do_undo(sess: Session, thr, opa, request: gr.Request):
+            sess = copy.copy(sess)
+            if sess.box_corner is not None:
+                sess.box_corner = None
+            elif sess.clicks:
+                sess.clicks = sess.clicks[:-1]
+            elif sess.box is not None:
+                sess.box = None
+            try:
+                img, text = handlers.refine(ctx, sess, thr, opa, _owner(request))
+            except (UserError, ValueError) as exc:
+                raise _error(exc)
+            return img, text, sess
+
+        def do_clear_clicks(sess: Session, thr, opa, request: gr.Request):
+            sess = copy.copy(sess)
+            sess.clicks, sess.box, sess.box_corner = [], None, None
+            try:
+                img, text = handlers.refine(ctx, sess, thr, opa, _owner(request))
+            except (UserError, ValueError) as exc:
+                raise _error(exc)
+            return img, text, sess
+
+        undo_click.click(do_undo, [session, threshold, opacity], [overlay_out, click_text, session],
+                         api_name="undo_click")
+        clear_clicks.click(do_clear_clicks, [session, threshold, opacity], [overlay_out, click_text, session],
+                           api_name="clear_clicks")
+
+        def do_downloads(sess: Session, opa):
+            try:
+                return handlers.downloads(ctx, sess, opa)
+            except UserError as exc:
+                raise _error(exc)
+
+        download_btn.click(do_downloads, [session, opacity], files_out, api_name="downloads")
+
+        def do_load_corrector(sess: Session):
+            if sess.query_image is None or sess.mask is None:
+                raise gr.Error("segment a query first")
+            return handlers.editor_value(sess.query_image, sess.mask)
+
+        load_corrector.click(do_load_corrector, session, corrector, api_name=False)
+
+        def do_adapt(ckpt_name, seconds, sess: Session, request: gr.Request):
+            try:
+                supports = handlers.session_supports(sess)
                 for status in finetune.adapt(ctx, ckpt_name, supports, seconds, _owner(request)):
                     yield status
             except (UserError, ValueError) as exc:
                 raise _error(exc)
 
-        adapt_btn.click(do_adapt, [ckpt, adapt_seconds] + editors + mask_files, adapt_status, api_name="adapt",
+        adapt_btn.click(do_adapt, [ckpt, adapt_seconds, session], adapt_status, api_name="adapt",
                         concurrency_limit=1, concurrency_id="finetune")
-        def do_save_adapted(ckpt_name, name, request: gr.Request, *rest):
-            eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:]
+
+        def do_save_adapted(ckpt_name, name, sess: Session, request: gr.Request):
             try:
-                supports = handlers.collect_supports(eds, mfs)
+                supports = handlers.session_supports(sess)
                 msg, new_name = finetune.save_adapted(ctx, ckpt_name, supports, name, _owner(request))
             except (UserError, ValueError) as exc:
                 raise _error(exc)
             return msg, gr.update(choices=list(ctx.checkpoints("panet", _owner(request))), value=ckpt_name)
 
-        adapt_save.click(do_save_adapted, [ckpt, adapt_name] + editors + mask_files, [adapt_status, ckpt],
-                         api_name="save_adapted")
+        adapt_save.click(do_save_adapted, [ckpt, adapt_name, session], [adapt_status, ckpt], api_name="save_adapted")
 
         def do_cancel(request: gr.Request):
             return finetune.cancel(_owner(request))
@@ -281,26 +417,26 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         threshold.release(do_rerender, [session, threshold, opacity], overlay_out, api_name=False)
         opacity.release(do_rerender, [session, threshold, opacity], overlay_out, api_name=False)
 
-        def add_corrected(sess: Session, corr, *rest):
-            eds = rest[:N_SLOTS]
+        def add_corrected(sess: Session, corr):
             try:
                 mask = handlers.corrected_mask(sess, corr)
             except UserError as exc:
                 raise _error(exc)
             if not mask.any():
                 raise gr.Error("the corrected mask is empty: paint the lesion first")
-            free = [i for i, v in enumerate(eds) if not (isinstance(v, dict) and v.get("background") is not None)]
+            free = [i for i, (p, n) in enumerate(zip(sess.supports, sess.slot_notes)) if p is None and not n]
             if not free:
                 raise gr.Error("all 5 support slots are in use: clear one first")
             sess = copy.copy(sess)
             sess.mask, sess.corrected = mask, True
             sess.extra_pairs = handlers.keep_pair(sess.extra_pairs, sess.query_image, mask)
+            handlers.set_slot_pair(sess, free[0] + 1, sess.query_image, mask)
             out = [gr.skip()] * N_SLOTS
             out[free[0]] = handlers.editor_value(sess.query_image, mask)
             gr.Info(f"added as support {free[0] + 1}")
-            return out + [sess]
+            return out + [sess, handlers.supports_status(sess)]
 
-        add_support.click(add_corrected, [session, corrector] + editors, editors + [session],
+        add_support.click(add_corrected, [session, corrector], editors + [session, supports_md],
                           api_name="add_corrected_support")
 
         def do_classify(sess: Session, corr):
@@ -314,18 +450,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
         cls_btn.click(do_classify, [session, corrector], [label_out, cls_text, cls_input], api_name="classify")
 
-        def do_finetune(ckpt_name, source, epochs, episodes, lr, name, sess: Session, request: gr.Request, *rest):
-            eds, mfs = rest[:N_SLOTS], rest[N_SLOTS:]
-            pairs = []
-            if source != "data folder":
-                for i, (v, f) in enumerate(zip(eds, mfs), 1):
-                    try:
-                        p = handlers.editor_pair(v, f, i)
-                    except UserError:
-                        p = None
-                    if p is not None:
-                        pairs.append(p)
-                pairs += list(sess.extra_pairs)
+        def do_finetune(ckpt_name, source, epochs, episodes, lr, name, sess: Session, request: gr.Request):
+            pairs = [p for p in sess.supports if p is not None] + list(sess.extra_pairs) \
+                if source != "data folder" else []
             try:
                 for status, fig, new_name in finetune.run(ctx, ckpt_name, source, pairs, epochs, episodes, lr, name,
                                                           owner=_owner(request)):
@@ -337,9 +464,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             except (UserError, ValueError) as exc:
                 raise _error(exc)
 
-        ft_start.click(do_finetune, [ckpt, ft_source, ft_epochs, ft_episodes, ft_lr, ft_name, session]
-                       + editors + mask_files, [ft_status, ft_plot, ckpt], api_name="finetune",
-                       concurrency_limit=1, concurrency_id="finetune")
+        ft_start.click(do_finetune, [ckpt, ft_source, ft_epochs, ft_episodes, ft_lr, ft_name, session],
+                       [ft_status, ft_plot, ckpt], api_name="finetune", concurrency_limit=1, concurrency_id="finetune")
         ft_cancel.click(do_cancel, None, ft_status, api_name="cancel_finetune")
         def on_unload(request: gr.Request):
             # a closed tab's adapted model copies are dropped (memory stays bounded)

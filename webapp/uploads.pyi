@@ -29,9 +29,9 @@ from gradio.events import Dependency
 class SafeImageEditor(gr.ImageEditor):
     """gr.ImageEditor that refuses, before decoding, images over the pixel limit, non-images and extra layers."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.blob_storage = OrderedDict()
+    is_template = True   # the page draws it with gr.ImageEditor's own frontend (as Gradio's own templates do)
+
+    # no __init__ of its own: Gradio reads a component's page properties from its __init__ signature
 
     def _what(self) -> str:
         return self.label.split(":")[0] if self.label else "image editor"
@@ -66,6 +66,8 @@ class SafeImageEditor(gr.ImageEditor):
         if not data.files or len(data.files[0][1]) > MAX_BLOB_BYTES:
             raise UploadRefused(f"editor upload refused: empty or larger than {MAX_BLOB_BYTES // 2**20} MB")
         result = super().accept_blobs(data)
+        if not isinstance(self.blob_storage, OrderedDict):
+            self.blob_storage = OrderedDict(self.blob_storage)
         self.blob_storage.move_to_end(data.data["id"])
         while len(self.blob_storage) > MAX_PENDING_BLOBS:
             self.blob_storage.popitem(last=False)
