@@ -199,3 +199,36 @@ def test_a_second_job_waits_in_the_queue_with_its_position(app):
     assert "Cancelling" in first.predict(api_name="/cancel_finetune")
     assert "Adapted" in waiting.result(timeout=120), "it runs once the first job is gone"
     assert "Cancelled" in long_run.result(timeout=60)[0]
+
+
+def test_numeric_fields_are_bounded_also_through_the_api(app):
+    client, files, _ = app
+    c = Client(client.src, verbose=False)
+    # Gradio's slider checks its range; the handlers check again (defence in depth)
+    with pytest.raises(Exception, match="greater than maximum value 20|epochs must be between"):
+        _finetune(c, [support_editor(files, s) for s in (1, 2, 3)], "x", epochs=10**9)
+    q = handle_file(_png(files / "qn.png", make_phantom(3).image))
+    set_supports(c, [support_editor(files, 1)])
+    with pytest.raises(Exception, match="greater than maximum value|threshold must be between"):
+        c.predict("tiny_panet", q, 7.0, 0.4, False, api_name="/segment")
+
+
+def test_handlers_check_ranges_themselves():
+    from webapp.handlers import UserError, bounded
+
+    assert bounded("3", 1, 50, "epochs", integer=True) == 3
+    for bad in (float("nan"), float("inf"), 0, 51, "x"):
+        with pytest.raises(UserError):
+            bounded(bad, 1, 50, "epochs")
+
+
+def test_session_supports_are_kept_downscaled():
+    from webapp.handlers import KEPT_PAIR_SIDE, Session, set_slot_pair
+
+    s = Session()
+    big = np.zeros((3000, 2000, 3), np.uint8)
+    mask = np.zeros((3000, 2000), bool)
+    mask[1000:1500, 500:900] = True
+    set_slot_pair(s, 2, big, mask)
+    img, m = s.supports[1]
+    assert max(img.shape[:2]) == KEPT_PAIR_SIDE and m.shape == img.shape[:2] and m.any()

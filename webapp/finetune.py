@@ -37,6 +37,8 @@ _JOB_LOCK = threading.Lock()          # the machine runs one training job at a t
 _JOBS: dict[str, Job] = {}            # owner (browser session) -> its running job
 _JOBS_LOCK = threading.Lock()
 MAX_LR = 1e-2
+MAX_EPOCHS = 50       # the page's sliders stop at 20 and 500; an API call may ask for more, within these
+MAX_EPISODES = 1000
 
 
 def _register(owner: str, name: str) -> Job:
@@ -133,7 +135,11 @@ def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episo
     """Generator of (status markdown, curve figure or None, finished checkpoint name or None)."""
     from core.training.fewshot import FewShotTrainConfig, train_fewshot
 
+    from .handlers import bounded
+
     lr = check_lr(lr)
+    epochs = bounded(epochs, 1, MAX_EPOCHS, "epochs", integer=True)
+    episodes = bounded(episodes, 1, MAX_EPISODES, "episodes per epoch", integer=True)
     if not _JOB_LOCK.acquire(blocking=False):
         raise UserError("another fine-tuning or adaptation job is running: wait for it to finish (one job at a time)")
     workdir = None

@@ -49,16 +49,31 @@ class Session:
     checkpoint: str | None = None         # the checkpoint of the last Segment (clicks refine with it)
 
 
+def bounded(value, lo: float, hi: float, what: str, integer: bool = False) -> float:
+    """A number from the page or an API call, checked against its field's range (sliders do not check
+    what an API client sends). Refuses NaN and infinities."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number") from None
+    if not (lo <= v <= hi):   # also false for NaN
+        raise UserError(f"{what} must be between {lo:g} and {hi:g} (got {value})")
+    return int(round(v)) if integer else v
+
+
+def _downscaled(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    h, w = image.shape[:2]
+    if max(h, w) <= KEPT_PAIR_SIDE:
+        return image, mask
+    scale = KEPT_PAIR_SIDE / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), resize_mask(mask, (size[1], size[0]))
+
+
 def keep_pair(pairs: list, image: np.ndarray, mask: np.ndarray) -> list:
     """`pairs` plus (image, mask), downscaled to KEPT_PAIR_SIDE, at most MAX_EXTRA_PAIRS (oldest out):
     a session's memory stays bounded however often it adds a corrected query."""
-    h, w = image.shape[:2]
-    if max(h, w) > KEPT_PAIR_SIDE:
-        scale = KEPT_PAIR_SIDE / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        mask = resize_mask(mask, (size[1], size[0]))
-    return (list(pairs) + [(image, mask)])[-MAX_EXTRA_PAIRS:]
+    return (list(pairs) + [_downscaled(image, mask)])[-MAX_EXTRA_PAIRS:]
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -221,7 +236,7 @@ def register_slot(session: Session, slot: int, value, mask_file) -> None:
             notes[i] = str(exc)
             session.supports, session.slot_notes = supports[:i] + [None] + supports[i + 1:], notes
             raise
-    supports[i] = pair
+    supports[i] = _downscaled(*pair) if pair is not None else None   # kept small: the model works at 256 px
     session.supports, session.slot_notes = supports, notes
     session.clicks, session.box, session.box_corner = [], None, None
 
@@ -235,6 +250,8 @@ def set_slot_pair(session: Session, slot: int, image: np.ndarray, mask: np.ndarr
     """A slot filled by the app (gallery pick, corrected query): already decoded."""
     i = slot - 1
     ok = mask is not None and mask.any()
+    if ok:
+        image, mask = _downscaled(image, mask)
     session.supports = [(image, mask) if (k == i and ok) else (None if k == i else p)
                         for k, p in enumerate(session.supports)]
     session.slot_notes = [("" if ok else "no mask yet: paint the lesion or upload a mask PNG") if k == i else n
@@ -312,6 +329,8 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     """Segment the session's query from the session's registered supports (nothing re-decoded)."""
     t0 = time.perf_counter()
     SEGMENT_CALLS[0] += 1
+    threshold = bounded(threshold, 0.01, 0.99, "the threshold")
+    opacity = bounded(opacity, 0.0, 1.0, "the overlay opacity")
     supports = session_supports(session)
     notes: list[str] = []
     if query is not None and str(query) != session.query_file:   # a new upload (the page, or an API call)
@@ -382,6 +401,8 @@ def refine(ctx: AppContext, session: Session, threshold: float, opacity: float, 
     """Re-run the decoder with the session's clicks and box (cached features and prototypes)."""
     if session.query_image is None or session.probability is None:
         raise UserError("segment a query first, then click on the overlay")
+    threshold = bounded(threshold, 0.01, 0.99, "the threshold")
+    opacity = bounded(opacity, 0.0, 1.0, "the overlay opacity")
     t0 = time.perf_counter()
     try:
         model = ctx.fewshot(session.checkpoint, owner)

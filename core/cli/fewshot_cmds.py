@@ -193,6 +193,7 @@ def register_clicks(sub) -> None:
     p.add_argument("--fixed-radius", action="store_true",
                    help="every bump has radius --sigma (default: the click's distance to the mask's edge)")
     p.add_argument("--out", default=None, help="JSON (docs/results_clicks.json also renders docs/results.md)")
+    p.add_argument("--append", action="store_true", help="add these rows to --out instead of replacing it")
     p.set_defaults(func=evaluate_clicks_cmd)
 
 
@@ -228,7 +229,14 @@ def evaluate_clicks_cmd(args) -> int:
                   + f", NoC@85 {row['noc85']:.2f}, {row['click_ms_median']} ms per click")
     if args.out:
         from ..evaluation.multidomain import save_json
+        if args.append and Path(args.out).exists():
+            old = json.loads(Path(args.out).read_text())
+            result["rows"] = old["rows"] + result["rows"]
+            result["command"] = "; then ".join(c for c in (old.get("command"), result["command"]) if c)
         save_json(result, args.out)
+        if Path(args.out).resolve().parent == Path(__file__).resolve().parents[2] / "docs":
+            from ..evaluation.report import render
+            print(f"written: {render()}")
     return 0
 
 

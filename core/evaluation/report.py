@@ -147,10 +147,21 @@ def render() -> Path:
     if ad:
         L += _adaptation_section(ad)
     if web:
-        L += ["", "## Web app: click Segment to overlay (through the app's own API)", "",
-              f"Reproduce: `python scripts/benchmark_webapp.py`. {web['shots']} supports, {web['repeats']} clicks, "
-              f"query {web['query_size']}: median **{web['median_ms']} ms**, 90th percentile {web['p90_ms']} ms "
-              f"(first click, which loads the model: {web['first_ms']} ms)."]
+        L += ["", "## Web app: click Segment to overlay", "",
+              f"Reproduce: `python scripts/benchmark_webapp.py --browser`. {web['shots']} supports set once "
+              f"({web['source']}), query {web['query_size']}, {web.get('threads', '?')} torch threads, the app on "
+              "this machine's 2 CPU cores. Target: p50 <= 300 ms, p95 <= 500 ms.", "",
+              f"- Through the app's API (gradio_client; request to response with the overlay), {web['repeats']} "
+              f"Segment calls: median **{web['median_ms']} ms**, 95th percentile **{web.get('p95_ms', 'n/a')} ms** "
+              f"(first call, which loads the model: {web['first_ms']} ms)."]
+        if "browser_median_ms" in web:
+            L.append(f"- In Chromium (Playwright; click on Segment to the overlay image replaced in the page), "
+                     f"{web['browser_repeats']} clicks: median **{web['browser_median_ms']} ms**, 95th percentile "
+                     f"**{web['browser_p95_ms']} ms**.")
+        if "click_server_median_ms" in web:
+            L.append(f"- A click on the overlay (refinement, /click): server time median {web['click_server_median_ms']} "
+                     f"ms (max {web['click_server_max_ms']} ms; target <= 150 ms), round trip median "
+                     f"{web['click_round_trip_median_ms']} ms.")
     if sup:
         L += ["", "## Supervised pipeline", "",
               "Reproduce: `python -m core evaluate-supervised --data $BUSI_DIR --seg-model "
@@ -172,6 +183,7 @@ def render() -> Path:
                   "[predicted masks](results_supervised_confusion_predicted.png); reliability diagrams: "
                   "[ground-truth masks](results_supervised_reliability_gt.png), "
                   "[predicted masks](results_supervised_reliability_predicted.png).", ""]
+    L += _clicks_section(_load("results_clicks.json"), _load("selection_clicks_val.json"))
     L += _classifier_sections()
     L += _hardening_section(_load("results_hardening.json"))
     out = DOCS / "results.md"
@@ -233,6 +245,34 @@ def _classifier_sections() -> list[str]:
               "[results_busbra_reliability.png](results_busbra_reliability.png); per-image results: "
               "[results_busbra.csv](results_busbra.csv).", ""]
     return L
+
+
+def _clicks_section(c, val) -> list[str]:
+    if not c:
+        return []
+    L = ["", "## Click refinement (interactive protocol)", "",
+         f"Reproduce: `{c['command']}`." if c.get("command") else "",
+         "", "Each next click at the centre of the largest error region (positive on a missed region, negative on a "
+         "false one); all clicks refine the supports' prediction (decoder only, cached features). Supports from "
+         "other patients' groups of the same test part; clicks alone = no supports (Dice 0 before the first click). "
+         f"{c['episodes']} queries per row, Dice at the model's working size. NoC@85 = mean clicks to reach Dice "
+         "0.85 (10 when never). Target: BUSI test, 5 supports + 3 clicks >= 0.88.", "",
+         "| set | checkpoint | supports | Dice 0 clicks | 1 click | 3 clicks | 5 clicks | NoC@85 | reached 0.85 |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for r in c["rows"]:
+        d = r["dice_after_clicks"]
+        L.append(f"| {r['set']} | `{Path(r['checkpoint']).name}` | {r['shots'] or 'none (clicks alone)'} | "
+                 f"{_f(d['0'])} | {_f(d['1'])} | **{_f(d['3'])}** | {_f(d['5'])} | {_f(r['noc85'], 2)} | "
+                 f"{_f(r['reached_share'], 2)} |")
+    if val:
+        L += ["", f"Click settings chosen on BUSI's **validation** split (5-shot, {val['episodes']} queries): `{val['command']}`", "",
+              "| bump radius | strength | click prototypes | Dice 1 click | 3 clicks | 5 clicks | NoC@85 |", "|---|---|---|---|---|---|---|"]
+        for r in val["rows"]:
+            d = r["dice_after_clicks"]
+            rad = "distance to the mask's edge, at most " if r.get("adaptive_radius") else "fixed "
+            L.append(f"| {rad}{r['sigma']} x image side | {r['strength']} | {'yes' if r['click_prototypes'] else 'no'} | "
+                     f"{_f(d['1'])} | {_f(d['3'])} | {_f(d['5'])} | {_f(r['noc85'], 2)} |")
+    return L + [""]
 
 
 def _hardening_section(h) -> list[str]:
