@@ -14,6 +14,7 @@ from .context import AppContext
 from .handlers import N_SLOTS, Session, UserError
 from .uploads import SafeImageEditor
 
+EMPTY_EDITOR = {"background": None, "layers": [], "composite": None}
 SESSION_TTL = 3600  # seconds a session's state outlives its last use (API clients never "close a tab")
 
 HEADER = """# PANet++ Studio
@@ -301,7 +302,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             key = (ckpt_name, str(q), thr, opa, bool(per_sup), tuple(id(p) for p in sess.supports),
                    tuple(sess.slot_notes), sess.query_key)
             if not handlers.SEGMENT_GUARD.first(_owner(request), key):
-                return (gr.skip(),) * 7          # the second click of a double click
+                return (gr.skip(),) * 8          # the second click of a double click
             sess = copy.copy(sess)
             shown = [id(p) for p in sess.supports]
             try:
@@ -318,10 +319,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                            for k, (img, m) in enumerate(out.supports)]
                 sess._thumbs_for = shown
             return (out.overlay, out.probability, out.heatmaps, out.report + f"\n\n*{out.seconds * 1000:.0f} ms*",
-                    "", sthumbs, sess)
+                    "", sthumbs, EMPTY_EDITOR, sess)
 
+        # a new prediction empties the correction editor (a correction of the previous one must not be reused)
         seg_btn.click(do_segment, [session, ckpt, query, threshold, opacity, per_support],
-                      [overlay_out, prob_out, heat_out, report, click_text, support_thumbs, session],
+                      [overlay_out, prob_out, heat_out, report, click_text, support_thumbs, corrector, session],
                       api_name="segment", concurrency_limit=2, trigger_mode="once")
 
         def on_overlay_click(sess: Session, mode, thr, opa, evt: gr.SelectData, request: gr.Request):
@@ -336,16 +338,16 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 handlers.add_click(sess, float(x), float(y), mode)
                 if mode == "box" and sess.box_corner is not None:
                     return (handlers.render_overlay(sess, opa, handlers._truth(ctx, sess, sess.query_image)),
-                            "Box: now click the opposite corner.", sess)
+                            "Box: now click the opposite corner.", gr.skip(), sess)
                 img, text = handlers.refine(ctx, sess, thr, opa, _owner(request))
             except (UserError, ValueError) as exc:
                 raise _error(exc)
-            return img, text, sess
+            return img, text, EMPTY_EDITOR, sess
 
         overlay_out.select(on_overlay_click, [session, click_mode, threshold, opacity],
-                           [overlay_out, click_text, session], api_name=False, concurrency_limit=2)
+                           [overlay_out, click_text, corrector, session], api_name=False, concurrency_limit=2)
         click_btn.click(on_api_click, [session, click_x, click_y, click_mode, threshold, opacity],
-                        [overlay_out, click_text, session], api_name="click", concurrency_limit=2)
+                        [overlay_out, click_text, corrector, session], api_name="click", concurrency_limit=2)
 
         def do_undo(sess: Session, thr, opa, request: gr.Request):
             sess = copy.copy(sess)
@@ -359,7 +361,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 img, text = handlers.refine(ctx, sess, thr, opa, _owner(request))
             except (UserError, ValueError) as exc:
                 raise _error(exc)
-            return img, text, sess
+            return img, text, EMPTY_EDITOR, sess
 
         def do_clear_clicks(sess: Session, thr, opa, request: gr.Request):
             sess = copy.copy(sess)
@@ -368,12 +370,12 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 img, text = handlers.refine(ctx, sess, thr, opa, _owner(request))
             except (UserError, ValueError) as exc:
                 raise _error(exc)
-            return img, text, sess
+            return img, text, EMPTY_EDITOR, sess
 
-        undo_click.click(do_undo, [session, threshold, opacity], [overlay_out, click_text, session],
+        undo_click.click(do_undo, [session, threshold, opacity], [overlay_out, click_text, corrector, session],
                          api_name="undo_click")
-        clear_clicks.click(do_clear_clicks, [session, threshold, opacity], [overlay_out, click_text, session],
-                           api_name="clear_clicks")
+        clear_clicks.click(do_clear_clicks, [session, threshold, opacity],
+                           [overlay_out, click_text, corrector, session], api_name="clear_clicks")
 
         def do_downloads(sess: Session, opa):
             try:
