@@ -65,6 +65,14 @@ def _error(exc: Exception) -> gr.Error:
     return gr.Error(str(exc), duration=12)
 
 
+def _clear_corrector(sess: Session):
+    """Empty the correction editor if it holds a correction (an editor update is costly in the page)."""
+    if getattr(sess, "corrector_loaded", False):
+        sess.corrector_loaded = False
+        return EMPTY_EDITOR
+    return gr.skip()
+
+
 def build_app(ctx: AppContext) -> gr.Blocks:
     from . import gradio_fixes
 
@@ -319,7 +327,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                            for k, (img, m) in enumerate(out.supports)]
                 sess._thumbs_for = shown
             return (out.overlay, out.probability, out.heatmaps, out.report + f"\n\n*{out.seconds * 1000:.0f} ms*",
-                    "", sthumbs, EMPTY_EDITOR, sess)
+                    "", sthumbs, _clear_corrector(sess), sess)
 
         # a new prediction empties the correction editor (a correction of the previous one must not be reused)
         seg_btn.click(do_segment, [session, ckpt, query, threshold, opacity, per_support],
@@ -342,7 +350,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 img, text = handlers.refine(ctx, sess, thr, opa, _owner(request))
             except (UserError, ValueError) as exc:
                 raise _error(exc)
-            return img, text, EMPTY_EDITOR, sess
+            return img, text, _clear_corrector(sess), sess
 
         overlay_out.select(on_overlay_click, [session, click_mode, threshold, opacity],
                            [overlay_out, click_text, corrector, session], api_name=False, concurrency_limit=2)
@@ -361,7 +369,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 img, text = handlers.refine(ctx, sess, thr, opa, _owner(request))
             except (UserError, ValueError) as exc:
                 raise _error(exc)
-            return img, text, EMPTY_EDITOR, sess
+            return img, text, _clear_corrector(sess), sess
 
         def do_clear_clicks(sess: Session, thr, opa, request: gr.Request):
             sess = copy.copy(sess)
@@ -370,7 +378,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 img, text = handlers.refine(ctx, sess, thr, opa, _owner(request))
             except (UserError, ValueError) as exc:
                 raise _error(exc)
-            return img, text, EMPTY_EDITOR, sess
+            return img, text, _clear_corrector(sess), sess
 
         undo_click.click(do_undo, [session, threshold, opacity], [overlay_out, click_text, corrector, session],
                          api_name="undo_click")
@@ -388,9 +396,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         def do_load_corrector(sess: Session):
             if sess.query_image is None or sess.mask is None:
                 raise gr.Error("segment a query first")
-            return handlers.editor_value(sess.query_image, sess.mask)
+            sess = copy.copy(sess)
+            sess.corrector_loaded = True
+            return handlers.editor_value(sess.query_image, sess.mask), sess
 
-        load_corrector.click(do_load_corrector, session, corrector, api_name=False)
+        load_corrector.click(do_load_corrector, session, [corrector, session], api_name=False)
 
         def do_adapt(ckpt_name, seconds, sess: Session, request: gr.Request):
             try:
