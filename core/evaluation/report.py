@@ -287,8 +287,11 @@ def _hardening_section(h) -> list[str]:
             "| probe | time to answer | server memory | outcome |", "|---|---|---|---|",
             *[row(k) for k in ("bomb_as_background", "bomb_as_three_layers", "bomb_as_one_layer", "eight_layers")],
             "", f"20 x *Add corrected query as a support* with a 4000 x 4000 query: {h['add_corrected_x20']['accepted']} "
-            f"accepted, server memory {h['add_corrected_x20']['rss_delta_mb']:+d} MB (a session keeps at most 10, "
-            "downscaled to 1024 px). "
+            f"accepted (then all slots are full), server memory {h['add_corrected_x20']['rss_delta_mb']:+d} MB; "
+            f"20 more: {h.get('add_corrected_next_x20_rss_delta_mb', 0):+d} MB, of which "
+            f"{h.get('add_corrected_after_trim_rss_delta_mb', 0):+d} MB remain once the allocator returns freed memory "
+            "(`malloc_trim`) (a session keeps at most 10 corrected "
+            "pairs and its supports downscaled to 1024 px). "
             f"{c['clients']} clients x {c['calls_each']} identical Segment calls: {c['ok']} answered, **{c['failed']} "
             f"failed** ({c['seconds']} s). A saved checkpoint fetched by URL: HTTP "
             f"{h['saved_checkpoint_by_url_http_status']}. Files written under the system temp folder's `gradio/`: "
