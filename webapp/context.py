@@ -284,8 +284,10 @@ class AppContext:
                 cls = self.checkpoints("classifier")
                 if not cls:
                     raise checkpoint.CheckpointError("no lesion classifier checkpoint is installed")
-                self._models["pipeline"] = SupervisedPipeline(next(iter(seg.values()), None),
-                                                              next(iter(cls.values())), self.device())
+                # the defaults named in checkpoints/DEFAULTS.json (else the first listed)
+                seg_path = seg.get(self.default_checkpoint("segmenter")) if seg else None
+                self._models["pipeline"] = SupervisedPipeline(seg_path, cls[self.default_checkpoint("classifier")],
+                                                              self.device())
             return self._models["pipeline"]
 
     def new_export_dir(self) -> Path:
