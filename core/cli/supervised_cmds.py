@@ -54,6 +54,8 @@ def register(sub) -> None:
     p.add_argument("--val-mask-source", choices=["same", "gt", "predicted"], default="same",
                    help="masks for validation (early stopping, temperature): 'predicted' scores the classifier "
                         "as the pipeline uses it (needs --seg-model; the segmenter never trained on val)")
+    p.add_argument("--select-by", choices=["nll", "auc"], default="nll",
+                   help="early stopping / best epoch on the validation NLL or macro AUC")
     p.add_argument("--mask-noise", action="store_true",
                    help="train on masks with a segmenter's kinds of error (misses, false lesions, boundary errors)")
     p.set_defaults(func=train_cls_cmd)
@@ -240,7 +242,8 @@ def train_cls_cmd(args) -> int:
     from ..data.mask_noise import MaskNoise
     noise = MaskNoise() if args.mask_noise else None
     print(json.dumps(train_classifier(mcfg, cfg, train, val, train_masks, val_masks, info, mask_noise=noise,
-                                      alt_masks=alt, alt_share=args.oof_share if alt is not None else 0.0),
+                                      alt_masks=alt, alt_share=args.oof_share if alt is not None else 0.0,
+                                      select_by=args.select_by),
                      indent=2))
     return 0
 

@@ -190,7 +190,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def train_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConfig, train: ImageSet, val: ImageSet,
                      train_masks: np.ndarray, val_masks: np.ndarray, data_info: dict,
                      progress: bool = True, mask_noise: MaskNoise | None = None,
-                     alt_masks: np.ndarray | None = None, alt_share: float = 0.0) -> dict:
+                     alt_masks: np.ndarray | None = None, alt_share: float = 0.0, select_by: str = "nll") -> dict:
     """`mask_noise`: train on masks with a segmenter's kinds of error (`core.data.mask_noise`), so that
     the classifier does not learn "empty mask = normal" from ground-truth masks. `alt_masks` (e.g.
     out-of-fold predicted masks) replace a training image's mask with probability `alt_share`."""
@@ -222,6 +222,10 @@ def train_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConfig, tr
 
     def validate():
         logits = classifier_logits(model, val, val_masks, device)
+        if select_by == "auc":   # macro one-vs-rest AUC: ranking quality, which temperature scaling cannot fix
+            from ..evaluation.supervised import classification_metrics
+            auc = classification_metrics(torch.softmax(logits, 1).numpy(), y_val, CLASSES)["macro_auc"]
+            return auc if auc == auc else 0.0   # NaN (a class missing from val): no information
         # score for early stopping: minus the validation NLL (higher is better)
         return -float(F.cross_entropy(logits, torch.as_tensor(y_val)))
 
@@ -229,11 +233,15 @@ def train_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConfig, tr
         logits = classifier_logits(model, val, val_masks, device)
         model.config.temperature = fit_temperature(logits, torch.as_tensor(y_val))
         acc = float((logits.argmax(1).numpy() == y_val).mean())
+        nll = float(F.cross_entropy(logits / model.config.temperature, torch.as_tensor(y_val)))
         checkpoint.save(cfg.save_path, model.state_dict(), {
             "kind": "classifier", "model": model.config_dict(), "train": asdict(cfg), "data": data_info,
-            "val_nll": -score, "val_accuracy": acc, "epoch": epoch, "train_seconds": seconds,
+            "val_nll": -score if select_by == "nll" else nll, "val_accuracy": acc, "epoch": epoch,
+            "train_seconds": seconds, "selected_by": select_by,
+            **({"val_macro_auc": score} if select_by == "auc" else {}),
             "mask_noise": asdict(mask_noise) if mask_noise is not None else None,
             "alt_mask_share": alt_share if alt_masks is not None else 0.0})
 
     return fit(model, cfg, len(train), step, validate, save_best, f"classifier / {model_cfg.backbone}", progress,
-               metric_name="accuracy (train) / -NLL (val)", val_name="validation -NLL")
+               metric_name="accuracy (train) / " + ("macro AUC" if select_by == "auc" else "-NLL") + " (val)",
+               val_name="validation macro AUC" if select_by == "auc" else "validation -NLL")
