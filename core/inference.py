@@ -102,6 +102,8 @@ class FewShotResult:
     threshold: float = 0.5
     adapted: bool = False              # segmented by the owner's adapted copy of the model
     agreement: list = field(default_factory=list)  # leave-one-out Dice among the supports (on request)
+    lesion_score: float | None = None  # image-level lesion-presence score (when a calibration is in use)
+    lesion_present: bool = True        # False: the presence decision emptied the mask ("no lesion")
 
 
 class FewShotSegmenter:
@@ -267,7 +269,8 @@ class FewShotSegmenter:
     @torch.no_grad()
     def predict(self, query, supports=None, threshold: float = 0.5, heatmaps: bool = True,
                 owner: str = "", agreement: bool = False, clicks=None, box=None,
-                click_config: ClickConfig = ClickConfig(), per_support_maps: bool = True) -> FewShotResult:
+                click_config: ClickConfig = ClickConfig(), per_support_maps: bool = True,
+                presence: dict | None = None) -> FewShotResult:
         """Segment `query`. With `supports`, their prototypes are used (computed once per support set,
         shared across callers); without, the last support set given to this object. agreement=True
         also reports the supports' leave-one-out Dice (k >= 2; cached per support set).
@@ -275,7 +278,11 @@ class FewShotSegmenter:
         clicks=[(x, y, positive), ...] (query pixels; positive True or "+") refine the prediction and
         box=(x0, y0, x1, y1) restricts the lesion to it (`core.models.clicks`); the query's encoder
         features are cached, so a refinement runs only the decoder. supports=[] (none at all): positive
-        clicks alone define the target."""
+        clicks alone define the target.
+
+        presence={"score": ..., "threshold": ...}: the lesion-presence decision (`core.evaluation.presence`;
+        calibrated on one target's validation images, so off by default); below the threshold the mask is
+        emptied and `lesion_present` is False. Ignored when clicks are given (a click says where the lesion is)."""
         agree: list[float] = []
         clicks = parse_clicks(clicks)
         if supports is not None and len(supports) == 0:   # clicks only
@@ -314,7 +321,16 @@ class FewShotSegmenter:
         if box is not None:
             prob[~box_mask(box, (h, w))] = 0.0
         maps = self._heatmaps(feats, sims, protos if per_support_maps else None, (h, w), model.tau) if heatmaps else {}
-        return FewShotResult(prob, prob > threshold, maps, threshold, model is not self.model, agree)
+        calib = None if clicks else presence
+        mask = prob > threshold
+        score, present = None, True
+        if calib:
+            from .evaluation.presence import presence_scores
+            score = presence_scores(prob)[calib["score"]]
+            present = score >= calib["threshold"]
+            if not present:
+                mask = np.zeros_like(mask)
+        return FewShotResult(prob, mask, maps, threshold, model is not self.model, agree, score, present)
 
     def _heatmaps(self, feats, sims, protos: Prototypes | None, size, tau) -> dict:
         """Cosine maps (tau removed, so values are in [-1, 1]) at the finest prototype level; per-support

@@ -49,6 +49,7 @@ def register(sub) -> None:
     register_more(sub)
     register_benchmark(sub)
     register_clicks(sub)
+    register_presence(sub)
     register_multidomain(sub)
     register_ship(sub)
     register_interpolate(sub)
@@ -584,4 +585,47 @@ def adaptation_curve_cmd(args) -> int:
     for n, r in res["sets"].items():
         print(n, "PANet++", {m: round(v, 3) for m, v in r["panet"].items()}, "U-Net", {m: round(v, 3) for m, v in r["unet"].items()})
     _written(args.out)
+    return 0
+
+
+def register_presence(sub) -> None:
+    p = sub.add_parser("evaluate-presence", help="'no lesion' decision: choose a presence score and threshold on "
+                                                 "BUSI val, report the false-positive rate on normal test images")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--data", default=None)
+    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--max-dice-drop", type=float, default=0.01)
+    p.add_argument("--out", default=None, help="JSON (+ a trade-off PNG beside it)")
+    p.set_defaults(func=evaluate_presence_cmd)
+
+
+def evaluate_presence_cmd(args) -> int:
+    import numpy as np
+
+    from ..data.sets import split_sets
+    from ..evaluation.presence import SCORES, choose, collect, plot_tradeoff, tradeoff
+    from ..inference import FewShotSegmenter
+
+    ck = args.checkpoint or str(default_checkpoint())
+    seg = FewShotSegmenter(ck)
+    sets = split_sets(_data_dir(args.data), ("val", "test"), seg.size)
+    rows = {part: collect(seg, sets[part], args.shots, 1000, seed=args.shots) for part in ("val", "test")}
+    chosen = choose(rows["val"], args.max_dice_drop)
+    test_point = tradeoff(rows["test"], chosen["score"], [chosen["threshold"]])[0]
+    grid = lambda r, sc: tradeoff(r, sc, np.quantile([x[sc] for x in r], np.linspace(0, 1, 41)))
+    result = {"command": "python -m core " + " ".join(sys.argv[1:]), "checkpoint": ck, "shots": args.shots,
+              "max_dice_drop": args.max_dice_drop, "chosen_on_val": chosen, "test": test_point,
+              "test_without_decision": tradeoff(rows["test"], chosen["score"], [0.0])[0],
+              "n_test_lesion": sum(r["lesion"] for r in rows["test"]),
+              "n_test_normal": sum(not r["lesion"] for r in rows["test"]),
+              "curves_test": {sc: grid(rows["test"], sc) for sc in SCORES}}
+    print(json.dumps({k: v for k, v in result.items() if k != "curves_test"}, indent=2))
+    if args.out:
+        from ..evaluation.multidomain import save_json
+        save_json(result, args.out)
+        plot_tradeoff({f"{sc} (test)": result["curves_test"][sc] for sc in SCORES}, chosen,
+                      Path(args.out).with_suffix(".png"))
+        if Path(args.out).resolve().parent == Path(__file__).resolve().parents[2] / "docs":
+            from ..evaluation.report import render
+            print(f"written: {render()}")
     return 0

@@ -184,6 +184,7 @@ def render() -> Path:
                   "[ground-truth masks](results_supervised_reliability_gt.png), "
                   "[predicted masks](results_supervised_reliability_predicted.png).", ""]
     L += _clicks_section(_load("results_clicks.json"), _load("selection_clicks_val.json"))
+    L += _presence_section(_load("results_presence.json"))
     L += _classifier_sections()
     L += _hardening_section(_load("results_hardening.json"))
     out = DOCS / "results.md"
@@ -273,6 +274,23 @@ def _clicks_section(c, val) -> list[str]:
             L.append(f"| {rad}{r['sigma']} x image side | {r['strength']} | {'yes' if r['click_prototypes'] else 'no'} | "
                      f"{_f(d['1'])} | {_f(d['3'])} | {_f(d['5'])} | {_f(r['noc85'], 2)} |")
     return L + [""]
+
+
+def _presence_section(p) -> list[str]:
+    if not p:
+        return []
+    c, t, t0 = p["chosen_on_val"], p["test"], p["test_without_decision"]
+    return ["", "## Saying \"no lesion\" (few-shot, lesion-presence decision)", "",
+            f"Reproduce: `{p['command']}`. {p['shots']}-shot episodes on every val and test image (supports from "
+            "other groups of the same part). A presence score read off the probability map; below its threshold "
+            "the prediction is emptied. Score and threshold chosen on **val** (lowest false-positive rate with a "
+            f"lesion-Dice loss <= {p['max_dice_drop']}): score `{c['score']}`, threshold {c['threshold']:.4g} "
+            f"(val: false-positive rate {_f(c['fp_rate'], 2)}, Dice loss {_f(c['dice_drop'])}).", "",
+            f"BUSI test ({p['n_test_lesion']} lesion, {p['n_test_normal']} normal images): false-positive rate on "
+            f"normal images **{_f(t0['fp_rate'], 2)} -> {_f(t['fp_rate'], 2)}**, lesion-image Dice {_f(t0['dice'])} -> "
+            f"{_f(t['dice'])} (loss {_f(t['dice_drop'])}; lesions missed {_f(t['missed_lesions'], 3)}). "
+            "Target: false-positive rate <= 0.20 with a Dice loss <= 0.01. Trade-off curves (test): "
+            "[results_presence.png](results_presence.png).", ""]
 
 
 def _hardening_section(h) -> list[str]:
