@@ -74,6 +74,7 @@ def register(sub) -> None:
     p.add_argument("--cls-model", required=True)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2 cores)")
+    p.add_argument("--out", default=None, help="JSON (docs/results_pipeline_latency.json also renders docs/results.md)")
     p.set_defaults(func=benchmark_pipeline_cmd)
 
     p = sub.add_parser("select-classifier", help="compare candidate classifiers on the validation split with "
@@ -275,14 +276,29 @@ def benchmark_pipeline_cmd(args) -> int:
         raise DataError("no data: pass --data DIR or set BUSI_DIR")
     test = split_sets(data, ("test",), 64, progress=False)["test"]
     images, _ = latency_images(test)
-    print(json.dumps(pipeline_latency(args.seg_model, args.cls_model, images, args.repeats), indent=2))
+    result = pipeline_latency(args.seg_model, args.cls_model, images, args.repeats)
+    print(json.dumps(result, indent=2))
+    _write_docs(result, args.out)
     return 0
+
+
+def _write_docs(result: dict, out) -> None:
+    if not out:
+        return
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    if out.resolve().parent == Path(__file__).resolve().parents[2] / "docs":
+        from ..evaluation.report import render
+        print(f"written: {render()}")
 
 
 def select_classifier_cmd(args) -> int:
     from ..evaluation.supervised import select_classifier
 
-    print(json.dumps(select_classifier(args.data, args.split, args.seg_model, args.candidates, args.out), indent=2))
+    result = select_classifier(args.data, args.split, args.seg_model, args.candidates, None)
+    print(json.dumps(result, indent=2))
+    _write_docs(result, args.out)
     return 0
 
 
@@ -292,6 +308,7 @@ def evaluate_external_cmd(args) -> int:
     result = evaluate_external(args.data, args.seg_model, args.cls_model, n_boot=args.bootstrap, limit=args.limit,
                                out=args.out, device=args.device)
     print(json.dumps(result, indent=2))
+    _write_docs(result, args.out)
     return 0
 
 
