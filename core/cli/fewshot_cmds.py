@@ -609,7 +609,7 @@ def evaluate_presence_cmd(args) -> int:
     ck = args.checkpoint or str(default_checkpoint())
     seg = FewShotSegmenter(ck)
     sets = split_sets(_data_dir(args.data), ("val", "test"), seg.size)
-    rows = {part: collect(seg, sets[part], args.shots, 1000, seed=args.shots) for part in ("val", "test")}
+    rows = {part: collect(seg, sets[part], args.shots, seed=args.shots) for part in ("val", "test")}
     chosen = choose(rows["val"], args.max_dice_drop)
     test_point = tradeoff(rows["test"], chosen["score"], [chosen["threshold"]])[0]
     grid = lambda r, sc: tradeoff(r, sc, np.quantile([x[sc] for x in r], np.linspace(0, 1, 41)))

@@ -32,13 +32,15 @@ def presence_scores(prob: np.ndarray) -> dict[str, float]:
             "confidence": float(prob[fg].mean()) if fg.any() else 0.0}
 
 
-def collect(seg, qset: ImageSet, shots: int, n_lesion: int, seed: int = 0) -> list[dict]:
-    """One row per query (lesion and normal): its scores and its Dice (lesion queries)."""
-    eps = make_episodes(qset, None, shots, n_lesion, seed, normal_queries=1000)
+def collect(seg, qset: ImageSet, shots: int, seed: int = 0) -> list[dict]:
+    """One row per image of the set (lesion and normal), each with k supports from other groups: its
+    presence scores and its Dice (lesion images)."""
+    n_lesion = sum(qset.has_lesion(i) for i in range(len(qset)))
+    eps = make_episodes(qset, None, shots, n_lesion, seed, normal_queries=len(qset))
     rows = []
     for ep in eps:
         supports = [(qset.images[j], qset.masks[j]) for j in ep.support]
-        res = seg.predict(qset.images[ep.query], supports, heatmaps=False)
+        res = seg.predict(qset.images[ep.query], supports, heatmaps=False, presence=None)
         truth = qset.masks[ep.query]
         rows.append({"lesion": bool(truth.any()), "dice": dice(res.mask, truth) if truth.any() else None,
                      "predicted_any": bool(res.mask.any()), **presence_scores(res.probability)})
