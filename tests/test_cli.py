@@ -23,7 +23,8 @@ def test_every_command_has_help():
     assert out.returncode == 0
     for cmd in ("data-report", "make-split", "train-fewshot", "evaluate-fewshot", "segment", "benchmark-fewshot",
                 "train-seg", "train-cls", "predict", "evaluate-supervised", "oof-masks", "evaluate-external",
-                "benchmark-pipeline"):
+                "benchmark-pipeline", "evaluate-clicks", "evaluate-presence", "annotate", "export",
+                "evaluate-uncertainty"):
         assert cmd in out.stdout
         r = run(cmd, "--help")
         assert r.returncode == 0 and "usage" in r.stdout, cmd

@@ -301,10 +301,18 @@ def _clicks_section(c, val) -> list[str]:
 
 
 def _presence_section(p) -> list[str]:
+    u = _load("results_uncertainty.json")
+    L = []
+    if u:
+        L += ["", "## Annotation projects: review queue and propagation", "",
+              f"Reproduce: `{u['command']}`. Uncertainty = mean binary entropy of the probability map over the predicted "
+              f"region and a 5-px band around it; {u['n']} BUSI test lesion images, one {u['shots']}-shot episode each: "
+              f"Spearman correlation with 1 - Dice **{u['spearman_uncertainty_vs_1_minus_dice']:.3f}**; Dice of the 20% "
+              f"most uncertain **{u['dice_most_uncertain_20pct']:.3f}** vs the rest {u['dice_rest']:.3f}.", ""]
     if not p:
-        return []
+        return L
     c, t, t0 = p["chosen_on_val"], p["test"], p["test_without_decision"]
-    return ["", "## Saying \"no lesion\" (few-shot, lesion-presence decision)", "",
+    return L + ["", "## Saying \"no lesion\" (few-shot, lesion-presence decision)", "",
             f"Reproduce: `{p['command']}`. {p['shots']}-shot episodes on every val and test image (supports from "
             "other groups of the same part). A presence score read off the probability map; below its threshold "
             "the prediction is emptied. Score and threshold chosen on **val** (lowest false-positive rate with a "

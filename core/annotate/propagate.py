@@ -1,0 +1,138 @@
+"""Propagation: run the supports over every image a person has not decided on yet; export a dataset."""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from ..data.io import DataError, read_image
+from .store import DONE, ProjectStore
+
+
+def uncertainty(prob: np.ndarray, band: int = 5) -> float:
+    """Mean binary entropy (bits) of the probability map over the predicted region and a band around its
+    edge (the whole image when nothing is predicted): high where the model hesitates."""
+    import cv2
+
+    p = np.clip(prob.astype(np.float64), 1e-6, 1 - 1e-6)
+    ent = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    fg = (prob > 0.5).astype(np.uint8)
+    if not fg.any():
+        return float(ent.mean())
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+    region = cv2.dilate(fg, k) > 0
+    return float(ent[region].mean())
+
+
+def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: str, who: str = "propagation",
+              should_stop: Callable[[], bool] = lambda: False, on_progress: Callable[[dict], None] | None = None,
+              presence: dict | None = None) -> dict:
+    """Predict every image not accepted, corrected or marked "no lesion" and not already predicted with
+    these supports (so a stopped run resumes where it was). Results land image by image."""
+    todo = [r for r in store.rows() if r["status"] not in DONE
+            and not (r["status"] == "predicted" and r["support_key"] == support_key)]
+    t0, done, errors = time.time(), 0, []
+    for r in todo:
+        if should_stop():
+            break
+        try:
+            img = read_image(store.image_path(r["rel_path"]))
+        except DataError as exc:
+            errors.append(f"{r['rel_path']}: {exc}")
+            continue
+        res = seg.predict(img, supports, heatmaps=False, presence=presence)
+        store.record(r["rel_path"], "predicted", res.mask, who=who, model=model_name,
+                     uncertainty=uncertainty(res.probability), lesion_score=res.lesion_score,
+                     support_key=support_key, only_if_not_done=True)
+        done += 1
+        if on_progress:
+            el = time.time() - t0
+            on_progress({"done": done, "total": len(todo), "images_per_s": done / max(el, 1e-9),
+                         "seconds_left": (len(todo) - done) * el / done})
+    return {"predicted": done, "to_do": len(todo), "errors": errors, "seconds": time.time() - t0,
+            "stopped": done + len(errors) < len(todo)}
+
+
+def export(store: ProjectStore, out_dir: str | Path, statuses=DONE) -> dict:
+    """Masks (PNG at each image's size) for images with `statuses`, a CSV manifest, COCO JSON (polygons
+    from OpenCV contours), laid out as images/ + masks/ so that `train-seg --images-dir/--masks-dir`
+    trains on it directly (images are linked, or copied where links are impossible)."""
+    import cv2
+    import shutil
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
+    rows = store.rows(statuses)
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "lesion"}],
+            "info": {"project": store.name, "exported": time.strftime("%Y-%m-%dT%H:%M:%S")}}
+    with open(out / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "status", "lesion_area_px", "uncertainty", "who", "when"])
+        for i, r in enumerate(rows, 1):
+            src = store.image_path(r["rel_path"])
+            stem = r["rel_path"].replace("/", "__").rsplit(".", 1)[0]
+            dst = out / "images" / (stem + src.suffix.lower())
+            if not dst.exists():
+                try:
+                    dst.symlink_to(src.resolve())
+                except OSError:
+                    shutil.copy2(src, dst)
+            with Image.open(src) as im:
+                width, height = im.size
+            mask = store.mask(r["rel_path"])
+            if mask is None:
+                mask = np.zeros((height, width), bool)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{stem}_mask.png")
+            w.writerow([r["rel_path"], r["status"], int(mask.sum()), "" if r["uncertainty"] is None else
+                        f"{r['uncertainty']:.4f}", r["who"] or "",
+                        time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r["updated"] or 0))])
+            coco["images"].append({"id": i, "file_name": dst.name, "width": width, "height": height})
+            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            for c in contours:
+                if len(c) < 3:
+                    continue
+                x, y, bw, bh = cv2.boundingRect(c)
+                coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i, "category_id": 1,
+                                            "segmentation": [c.reshape(-1).astype(float).tolist()],
+                                            "area": float(cv2.contourArea(c)), "bbox": [x, y, bw, bh], "iscrowd": 0})
+    (out / "annotations.json").write_text(json.dumps(coco))
+    return {"exported": len(rows), "out": str(out)}
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    def ranks(x):
+        x = np.asarray(x, float)
+        order = np.argsort(x, kind="mergesort")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for v in np.unique(x):                      # ties share their mean rank
+            sel = x == v
+            r[sel] = r[sel].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def uncertainty_ranking(seg, qset, shots: int = 5, seed: int = 5) -> dict:
+    """Does the uncertainty score rank errors? One k-shot episode per lesion image of `qset`."""
+    from ..evaluation.fewshot import make_episodes
+    from ..metrics import dice
+
+    n = sum(qset.has_lesion(i) for i in range(len(qset)))
+    scores, dices = [], []
+    for ep in make_episodes(qset, None, shots, n, seed):
+        res = seg.predict(qset.images[ep.query], [(qset.images[j], qset.masks[j]) for j in ep.support], heatmaps=False)
+        scores.append(uncertainty(res.probability))
+        dices.append(dice(res.mask, qset.masks[ep.query]))
+    scores, dices = np.array(scores), np.array(dices)
+    top = scores >= np.quantile(scores, 0.8)
+    return {"n": int(len(scores)), "shots": shots, "spearman_uncertainty_vs_1_minus_dice": spearman(scores, 1 - dices),
+            "dice_most_uncertain_20pct": float(dices[top].mean()), "dice_rest": float(dices[~top].mean()),
+            "mean_dice": float(dices.mean())}

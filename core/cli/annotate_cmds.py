@@ -1,0 +1,100 @@
+"""`annotate` (propagate supports over a folder into a project) and `export` (a project as a dataset)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def _output(args) -> Path:
+    return Path(args.output or os.environ.get("PANET_OUTPUT") or Path(__file__).resolve().parents[2] / "outputs")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("annotate", help="propagate 1-5 supports over a folder of images into an annotation project")
+    p.add_argument("--images", required=True, help="folder of images (read in place, never modified)")
+    p.add_argument("--support", nargs=2, action="append", metavar=("IMG", "MASK"), required=True)
+    p.add_argument("--project", required=True, help="project name (shared with the web app)")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--adapt", type=float, default=0, metavar="SECONDS")
+    p.add_argument("--output", default=None, help="the app's output folder (default $PANET_OUTPUT or ./outputs)")
+    p.add_argument("--data-root", default=os.environ.get("PANET_DATA_ROOT"),
+                   help="--images must lie inside this folder (default $PANET_DATA_ROOT; unset: any folder)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=annotate_cmd)
+
+    p = sub.add_parser("export", help="an annotation project as images/ + masks/ + manifest.csv + COCO JSON")
+    p.add_argument("--project", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--output", default=None, help="the app's output folder (default $PANET_OUTPUT or ./outputs)")
+    p.add_argument("--all", action="store_true", help="also images no person has decided on (predicted masks)")
+    p.set_defaults(func=export_cmd)
+
+    p = sub.add_parser("evaluate-uncertainty", help="does the review queue's uncertainty score rank errors? "
+                                                    "(BUSI test: Spearman with 1 - Dice)")
+    p.add_argument("--data", default=None)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=evaluate_uncertainty_cmd)
+
+
+def annotate_cmd(args) -> int:
+    from tqdm import tqdm
+
+    from ..annotate.propagate import propagate
+    from ..annotate.store import ProjectStore
+    from ..device import pick_device
+    from ..inference import FewShotSegmenter
+    from .fewshot_cmds import default_checkpoint
+
+    store = ProjectStore(_output(args), args.project)
+    new = store.add_folder(args.images, args.data_root)
+    ck = args.checkpoint or str(default_checkpoint())
+    seg = FewShotSegmenter(ck, str(pick_device(args.device)))
+    supports = [tuple(s) for s in args.support]
+    if args.adapt:
+        seg.adapt(supports, seconds=args.adapt)
+    key = seg.support_key(supports)
+    bar = tqdm(desc=f"annotating {store.name}", unit="image")
+
+    def tick(ev):
+        bar.total = ev["total"]
+        bar.n = ev["done"]
+        bar.set_postfix(img_s=f"{ev['images_per_s']:.1f}")
+        bar.refresh()
+
+    summary = propagate(store, seg, supports, key, Path(ck).name, on_progress=tick)
+    bar.close()
+    print(json.dumps({"project": store.name, "new_images": new, **{k: v for k, v in summary.items() if k != "errors"},
+                      "errors": summary["errors"][:5], "status": store.counts()}, indent=2))
+    return 0
+
+
+def export_cmd(args) -> int:
+    from ..annotate.propagate import export
+    from ..annotate.store import DONE, STATUSES, ProjectStore
+
+    store_dir = _output(args) / "projects"
+    if not (store_dir / args.project / "project.sqlite").exists():
+        raise FileNotFoundError(f"no project named {args.project}")
+    store = ProjectStore(_output(args), args.project)
+    print(json.dumps(export(store, args.out, STATUSES if args.all else DONE), indent=2))
+    return 0
+
+
+def evaluate_uncertainty_cmd(args) -> int:
+    import sys
+
+    from ..annotate.propagate import uncertainty_ranking
+    from ..data.sets import split_sets
+    from ..inference import FewShotSegmenter
+    from .fewshot_cmds import _data_dir, default_checkpoint
+    from .supervised_cmds import _write_docs
+
+    seg = FewShotSegmenter(args.checkpoint or default_checkpoint())
+    test = split_sets(_data_dir(args.data), ("test",), seg.size)["test"]
+    result = {"command": "python -m core " + " ".join(sys.argv[1:]), **uncertainty_ranking(seg, test, args.shots)}
+    print(json.dumps(result, indent=2))
+    _write_docs(result, args.out)
+    return 0

@@ -1,0 +1,185 @@
+"""Annotation projects: lifecycle, crash consistency, two writers, propagation, export, the CLI round trip."""
+from __future__ import annotations
+
+import csv
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import checkpoint
+from core.annotate.propagate import export, propagate, uncertainty
+from core.annotate.store import ProjectStore
+from core.data.io import DataError
+from core.inference import FewShotSegmenter
+from core.models.panet import PANetConfig, PANetPlusPlus
+from core.phantom import make_phantom
+
+
+@pytest.fixture
+def folder(tmp_path):
+    d = tmp_path / "data" / "scans"
+    d.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(make_phantom(i, size=(80, 100)).image).save(d / f"img{i}.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def seg(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ck")
+    torch.manual_seed(0)
+    m = PANetPlusPlus(PANetConfig(image_size=64, weights="random"))
+    checkpoint.save(d / "p", m.state_dict(), {"kind": "panet", "model": m.config_dict()})
+    return FewShotSegmenter(d / "p")
+
+
+def test_project_lifecycle_and_restart(folder, tmp_path, seg):
+    out = tmp_path / "out"
+    store = ProjectStore(out, "my project!")
+    assert store.name == "my_project"
+    assert store.add_folder(folder, tmp_path / "data") == 6
+    with pytest.raises(DataError, match="inside the data root"):
+        ProjectStore(out, "other").add_folder(folder, tmp_path / "elsewhere")
+    sup = [(make_phantom(10).image, make_phantom(10).mask)]
+    key = seg.support_key(sup)
+    res = propagate(store, seg, sup, key, "tiny")
+    assert res["predicted"] == 6 and store.counts() == {"predicted": 6}
+    names = [r["rel_path"] for r in store.rows()]
+    m0 = store.mask(names[0])
+    store.record(names[0], "accepted", m0, who="ann")
+    fixed = np.zeros((80, 100), bool)
+    fixed[10:30, 20:50] = True
+    store.record(names[1], "corrected", fixed, who="ann")
+    store.record(names[2], "no lesion", None, who="ann")
+    store.promote(names[1])
+    with pytest.raises(DataError, match="only an accepted or corrected"):
+        store.promote(names[3])
+    store.undo(names[2], who="ann")                    # back to its prediction
+    assert store.row(names[2])["status"] == "predicted" and store.mask(names[2]) is not None
+    assert [h["status"] for h in store.history(names[2])] == ["predicted", "no lesion", "predicted"]
+    # propagating again leaves people's decisions alone and skips what these supports already predicted
+    assert propagate(store, seg, sup, key, "tiny")["predicted"] == 0
+    # a restart: a new store object on the same folder finds everything as left
+    again = ProjectStore(out, "my_project")
+    assert again.row(names[0])["status"] == "accepted" and again.row(names[0])["who"] == "ann"
+    np.testing.assert_array_equal(again.mask(names[1]), fixed)
+    assert again.project_supports() == [names[1]]
+    queue = again.review_queue()
+    assert {r["rel_path"] for r in queue} == set(names[2:])
+    assert [r["uncertainty"] for r in queue] == sorted([r["uncertainty"] for r in queue], reverse=True)
+    # export: masks at the image size, manifest, COCO; the folder trains directly
+    info = export(again, tmp_path / "export")
+    assert info["exported"] == 2
+    rows = list(csv.DictReader(open(tmp_path / "export" / "manifest.csv")))
+    assert {r["status"] for r in rows} == {"accepted", "corrected"}
+    coco = json.loads((tmp_path / "export" / "annotations.json").read_text())
+    assert len(coco["images"]) == 2 and coco["annotations"]
+    from core.data.discover import discover
+    import os
+    root = tmp_path / "as_dataset"
+    root.mkdir()
+    os.symlink(tmp_path / "export" / "images", root / "images")
+    os.symlink(tmp_path / "export" / "masks", root / "masks")
+    found = discover(root).samples
+    assert len(found) == 2 and all(len(s.mask_paths) == 1 for s in found)
+    assert Image.open(found[0].mask_paths[0]).size == (100, 80)
+
+
+def test_a_crash_mid_change_leaves_the_database_consistent(folder, tmp_path, monkeypatch):
+    store = ProjectStore(tmp_path / "out", "p")
+    store.add_folder(folder)
+    name = store.rows()[0]["rel_path"]
+    store.record(name, "predicted", np.ones((80, 100), bool))
+    import sqlite3
+
+    real_connect = store._connect
+
+    def failing():
+        con = real_connect()
+
+        class Boom:
+            def __init__(self, c):
+                self.c = c
+
+            def execute(self, sql, *a):
+                if sql.startswith("UPDATE images"):
+                    raise sqlite3.OperationalError("disk I/O error (simulated crash)")
+                return self.c.execute(sql, *a)
+
+            def close(self):
+                self.c.close()
+        return Boom(con)
+
+    monkeypatch.setattr(store, "_connect", failing)
+    with pytest.raises(sqlite3.OperationalError):
+        store.record(name, "accepted", np.zeros((80, 100), bool))
+    monkeypatch.undo()
+    fresh = ProjectStore(tmp_path / "out", "p")
+    assert fresh.row(name)["status"] == "predicted" and fresh.row(name)["version"] == 1
+    assert [h["version"] for h in fresh.history(name)] == [1], "the half-done change left no version row"
+    assert fresh.mask(name).all(), "the current mask is the last committed one"
+
+
+def test_two_writers_on_one_project(folder, tmp_path):
+    a, b = ProjectStore(tmp_path / "out", "shared"), ProjectStore(tmp_path / "out", "shared")
+    a.add_folder(folder)
+    name = a.rows()[0]["rel_path"]
+    errors = []
+
+    def write(store, status):
+        try:
+            for _ in range(10):
+                store.record(name, status, np.zeros((80, 100), bool))
+        except Exception as exc:  # the assertion below counts them
+            errors.append(exc)
+
+    ts = [threading.Thread(target=write, args=(s, st)) for s, st in ((a, "accepted"), (b, "corrected"))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    hist = a.history(name)
+    assert [h["version"] for h in hist] == list(range(1, 21)), "every change of both writers, none lost"
+    assert all((a.masks_dir / h["mask_file"]).exists() for h in hist)
+
+
+def test_uncertainty_is_high_where_the_model_hesitates():
+    sure = np.zeros((50, 50), np.float32)
+    sure[10:30, 10:30] = 0.99
+    unsure = np.where(sure > 0, 0.6, 0.3).astype(np.float32)
+    assert uncertainty(unsure) > uncertainty(sure)
+
+
+def test_annotate_and_export_commands(folder, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    m = PANetPlusPlus(PANetConfig(image_size=64, weights="random"))
+    checkpoint.save(tmp_path / "p", m.state_dict(), {"kind": "panet", "model": m.config_dict()})
+    s = make_phantom(20)
+    Image.fromarray(s.image).save(tmp_path / "s.png")
+    Image.fromarray(s.mask.astype(np.uint8) * 255).save(tmp_path / "sm.png")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "core", *a], cwd=ROOT, capture_output=True, text=True,
+                                    timeout=600)
+    r = run("annotate", "--images", str(folder), "--support", str(tmp_path / "s.png"), str(tmp_path / "sm.png"),
+            "--project", "cli", "--checkpoint", str(tmp_path / "p"), "--output", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout[r.stdout.index("{"):])["status"] == {"predicted": 6}
+    r = run("export", "--project", "cli", "--out", str(tmp_path / "ex"), "--output", str(tmp_path / "out"), "--all")
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "ex" / "masks").glob("*_mask.png"))) == 6
+
+
+def test_spearman_by_hand():
+    from core.annotate.propagate import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1])
