@@ -21,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--data-root", default=os.environ.get("PANET_DATA_ROOT"),
                    help="--images must lie inside this folder (default $PANET_DATA_ROOT; unset: any folder)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--report", default=None, help="JSON of the run's speed (docs/results_propagation.json renders results.md)")
     p.set_defaults(func=annotate_cmd)
 
     p = sub.add_parser("export", help="an annotation project as images/ + masks/ + manifest.csv + COCO JSON")
@@ -66,6 +67,14 @@ def annotate_cmd(args) -> int:
 
     summary = propagate(store, seg, supports, key, Path(ck).name, on_progress=tick)
     bar.close()
+    if args.report:
+        import sys
+
+        from .supervised_cmds import _write_docs
+        _write_docs({"command": "python -m core " + " ".join(sys.argv[1:]), "images": summary["predicted"],
+                     "seconds": round(summary["seconds"], 2), "shots": len(supports),
+                     "images_per_s": round(summary["predicted"] / max(summary["seconds"], 1e-9), 2),
+                     "torch_threads": __import__("torch").get_num_threads()}, args.report)
     print(json.dumps({"project": store.name, "new_images": new, **{k: v for k, v in summary.items() if k != "errors"},
                       "errors": summary["errors"][:5], "status": store.counts()}, indent=2))
     return 0

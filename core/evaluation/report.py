@@ -309,6 +309,11 @@ def _presence_section(p) -> list[str]:
               f"region and a 5-px band around it; {u['n']} BUSI test lesion images, one {u['shots']}-shot episode each: "
               f"Spearman correlation with 1 - Dice **{u['spearman_uncertainty_vs_1_minus_dice']:.3f}**; Dice of the 20% "
               f"most uncertain **{u['dice_most_uncertain_20pct']:.3f}** vs the rest {u['dice_rest']:.3f}.", ""]
+    pr = _load("results_propagation.json")
+    if pr:
+        L += [f"Propagation speed: `{pr['command']}`: {pr['images']} images in {pr['seconds']} s with "
+              f"{pr['shots']} supports, **{pr['images_per_s']} images/s** ({pr['torch_threads']} torch threads; "
+              "target >= 8).", ""]
     if not p:
         return L
     c, t, t0 = p["chosen_on_val"], p["test"], p["test_without_decision"]
