@@ -47,6 +47,9 @@ class Session:
     box_corner: tuple | None = None       # first corner of a box being drawn
     tiles: list = field(default_factory=list)    # heatmap tiles of the last Segment (for the download)
     checkpoint: str | None = None         # the checkpoint of the last Segment (clicks refine with it)
+    project: str | None = None            # the annotation project this session works on
+    review_path: str | None = None        # the image under review
+    last_decided: str | None = None       # the image decided last (Promote applies to it once the view moved on)
 
 
 def bounded(value, lo: float, hi: float, what: str, integer: bool = False) -> float:

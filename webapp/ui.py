@@ -7,9 +7,10 @@ import os
 import gradio as gr
 import numpy as np
 
+from core.data.io import DataError
 from core.visual import overlay
 
-from . import finetune, handlers
+from . import annotate, finetune, handlers
 from .context import AppContext
 from .handlers import N_SLOTS, Session, UserError
 from .uploads import SafeImageEditor
@@ -175,6 +176,41 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             load_corrector = gr.Button("Correct this prediction with the brush", size="sm")
             corrector = _editor("Correct the prediction (paint / erase), then reuse it", 320)
             add_support = gr.Button("Add corrected query as a support")
+
+        with gr.Tab("Annotate a folder"):
+            gr.Markdown("Annotates every image of the data folder with this session's supports: *Propagate*, then "
+                        "review the most uncertain images first (accept, no lesion, skip, correct with the brush, "
+                        "undo), promote good ones to supports, and export a dataset. Projects are stored under the "
+                        "output folder and shared with `python -m core annotate` / `export`.")
+            with gr.Row():
+                proj_name = gr.Textbox(label="Project name", value="my_project", scale=3)
+                proj_open = gr.Button("Open / create", scale=1)
+            proj_status = gr.Markdown(elem_id="project-status")
+            with gr.Row():
+                prop_btn = gr.Button("Propagate the supports", variant="primary", elem_id="propagate-button")
+                prop_cancel = gr.Button("Stop", variant="stop", size="sm")
+            prop_status = gr.Markdown(elem_id="propagate-status")
+            with gr.Row():
+                with gr.Column():
+                    rev_img = gr.Image(label="Review: the most uncertain first", type="numpy", format="jpeg",
+                                       interactive=False, height=320, elem_id="review-image")
+                    rev_text = gr.Markdown(elem_id="review-text")
+                with gr.Column():
+                    with gr.Row():
+                        acc_btn = gr.Button("Accept", variant="primary", elem_id="accept-button")
+                        nol_btn = gr.Button("No lesion")
+                        skip_btn = gr.Button("Skip")
+                    with gr.Row():
+                        undo_btn = gr.Button("Undo", size="sm")
+                        promote_btn = gr.Button("Promote to support", size="sm")
+                        next_btn = gr.Button("Next", size="sm")
+                    rev_load = gr.Button("Correct with the brush", size="sm")
+                    rev_editor = _editor("Correct the mask of the image under review", 300, elem_id="review-editor")
+                    rev_save = gr.Button("Save correction", elem_id="save-correction")
+                    use_promoted = gr.Button("Use promoted images as supports", size="sm")
+            with gr.Row():
+                exp_btn = gr.Button("Export (masks, manifest, COCO)", size="sm", scale=0, min_width=220)
+                exp_file = gr.File(label="Exported project (zip)", interactive=False)
 
         with gr.Tab("Classify"):
             gr.Markdown("Classifies the current query with its predicted mask (or your corrected mask).")
@@ -485,6 +521,104 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         ft_start.click(do_finetune, [ckpt, ft_source, ft_epochs, ft_episodes, ft_lr, ft_name, session],
                        [ft_status, ft_plot, ckpt], api_name="finetune", concurrency_limit=1, concurrency_id="finetune")
         ft_cancel.click(do_cancel, None, ft_status, api_name="cancel_finetune")
+        # --------------------------------------------------------------- annotation projects
+        def _store(sess: Session):
+            if not sess.project:
+                raise gr.Error("open a project first")
+            return annotate.open_project(ctx, sess.project)
+
+        def do_open(sess: Session, name):
+            sess = copy.copy(sess)
+            try:
+                store = annotate.open_project(ctx, name)
+            except UserError as exc:
+                raise _error(exc)
+            sess.project = store.name
+            sess.review_path = annotate.next_image(store)
+            img, text = annotate.view(store, sess.review_path)
+            return sess, annotate.status_text(store), img, text
+
+        proj_open.click(do_open, [session, proj_name], [session, proj_status, rev_img, rev_text],
+                        api_name="annotate_open")
+
+        def do_propagate(sess: Session, ckpt_name, request: gr.Request):
+            try:
+                store = _store(sess)
+                supports = handlers.session_supports(sess)
+                job = finetune._register(_owner(request), "propagation")
+                try:
+                    for line in annotate.run_propagation(ctx, store, ckpt_name, supports, _owner(request), job):
+                        yield line
+                finally:
+                    finetune._unregister(job)
+            except (UserError, ValueError) as exc:
+                raise _error(exc)
+
+        prop_btn.click(do_propagate, [session, ckpt], prop_status, api_name="annotate_propagate",
+                       concurrency_limit=1, concurrency_id="propagate")
+        prop_cancel.click(do_cancel, None, prop_status, api_name="annotate_stop")
+
+        def make_decision(action):
+            def act(sess: Session, corr, request: gr.Request):
+                sess = copy.copy(sess)
+                try:
+                    store = _store(sess)
+                    target = sess.review_path
+                    if action == "promote" and target and store.row(target)["status"] not in ("accepted", "corrected"):
+                        target = sess.last_decided or target
+                    if action == "undo":          # undo the last decision, and show that image again
+                        target = sess.last_decided or target
+                    if action != "next":
+                        annotate.decide(store, target, action, _owner(request), corr)
+                    if action in ("accept", "correct", "no lesion", "skip"):
+                        sess.last_decided = target
+                    if action == "undo":
+                        sess.review_path, sess.last_decided = target, None
+                    if action in ("accept", "no lesion", "skip", "correct", "next"):
+                        sess.review_path = annotate.next_image(store) if action != "skip" else \
+                            next((r["rel_path"] for r in store.review_queue() if r["status"] != "skipped"), None)
+                    img, text = annotate.view(store, sess.review_path)
+                except (UserError, ValueError) as exc:
+                    raise _error(exc)
+                return sess, annotate.status_text(store), img, text, EMPTY_EDITOR
+            return act
+
+        for btn, action in ((acc_btn, "accept"), (nol_btn, "no lesion"), (skip_btn, "skip"), (undo_btn, "undo"),
+                            (promote_btn, "promote"), (next_btn, "next"), (rev_save, "correct")):
+            btn.click(make_decision(action), [session, rev_editor], [session, proj_status, rev_img, rev_text, rev_editor],
+                      api_name="annotate_" + action.replace(" ", "_"))
+
+        def do_rev_load(sess: Session):
+            store = _store(sess)
+            if not sess.review_path:
+                raise gr.Error("nothing under review")
+            from core.data.io import read_image
+            return handlers.editor_value(read_image(store.image_path(sess.review_path)), store.mask(sess.review_path))
+
+        rev_load.click(do_rev_load, session, rev_editor, api_name=False)
+
+        def do_use_promoted(sess: Session):
+            store = _store(sess)
+            pairs = annotate.promoted_supports(store)
+            if not pairs:
+                raise gr.Error("no promoted image yet: accept or correct an image, then Promote to support")
+            sess = copy.copy(sess)
+            out = [gr.skip()] * N_SLOTS
+            for k, (img, m) in enumerate(pairs):
+                handlers.set_slot_pair(sess, k + 1, img, m)
+                out[k] = handlers.editor_value(img, m)
+            return out + [sess, handlers.supports_status(sess)]
+
+        use_promoted.click(do_use_promoted, session, editors + [session, supports_md], api_name="annotate_use_promoted")
+
+        def do_export(sess: Session):
+            try:
+                return annotate.export_zip(ctx, _store(sess))
+            except (UserError, DataError) as exc:
+                raise _error(exc)
+
+        exp_btn.click(do_export, session, exp_file, api_name="annotate_export")
+
         def on_unload(request: gr.Request):
             # a closed tab's adapted model copies are dropped (memory stays bounded)
             ctx.forget_session(_owner(request))

@@ -1,0 +1,67 @@
+"""Annotate a folder in a real browser (Chromium, Playwright): a gallery support, propagate, accept one
+image, correct one with a brush stroke, export."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core.phantom import make_phantom
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+
+def test_annotate_a_folder_in_the_browser(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from tests.test_webapp import make_checkpoints
+    from webapp.context import AppConfig, AppContext
+    from webapp.ui import build_app, launch_options
+
+    make_checkpoints(tmp_path / "ckpt")
+    data = tmp_path / "scans"
+    data.mkdir()
+    for i in range(3):
+        Image.fromarray(make_phantom(40 + i, size=(120, 160)).image).save(data / f"scan{i}.png")
+    ctx = AppContext(AppConfig(data_dir=data, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out"))
+    demo = build_app(ctx)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(ctx))
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1700})
+            page.goto(demo.local_url)
+            page.locator("#gallery img").first.click()             # a synthetic phantom with its mask
+            page.get_by_role("button", name="Put in support slot").click()
+            page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=30_000)
+            page.get_by_role("tab", name="Annotate a folder").click()
+            page.get_by_role("button", name="Open / create").click()
+            page.locator("#project-status").get_by_text("unlabelled 3").wait_for(timeout=30_000)
+            page.locator("#propagate-button").click()
+            page.locator("#propagate-status").get_by_text("Done: 3 of 3").wait_for(timeout=60_000)
+            page.locator("#accept-button").click()
+            page.locator("#project-status").get_by_text("accepted 1").wait_for(timeout=30_000)
+            page.get_by_role("button", name="Correct with the brush").click()
+            page.wait_for_timeout(2000)
+            canvas = page.locator("#review-editor canvas").first
+            box = canvas.bounding_box()
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(cx - 20, cy)
+            page.mouse.down()
+            for dx in range(-20, 21, 4):
+                page.mouse.move(cx + dx, cy + dx % 8, steps=2)
+            page.mouse.up()
+            page.wait_for_timeout(1000)
+            page.locator("#save-correction").click()
+            page.locator("#project-status").get_by_text("corrected 1").wait_for(timeout=30_000)
+            page.get_by_role("button", name="Export (masks, manifest, COCO)").click()
+            page.get_by_text(".zip").first.wait_for(timeout=30_000)
+            browser.close()
+    finally:
+        demo.close()
+    from core.annotate.store import ProjectStore
+    store = ProjectStore(ctx.config.output_dir, "my_project")
+    assert store.counts().get("accepted") == 1 and store.counts().get("corrected") == 1

@@ -1,0 +1,132 @@
+"""The Annotate tab: a project over the data folder, propagation from the session's supports, review of
+the most uncertain images first (accept / no lesion / skip / correct / undo / promote), export."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+
+from core.annotate.propagate import export, propagate
+from core.annotate.store import DONE, ProjectStore
+from core.data.io import DataError, read_image
+from core.visual import overlay
+
+from .context import AppContext, owner_tag
+from .handlers import UserError, display_size, layer_mask, resize_mask
+
+
+def open_project(ctx: AppContext, name: str) -> ProjectStore:
+    if ctx.config.data_dir is None:
+        raise UserError("no data folder configured: start the app with --data DIR (the folder to annotate)")
+    try:
+        store = ProjectStore(ctx.config.output_dir, name)
+        store.add_folder(ctx.config.data_dir, ctx.config.data_dir)
+    except DataError as exc:
+        raise UserError(str(exc)) from exc
+    return store
+
+
+def status_text(store: ProjectStore) -> str:
+    c = store.counts()
+    total = sum(c.values())
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+    return f"**Project {store.name}**: {total} images ({parts}); supports promoted: {len(store.project_supports())}."
+
+
+def run_propagation(ctx: AppContext, store: ProjectStore, checkpoint_name, supports, owner: str, job):
+    """Generator of progress lines; results land image by image (a stopped run resumes)."""
+    seg = ctx.fewshot(checkpoint_name, owner)
+    key = seg.support_key(supports)
+    events: list[dict] = []
+    import threading
+
+    result: dict = {}
+
+    def work():
+        try:
+            result["summary"] = propagate(store, seg, supports, key, str(checkpoint_name), who=owner_tag(owner),
+                                          should_stop=lambda: job.cancel_requested, on_progress=events.append)
+        except Exception as exc:  # reported in the page
+            result["error"] = exc
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    while t.is_alive():
+        time.sleep(0.5)
+        if events:
+            e = events[-1]
+            yield (f"Propagating: {e['done']}/{e['total']} images, {e['images_per_s']:.1f} images/s, "
+                   f"about {e['seconds_left']:.0f} s left.")
+    t.join()
+    if "error" in result:
+        raise UserError(f"propagation failed: {result['error']}")
+    s = result["summary"]
+    yield (f"{'Stopped' if s['stopped'] else 'Done'}: {s['predicted']} of {s['to_do']} images predicted in "
+           f"{s['seconds']:.0f} s" + (f"; {len(s['errors'])} unreadable" if s["errors"] else "") + ". "
+           + status_text(store))
+
+
+def next_image(store: ProjectStore) -> str | None:
+    q = store.review_queue()
+    return q[0]["rel_path"] if q else None
+
+
+def view(store: ProjectStore, rel_path: str | None) -> tuple[np.ndarray | None, str]:
+    if rel_path is None:
+        return None, "Nothing left to review. " + status_text(store)
+    r = store.row(rel_path)
+    img = read_image(store.image_path(rel_path))
+    mask = store.mask(rel_path)
+    small, _ = display_size(img)
+    m = resize_mask(mask, small.shape[:2]) if mask is not None else np.zeros(small.shape[:2], bool)
+    unc = "" if r["uncertainty"] is None else f", uncertainty {r['uncertainty']:.3f}"
+    return overlay(small, m, 0.4), f"**{rel_path}**: {r['status']}{unc} (version {r['version']})."
+
+
+def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, corrector=None) -> None:
+    if not rel_path:
+        raise UserError("open a project and pick an image first")
+    who = owner_tag(owner)
+    try:
+        if action == "accept":
+            store.record(rel_path, "accepted", store.mask(rel_path), who=who)
+        elif action == "no lesion":
+            store.record(rel_path, "no lesion", None, who=who)
+        elif action == "skip":
+            store.record(rel_path, "skipped", store.mask(rel_path), who=who)
+        elif action == "undo":
+            store.undo(rel_path, who=who)
+        elif action == "promote":
+            store.promote(rel_path)
+        elif action == "correct":
+            if not (isinstance(corrector, dict) and corrector.get("background") is not None):
+                raise UserError("load the image into the correction editor and paint the lesion first")
+            img = read_image(store.image_path(rel_path))
+            mask = layer_mask(corrector, img.shape[:2])
+            store.record(rel_path, "corrected" if mask.any() else "no lesion", mask if mask.any() else None, who=who)
+        else:
+            raise UserError(f"unknown action {action}")
+    except DataError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def promoted_supports(store: ProjectStore) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for rel in store.project_supports()[:5]:
+        m = store.mask(rel)
+        if m is not None and m.any():
+            out.append((read_image(store.image_path(rel)), m))
+    return out
+
+
+def export_zip(ctx: AppContext, store: ProjectStore) -> str:
+    d = ctx.new_export_dir()
+    export(store, d / store.name, DONE)
+    # the zip holds real files (the export's images/ are links to the data folder)
+    for link in (d / store.name / "images").iterdir():
+        if link.is_symlink():
+            target = link.resolve()
+            link.unlink()
+            shutil.copy2(target, link)
+    return shutil.make_archive(str(d / store.name), "zip", d, store.name)
