@@ -175,6 +175,12 @@ def test_annotate_and_export_commands(folder, tmp_path):
     r = run("export", "--project", "cli", "--out", str(tmp_path / "ex"), "--output", str(tmp_path / "out"), "--all")
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "ex" / "masks").glob("*_mask.png"))) == 6
+    # the export trains the supervised segmenter directly
+    r = run("train-seg", "--images-dir", str(tmp_path / "ex" / "images"), "--masks-dir", str(tmp_path / "ex" / "masks"),
+            "--epochs", "1", "--img-size", "64", "--batch-size", "2", "--weights", "random", "--val-split", "0.34",
+            "--save-path", str(tmp_path / "seg"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "seg.json").exists()
 
 
 def test_spearman_by_hand():
@@ -183,3 +189,53 @@ def test_spearman_by_hand():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1])
+
+
+def test_kill_9_in_the_middle_of_a_propagation_leaves_a_consistent_project(tmp_path):
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    d = tmp_path / "many"
+    d.mkdir()
+    for i in range(60):
+        Image.fromarray(make_phantom(i, size=(200, 260)).image).save(d / f"img{i:03d}.png")
+    m = PANetPlusPlus(PANetConfig(image_size=128, weights="random"))
+    checkpoint.save(tmp_path / "p", m.state_dict(), {"kind": "panet", "model": m.config_dict()})
+    s = make_phantom(99)
+    Image.fromarray(s.image).save(tmp_path / "s.png")
+    Image.fromarray(s.mask.astype(np.uint8) * 255).save(tmp_path / "sm.png")
+    proc = subprocess.Popen([sys.executable, "-m", "core", "annotate", "--images", str(d), "--support",
+                             str(tmp_path / "s.png"), str(tmp_path / "sm.png"), "--project", "k",
+                             "--checkpoint", str(tmp_path / "p"), "--output", str(tmp_path / "out")],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "out" / "projects" / "k" / "project.sqlite"
+    deadline = time.time() + 120
+    while time.time() < deadline:       # wait until some results have landed, then kill it hard
+        if db.exists():
+            try:
+                con = sqlite3.connect(db, timeout=5)
+                n = con.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
+                con.close()
+                if n >= 3:
+                    break
+            except sqlite3.Error:
+                pass
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = ProjectStore(tmp_path / "out", "k")
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    rows = store.rows()
+    predicted = [r for r in rows if r["status"] == "predicted"]
+    assert 3 <= len(predicted) < 60, "killed in the middle"
+    for r in predicted:                  # every committed change points to a complete mask file
+        assert store.mask(r["rel_path"]).shape == (200, 260)
+    assert all(r["version"] == 0 for r in rows if r["status"] == "unlabelled")

@@ -41,7 +41,7 @@ def test_propagate_review_and_export(annot_app, tmp_path):
     set_supports(client, [support_editor(files, 1), support_editor(files, 2)])
     status, _, text = client.predict("ward 7", api_name="/annotate_open")
     assert "Project ward_7" in status and "unlabelled 5" in status
-    line = client.predict("tiny_panet", api_name="/annotate_propagate")
+    line = client.predict("tiny_panet", False, api_name="/annotate_propagate")
     assert "Done: 5 of 5" in line
     status, _, first, _ = client.predict(None, api_name="/annotate_accept")
     assert "accepted 1" in status and "predicted 4" in status
@@ -68,3 +68,13 @@ def test_propagate_review_and_export(annot_app, tmp_path):
     assert sum(n.startswith("ward_7/masks/") and n.endswith("_mask.png") for n in names) == 3
     store_masks = list((ctx.config.output_dir / "projects" / "ward_7" / "masks").glob("*.png"))
     assert store_masks and all(np.asarray(Image.open(p)).ndim == 2 for p in store_masks)
+
+
+def test_propagation_with_the_no_lesion_decision_shows_the_score(annot_app):
+    client, files, _ = annot_app
+    c = Client(client.src, verbose=False)
+    set_supports(c, [support_editor(files, 1)])
+    c.predict("ward 8", api_name="/annotate_open")
+    assert "Done: 5 of 5" in c.predict("tiny_panet", True, api_name="/annotate_propagate")
+    _, _, text = c.predict("ward_8", api_name="/annotate_open")
+    assert "lesion-presence score" in text

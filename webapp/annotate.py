@@ -34,7 +34,21 @@ def status_text(store: ProjectStore) -> str:
     return f"**Project {store.name}**: {total} images ({parts}); supports promoted: {len(store.project_supports())}."
 
 
-def run_propagation(ctx: AppContext, store: ProjectStore, checkpoint_name, supports, owner: str, job):
+def presence_calibration() -> dict | None:
+    """The lesion-presence threshold chosen on BUSI's validation split (docs/results_presence.json), if any."""
+    import json
+    from pathlib import Path
+
+    p = Path(__file__).resolve().parents[1] / "docs" / "results_presence.json"
+    try:
+        c = json.loads(p.read_text())["chosen_on_val"]
+        return {"score": c["score"], "threshold": float(c["threshold"])}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def run_propagation(ctx: AppContext, store: ProjectStore, checkpoint_name, supports, owner: str, job,
+                    presence: dict | None = None):
     """Generator of progress lines; results land image by image (a stopped run resumes)."""
     seg = ctx.fewshot(checkpoint_name, owner)
     key = seg.support_key(supports)
@@ -46,7 +60,8 @@ def run_propagation(ctx: AppContext, store: ProjectStore, checkpoint_name, suppo
     def work():
         try:
             result["summary"] = propagate(store, seg, supports, key, str(checkpoint_name), who=owner_tag(owner),
-                                          should_stop=lambda: job.cancel_requested, on_progress=events.append)
+                                          should_stop=lambda: job.cancel_requested, on_progress=events.append,
+                                          presence=presence, owner=owner)
         except Exception as exc:  # reported in the page
             result["error"] = exc
 
@@ -81,6 +96,9 @@ def view(store: ProjectStore, rel_path: str | None) -> tuple[np.ndarray | None, 
     small, _ = display_size(img)
     m = resize_mask(mask, small.shape[:2]) if mask is not None else np.zeros(small.shape[:2], bool)
     unc = "" if r["uncertainty"] is None else f", uncertainty {r['uncertainty']:.3f}"
+    if r["lesion_score"] is not None:
+        unc += f", lesion-presence score {r['lesion_score']:.3f}" + ("" if mask is not None and mask.any()
+                                                                   else " (below the threshold: no lesion predicted)")
     return overlay(small, m, 0.4), f"**{rel_path}**: {r['status']}{unc} (version {r['version']})."
 
 

@@ -189,6 +189,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Row():
                 prop_btn = gr.Button("Propagate the supports", variant="primary", elem_id="propagate-button")
                 prop_cancel = gr.Button("Stop", variant="stop", size="sm")
+                presence_cb = gr.Checkbox(False, label="Predict no lesion when the model is unsure one is there "
+                                                      "(threshold calibrated on BUSI breast lesions)")
             prop_status = gr.Markdown(elem_id="propagate-status")
             with gr.Row():
                 with gr.Column():
@@ -541,20 +543,24 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         proj_open.click(do_open, [session, proj_name], [session, proj_status, rev_img, rev_text],
                         api_name="annotate_open")
 
-        def do_propagate(sess: Session, ckpt_name, request: gr.Request):
+        def do_propagate(sess: Session, ckpt_name, use_presence, request: gr.Request):
             try:
                 store = _store(sess)
                 supports = handlers.session_supports(sess)
+                calib = annotate.presence_calibration() if use_presence else None
+                if use_presence and calib is None:
+                    raise UserError("no lesion-presence calibration found (python -m core evaluate-presence)")
                 job = finetune._register(_owner(request), "propagation")
                 try:
-                    for line in annotate.run_propagation(ctx, store, ckpt_name, supports, _owner(request), job):
+                    for line in annotate.run_propagation(ctx, store, ckpt_name, supports, _owner(request), job,
+                                                         calib):
                         yield line
                 finally:
                     finetune._unregister(job)
             except (UserError, ValueError) as exc:
                 raise _error(exc)
 
-        prop_btn.click(do_propagate, [session, ckpt], prop_status, api_name="annotate_propagate",
+        prop_btn.click(do_propagate, [session, ckpt, presence_cb], prop_status, api_name="annotate_propagate",
                        concurrency_limit=1, concurrency_id="propagate")
         prop_cancel.click(do_cancel, None, prop_status, api_name="annotate_stop")
 

@@ -31,9 +31,10 @@ def uncertainty(prob: np.ndarray, band: int = 5) -> float:
 
 def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: str, who: str = "propagation",
               should_stop: Callable[[], bool] = lambda: False, on_progress: Callable[[dict], None] | None = None,
-              presence: dict | None = None) -> dict:
+              presence: dict | None = None, owner: str = "") -> dict:
     """Predict every image not accepted, corrected or marked "no lesion" and not already predicted with
-    these supports (so a stopped run resumes where it was). Results land image by image."""
+    these supports (so a stopped run resumes where it was). Results land image by image. `owner`: the
+    session whose adapted model (for exactly these supports) is used, if it adapted one."""
     todo = [r for r in store.rows() if r["status"] not in DONE
             and not (r["status"] == "predicted" and r["support_key"] == support_key)]
     t0, done, errors = time.time(), 0, []
@@ -45,7 +46,7 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
         except DataError as exc:
             errors.append(f"{r['rel_path']}: {exc}")
             continue
-        res = seg.predict(img, supports, heatmaps=False, presence=presence)
+        res = seg.predict(img, supports, heatmaps=False, presence=presence, owner=owner)
         store.record(r["rel_path"], "predicted", res.mask, who=who, model=model_name,
                      uncertainty=uncertainty(res.probability), lesion_score=res.lesion_score,
                      support_key=support_key, only_if_not_done=True)
