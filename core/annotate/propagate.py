@@ -74,7 +74,7 @@ def export(store: ProjectStore, out_dir: str | Path, statuses=DONE) -> dict:
             "info": {"project": store.name, "exported": time.strftime("%Y-%m-%dT%H:%M:%S")}}
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file", "status", "lesion_area_px", "uncertainty", "who", "when"])
+        w.writerow(["file", "status", "lesion_area_px", "uncertainty", "lesion_score", "who", "when"])
         for i, r in enumerate(rows, 1):
             src = store.image_path(r["rel_path"])
             stem = r["rel_path"].replace("/", "__").rsplit(".", 1)[0]
@@ -91,7 +91,8 @@ def export(store: ProjectStore, out_dir: str | Path, statuses=DONE) -> dict:
                 mask = np.zeros((height, width), bool)
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{stem}_mask.png")
             w.writerow([r["rel_path"], r["status"], int(mask.sum()), "" if r["uncertainty"] is None else
-                        f"{r['uncertainty']:.4f}", r["who"] or "",
+                        f"{r['uncertainty']:.4f}", "" if r["lesion_score"] is None else f"{r['lesion_score']:.4f}",
+                        r["who"] or "",
                         time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r["updated"] or 0))])
             coco["images"].append({"id": i, "file_name": dst.name, "width": width, "height": height})
             contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
