@@ -183,9 +183,9 @@ def render() -> Path:
                   "[predicted masks](results_supervised_confusion_predicted.png); reliability diagrams: "
                   "[ground-truth masks](results_supervised_reliability_gt.png), "
                   "[predicted masks](results_supervised_reliability_predicted.png).", ""]
+    L += _classifier_sections()
     L += _clicks_section(_load("results_clicks.json"), _load("selection_clicks_val.json"))
     L += _presence_section(_load("results_presence.json"))
-    L += _classifier_sections()
     L += _hardening_section(_load("results_hardening.json"))
     out = DOCS / "results.md"
     out.write_text("\n".join(L) + "\n")
