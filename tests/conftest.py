@@ -58,3 +58,22 @@ def kaggle_dir(tmp_path) -> Path:
     save_png(root / "normal" / "normal (1).png", img)
     save_png(root / "normal" / "normal (1)_mask.png", np.zeros((100, 120, 3), np.uint8))
     return root
+
+
+def save_tiny_panet(folder: Path, image_size: int = 64, seed: int = 0) -> Path:
+    """A small random-weight PANet++ checkpoint (no pretrained weights): fast for tests of plumbing."""
+    from core import checkpoint
+    from core.models.panet import PANetConfig, PANetPlusPlus
+
+    torch.manual_seed(seed)
+    m = PANetPlusPlus(PANetConfig(image_size=image_size, weights="random"))
+    checkpoint.save(folder / "p", m.state_dict(), {"kind": "panet", "model": m.config_dict()})
+    return folder / "p"
+
+
+@pytest.fixture(scope="module")
+def seg(tmp_path_factory):
+    """A FewShotSegmenter on a tiny random checkpoint, one per test module."""
+    from core.inference import FewShotSegmenter
+
+    return FewShotSegmenter(save_tiny_panet(tmp_path_factory.mktemp("ck")))

@@ -7,16 +7,13 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from core import checkpoint
 from core.annotate.propagate import export, propagate, uncertainty
 from core.annotate.store import ProjectStore
 from core.data.io import DataError
-from core.inference import FewShotSegmenter
-from core.models.panet import PANetConfig, PANetPlusPlus
 from core.phantom import make_phantom
+from tests.conftest import save_tiny_panet
 
 
 @pytest.fixture
@@ -26,15 +23,6 @@ def folder(tmp_path):
     for i in range(6):
         Image.fromarray(make_phantom(i, size=(80, 100)).image).save(d / f"img{i}.png")
     return d
-
-
-@pytest.fixture(scope="module")
-def seg(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ck")
-    torch.manual_seed(0)
-    m = PANetPlusPlus(PANetConfig(image_size=64, weights="random"))
-    checkpoint.save(d / "p", m.state_dict(), {"kind": "panet", "model": m.config_dict()})
-    return FewShotSegmenter(d / "p")
 
 
 def test_project_lifecycle_and_restart(folder, tmp_path, seg):
@@ -161,8 +149,7 @@ def test_annotate_and_export_commands(folder, tmp_path):
 
     from tests.conftest import ROOT
 
-    m = PANetPlusPlus(PANetConfig(image_size=64, weights="random"))
-    checkpoint.save(tmp_path / "p", m.state_dict(), {"kind": "panet", "model": m.config_dict()})
+    save_tiny_panet(tmp_path)
     s = make_phantom(20)
     Image.fromarray(s.image).save(tmp_path / "s.png")
     Image.fromarray(s.mask.astype(np.uint8) * 255).save(tmp_path / "sm.png")
@@ -205,8 +192,7 @@ def test_kill_9_in_the_middle_of_a_propagation_leaves_a_consistent_project(tmp_p
     d.mkdir()
     for i in range(60):
         Image.fromarray(make_phantom(i, size=(200, 260)).image).save(d / f"img{i:03d}.png")
-    m = PANetPlusPlus(PANetConfig(image_size=128, weights="random"))
-    checkpoint.save(tmp_path / "p", m.state_dict(), {"kind": "panet", "model": m.config_dict()})
+    save_tiny_panet(tmp_path, image_size=128)
     s = make_phantom(99)
     Image.fromarray(s.image).save(tmp_path / "s.png")
     Image.fromarray(s.mask.astype(np.uint8) * 255).save(tmp_path / "sm.png")

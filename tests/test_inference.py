@@ -6,17 +6,7 @@ import torch
 from core import checkpoint
 from core.data.io import DataError
 from core.inference import FewShotSegmenter
-from core.models.panet import PANetConfig, PANetPlusPlus
 from tests.conftest import blob_image
-
-
-@pytest.fixture(scope="module")
-def seg(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ck")
-    torch.manual_seed(0)
-    m = PANetPlusPlus(PANetConfig(image_size=64, weights="random"))
-    checkpoint.save(d / "p", m.state_dict(), {"kind": "panet", "model": m.config_dict()})
-    return FewShotSegmenter(d / "p")
 
 
 def test_any_sizes_and_modes(seg):

@@ -1,23 +1,10 @@
 """Click and box refinement (core/models/clicks.py) and the interactive protocol's simulated user."""
 import numpy as np
 import pytest
-import torch
 
-from core import checkpoint
 from core.data.io import DataError
-from core.inference import FewShotSegmenter
 from core.models.clicks import check_box, clicks_to_reach, next_click, parse_clicks
-from core.models.panet import PANetConfig, PANetPlusPlus
 from core.phantom import make_phantom
-
-
-@pytest.fixture(scope="module")
-def seg(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ck")
-    torch.manual_seed(0)
-    m = PANetPlusPlus(PANetConfig(image_size=64, weights="random"))
-    checkpoint.save(d / "p", m.state_dict(), {"kind": "panet", "model": m.config_dict()})
-    return FewShotSegmenter(d / "p")
 
 
 def _supports():
