@@ -310,13 +310,11 @@ class FewShotSegmenter:
                                  align_corners=False)[0, 0] > 0
             radii = edge_distances(clicks, base.cpu().numpy())
         if clicks and (click_config.prototypes or sims is None):
-            sims = refined_similarity(feats, sims, model.tau, clicks, (h, w), PROTO_LEVELS,
-                                      click_config.prototype_signs)
+            sims = refined_similarity(feats, sims, model.tau, clicks, (h, w), PROTO_LEVELS)
         logits = model.decode(feats, sims, (self.size, self.size))
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         if clicks:
-            logits = logits + click_bias(clicks, (h, w), click_config, logits.device, feats[click_config.gate_level],
-                                         radii)
+            logits = logits + click_bias(clicks, (h, w), click_config, logits.device, radii)
         prob = torch.sigmoid(logits).cpu().numpy().astype(np.float32)
         if box is not None:
             prob[~box_mask(box, (h, w))] = 0.0

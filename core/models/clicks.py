@@ -37,10 +37,6 @@ class ClickConfig:
     sigma: float = 0.15          # Gaussian radius (the largest, with `adaptive`), share of the image's longer side
     strength: float = 12.0       # logit added at a click's centre
     prototypes: bool = False     # the query's features at clicks become prototypes (always, with no supports)
-    gate: bool = False           # the bump follows the image: weighted by feature similarity to the click
-    gate_power: float = 2.0
-    gate_level: int = 1          # encoder level whose features gate the bump (0: stride 4, 1: stride 8)
-    prototype_signs: str = "+-"
     adaptive: bool = True        # each bump's radius = the click's distance to the current mask's edge  # which clicks become prototypes: "+-", "-" (negative only), "+"
 
 
@@ -83,16 +79,13 @@ def _sample(feat: torch.Tensor, clicks, hw) -> torch.Tensor:
 
 
 def refined_similarity(feats: list[torch.Tensor], sims: dict[int, torch.Tensor] | None, tau, clicks, hw,
-                       levels, signs: str = "+-") -> dict[int, torch.Tensor]:
+                       levels) -> dict[int, torch.Tensor]:
     """Cosine maps with the clicks' own prototypes: max over [support prototype, click prototypes].
     sims None: clicks only (foreground = positive clicks; background = negative clicks and the mean
     feature away from positive clicks)."""
     out = {}
     pos = [c for c in clicks if c[2]]
     neg = [c for c in clicks if not c[2]]
-    if sims is not None:
-        pos = pos if "+" in signs else []
-        neg = neg if "-" in signs else []
     for lvl in levels:
         f = feats[lvl]
         maps = []
@@ -139,26 +132,19 @@ def edge_distances(clicks, base_mask: np.ndarray) -> list[float]:
     return out
 
 
-def click_bias(clicks, hw: tuple[int, int], cfg: ClickConfig, device=None, feat: torch.Tensor | None = None,
+def click_bias(clicks, hw: tuple[int, int], cfg: ClickConfig, device=None,
                radii: list[float] | None = None) -> torch.Tensor:
     """(H, W) logit offsets: + strength * Gaussian at positive clicks, - at negative ones (the strongest wins).
-    With cfg.gate and `feat` (1, C, h, w): each bump is weighted by the cosine similarity (clipped at 0,
-    to cfg.gate_power) of every pixel's feature to the clicked one, so it spreads within the clicked
-    structure and stops at its edges."""
+    `radii` (pixels): each click's own Gaussian radius, clipped to [3, sigma * image side]."""
     h, w = hw
     sigma = max(1.0, cfg.sigma * max(h, w))
     ys = torch.arange(h, dtype=torch.float32, device=device)[:, None]
     xs = torch.arange(w, dtype=torch.float32, device=device)[None, :]
     pos = torch.zeros(h, w, device=device)
     neg = torch.zeros(h, w, device=device)
-    protos = _sample(feat, clicks, hw) if (cfg.gate and feat is not None and clicks) else None
     for i, (x, y, positive) in enumerate(clicks):
         sg = sigma if radii is None else float(np.clip(radii[i], 3.0, sigma))
         g = torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sg ** 2))
-        if protos is not None:
-            sim = cosine_similarity_map(feat, protos[i], 1.0)[None]
-            sim = F.interpolate(sim, size=hw, mode="bilinear", align_corners=False)[0, 0]
-            g = g * sim.clamp(min=0) ** cfg.gate_power
         if positive:
             pos = torch.maximum(pos, g)
         else:
