@@ -70,8 +70,8 @@ def annotate_cmd(args) -> int:
     if args.report:
         import sys
 
-        from .supervised_cmds import _write_docs
-        _write_docs({"command": "python -m core " + " ".join(sys.argv[1:]), "images": summary["predicted"],
+        from ..evaluation.report import save_result
+        save_result({"command": "python -m core " + " ".join(sys.argv[1:]), "images": summary["predicted"],
                      "seconds": round(summary["seconds"], 2), "shots": len(supports),
                      "images_per_s": round(summary["predicted"] / max(summary["seconds"], 1e-9), 2),
                      "torch_threads": __import__("torch").get_num_threads()}, args.report)
@@ -99,11 +99,11 @@ def evaluate_uncertainty_cmd(args) -> int:
     from ..data.sets import split_sets
     from ..inference import FewShotSegmenter
     from .fewshot_cmds import _data_dir, default_checkpoint
-    from .supervised_cmds import _write_docs
+    from ..evaluation.report import save_result
 
     seg = FewShotSegmenter(args.checkpoint or default_checkpoint())
     test = split_sets(_data_dir(args.data), ("test",), seg.size)["test"]
     result = {"command": "python -m core " + " ".join(sys.argv[1:]), **uncertainty_ranking(seg, test, args.shots)}
     print(json.dumps(result, indent=2))
-    _write_docs(result, args.out)
+    save_result(result, args.out)
     return 0

@@ -228,16 +228,12 @@ def evaluate_clicks_cmd(args) -> int:
             print(f"{name} {k}-shot sigma={sigma} strength={strength}: Dice after 0/1/3/5 clicks "
                   + "/".join(f"{row['dice_after_clicks'][n]:.3f}" for n in ("0", "1", "3", "5"))
                   + f", NoC@85 {row['noc85']:.2f}, {row['click_ms_median']} ms per click")
-    if args.out:
-        from ..evaluation.multidomain import save_json
-        if args.append and Path(args.out).exists():
-            old = json.loads(Path(args.out).read_text())
-            result["rows"] = old["rows"] + result["rows"]
-            result["command"] = "; then ".join(c for c in (old.get("command"), result["command"]) if c)
-        save_json(result, args.out)
-        if Path(args.out).resolve().parent == Path(__file__).resolve().parents[2] / "docs":
-            from ..evaluation.report import render
-            print(f"written: {render()}")
+    if args.out and args.append and Path(args.out).exists():
+        old = json.loads(Path(args.out).read_text())
+        result["rows"] = old["rows"] + result["rows"]
+        result["command"] = "; then ".join(c for c in (old.get("command"), result["command"]) if c)
+    from ..evaluation.report import save_result
+    save_result(result, args.out)
     return 0
 
 
@@ -506,11 +502,9 @@ def register_multidomain(sub) -> None:
 
 
 def _written(out) -> None:
-    """Say where the results went; re-render docs/results.md when they went into docs/."""
-    from ..evaluation.report import DOCS, render
+    from ..evaluation.report import announce
 
-    rendered = f"; {render()}" if Path(out).resolve().parent == DOCS.resolve() else ""
-    print(f"written: {out}{rendered}")
+    announce(out)
 
 
 def _md_root(arg):
@@ -621,11 +615,9 @@ def evaluate_presence_cmd(args) -> int:
               "curves_test": {sc: grid(rows["test"], sc) for sc in SCORES}}
     print(json.dumps({k: v for k, v in result.items() if k != "curves_test"}, indent=2))
     if args.out:
-        from ..evaluation.multidomain import save_json
-        save_json(result, args.out)
+        from ..evaluation.report import save_result
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         plot_tradeoff({f"{sc} (test)": result["curves_test"][sc] for sc in SCORES}, chosen,
                       Path(args.out).with_suffix(".png"))
-        if Path(args.out).resolve().parent == Path(__file__).resolve().parents[2] / "docs":
-            from ..evaluation.report import render
-            print(f"written: {render()}")
+        save_result(result, args.out)
     return 0

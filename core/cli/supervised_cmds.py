@@ -278,19 +278,10 @@ def benchmark_pipeline_cmd(args) -> int:
     images, _ = latency_images(test)
     result = pipeline_latency(args.seg_model, args.cls_model, images, args.repeats)
     print(json.dumps(result, indent=2))
-    _write_docs(result, args.out)
+    from ..evaluation.report import save_result
+    save_result(result, args.out)
     return 0
 
-
-def _write_docs(result: dict, out) -> None:
-    if not out:
-        return
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    if out.resolve().parent == Path(__file__).resolve().parents[2] / "docs":
-        from ..evaluation.report import render
-        print(f"written: {render()}")
 
 
 def select_classifier_cmd(args) -> int:
@@ -298,7 +289,8 @@ def select_classifier_cmd(args) -> int:
 
     result = select_classifier(args.data, args.split, args.seg_model, args.candidates, None)
     print(json.dumps(result, indent=2))
-    _write_docs(result, args.out)
+    from ..evaluation.report import save_result
+    save_result(result, args.out)
     return 0
 
 
@@ -308,7 +300,8 @@ def evaluate_external_cmd(args) -> int:
     result = evaluate_external(args.data, args.seg_model, args.cls_model, n_boot=args.bootstrap, limit=args.limit,
                                out=args.out, device=args.device)
     print(json.dumps(result, indent=2))
-    _write_docs(result, args.out)
+    from ..evaluation.report import save_result
+    save_result(result, args.out)
     return 0
 
 
@@ -317,9 +310,9 @@ def evaluate_supervised_cmd(args) -> int:
 
     result = evaluate_supervised(args.data, args.split, args.seg_model, args.cls_model, args.out, args.part)
     print(json.dumps(result, indent=2))
-    if args.out and Path(args.out).resolve().parent == Path(__file__).resolve().parents[2] / "docs":
-        from ..evaluation.report import render
-        print(f"written: {render()}")
+    if args.out:
+        from ..evaluation.report import announce
+        announce(args.out)
     return 0
 
 

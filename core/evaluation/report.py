@@ -7,6 +7,22 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
+def announce(out) -> None:
+    """Say where results went; re-render docs/results.md when they went into docs/."""
+    rendered = f"; {render()}" if Path(out).resolve().parent == DOCS.resolve() else ""
+    print(f"written: {out}{rendered}")
+
+
+def save_result(obj: dict, out) -> None:
+    """Write a command's result JSON (nothing when `out` is empty) and announce it."""
+    if not out:
+        return
+    from .multidomain import save_json
+
+    save_json(obj, out)
+    announce(out)
+
+
 def _load(name):
     p = DOCS / name
     return json.loads(p.read_text()) if p.exists() else None
