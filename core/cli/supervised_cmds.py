@@ -177,15 +177,22 @@ def _threads(args):
         torch.set_num_threads(args.threads)
 
 
-def train_seg_cmd(args) -> int:
+def _segmenter_configs(args):
+    """(training config, model config) of a segmenter from the shared options (train-seg, oof-masks)."""
     from ..models.supervised import SegmenterConfig
-    from ..training.supervised import SupervisedTrainConfig, train_segmenter
+    from ..training.supervised import SupervisedTrainConfig
+
+    return (SupervisedTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
+                                  seed=args.seed, device=args.device, save_path=args.save_path),
+            SegmenterConfig(arch=args.arch, encoder=args.encoder, image_size=args.img_size, weights=args.weights))
+
+
+def train_seg_cmd(args) -> int:
+    from ..training.supervised import train_segmenter
 
     _threads(args)
     train, val, _, info = load_parts(args, args.img_size)
-    cfg = SupervisedTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
-                                seed=args.seed, device=args.device, save_path=args.save_path)
-    mcfg = SegmenterConfig(arch=args.arch, encoder=args.encoder, image_size=args.img_size, weights=args.weights)
+    cfg, mcfg = _segmenter_configs(args)
     print(json.dumps(train_segmenter(mcfg, cfg, train, val, info), indent=2))
     return 0
 
@@ -250,15 +257,11 @@ def train_cls_cmd(args) -> int:
 
 
 def oof_masks_cmd(args) -> int:
-    from ..models.supervised import SegmenterConfig
     from ..training.oof import out_of_fold_masks, save_oof
-    from ..training.supervised import SupervisedTrainConfig
 
     _threads(args)
     train, val, _, info = load_parts(args, args.img_size)
-    cfg = SupervisedTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
-                                seed=args.seed, device=args.device, save_path=args.save_path)
-    mcfg = SegmenterConfig(arch=args.arch, encoder=args.encoder, image_size=args.img_size, weights=args.weights)
+    cfg, mcfg = _segmenter_configs(args)
     result = out_of_fold_masks(train, val, args.folds, mcfg, cfg, args.save_path + "_models", info)
     save_oof(args.save_path, train.names, result)
     print(json.dumps({"folds": args.folds, "val_dice": result["val_dice"], "held_out_dice": result["held_out_dice"],

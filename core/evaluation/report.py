@@ -227,12 +227,7 @@ def _classifier_sections() -> list[str]:
             if r.get("mask_noise"):
                 masks += " + simulated segmenter errors"
             chosen = " (chosen)" if name == sel["chosen"] else ""
-            meta = {}
-            try:
-                meta = json.loads(Path(name + ".json").read_text())
-            except (OSError, ValueError):
-                pass
-            by = meta.get("selected_by", "nll")
+            by = r.get("selected_by", "nll")
             L.append(f"| `{Path(name).name}`{chosen} | {r.get('backbone')} | {masks} | val {by.upper()} (epoch "
                      f"{r.get('epoch')}) | {_f(r['val_accuracy'])} | {_f(r['val_macro_auc'])} | {_f(r['val_ece'])} |")
         L.append("")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import checkpoint
 from ..data.dataset import ImageSet
 
 
@@ -122,13 +123,14 @@ def select_classifier(data, split, seg_path, candidates: list[str], out=None) ->
     rows = {}
     for c in candidates:
         r = evaluate_supervised(data, split, seg_path, c, None, part="val")["classifier"]["predicted_masks"]
-        meta = json.loads(Path(str(c) + ".json").read_text()) if Path(str(c) + ".json").exists() else {}
+        meta = checkpoint.load_meta(c)
         rows[str(c)] = {"val_accuracy": r["accuracy"], "val_macro_auc": r["macro_auc"], "val_ece": r["ece"],
                         "val_confusion_matrix": r["confusion_matrix"],
                         "backbone": meta.get("model", {}).get("backbone"),
                         "mask_source": meta.get("data", {}).get("mask_source"),
                         "oof_share": meta.get("data", {}).get("oof_share"),
                         "mask_noise": bool(meta.get("mask_noise")), "epoch": meta.get("epoch"),
+                        "selected_by": meta.get("selected_by", "nll"),
                         "train_seconds": meta.get("train_seconds")}
     best = max(rows, key=lambda k: (rows[k]["val_macro_auc"], rows[k]["val_accuracy"]))
     result = {"part": "val", "masks": "predicted", "seg_model": str(seg_path), "candidates": rows, "chosen": best,
