@@ -64,13 +64,20 @@ def bounded(value, lo: float, hi: float, what: str, integer: bool = False) -> fl
     return int(round(v)) if integer else v
 
 
-def _downscaled(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fit_side(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """The image downscaled so that its longer side is at most `side` (never upscaled), and the scale."""
     h, w = image.shape[:2]
-    if max(h, w) <= KEPT_PAIR_SIDE:
-        return image, mask
-    scale = KEPT_PAIR_SIDE / max(h, w)
+    scale = min(1.0, side / max(h, w))
+    if scale == 1.0:
+        return image, 1.0
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), resize_mask(mask, (size[1], size[0]))
+    interp = cv2.INTER_AREA if image.dtype == np.uint8 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interp), scale
+
+
+def _downscaled(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    small, _ = fit_side(image, KEPT_PAIR_SIDE)
+    return small, resize_mask(mask, small.shape[:2])
 
 
 def keep_pair(pairs: list, image: np.ndarray, mask: np.ndarray) -> list:
@@ -307,13 +314,7 @@ DISPLAY_SIDE = 640   # overlays and maps are sent at most this large (the page s
 
 def display_size(image: np.ndarray) -> tuple[np.ndarray, float]:
     """The image downscaled for the page (longer side <= DISPLAY_SIDE) and the scale used."""
-    h, w = image.shape[:2]
-    scale = min(1.0, DISPLAY_SIDE / max(h, w))
-    if scale == 1.0:
-        return image, 1.0
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    interp = cv2.INTER_AREA if image.dtype == np.uint8 else cv2.INTER_LINEAR
-    return cv2.resize(image, size, interpolation=interp), scale
+    return fit_side(image, DISPLAY_SIDE)
 
 
 @dataclass

@@ -378,6 +378,14 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         def on_api_click(sess: Session, x, y, mode, thr, opa, request: gr.Request):
             return _click(sess, x, y, mode, thr, opa, request)
 
+        def _refined(sess: Session, thr, opa, request):
+            """The overlay refined with the session's clicks and box (outputs of every click event)."""
+            try:
+                img, text = handlers.refine(ctx, sess, thr, opa, _owner(request))
+            except (UserError, ValueError) as exc:
+                raise _error(exc)
+            return img, text, _clear_corrector(sess), sess
+
         def _click(sess: Session, x, y, mode, thr, opa, request):
             sess = copy.copy(sess)
             try:
@@ -385,10 +393,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 if mode == "box" and sess.box_corner is not None:
                     return (handlers.render_overlay(sess, opa, handlers._truth(ctx, sess, sess.query_image)),
                             "Box: now click the opposite corner.", gr.skip(), sess)
-                img, text = handlers.refine(ctx, sess, thr, opa, _owner(request))
             except (UserError, ValueError) as exc:
                 raise _error(exc)
-            return img, text, _clear_corrector(sess), sess
+            return _refined(sess, thr, opa, request)
 
         overlay_out.select(on_overlay_click, [session, click_mode, threshold, opacity],
                            [overlay_out, click_text, corrector, session], api_name=False, concurrency_limit=2)
@@ -403,20 +410,12 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 sess.clicks = sess.clicks[:-1]
             elif sess.box is not None:
                 sess.box = None
-            try:
-                img, text = handlers.refine(ctx, sess, thr, opa, _owner(request))
-            except (UserError, ValueError) as exc:
-                raise _error(exc)
-            return img, text, _clear_corrector(sess), sess
+            return _refined(sess, thr, opa, request)
 
         def do_clear_clicks(sess: Session, thr, opa, request: gr.Request):
             sess = copy.copy(sess)
             sess.clicks, sess.box, sess.box_corner = [], None, None
-            try:
-                img, text = handlers.refine(ctx, sess, thr, opa, _owner(request))
-            except (UserError, ValueError) as exc:
-                raise _error(exc)
-            return img, text, _clear_corrector(sess), sess
+            return _refined(sess, thr, opa, request)
 
         undo_click.click(do_undo, [session, threshold, opacity], [overlay_out, click_text, corrector, session],
                          api_name="undo_click")
