@@ -225,3 +225,42 @@ def test_kill_9_in_the_middle_of_a_propagation_leaves_a_consistent_project(tmp_p
     for r in predicted:                  # every committed change points to a complete mask file
         assert store.mask(r["rel_path"]).shape == (200, 260)
     assert all(r["version"] == 0 for r in rows if r["status"] == "unlabelled")
+
+
+def test_a_decision_applies_only_to_the_image_and_version_the_person_saw(folder, tmp_path):
+    from core.annotate.store import StaleDecision
+
+    store = ProjectStore(tmp_path / "out", "review")
+    store.add_folder(folder)
+    a, b = (r for r in store.rows()[:2])
+    with pytest.raises(DataError, match="no predicted mask to accept"):
+        store.decide(a["rel_path"], "accept", a["id"], a["version"])      # nothing predicted yet
+    pred = np.zeros((80, 100), bool)
+    pred[20:40, 30:60] = True
+    store.record(a["rel_path"], "predicted", pred)
+    with pytest.raises(StaleDecision, match="another image"):
+        store.decide(a["rel_path"], "accept", b["id"], 1)
+    with pytest.raises(StaleDecision, match="changed since it was shown"):
+        store.decide(a["rel_path"], "accept", a["id"], 0)                  # it was re-predicted meanwhile
+    assert store.decide(a["rel_path"], "accept", a["id"], 1) == 2
+    np.testing.assert_array_equal(store.mask(a["rel_path"]), pred)
+    with pytest.raises(DataError, match="the correction is empty"):
+        store.decide(b["rel_path"], "correct", b["id"], 0, mask=np.zeros((80, 100), bool))
+    assert store.row(b["rel_path"])["version"] == 0, "a refused decision writes nothing"
+
+
+def test_an_unreadable_image_leaves_the_review_and_decisions_stay_on_their_image(folder, tmp_path):
+    """Finding 2: the queue reached an unreadable file; each decision then wrote to another image."""
+    from webapp import annotate
+
+    (folder / "img0.png").write_bytes((folder / "img0.png").read_bytes()[:200])   # truncated
+    store = ProjectStore(tmp_path / "out", "broken")
+    store.add_folder(folder)
+    v = annotate.view(store, annotate.next_image(store))
+    assert v.rel_path == "img1.png", "the unreadable first image is skipped"
+    assert "img0.png could not be read" in v.text and str(folder) not in v.text
+    assert store.row("img0.png")["status"] == "unreadable"
+    assert "img0.png" not in [r["rel_path"] for r in store.review_queue()]
+    annotate.decide(store, v.rel_path, "no lesion", "someone", v.token)
+    assert store.row("img1.png")["status"] == "no lesion"
+    assert [h["status"] for h in store.history("img0.png")] == ["unreadable"], "nothing else written to it"

@@ -36,28 +36,33 @@ def annot_app(tmp_path_factory):
     demo.close()
 
 
+def decide(client, action, token=""):
+    """One review decision through the API: (status, image, text, token)."""
+    status, img, text, _, token = client.predict(None, token, api_name="/annotate_" + action.replace(" ", "_"))
+    return status, img, text, token
+
+
 def test_propagate_review_and_export(annot_app, tmp_path):
     client, files, ctx = annot_app
     set_supports(client, [support_editor(files, 1), support_editor(files, 2)])
-    status, _, text = client.predict("ward 7", api_name="/annotate_open")
-    assert "Project ward_7" in status and "unlabelled 5" in status
+    status, _, text, token = client.predict("ward 7", api_name="/annotate_open")
+    assert "Project ward_7" in status and "unlabelled 5" in status and token
     line = client.predict("tiny_panet", False, api_name="/annotate_propagate")
     assert "Done: 5 of 5" in line
-    status, _, first, _ = client.predict(None, api_name="/annotate_accept")
+    status, _, text, token = client.predict("ward 7", api_name="/annotate_open")   # shows a predicted image
+    status, _, first, _ = decide(client, "accept", token)
     assert "accepted 1" in status and "predicted 4" in status
-    client.predict(None, api_name="/annotate_promote")            # the image just accepted
-    status, _, _, _ = client.predict(None, api_name="/annotate_no_lesion")
+    decide(client, "promote")            # the image just accepted
+    status, _, _, _ = decide(client, "no lesion")
     assert "no lesion 1" in status and "supports promoted: 1" in status
-    status, _, text, _ = client.predict(None, api_name="/annotate_undo")   # the "no lesion" is taken back
+    status, _, text, _ = decide(client, "undo")   # the "no lesion" is taken back
     assert "no lesion" not in status and "predicted" in text
-    status, _, _, _ = client.predict(None, api_name="/annotate_no_lesion")
+    status, _, _, _ = decide(client, "no lesion")
     assert "no lesion 1" in status
-    # a second session on the same project sees the first one's decisions and adds its own
+    # another user's project of the same name is another project: it sees none of these decisions
     other = Client(client.src, verbose=False)
-    status2, _, _ = other.predict("ward_7", api_name="/annotate_open")
-    assert "accepted 1" in status2 and "no lesion 1" in status2
-    status2, _, _, _ = other.predict(None, api_name="/annotate_accept")
-    assert "accepted 2" in status2
+    status2, _, _, _ = other.predict("ward_7", api_name="/annotate_open")
+    assert "unlabelled 5" in status2 and "accepted" not in status2
     # the promoted image can become a support of this session
     editors_and_more = client.predict(api_name="/annotate_use_promoted")
     assert "1: ready" in editors_and_more[-1]
@@ -65,9 +70,55 @@ def test_propagate_review_and_export(annot_app, tmp_path):
     with zipfile.ZipFile(zpath) as z:
         names = z.namelist()
     assert "ward_7/manifest.csv" in names and "ward_7/annotations.json" in names
-    assert sum(n.startswith("ward_7/masks/") and n.endswith("_mask.png") for n in names) == 3
-    store_masks = list((ctx.config.output_dir / "projects" / "ward_7" / "masks").glob("*.png"))
+    assert sum(n.startswith("ward_7/masks/") and n.endswith("_mask.png") for n in names) == 2
+    store_masks = list((ctx.config.output_dir / "projects").rglob("ward_7/masks/*.png"))
     assert store_masks and all(np.asarray(Image.open(p)).ndim == 2 for p in store_masks)
+
+
+def test_accept_without_a_prediction_is_refused_and_saves_nothing(annot_app):
+    """Finding 1: Accept on the image shown right after Open (no prediction yet) recorded an empty mask."""
+    client, files, _ = annot_app
+    c = Client(client.src, verbose=False)
+    status, _, text, token = c.predict("fresh", api_name="/annotate_open")
+    assert "unlabelled 5" in status and "no prediction yet" in text
+    with pytest.raises(Exception, match="no predicted mask to accept"):
+        decide(c, "accept", token)
+    status, _, _, _ = c.predict("fresh", api_name="/annotate_open")
+    assert "accepted" not in status and "unlabelled 5" in status
+
+
+def test_a_decision_for_another_image_than_the_one_shown_is_refused(annot_app):
+    client, files, _ = annot_app
+    c = Client(client.src, verbose=False)
+    set_supports(c, [support_editor(files, 1)])
+    c.predict("steps", api_name="/annotate_open")
+    c.predict("tiny_panet", False, api_name="/annotate_propagate")
+    _, _, _, token = c.predict("steps", api_name="/annotate_open")
+    image_id, version = token.split(":")
+    with pytest.raises(Exception, match="out of step"):
+        decide(c, "accept", f"{int(image_id) + 1}:{version}")   # the page shows another image than the session
+    status, _, _, _ = decide(c, "accept", token)
+    assert "accepted 1" in status
+
+
+def test_projects_of_two_users_are_apart_and_a_user_key_brings_them_back(annot_app):
+    """Finding 3 and 4: a project belongs to its user; the same user (same key) after a reload finds it."""
+    from webapp.context import AppContext
+
+    _, _, ctx = annot_app
+
+    class Req:
+        def __init__(self, session_hash):
+            self.session_hash, self.username = session_hash, None
+
+    key = ctx.bind_user("tab-1", None)            # the first visit: a new key, kept by the browser
+    assert ctx.bind_user("tab-2", key) == key     # a reload: a new session, the same key
+    a, b = ctx.owner(Req("tab-1")), ctx.owner(Req("tab-2"))
+    assert a == b and ctx.project_namespace(a) == ctx.project_namespace(b)
+    stranger = ctx.owner(Req("tab-3"))
+    assert stranger != a and ctx.project_namespace(stranger) != ctx.project_namespace(a)
+    assert ctx.bind_user("tab-4", "../../etc") != "../../etc", "a malformed key is replaced"
+    assert isinstance(ctx, AppContext)
 
 
 def test_propagation_with_the_no_lesion_decision_shows_the_score(annot_app):
@@ -76,5 +127,5 @@ def test_propagation_with_the_no_lesion_decision_shows_the_score(annot_app):
     set_supports(c, [support_editor(files, 1)])
     c.predict("ward 8", api_name="/annotate_open")
     assert "Done: 5 of 5" in c.predict("tiny_panet", True, api_name="/annotate_propagate")
-    _, _, text = c.predict("ward_8", api_name="/annotate_open")
+    _, _, text, _ = c.predict("ward_8", api_name="/annotate_open")
     assert "lesion-presence score" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,11 +17,13 @@ from .context import AppContext, owner_tag
 from .handlers import UserError, display_size, layer_mask, resize_mask
 
 
-def open_project(ctx: AppContext, name: str) -> ProjectStore:
+def open_project(ctx: AppContext, name: str, owner: str) -> ProjectStore:
+    """The owner's project `name` (each user has a namespace of their own; one shared namespace in a
+    single-user install, the same as the CLI's)."""
     if ctx.config.data_dir is None:
         raise UserError("no data folder configured: start the app with --data DIR (the folder to annotate)")
     try:
-        store = ProjectStore(ctx.config.output_dir, name)
+        store = ProjectStore(ctx.config.output_dir, name, namespace=ctx.project_namespace(owner))
         store.add_folder(ctx.config.data_dir, ctx.config.data_dir)
     except DataError as exc:
         raise UserError(str(exc)) from exc
@@ -77,21 +80,45 @@ def run_propagation(ctx: AppContext, store: ProjectStore, checkpoint_name, suppo
     if "error" in result:
         raise UserError(f"propagation failed: {result['error']}")
     s = result["summary"]
+    kept = (f" The {s['predicted']} predictions made are kept; Propagate again resumes with the rest."
+            if s["stopped"] else "")
     yield (f"{'Stopped' if s['stopped'] else 'Done'}: {s['predicted']} of {s['to_do']} images predicted in "
-           f"{s['seconds']:.0f} s" + (f"; {len(s['errors'])} unreadable" if s["errors"] else "") + ". "
-           + status_text(store))
+           f"{s['seconds']:.0f} s" + (f"; {len(s['errors'])} unreadable (left out of the review)" if s["errors"]
+                                      else "") + "." + kept + " " + status_text(store))
 
 
-def next_image(store: ProjectStore) -> str | None:
-    q = store.review_queue()
-    return q[0]["rel_path"] if q else None
+def next_image(store: ProjectStore, after: str | None = None) -> str | None:
+    """The first image of the review queue (the most uncertain), `after` excluded."""
+    q = [r["rel_path"] for r in store.review_queue() if r["rel_path"] != after]
+    return q[0] if q else None
 
 
-def view(store: ProjectStore, rel_path: str | None) -> tuple[np.ndarray | None, str]:
+@dataclass
+class ReviewView:
+    """What the page shows of the image under review, and the token a decision must carry back."""
+    rel_path: str | None
+    image: np.ndarray | None
+    text: str
+    token: str          # "image_id:version" of the image shown ("" when none)
+
+
+def view(store: ProjectStore, rel_path: str | None, who: str = "") -> ReviewView:
+    """The image `rel_path` for review; an unreadable image is marked so (it leaves the queue, with a
+    plain message naming it) and the next one is shown instead."""
+    notes = []
+    while rel_path is not None:
+        try:
+            img = read_image(store.image_path(rel_path))
+            break
+        except DataError:
+            store.mark_unreadable(rel_path, who=who)
+            notes.append(f"{rel_path} could not be read (not a readable image): marked unreadable and left out "
+                         "of the review.")
+            rel_path = next_image(store)
+    note = (" " + " ".join(notes)) if notes else ""
     if rel_path is None:
-        return None, "Nothing left to review. " + status_text(store)
+        return ReviewView(None, None, "Nothing left to review. " + status_text(store) + note, "")
     r = store.row(rel_path)
-    img = read_image(store.image_path(rel_path))
     mask = store.mask(rel_path)
     small, _ = display_size(img)
     m = resize_mask(mask, small.shape[:2]) if mask is not None else np.zeros(small.shape[:2], bool)
@@ -99,30 +126,42 @@ def view(store: ProjectStore, rel_path: str | None) -> tuple[np.ndarray | None, 
     if r["lesion_score"] is not None:
         unc += f", lesion-presence score {r['lesion_score']:.3f}" + ("" if mask is not None and mask.any()
                                                                    else " (below the threshold: no lesion predicted)")
-    return overlay(small, m, 0.4), f"**{rel_path}**: {r['status']}{unc} (version {r['version']})."
+    if mask is None and r["status"] in ("unlabelled", "skipped"):
+        unc += "; no prediction yet: propagate, correct with the brush, or choose No lesion"
+    return ReviewView(rel_path, overlay(small, m, 0.4),
+                      f"**{rel_path}**: {r['status']}{unc} (version {r['version']}).{note}",
+                      f"{r['id']}:{r['version']}")
 
 
-def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, corrector=None) -> None:
+def parse_token(token) -> tuple[int, int]:
+    try:
+        image_id, version = (int(v) for v in str(token).split(":"))
+    except (TypeError, ValueError):
+        raise UserError("no image under review: open the project again") from None
+    return image_id, version
+
+
+def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, token: str, corrector=None) -> None:
+    """A decision on exactly the image the person saw: `token` (image id and version shown) must match."""
     if not rel_path:
         raise UserError("open a project and pick an image first")
     who = owner_tag(owner)
     try:
-        if action == "accept":
-            store.record(rel_path, "accepted", store.mask(rel_path), who=who)
-        elif action == "no lesion":
-            store.record(rel_path, "no lesion", None, who=who)
-        elif action == "skip":
-            store.record(rel_path, "skipped", store.mask(rel_path), who=who)
+        if action in ("accept", "no lesion", "skip", "correct"):
+            image_id, version = parse_token(token)
+            mask = None
+            if action == "correct":
+                if not (isinstance(corrector, dict) and corrector.get("background") is not None):
+                    raise UserError("load the image into the correction editor and paint the lesion first")
+                img = read_image(store.image_path(rel_path))
+                mask = layer_mask(corrector, img.shape[:2])
+                if not mask.any():
+                    raise UserError("the correction is empty: paint the lesion, or choose No lesion")
+            store.decide(rel_path, action, image_id, version, who=who, mask=mask)
         elif action == "undo":
             store.undo(rel_path, who=who)
         elif action == "promote":
             store.promote(rel_path)
-        elif action == "correct":
-            if not (isinstance(corrector, dict) and corrector.get("background") is not None):
-                raise UserError("load the image into the correction editor and paint the lesion first")
-            img = read_image(store.image_path(rel_path))
-            mask = layer_mask(corrector, img.shape[:2])
-            store.record(rel_path, "corrected" if mask.any() else "no lesion", mask if mask.any() else None, who=who)
         else:
             raise UserError(f"unknown action {action}")
     except DataError as exc:

@@ -18,7 +18,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import secrets
 import shutil
+from collections import OrderedDict
 import threading
 import time
 from dataclasses import dataclass, field
@@ -57,11 +60,19 @@ class AppConfig:
     device: str = "auto"
     list_all_checkpoints: bool = False   # True: every saved checkpoint is listed to every session
     cache_ttl: float = 3600.0            # seconds an export or a cached upload/result is kept
+    # True: one person uses this app (the default `python app.py` on this computer): every page they open
+    # is the same user, who owns every project, saved checkpoint and job it made (the CLI's projects too)
+    single_user: bool = False
 
 
 def owner_tag(owner: str) -> str:
     """What a checkpoint records of the session that saved it (a hash: the session id stays private)."""
     return hashlib.sha256(f"panet-owner:{owner}".encode()).hexdigest()[:16]
+
+
+LOCAL_USER = "local"           # the one user of a single-user install
+USER_KEY_RE = re.compile(r"[0-9a-f]{32}")
+MAX_BOUND_SESSIONS = 10000     # browser sessions remembered with their user key (oldest forgotten)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -88,6 +99,7 @@ class AppContext:
     gallery: dict[str, GalleryItem] = field(default_factory=dict)
     _models: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _users: OrderedDict = field(default_factory=OrderedDict)   # browser session -> user key
 
     def __post_init__(self):
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +119,53 @@ class AppContext:
                 # the page shows folder names, never the server's absolute paths
                 text = str(exc).replace(str(self.config.data_dir), Path(self.config.data_dir).name)
                 self.data_message = f"Data folder not usable: {text}"
+
+    # ------------------------------------------------------------------ users
+    def browser_secret(self) -> str:
+        """The key that encrypts the user key kept in the browser (gr.BrowserState): kept in the output
+        folder, so that a user is the same user after the app restarts."""
+        p = self.config.output_dir / ".browser_secret"
+        try:
+            return p.read_text().strip()
+        except OSError:
+            key = secrets.token_hex(32)
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key)
+            return key
+
+    def bind_user(self, session_hash: str | None, key: str | None) -> str:
+        """Remember which user a browser session belongs to (called when the page loads). `key` is the
+        user key kept in the browser; a missing or malformed one is replaced by a new random key, which
+        is returned for the page to keep."""
+        if not (isinstance(key, str) and USER_KEY_RE.fullmatch(key)):
+            key = secrets.token_hex(16)
+        if session_hash:
+            with self._lock:
+                self._users[session_hash] = key
+                self._users.move_to_end(session_hash)
+                while len(self._users) > MAX_BOUND_SESSIONS:
+                    self._users.popitem(last=False)
+        return key
+
+    def owner(self, request) -> str:
+        """Who a call comes from: the signed-in user name (an app started with auth), the one local user
+        (single-user install), the user key the page's browser keeps (survives reloads and restarts), or,
+        for an API client, its own session."""
+        name = getattr(request, "username", None)
+        if name:
+            return f"user:{name}"
+        if self.config.single_user:
+            return LOCAL_USER
+        sh = getattr(request, "session_hash", None)
+        with self._lock:
+            key = self._users.get(sh)
+        return f"key:{key}" if key else (sh or "anonymous")
+
+    def project_namespace(self, owner: str) -> str | None:
+        """Where the owner's annotation projects live: the shared folder (the CLI's) for a single-user
+        install, a folder of their own otherwise."""
+        return None if owner == LOCAL_USER else owner_tag(owner)
 
     # ------------------------------------------------------------------ data folder
     def _index_data(self, root: Path) -> None:
@@ -211,13 +270,45 @@ class AppContext:
             self.sweep()
 
     # ------------------------------------------------------------------ checkpoints
+    def _defaults(self) -> dict:
+        import json
+
+        try:
+            return json.loads((self.config.checkpoints_dir / "DEFAULTS.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def descriptions(self, kind: str, owner: str | None = None) -> dict[str, str]:
+        """Name -> one line saying what each listed checkpoint is for (the checkpoint menu shows it)."""
+        listed = (self._defaults().get("listed") or {}).get(kind) or {}
+        out = {}
+        for name, path in self.checkpoints(kind, owner).items():
+            text = listed.get(name)
+            if text is None:
+                try:
+                    meta = checkpoint.load_meta(path.with_suffix(".json"))
+                except checkpoint.CheckpointError:
+                    meta = {}
+                text = str(meta.get("note") or meta.get("train", {}).get("description", "") or "")[:80] \
+                    if isinstance(meta.get("train", {}), dict) else ""
+                text = text or ("saved from this app" if name.endswith(" (yours)") else "")
+            out[name] = text
+        return out
+
+    def checkpoint_choices(self, kind: str, owner: str | None = None) -> list[tuple[str, str]]:
+        """(label with its description, name) pairs for the checkpoint menu."""
+        return [(f"{n}: {d}" if d else n, n) for n, d in self.descriptions(kind, owner).items()]
+
     def checkpoints(self, kind: str, owner: str | None = None) -> dict[str, Path]:
-        """Display name -> path of the checkpoints of `kind` this session may use: the shipped ones,
-        then those this session saved ("yours"; all saved ones with `list_all_checkpoints`)."""
+        """Display name -> path of the checkpoints of `kind` this user may use: the shipped ones meant
+        for users (those DEFAULTS.json lists under "listed", when it lists any), then those this user
+        saved ("yours"; all saved ones with `list_all_checkpoints` or in a single-user install)."""
         out = {}
         tag = owner_tag(owner) if owner else None
+        listed = (self._defaults().get("listed") or {}).get(kind)
+        own_only = not (self.config.list_all_checkpoints or self.config.single_user)
         for folder, suffix, own_only in ((self.config.checkpoints_dir, "", False),
-                                         (self.saved_dir, " (yours)", not self.config.list_all_checkpoints)):
+                                         (self.saved_dir, " (yours)", own_only)):
             if not folder.is_dir():
                 continue
             for js in sorted(folder.glob("*.json")):
@@ -227,22 +318,17 @@ class AppContext:
                     continue
                 if meta.get("kind") != kind or (own_only and (tag is None or meta.get("owner") != tag)):
                     continue
+                if listed is not None and not suffix and js.stem not in listed:
+                    continue    # shipped, but not meant for users (e.g. a model that ignores its supports)
                 out[js.stem + suffix] = js.with_suffix("")
         return out
 
     def default_checkpoint(self, kind: str) -> str | None:
         """The shipped default (named in checkpoints/DEFAULTS.json) when present, else the first listed."""
-        import json
-
         names = list(self.checkpoints(kind))
-        defaults = self.config.checkpoints_dir / "DEFAULTS.json"
-        if defaults.exists():
-            try:
-                wanted = json.loads(defaults.read_text()).get(kind)
-            except ValueError:
-                wanted = None
-            if wanted in names:
-                return wanted
+        wanted = self._defaults().get(kind)
+        if wanted in names:
+            return wanted
         return names[0] if names else None
 
     def _resolve(self, kind: str, name: str | None, owner: str | None = None) -> Path:

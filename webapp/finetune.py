@@ -10,8 +10,8 @@ diverged or useless run deletes its folder, so nothing half-written is ever list
 run whose process crashed is removed by the next start (`AppContext.sweep`). A saved checkpoint
 records the (hashed) session that made it, and no server path.
 
-Jobs wait their turn in Gradio's queue (one training job at a time, `concurrency_id="finetune"`):
-the page shows a waiting caller its position.
+Jobs wait their turn in `TRAINING_QUEUE` (one training job at a time, first come first served): a
+waiting caller sees its position and can cancel the job before it starts.
 """
 from __future__ import annotations
 
@@ -33,9 +33,50 @@ from .handlers import UserError
 
 from core.training.engine import Job
 
-_JOB_LOCK = threading.Lock()          # the machine runs one training job at a time
-_JOBS: dict[str, Job] = {}            # owner (browser session) -> its running job
+_JOBS: dict[str, Job] = {}            # owner (user) -> its running or waiting job
 _JOBS_LOCK = threading.Lock()
+
+
+class JobQueue:
+    """One job runs at a time; the others wait in order of arrival, each seeing its position, and a
+    waiting job that its owner cancels leaves the line without ever starting."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._waiting: list[Job] = []
+        self._running: Job | None = None
+
+    def wait_turn(self, job: Job, poll: float = 0.5):
+        """Generator: yields the number of jobs ahead while `job` waits; returns once it runs (True) or
+        was cancelled while waiting (False)."""
+        with self._cond:
+            self._waiting.append(job)
+        try:
+            while True:
+                with self._cond:
+                    if job.cancel_requested:
+                        return False
+                    if self._running is None and self._waiting[0] is job:
+                        self._running = job
+                        return True
+                    ahead = self._waiting.index(job) + (self._running is not None)
+                yield ahead
+                with self._cond:
+                    self._cond.wait(poll)
+        finally:
+            with self._cond:
+                if job in self._waiting:
+                    self._waiting.remove(job)
+                self._cond.notify_all()
+
+    def release(self, job: Job) -> None:
+        with self._cond:
+            if self._running is job:
+                self._running = None
+            self._cond.notify_all()
+
+
+TRAINING_QUEUE = JobQueue()
 MAX_LR = 1e-2
 MAX_EPOCHS = 50       # the page's sliders stop at 20 and 500; an API call may ask for more, within these
 MAX_EPISODES = 1000
@@ -59,8 +100,10 @@ def cancel(owner: str) -> str:
     with _JOBS_LOCK:
         job = _JOBS.get(owner)
     if job is None or not job.active:
-        return "You have no fine-tuning or adaptation job running."
+        return "You have no fine-tuning, adaptation or propagation job running or waiting."
     job.cancel(by=owner)
+    if job.name == "propagation":
+        return "Stopping the propagation after the current image: the predictions made so far are kept."
     return f"Cancelling {job.name}: it stops after the current episode; nothing will be saved."
 
 
@@ -140,11 +183,13 @@ def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episo
     lr = check_lr(lr)
     epochs = bounded(epochs, 1, MAX_EPOCHS, "epochs", integer=True)
     episodes = bounded(episodes, 1, MAX_EPISODES, "episodes per epoch", integer=True)
-    if not _JOB_LOCK.acquire(blocking=False):
-        raise UserError("another fine-tuning or adaptation job is running: wait for it to finish (one job at a time)")
     workdir = None
     job = _register(owner, "fine-tuning")
     try:
+        started = yield from _wait(job, lambda msg: (msg, None, None))
+        if not started:
+            yield "Cancelled while waiting in the queue: nothing ran and nothing was saved.", None, None
+            return
         base = ctx.fewshot(checkpoint_name, owner)
         size = base.model.config.image_size
         if source == "data folder":
@@ -219,7 +264,7 @@ def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episo
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
         _unregister(job)
-        _JOB_LOCK.release()
+        TRAINING_QUEUE.release(job)
 
 
 def adapt(ctx: AppContext, checkpoint_name, supports, seconds: float, owner: str):
@@ -229,10 +274,12 @@ def adapt(ctx: AppContext, checkpoint_name, supports, seconds: float, owner: str
         raise UserError("adaptation time must be between 1 and 600 seconds")
     if not supports:
         raise UserError("no supports: add at least one support image with its mask first")
-    if not _JOB_LOCK.acquire(blocking=False):
-        raise UserError("another fine-tuning or adaptation job is running: wait for it to finish (one job at a time)")
     job = _register(owner, "adaptation")
     try:
+        started = yield from _wait(job, lambda msg: msg)
+        if not started:
+            yield "Adaptation cancelled while waiting in the queue: the model is unchanged."
+            return
         seg = ctx.fewshot(checkpoint_name, owner)
         events: queue.Queue = queue.Queue()
         result: dict = {}
@@ -266,7 +313,22 @@ def adapt(ctx: AppContext, checkpoint_name, supports, seconds: float, owner: str
         yield adapt_report(result["summary"])
     finally:
         _unregister(job)
-        _JOB_LOCK.release()
+        TRAINING_QUEUE.release(job)
+
+
+def _wait(job: Job, render):
+    """Wait for `job`'s turn in the training queue, yielding render(position message); True once it runs."""
+    gen = TRAINING_QUEUE.wait_turn(job)
+    last = None
+    while True:
+        try:
+            ahead = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if ahead != last:
+            last = ahead
+            yield render(f"Waiting for the machine: {ahead} job(s) ahead of your {job.name} (one training job runs "
+                         "at a time). Cancel takes it out of the queue.")
 
 
 def adapt_report(summary: dict) -> str:

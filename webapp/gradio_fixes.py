@@ -1,4 +1,13 @@
-"""One fix to Gradio (6.31), applied when the app is built.
+"""Two fixes to Gradio (6.31), applied when the app is built.
+
+1. Number fields: `gr.Slider` and `gr.Number` compare what an API client sends with their bounds before
+   any check of its type, so "abc" or null for a threshold gives the generic "upstream app has raised an
+   exception". Here a value that is not a finite number is refused with a message naming the field.
+
+2. A refused file URL answers 403 "File not allowed: <the server path asked for>"; here the body says
+   "File not allowed." and nothing of the path.
+
+3. Result images:
 
 `gradio.processing_utils.save_pil_to_cache` names a result image by the hash of its bytes and writes
 it with `Path.write_bytes`, even when the file is already there. Two identical requests (the same
@@ -39,11 +48,47 @@ def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "w
     return str(target)
 
 
+def _checked_number(original):
+    import math
+
+    import gradio as gr
+
+    def preprocess(self, payload):
+        if payload is None and isinstance(self, gr.Number) and not isinstance(self, gr.Slider):
+            return original(self, payload)
+        ok = isinstance(payload, (int, float)) and not isinstance(payload, bool) and math.isfinite(payload)
+        if not ok:
+            raise gr.Error(f"{self.label or 'a number field'}: must be a finite number (got {payload!r})",
+                           duration=12)
+        return original(self, payload)
+    return preprocess
+
+
+def _quiet_file_fetch(original):
+    def file_fetch(path_or_url, request, blocks_or_config, upload_dir):
+        from fastapi import HTTPException
+
+        try:
+            return original(path_or_url, request, blocks_or_config, upload_dir)
+        except HTTPException as exc:
+            if exc.status_code == 403:
+                raise HTTPException(403, "File not allowed.") from None
+            raise
+    return file_fetch
+
+
 def apply() -> None:
     global _applied
     if _applied:
         return
+    import gradio as gr
     from gradio import processing_utils
 
+    from gradio import routes, static_server
+
     processing_utils.save_pil_to_cache = save_pil_to_cache
+    routes.file_fetch = _quiet_file_fetch(routes.file_fetch)
+    static_server.file_fetch = _quiet_file_fetch(static_server.file_fetch)
+    gr.Slider.preprocess = _checked_number(gr.Slider.preprocess)
+    gr.Number.preprocess = _checked_number(gr.Number.preprocess)
     _applied = True

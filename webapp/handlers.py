@@ -21,6 +21,7 @@ N_SLOTS = 5
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_EXTRA_PAIRS = 10      # corrected queries a session keeps for fine-tuning (oldest dropped first)
 KEPT_PAIR_SIDE = 1024     # ...stored at most this large (fine-tuning works at 256 px)
+QUERY_SIDE = 1024         # a session keeps its query at most this large (the models work at 256 px)
 
 
 class UserError(ValueError):
@@ -32,7 +33,8 @@ class Session:
     """Per-browser-session state (kept in gr.State: never shared between users)."""
 
     query_key: str | None = None          # gallery key when the query came from the gallery
-    query_image: np.ndarray | None = None
+    query_image: np.ndarray | None = None # kept at most QUERY_SIDE px (memory stays bounded per session)
+    query_size: tuple | None = None       # the query's own (height, width): downloads are at this size
     probability: np.ndarray | None = None
     mask: np.ndarray | None = None        # predicted (or corrected) mask at the query's size
     corrected: bool = False
@@ -49,7 +51,10 @@ class Session:
     checkpoint: str | None = None         # the checkpoint of the last Segment (clicks refine with it)
     project: str | None = None            # the annotation project this session works on
     review_path: str | None = None        # the image under review
+    review_token: str = ""                # its "image_id:version" as shown (a decision must name it)
     last_decided: str | None = None       # the image decided last (Promote applies to it once the view moved on)
+    corrector_loaded: bool = False        # the correction editor holds a correction of the current prediction
+    thumbs_for: list | None = None        # the supports whose thumbnails the page shows (not sent again)
 
 
 def bounded(value, lo: float, hi: float, what: str, integer: bool = False) -> float:
@@ -62,6 +67,17 @@ def bounded(value, lo: float, hi: float, what: str, integer: bool = False) -> fl
     if not (lo <= v <= hi):   # also false for NaN
         raise UserError(f"{what} must be between {lo:g} and {hi:g} (got {value})")
     return int(round(v)) if integer else v
+
+
+def finite(value, what: str) -> float:
+    """A finite number from the page or an API call (NaN, infinities and text refused)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number") from None
+    if not np.isfinite(v):
+        raise UserError(f"{what} must be a finite number (got {value})")
+    return v
 
 
 def fit_side(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
@@ -78,6 +94,16 @@ def fit_side(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
 def _downscaled(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     small, _ = fit_side(image, KEPT_PAIR_SIDE)
     return small, resize_mask(mask, small.shape[:2])
+
+
+def set_query(session: Session, image: np.ndarray | None) -> None:
+    """The session's query: kept downscaled to QUERY_SIDE (a 4000 px upload costs ~3 MB, not ~130 MB, for
+    the session's lifetime); its own size is remembered for the downloads."""
+    if image is None:
+        session.query_image, session.query_size = None, None
+        return
+    session.query_size = tuple(image.shape[:2])
+    session.query_image = fit_side(image, QUERY_SIDE)[0]
 
 
 def keep_pair(pairs: list, image: np.ndarray, mask: np.ndarray) -> list:
@@ -176,11 +202,26 @@ def editor_pair(value, mask_file, slot: int) -> tuple[np.ndarray, np.ndarray] | 
         return None
     image = _array(bg, f"support {slot} image")
     if mask_file:
-        return image, read_mask_upload(mask_file, image.shape[:2], f"support {slot} mask")
-    mask = layer_mask(value, image.shape[:2])
-    if not mask.any():
+        mask = read_mask_upload(mask_file, image.shape[:2], f"support {slot} mask")
+    else:
+        mask = layer_mask(value, image.shape[:2])
+    return image, check_support_mask(mask, slot)
+
+
+MIN_LESION_PIXELS = 4      # a support mark smaller than this is a slip of the brush, not a lesion
+MAX_LESION_FRACTION = 0.98  # ...and one covering (nearly) the whole image marks no structure
+
+
+def check_support_mask(mask: np.ndarray, slot: int) -> np.ndarray:
+    """Refuse a support mask that marks nothing usable, with a message naming the slot."""
+    n = int(mask.sum())
+    if n == 0:
         raise UserError(f"support {slot}: the mask is empty: paint the lesion with the brush or upload a mask PNG")
-    return image, mask
+    if n < MIN_LESION_PIXELS:
+        raise UserError(f"support {slot}: the mask marks only {n} pixel(s): paint the whole lesion")
+    if n >= MAX_LESION_FRACTION * mask.size:
+        raise UserError(f"support {slot}: the mask covers the whole image: mark only the lesion")
+    return mask
 
 
 def collect_supports(editors, mask_files) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -251,6 +292,15 @@ def register_slot(session: Session, slot: int, value, mask_file) -> None:
     session.clicks, session.box, session.box_corner = [], None, None
 
 
+def next_free_slot(session: Session, after: int) -> int:
+    """The slot a gallery pick should fill next: the first empty one after `after` (wrapping), or `after`
+    itself when all are in use."""
+    for k in list(range(after, N_SLOTS)) + list(range(0, after)):
+        if session.supports[k] is None and not session.slot_notes[k]:
+            return k + 1
+    return after
+
+
 def clear_slot(session: Session, slot: int) -> None:
     session.supports = [None if k == slot - 1 else p for k, p in enumerate(session.supports)]
     session.slot_notes = ["" if k == slot - 1 else n for k, n in enumerate(session.slot_notes)]
@@ -289,23 +339,46 @@ def supports_status(session: Session) -> str:
 
 # ---------------------------------------------------------------------------------- segment
 class RepeatGuard:
-    """Drops a request that repeats the same session's previous one within `window` seconds (a double
-    click): the page keeps the first one's result. The browser's own "once" mode lets both clicks of a
-    fast double click through, so the server checks too."""
+    """A request that repeats the same session's previous one within `window` seconds (a double click,
+    an API client sending twice) is not computed again: it gets the first one's answer, waiting for it
+    if the first is still running. The browser's own "once" mode lets both clicks of a fast double
+    click through, so the server checks too."""
 
-    def __init__(self, window: float = 1.0, max_sessions: int = 1000):
-        self.window, self.max_sessions = window, max_sessions
-        self._last: dict[str, tuple] = {}
+    @dataclass
+    class _Entry:
+        key: object
+        at: float
+        done: threading.Event = field(default_factory=threading.Event)
+        result: object = None
+
+    def __init__(self, window: float = 1.0, max_sessions: int = 1000, wait: float = 60.0):
+        self.window, self.max_sessions, self.wait = window, max_sessions, wait
+        self._last: dict[str, RepeatGuard._Entry] = {}
         self._lock = threading.Lock()
 
-    def first(self, owner: str, key) -> bool:
+    def repeat_of(self, who: str, key):
+        """The answer of the request this one repeats, or None when it must be computed (then call
+        `remember` with its answer, or `remember(who, key, None)` if it failed)."""
         now = time.monotonic()
         with self._lock:
-            prev = self._last.pop(owner, None)
-            self._last[owner] = (key, now)
-            while len(self._last) > self.max_sessions:
-                self._last.pop(next(iter(self._last)))
-        return not (prev is not None and prev[0] == key and now - prev[1] < self.window)
+            prev = self._last.get(who)
+            if prev is not None and prev.key == key and now - prev.at < self.window:
+                entry = prev
+            else:
+                self._last.pop(who, None)
+                self._last[who] = RepeatGuard._Entry(key, now)
+                while len(self._last) > self.max_sessions:
+                    self._last.pop(next(iter(self._last)))
+                return None
+        entry.done.wait(self.wait)
+        return entry.result
+
+    def remember(self, who: str, key, result) -> None:
+        with self._lock:
+            entry = self._last.get(who)
+        if entry is not None and entry.key == key:
+            entry.result = result
+            entry.done.set()
 
 
 SEGMENT_GUARD = RepeatGuard()
@@ -338,7 +411,8 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     supports = session_supports(session)
     notes: list[str] = []
     if query is not None and str(query) != session.query_file:   # a new upload (the page, or an API call)
-        q_img = read_upload(query, "query image", notes)
+        set_query(session, read_upload(query, "query image", notes))
+        q_img = session.query_image
         session.query_key, session.query_file = None, str(query)
     elif session.query_image is not None:  # decoded at upload, or picked from the gallery
         q_img = session.query_image
@@ -427,6 +501,8 @@ def add_click(session: Session, x_display: float, y_display: float, mode: str) -
     """A click on the displayed overlay (display pixels) in `mode`: '+', '-' or 'box'."""
     if session.query_image is None:
         raise UserError("segment a query first, then click on the overlay")
+    x_display = finite(x_display, "the click's x")
+    y_display = finite(y_display, "the click's y")
     _, scale = display_size(session.query_image)
     h, w = session.query_image.shape[:2]
     x, y = min(w - 1.0, max(0.0, x_display / scale)), min(h - 1.0, max(0.0, y_display / scale))
@@ -453,16 +529,19 @@ def _truth(ctx: AppContext, session: Session, q_img: np.ndarray):
     if not session.query_key:
         return None
     it = ctx.item(session.query_key)
-    if it.mask is None or it.image.shape != q_img.shape or not np.array_equal(it.image, q_img):
+    image = fit_side(it.image, QUERY_SIDE)[0]     # the query is kept at this size
+    if it.mask is None or image.shape != q_img.shape or not np.array_equal(image, q_img):
         session.query_key = None  # the user changed the query since picking it
         return None
-    return it.mask
+    return resize_mask(it.mask, image.shape[:2])
 
 
 def rerender(session: Session, threshold: float, opacity: float, ctx: AppContext):
     """New threshold/opacity without running the model again."""
     if session.probability is None:
         return None
+    threshold = bounded(threshold, 0.01, 0.99, "the threshold")
+    opacity = bounded(opacity, 0.0, 1.0, "the overlay opacity")
     if not session.corrected:
         session.mask = session.probability > threshold
     return render_overlay(session, opacity, _truth(ctx, session, session.query_image))
@@ -473,7 +552,8 @@ def downloads(ctx: AppContext, session: Session, opacity: float) -> list[str]:
     if session.query_image is None or session.mask is None:
         raise UserError("segment a query first")
     ov = overlay(session.query_image, session.mask, opacity, truth=_truth(ctx, session, session.query_image))
-    return export_files(ctx, session.query_image, session.mask, ov, session.tiles)
+    size = session.query_size or session.query_image.shape[:2]
+    return export_files(ctx, session.query_image, resize_mask(session.mask, size), ov, session.tiles)
 
 
 def heatmap_tiles(query: np.ndarray, heatmaps: dict, tile: int = 256) -> list[tuple[np.ndarray, str]]:

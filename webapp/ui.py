@@ -11,7 +11,7 @@ from core.data.io import DataError
 from core.visual import overlay
 
 from . import annotate, finetune, handlers
-from .context import AppContext
+from .context import AppContext, owner_tag
 from .handlers import N_SLOTS, Session, UserError
 from .uploads import SafeImageEditor
 
@@ -57,18 +57,13 @@ def _editor(label: str, height: int = 340, elem_id: str | None = None) -> gr.Ima
         height=height, image_mode="RGBA", elem_id=elem_id)
 
 
-def _owner(request: gr.Request | None) -> str:
-    """The browser session a call comes from: jobs and adapted models belong to it."""
-    return getattr(request, "session_hash", None) or "anonymous"
-
-
 def _error(exc: Exception) -> gr.Error:
     return gr.Error(str(exc), duration=12)
 
 
 def _clear_corrector(sess: Session):
     """Empty the correction editor if it holds a correction (an editor update is costly in the page)."""
-    if getattr(sess, "corrector_loaded", False):
+    if sess.corrector_loaded:
         sess.corrector_loaded = False
         return EMPTY_EDITOR
     return gr.skip()
@@ -78,10 +73,15 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     from . import gradio_fixes
 
     gradio_fixes.apply()
+
+    def _owner(request: gr.Request | None) -> str:
+        """The user a call comes from (AppContext.owner): jobs, projects and saved models belong to them."""
+        return ctx.owner(request)
+
     # Gradio's uploads and results live in the app's own cache folder (cleaned at start and by age),
     # not in the system temp folder; set before any component is created (each reads it then)
     os.environ["GRADIO_TEMP_DIR"] = str(ctx.cache_dir)
-    panet_choices = list(ctx.checkpoints("panet"))
+    panet_choices = ctx.checkpoint_choices("panet")
     gallery_items = ctx.thumbnails()
     keys = [k for k, _, _ in gallery_items]
     thumbs = [(img, caption) for _, img, caption in gallery_items]
@@ -90,6 +90,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="PANet++ Studio", delete_cache=(max(60, ttl // 4), ttl)) as demo:
         session = gr.State(Session(), time_to_live=SESSION_TTL)
         picked = gr.State(None)
+        # the user key, kept (encrypted) in the browser: the same user after a reload or a restart
+        user_key = gr.BrowserState("", storage_key="panet_user", secret=ctx.browser_secret())
         gr.Markdown(HEADER)
         with gr.Row():
             # custom values are let through to the handlers, which accept only names this session may use
@@ -160,8 +162,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     click_text = gr.Markdown(elem_id="click-status")
                     report = gr.Markdown()
                     # the click endpoint for API clients (the page uses the overlay's select event)
-                    click_x = gr.Number(visible=False)
-                    click_y = gr.Number(visible=False)
+                    click_x = gr.Number(visible=False, label="click x")
+                    click_y = gr.Number(visible=False, label="click y")
                     click_btn = gr.Button(visible=False)
             with gr.Row():
                 prob_out = gr.Image(label="Probability map (0 dark, 1 yellow)", type="numpy", format="jpeg",
@@ -183,7 +185,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                         "undo), promote good ones to supports, and export a dataset. Projects are stored under the "
                         "output folder and shared with `python -m core annotate` / `export`.")
             with gr.Row():
-                proj_name = gr.Textbox(label="Project name", value="my_project", scale=3)
+                proj_name = gr.Textbox(label="Project name (your own: other users never see it)",
+                                       placeholder="e.g. ward7_thyroid", scale=3)
                 proj_open = gr.Button("Open / create", scale=1)
             proj_status = gr.Markdown(elem_id="project-status")
             with gr.Row():
@@ -197,6 +200,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     rev_img = gr.Image(label="Review: the most uncertain first", type="numpy", format="jpeg",
                                        interactive=False, height=320, elem_id="review-image")
                     rev_text = gr.Markdown(elem_id="review-text")
+                    # which image (id:version) the page shows: every decision carries it back and is refused
+                    # unless it is the image under review, unchanged since it was shown
+                    rev_token = gr.Textbox(visible=False, elem_id="review-token")
                 with gr.Column():
                     with gr.Row():
                         acc_btn = gr.Button("Accept", variant="primary", elem_id="accept-button")
@@ -245,10 +251,17 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
         # ------------------------------------------------------------------------- events
         def on_refresh(current, request: gr.Request):
-            names = list(ctx.checkpoints("panet", _owner(request)))
-            return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
+            choices = ctx.checkpoint_choices("panet", _owner(request))
+            names = [n for _, n in choices]
+            return gr.update(choices=choices, value=current if current in names else (names[0] if names else None))
 
         refresh.click(on_refresh, ckpt, ckpt, api_name="refresh_checkpoints")
+
+        def on_load(key, current, request: gr.Request):
+            key = ctx.bind_user(getattr(request, "session_hash", None), key)
+            return key, on_refresh(current, request)
+
+        demo.load(on_load, [user_key, ckpt], [user_key, ckpt], api_name=False)
 
         def on_pick(evt: gr.SelectData):
             key = keys[evt.index]
@@ -268,17 +281,18 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             handlers.set_slot_pair(sess, int(slot), it.image, mask)
             if mask is None:
                 gr.Warning("this image has no lesion mask: paint the tumour before segmenting")
-            return out + [sess, handlers.supports_status(sess)]
+            # the next pick goes to the next free slot (not over this one)
+            return out + [sess, handlers.supports_status(sess), handlers.next_free_slot(sess, int(slot))]
 
-        to_slot.click(put_in_slot, [picked, slot_choice, session], editors + mask_files + [session, supports_md],
-                      api_name="put_in_slot")
+        to_slot.click(put_in_slot, [picked, slot_choice, session],
+                      editors + mask_files + [session, supports_md, slot_choice], api_name="put_in_slot")
 
         def use_as_query(key, sess: Session):
             if not key:
                 raise gr.Error("select an image in the gallery first")
             sess = copy.copy(sess)
             sess.query_key, sess.query_file = key, None
-            sess.query_image = ctx.item(key).image
+            handlers.set_query(sess, ctx.item(key).image)
             return sess.query_image, None, sess
 
         to_query.click(use_as_query, [picked, session], [query_preview, query, session], api_name="use_as_query")
@@ -287,7 +301,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             sess = copy.copy(sess)
             notes: list[str] = []
             try:
-                sess.query_image = handlers.read_upload(path, "query image", notes) if path else None
+                handlers.set_query(sess, handlers.read_upload(path, "query image", notes) if path else None)
             except UserError as exc:
                 raise _error(exc)
             for note in notes:
@@ -347,25 +361,33 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         def do_segment(sess: Session, ckpt_name, q, thr, opa, per_sup, request: gr.Request):
             key = (ckpt_name, str(q), thr, opa, bool(per_sup), tuple(id(p) for p in sess.supports),
                    tuple(sess.slot_notes), sess.query_key)
-            if not handlers.SEGMENT_GUARD.first(_owner(request), key):
-                return (gr.skip(),) * 8          # the second click of a double click
+            who = getattr(request, "session_hash", None) or _owner(request)
+            repeated = handlers.SEGMENT_GUARD.repeat_of(who, key)
+            if repeated is not None:
+                return repeated   # the second click of a double click: the first one's answer, not computed again
             sess = copy.copy(sess)
             shown = [id(p) for p in sess.supports]
             try:
                 out = handlers.segment(ctx, sess, ckpt_name, q, thr, opa, owner=_owner(request),
                                        per_support_maps=bool(per_sup))
             except (UserError, ValueError) as exc:
+                handlers.SEGMENT_GUARD.remember(who, key, None)
                 raise _error(exc)
+            except BaseException:
+                handlers.SEGMENT_GUARD.remember(who, key, None)
+                raise
             for note in out.notes:
                 gr.Warning(note)
-            if getattr(sess, "_thumbs_for", None) == shown:
+            if sess.thumbs_for == shown:
                 sthumbs = gr.skip()    # the same supports as last time: nothing to send again
             else:
                 sthumbs = [(handlers.display_size(overlay(img, m, 0.4))[0], f"support {k + 1}")
                            for k, (img, m) in enumerate(out.supports)]
-                sess._thumbs_for = shown
-            return (out.overlay, out.probability, out.heatmaps, out.report + f"\n\n*{out.seconds * 1000:.0f} ms*",
-                    "", sthumbs, _clear_corrector(sess), sess)
+                sess.thumbs_for = shown
+            result = (out.overlay, out.probability, out.heatmaps, out.report + f"\n\n*{out.seconds * 1000:.0f} ms*",
+                      "", sthumbs, _clear_corrector(sess), sess)
+            handlers.SEGMENT_GUARD.remember(who, key, result[:5] + (gr.skip(), gr.skip(), sess))
+            return result
 
         # a new prediction empties the correction editor (a correction of the previous one must not be reused)
         seg_btn.click(do_segment, [session, ckpt, query, threshold, opacity, per_support],
@@ -456,7 +478,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 msg, new_name = finetune.save_adapted(ctx, ckpt_name, supports, name, _owner(request))
             except (UserError, ValueError) as exc:
                 raise _error(exc)
-            return msg, gr.update(choices=list(ctx.checkpoints("panet", _owner(request))), value=ckpt_name)
+            return msg, gr.update(choices=ctx.checkpoint_choices("panet", _owner(request)), value=ckpt_name)
 
         adapt_save.click(do_save_adapted, [ckpt, adapt_name, session], [adapt_status, ckpt], api_name="save_adapted")
 
@@ -466,7 +488,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         adapt_cancel.click(do_cancel, None, adapt_status, api_name="cancel_adapt")
 
         def do_rerender(sess: Session, thr, opa):
-            img = handlers.rerender(sess, thr, opa, ctx)
+            try:
+                img = handlers.rerender(sess, thr, opa, ctx)
+            except UserError as exc:
+                raise _error(exc)
             return img if img is not None else gr.skip()
 
         threshold.release(do_rerender, [session, threshold, opacity], overlay_out, api_name=False)
@@ -513,38 +538,45 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                                           owner=_owner(request)):
                     upd = gr.skip()
                     if new_name:
-                        names = list(ctx.checkpoints("panet", _owner(request)))
-                        upd = gr.update(choices=names, value=new_name)
-                    yield status, fig, upd
+                        upd = gr.update(choices=ctx.checkpoint_choices("panet", _owner(request)), value=new_name)
+                    yield status, fig if fig is not None else gr.skip(), upd
             except (UserError, ValueError) as exc:
-                raise _error(exc)
+                # said in the status line (and a toast), not raised: a raised error would mark every output
+                # of this event, the checkpoint menu included, as failed
+                gr.Warning(str(exc))
+                yield f"**Not done:** {exc}", gr.skip(), gr.skip()
 
         ft_start.click(do_finetune, [ckpt, ft_source, ft_epochs, ft_episodes, ft_lr, ft_name, session],
                        [ft_status, ft_plot, ckpt], api_name="finetune", concurrency_limit=1, concurrency_id="finetune")
         ft_cancel.click(do_cancel, None, ft_status, api_name="cancel_finetune")
         # --------------------------------------------------------------- annotation projects
-        def _store(sess: Session):
+        def _store(sess: Session, request):
             if not sess.project:
                 raise gr.Error("open a project first")
-            return annotate.open_project(ctx, sess.project)
+            return annotate.open_project(ctx, sess.project, _owner(request))
 
-        def do_open(sess: Session, name):
+        def _shown(sess: Session, store, rel_path, request):
+            """Show `rel_path` for review: the session and the page's token name exactly that image."""
+            v = annotate.view(store, rel_path, who=owner_tag(_owner(request)))
+            sess.review_path, sess.review_token = v.rel_path, v.token
+            return v
+
+        def do_open(sess: Session, name, request: gr.Request):
             sess = copy.copy(sess)
             try:
-                store = annotate.open_project(ctx, name)
+                store = annotate.open_project(ctx, name, _owner(request))
             except UserError as exc:
                 raise _error(exc)
-            sess.project = store.name
-            sess.review_path = annotate.next_image(store)
-            img, text = annotate.view(store, sess.review_path)
-            return sess, annotate.status_text(store), img, text
+            sess.project, sess.last_decided = store.name, None
+            v = _shown(sess, store, annotate.next_image(store), request)
+            return sess, annotate.status_text(store), v.image, v.text, v.token
 
-        proj_open.click(do_open, [session, proj_name], [session, proj_status, rev_img, rev_text],
+        proj_open.click(do_open, [session, proj_name], [session, proj_status, rev_img, rev_text, rev_token],
                         api_name="annotate_open")
 
         def do_propagate(sess: Session, ckpt_name, use_presence, request: gr.Request):
             try:
-                store = _store(sess)
+                store = _store(sess, request)
                 supports = handlers.session_supports(sess)
                 calib = annotate.presence_calibration() if use_presence else None
                 if use_presence and calib is None:
@@ -564,37 +596,48 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         prop_cancel.click(do_cancel, None, prop_status, api_name="annotate_stop")
 
         def make_decision(action):
-            def act(sess: Session, corr, request: gr.Request):
+            def act(sess: Session, corr, token, request: gr.Request):
                 sess = copy.copy(sess)
                 try:
-                    store = _store(sess)
+                    store = _store(sess, request)
                     target = sess.review_path
+                    # the page sends the token of the image it shows; an API client may leave it empty
+                    token = token or sess.review_token
+                    if action in ("accept", "no lesion", "skip", "correct") and token != sess.review_token:
+                        raise UserError("the page and the review are out of step: open the project again "
+                                        "(nothing was saved)")
                     if action == "promote" and target and store.row(target)["status"] not in ("accepted", "corrected"):
                         target = sess.last_decided or target
                     if action == "undo":          # undo the last decision, and show that image again
                         target = sess.last_decided or target
                     if action != "next":
-                        annotate.decide(store, target, action, _owner(request), corr)
+                        annotate.decide(store, target, action, _owner(request), token, corr)
                     if action in ("accept", "correct", "no lesion", "skip"):
                         sess.last_decided = target
+                    nxt = sess.review_path
                     if action == "undo":
-                        sess.review_path, sess.last_decided = target, None
-                    if action in ("accept", "no lesion", "skip", "correct", "next"):
-                        sess.review_path = annotate.next_image(store) if action != "skip" else \
-                            next((r["rel_path"] for r in store.review_queue() if r["status"] != "skipped"), None)
-                    img, text = annotate.view(store, sess.review_path)
+                        nxt, sess.last_decided = target, None
+                    elif action == "skip":
+                        nxt = next((r["rel_path"] for r in store.review_queue() if r["status"] != "skipped"
+                                    and r["rel_path"] != target), None)
+                    elif action in ("accept", "no lesion", "correct"):
+                        nxt = annotate.next_image(store)
+                    elif action == "next":
+                        nxt = annotate.next_image(store, after=target)
+                    v = _shown(sess, store, nxt, request)
                 except (UserError, ValueError) as exc:
                     raise _error(exc)
-                return sess, annotate.status_text(store), img, text, EMPTY_EDITOR
+                return sess, annotate.status_text(store), v.image, v.text, EMPTY_EDITOR, v.token
             return act
 
         for btn, action in ((acc_btn, "accept"), (nol_btn, "no lesion"), (skip_btn, "skip"), (undo_btn, "undo"),
                             (promote_btn, "promote"), (next_btn, "next"), (rev_save, "correct")):
-            btn.click(make_decision(action), [session, rev_editor], [session, proj_status, rev_img, rev_text, rev_editor],
+            btn.click(make_decision(action), [session, rev_editor, rev_token],
+                      [session, proj_status, rev_img, rev_text, rev_editor, rev_token],
                       api_name="annotate_" + action.replace(" ", "_"))
 
-        def do_rev_load(sess: Session):
-            store = _store(sess)
+        def do_rev_load(sess: Session, request: gr.Request):
+            store = _store(sess, request)
             if not sess.review_path:
                 raise gr.Error("nothing under review")
             from core.data.io import read_image
@@ -602,8 +645,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
         rev_load.click(do_rev_load, session, rev_editor, api_name=False)
 
-        def do_use_promoted(sess: Session):
-            store = _store(sess)
+        def do_use_promoted(sess: Session, request: gr.Request):
+            store = _store(sess, request)
             pairs = annotate.promoted_supports(store)
             if not pairs:
                 raise gr.Error("no promoted image yet: accept or correct an image, then Promote to support")
@@ -616,9 +659,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
         use_promoted.click(do_use_promoted, session, editors + [session, supports_md], api_name="annotate_use_promoted")
 
-        def do_export(sess: Session):
+        def do_export(sess: Session, request: gr.Request):
             try:
-                return annotate.export_zip(ctx, _store(sess))
+                return annotate.export_zip(ctx, _store(sess, request))
             except (UserError, DataError) as exc:
                 raise _error(exc)
 

@@ -24,6 +24,30 @@ MAX_BLOB_BYTES = 20 * 2**20   # same as the app's upload limit
 MAX_PENDING_BLOBS = 64        # editor values uploaded by the page and not yet used by an event
 
 
+def _deep_image(src, what: str):
+    """An RGBA uint8 array for a 16-bit or float image (decoded with the project's own conversion, which
+    scales by bit depth), None for an ordinary 8-bit image (Gradio's decoding is right for those)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from core.data.io import to_rgb_uint8
+
+    f = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else src
+    try:
+        with Image.open(f) as im:
+            if im.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+                return None
+            im.load()
+            rgb = to_rgb_uint8(im, what)
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{what}: not a readable image (truncated or damaged file)") from exc
+    return np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+
+
 class UploadRefused(gr.Error):
     def __init__(self, message: str):
         super().__init__(message, duration=12)
@@ -43,11 +67,18 @@ class SafeImageEditor(gr.ImageEditor):
         if file is None:
             return None
         src = file if isinstance(file, (bytes, bytearray, memoryview)) else file.path
+        what = f"{self._what()} image"
         try:
-            check_header(src, f"{self._what()} image")
+            check_header(src, what)
+            deep = _deep_image(src, what)
         except DataError as exc:
             raise UploadRefused(str(exc)) from None
-        return super().convert_and_format_image(file, flatten_on_white)
+        if deep is not None:     # 16-bit or float: scaled by bit depth (Gradio's convert would clip it to white)
+            return deep
+        try:
+            return super().convert_and_format_image(file, flatten_on_white)
+        except (OSError, SyntaxError, ValueError) as exc:   # truncated or damaged after a valid header
+            raise UploadRefused(f"{what}: not a readable image (truncated or damaged file)") from exc
 
     def preprocess(self, payload):
         if payload is not None:

@@ -40,11 +40,18 @@ class SafeImageEditor(gr.ImageEditor):
         if file is None:
             return None
         src = file if isinstance(file, (bytes, bytearray, memoryview)) else file.path
+        what = f"{self._what()} image"
         try:
-            check_header(src, f"{self._what()} image")
+            check_header(src, what)
+            deep = _deep_image(src, what)
         except DataError as exc:
             raise UploadRefused(str(exc)) from None
-        return super().convert_and_format_image(file, flatten_on_white)
+        if deep is not None:     # 16-bit or float: scaled by bit depth (Gradio's convert would clip it to white)
+            return deep
+        try:
+            return super().convert_and_format_image(file, flatten_on_white)
+        except (OSError, SyntaxError, ValueError) as exc:   # truncated or damaged after a valid header
+            raise UploadRefused(f"{what}: not a readable image (truncated or damaged file)") from exc
 
     def preprocess(self, payload):
         if payload is not None:

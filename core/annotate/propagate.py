@@ -35,7 +35,7 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
     """Predict every image not accepted, corrected or marked "no lesion" and not already predicted with
     these supports (so a stopped run resumes where it was). Results land image by image. `owner`: the
     session whose adapted model (for exactly these supports) is used, if it adapted one."""
-    todo = [r for r in store.rows() if r["status"] not in DONE
+    todo = [r for r in store.rows() if r["status"] not in DONE + ("unreadable",)
             and not (r["status"] == "predicted" and r["support_key"] == support_key)]
     t0, done, errors = time.time(), 0, []
     for r in todo:
@@ -43,8 +43,10 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
             break
         try:
             img = read_image(store.image_path(r["rel_path"]))
-        except DataError as exc:
-            errors.append(f"{r['rel_path']}: {exc}")
+        except DataError:
+            # named by its place in the project, never by a server path; it leaves the review queue
+            errors.append(f"{r['rel_path']}: not a readable image")
+            store.mark_unreadable(r["rel_path"], who=who)
             continue
         res = seg.predict(img, supports, heatmaps=False, presence=presence, owner=owner)
         store.record(r["rel_path"], "predicted", res.mask, who=who, model=model_name,

@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..data.io import IMAGE_SUFFIXES, DataError
 
-STATUSES = ("unlabelled", "predicted", "accepted", "corrected", "no lesion", "skipped")
+STATUSES = ("unlabelled", "predicted", "accepted", "corrected", "no lesion", "skipped", "unreadable")
 DONE = ("accepted", "corrected", "no lesion")       # a person decided: propagation leaves these alone
 
 SCHEMA = """
@@ -49,6 +49,10 @@ def safe_project_name(name: str) -> str:
     return slug
 
 
+class StaleDecision(DataError):
+    """A decision for an image that is not the one named, or that changed since the person saw it."""
+
+
 def _inside(path: Path, root: Path) -> bool:
     try:
         path.resolve().relative_to(root.resolve())
@@ -58,9 +62,17 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 class ProjectStore:
-    def __init__(self, output_dir: str | Path, name: str):
+    """`namespace`: the owner's folder under projects/ (the web app gives each user one, so two users'
+    projects of the same name never meet); None for the CLI and a single-user install."""
+
+    def __init__(self, output_dir: str | Path, name: str, namespace: str | None = None):
         self.name = safe_project_name(name)
-        self.dir = Path(output_dir) / "projects" / self.name
+        base = Path(output_dir) / "projects"
+        if namespace is not None:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", namespace):
+                raise DataError("bad project namespace")
+            base = base / "users" / namespace
+        self.dir = base / self.name
         self.masks_dir = self.dir / "masks"
         self.masks_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / "project.sqlite"
@@ -182,20 +194,28 @@ class ProjectStore:
 
     def record(self, rel_path: str, status: str, mask: np.ndarray | None = None, who: str = "", model: str = "",
                uncertainty: float | None = None, lesion_score: float | None = None, support_key: str = "",
-               only_if_not_done: bool = False) -> int | None:
+               only_if_not_done: bool = False, image_id: int | None = None,
+               seen_version: int | None = None) -> int | None:
         """One change of one image, in one transaction: the mask file first, then the version row and the
         image row. only_if_not_done: skip (return None) if a person has decided on this image meanwhile.
-        Returns the new version number."""
+        image_id / seen_version (a person's decision): refused with StaleDecision unless `rel_path` is that
+        image and its current version is the one the person saw. Returns the new version number."""
         if status not in STATUSES:
             raise DataError(f"unknown status {status!r}")
         r = self.row(rel_path)
+        if image_id is not None and int(image_id) != r["id"]:
+            raise StaleDecision(f"{rel_path}: this decision names another image; nothing was saved")
         mask_file = self._write_mask(r["id"], mask) if mask is not None else None
         now = time.time()
         with self._tx() as con:
             cur = con.execute("SELECT version, status FROM images WHERE id = ?", (r["id"],)).fetchone()
-            if only_if_not_done and cur["status"] in DONE:
+            stale = seen_version is not None and int(seen_version) != cur["version"]
+            if (only_if_not_done and cur["status"] in DONE) or stale:
                 if mask_file:
                     os.unlink(self.masks_dir / mask_file)
+                if stale:
+                    raise StaleDecision(f"{rel_path} changed since it was shown (version {cur['version']}, you saw "
+                                        f"{seen_version}); nothing was saved: look at it again")
                 return None
             version = cur["version"] + 1     # read inside the write transaction: no other writer between
             con.execute("INSERT INTO versions (image_id, version, status, mask_file, uncertainty, lesion_score, "
@@ -219,6 +239,33 @@ class ProjectStore:
     def mask(self, rel_path: str) -> np.ndarray | None:
         f = self.current(rel_path).get("mask_file")
         return np.asarray(Image.open(self.masks_dir / f)) > 0 if f else None
+
+    def decide(self, rel_path: str, action: str, image_id: int, seen_version: int, who: str = "",
+               mask: np.ndarray | None = None) -> int:
+        """A person's decision on the image they saw (`image_id` at `seen_version`): accept, no lesion, skip
+        or correct (with `mask`). Accept needs a mask to accept: an image without a prediction is refused."""
+        current = self.mask(rel_path)
+        if action == "accept":
+            if current is None or self.row(rel_path)["status"] in ("unlabelled", "unreadable", "no lesion"):
+                raise DataError(f"{rel_path}: there is no predicted mask to accept: propagate the supports first, "
+                                "correct it with the brush, or choose No lesion")
+            status, mask = "accepted", current
+        elif action == "no lesion":
+            status, mask = "no lesion", None
+        elif action == "skip":
+            status, mask = "skipped", current
+        elif action == "correct":
+            if mask is None or not np.asarray(mask).any():
+                raise DataError(f"{rel_path}: the correction is empty: paint the lesion, or choose No lesion")
+            status = "corrected"
+        else:
+            raise DataError(f"unknown decision {action!r}")
+        return self.record(rel_path, status, mask, who=who, image_id=image_id, seen_version=seen_version)
+
+    def mark_unreadable(self, rel_path: str, who: str = "") -> None:
+        """An image that cannot be decoded leaves the review queue (it keeps its history)."""
+        if self.row(rel_path)["status"] != "unreadable":
+            self.record(rel_path, "unreadable", None, who=who)
 
     def undo(self, rel_path: str, who: str = "") -> int:
         """Go back to the version before the current one (as a new version: history is never rewritten)."""
