@@ -2,7 +2,7 @@
 
 Every option can also come from the environment: PANET_DATA (or BUSI_DIR), PANET_CHECKPOINTS,
 PANET_OUTPUT, PANET_HOST / GRADIO_SERVER_NAME, PANET_PORT / GRADIO_SERVER_PORT, PANET_SHARE=1,
-PANET_LIST_ALL_CHECKPOINTS=1.
+PANET_LIST_ALL_CHECKPOINTS=1, PANET_MULTI_USER=1.
 """
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", default=os.environ.get("PANET_SHARE") == "1",
                    help="create a public Gradio link (needs internet)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+    p.add_argument("--multi-user", action="store_true", default=os.environ.get("PANET_MULTI_USER") == "1",
+                   help="several people use this app: each browser keeps a user key of its own, and projects, "
+                        "saved checkpoints and jobs belong to it (the default whenever the app listens beyond "
+                        "this computer or is shared; on 127.0.0.1 the one local user owns everything)")
     p.add_argument("--list-all-checkpoints", action="store_true",
                    default=os.environ.get("PANET_LIST_ALL_CHECKPOINTS") == "1",
                    help="list every checkpoint saved from the page to every session (a single-user install; "
@@ -34,8 +38,12 @@ def main(argv=None) -> None:
     from webapp.context import AppContext, config_from_env
     from webapp.ui import build_app, launch_options
 
+    local = args.host in ("127.0.0.1", "localhost", "::1") and not args.share
     cfg = config_from_env(data_dir=args.data, checkpoints_dir=args.checkpoints, output_dir=args.output,
-                          device=args.device, list_all_checkpoints=args.list_all_checkpoints or None)
+                          device=args.device, list_all_checkpoints=args.list_all_checkpoints or None,
+                          single_user=local and not args.multi_user)
+    logging.getLogger("app").info("%s", "single-user install: every page is the one local user" if cfg.single_user
+                                  else "multi-user: each browser is a user of its own")
     ctx = AppContext(cfg)
     demo = build_app(ctx)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(ctx))

@@ -11,7 +11,8 @@ from core.data.split import apply_manual_links, load_split
 from tests.conftest import blob_image
 
 EXPECTED_SETS = {"busbra_breast", "cvc_clinicdb_polyp", "hc18_fetal_head", "kvasir_polyp", "mmotu_ovarian_tumour",
-                 "muscle_aponeurosis", "ph2_skin_lesion", "usgra_structure1", "usgra_structure2"}
+                 "muscle_aponeurosis", "ph2_skin_lesion", "usgra_structure1", "usgra_structure2",
+                 "psfhs_pubic_symphysis", "psfhs_fetal_head"}
 
 
 def _flat_set(root: Path, n: int, groups: dict[str, str] | None = None, copies: dict[int, int] | None = None):
@@ -31,6 +32,9 @@ def _flat_set(root: Path, n: int, groups: dict[str, str] | None = None, copies: 
 def test_committed_multidomain_split_keeps_groups_whole():
     doc = load_multidomain_split()
     assert set(doc["sets"]) == EXPECTED_SETS
+    # the two PSFHS targets are drawn on the same images: the same image is on the same side in both
+    a, b = doc["sets"]["psfhs_pubic_symphysis"], doc["sets"]["psfhs_fetal_head"]
+    assert all(sorted(a[p]) == sorted(b[p]) for p in ("train", "val", "test"))
     for name, e in doc["sets"].items():
         names = e["train"] + e["val"] + e["test"]
         assert len(names) == len(set(names)) == e["n_images"] == len(e["groups"]), name

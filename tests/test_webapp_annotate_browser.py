@@ -38,11 +38,18 @@ def test_annotate_a_folder_in_the_browser(tmp_path):
             page.get_by_role("button", name="Put in support slot").click()
             page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=30_000)
             page.get_by_role("tab", name="Annotate a folder").click()
+            page.locator("#project-name textarea, #project-name input").first.fill("ward_3")
             page.get_by_role("button", name="Open / create").click()
             page.locator("#project-status").get_by_text("unlabelled 3").wait_for(timeout=30_000)
             page.locator("#propagate-button").click()
             page.locator("#propagate-status").get_by_text("Done: 3 of 3").wait_for(timeout=60_000)
             page.locator("#accept-button").click()
+            page.locator("#project-status").get_by_text("accepted 1").wait_for(timeout=30_000)
+            # a reload is the same user: the project (and its decisions) come back under its name
+            page.reload()
+            page.get_by_role("tab", name="Annotate a folder").click()
+            page.locator("#project-name textarea, #project-name input").first.fill("ward_3")
+            page.get_by_role("button", name="Open / create").click()
             page.locator("#project-status").get_by_text("accepted 1").wait_for(timeout=30_000)
             page.get_by_role("button", name="Correct with the brush").click()
             page.wait_for_timeout(2000)
@@ -63,5 +70,6 @@ def test_annotate_a_folder_in_the_browser(tmp_path):
     finally:
         demo.close()
     from core.annotate.store import ProjectStore
-    store = ProjectStore(ctx.config.output_dir, "my_project")
+    (folder,) = (ctx.config.output_dir / "projects" / "users").iterdir()   # one user made it, in their namespace
+    store = ProjectStore(ctx.config.output_dir, "ward_3", namespace=folder.name)
     assert store.counts().get("accepted") == 1 and store.counts().get("corrected") == 1

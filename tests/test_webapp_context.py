@@ -61,3 +61,51 @@ def test_checkpoint_lists_and_default(tmp_path):
 def test_inside():
     assert inside(Path("/a/b/c"), Path("/a/b"))
     assert not inside(Path("/a/b/../x"), Path("/a/b"))
+
+
+def test_the_checkpoint_menu_lists_described_user_checkpoints_only():
+    """Finding 8: the menu offered panet_lite0_lesion_only (which ignores its supports) unexplained."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        ctx = AppContext(AppConfig(data_dir=None, output_dir=Path(out)))
+        choices = dict((name, label) for label, name in ctx.checkpoint_choices("panet"))
+    assert "panet_lite0_lesion_only" not in choices
+    assert ctx.default_checkpoint("panet") in choices
+    assert all(label.startswith(name + ": ") and len(label) > len(name) + 10 for name, label in choices.items())
+
+
+def test_gallery_picks_fill_the_next_free_slot():
+    """Finding 8: three gallery picks in a row all replaced support 1."""
+    from webapp.handlers import Session, next_free_slot, set_slot_pair
+
+    sess = Session()
+    p = __import__("core.phantom", fromlist=["make_phantom"]).make_phantom(1)
+    slot = 1
+    for expected in (2, 3, 4):
+        set_slot_pair(sess, slot, p.image, p.mask)
+        slot = next_free_slot(sess, slot)
+        assert slot == expected
+
+
+def test_a_session_keeps_its_query_downscaled_and_downloads_at_its_size():
+    """Finding 5: a 4000 x 4000 query cost ~125 MB per session for an hour."""
+    from webapp.handlers import QUERY_SIDE, Session, set_query
+
+    sess = Session()
+    set_query(sess, np.zeros((4000, 3000, 3), np.uint8))
+    assert max(sess.query_image.shape[:2]) == QUERY_SIDE and sess.query_size == (4000, 3000)
+    assert sess.query_image.nbytes < 4 * 2**20
+
+
+def test_single_user_install_owns_everything_and_api_clients_are_apart(tmp_path):
+    ctx = AppContext(AppConfig(data_dir=None, checkpoints_dir=tmp_path, output_dir=tmp_path / "o", single_user=True))
+
+    class Req:
+        session_hash, username = "abc", None
+
+    assert ctx.owner(Req()) == "local" and ctx.project_namespace("local") is None
+    multi = AppContext(AppConfig(data_dir=None, checkpoints_dir=tmp_path, output_dir=tmp_path / "m"))
+    assert multi.owner(Req()) == "abc", "an API client without a browser key is its own user"
+    Req.username = "dr_who"
+    assert multi.owner(Req()) == "user:dr_who"

@@ -132,6 +132,8 @@ def test_saved_checkpoints_are_private_to_their_session_and_not_served(app):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(url)
     assert err.value.code in (403, 404)
+    body = err.value.read().decode()
+    assert str(ctx.saved_dir) not in body and "private_one" not in body, "the refusal echoes no server path"
 
 
 def test_a_run_that_does_not_beat_its_start_is_not_saved(app, monkeypatch):
@@ -174,31 +176,135 @@ def test_sweep_removes_expired_exports_and_crashed_jobs_folders(tmp_path):
     assert (out / "checkpoints").is_dir()
 
 
-def test_a_second_job_waits_in_the_queue_with_its_position(app):
+def _wait_processing(job, deadline):
     from gradio_client.utils import Status
 
+    while time.time() < deadline and job.status().code != Status.PROCESSING:
+        time.sleep(0.2)
+
+
+def _outputs_so_far(job):
+    return [o if isinstance(o, str) else o[0] for o in job.outputs()]
+
+
+def test_a_second_job_waits_in_the_queue_with_its_position_and_its_owner_can_cancel_it(app):
+    """Finding 7: the owner could not cancel a queued fine-tune (it started later anyway)."""
     client, files, _ = app
-    first, second = Client(client.src, verbose=False), Client(client.src, verbose=False)
+    first, second, third = (Client(client.src, verbose=False) for _ in range(3))
     sups = [support_editor(files, s) for s in (1, 2, 3)] + [{"background": None, "layers": [], "composite": None}] * 2
-    set_supports(first, sups)
-    set_supports(second, sups)
+    for c in (first, second, third):
+        set_supports(c, sups)
     long_run = first.submit("tiny_panet", "this session's supports and corrected queries", 3, 200, 1e-4, "queued",
                             api_name="/finetune")
     deadline = time.time() + 60
-    while time.time() < deadline and long_run.status().code != Status.PROCESSING:
+    _wait_processing(long_run, deadline)
+    while time.time() < deadline and not any("Fine-tuning on" in o for o in _outputs_so_far(long_run)):
         time.sleep(0.2)
     waiting = second.submit("tiny_panet", 5, api_name="/adapt")
-    seen = None
-    while time.time() < deadline:
-        st = waiting.status()
-        if st.code == Status.IN_QUEUE and st.rank is not None:
-            seen = st
-            break
+    while time.time() < deadline and not any("1 job(s) ahead" in o for o in _outputs_so_far(waiting)):
         time.sleep(0.2)
-    assert seen is not None and seen.rank == 0 and seen.queue_size >= 1, "the waiting job sees its place in line"
+    assert any("1 job(s) ahead" in o for o in _outputs_so_far(waiting)), "the waiting job sees its place in line"
+    queued = third.submit("tiny_panet", 5, api_name="/adapt")
+    while time.time() < deadline and not any("2 job(s) ahead" in o for o in _outputs_so_far(queued)):
+        time.sleep(0.2)
+    assert "queue" in third.predict(api_name="/cancel_adapt")         # its owner cancels it while it waits
+    assert "cancelled while waiting" in queued.result(timeout=60)
     assert "Cancelling" in first.predict(api_name="/cancel_finetune")
     assert "Adapted" in waiting.result(timeout=120), "it runs once the first job is gone"
     assert "Cancelled" in long_run.result(timeout=60)[0]
+
+
+def test_a_failed_fine_tune_says_so_without_marking_the_checkpoint_menu(app):
+    """Finding 7: after a fine-tune error the checkpoint menu showed an "Error" badge."""
+    client, files, _ = app
+    c = Client(client.src, verbose=False)
+    set_supports(c, [support_editor(files, 1)])
+    status, _, menu = c.predict("tiny_panet", "this session's supports and corrected queries", 1, 10, 1e-4, "x",
+                                api_name="/finetune")
+    assert "Not done" in status and "at least 3 annotated images" in status
+
+
+def test_a_repeated_segment_call_gets_the_first_answer(app):
+    """Finding 7: an API client repeating a call within 1 s got an empty update."""
+    client, files, _ = app
+    c = Client(client.src, verbose=False)
+    q = handle_file(_png(files / "qr.png", make_phantom(4).image))
+    first = segment(c, [support_editor(files, 1)], q)
+    again = c.predict("tiny_panet", q, 0.5, 0.4, False, api_name="/segment")
+    assert again[0] and again[3] == first[3], "the same overlay and report, not an empty update"
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("threshold", "abc", "Threshold: must be a finite number"),
+    ("threshold", None, "Threshold: must be a finite number"),
+    ("opacity", "0.4; drop", "Overlay opacity: must be a finite number"),
+])
+def test_bad_numbers_get_a_message_naming_the_field(app, field, value, message):
+    client, files, _ = app
+    c = Client(client.src, verbose=False)
+    q = handle_file(_png(files / "qn.png", make_phantom(4).image))
+    set_supports(c, [support_editor(files, 1)])
+    args = {"threshold": 0.5, "opacity": 0.4}
+    args[field] = value
+    with pytest.raises(Exception, match=message):
+        c.predict("tiny_panet", q, args["threshold"], args["opacity"], False, api_name="/segment")
+
+
+@pytest.mark.parametrize("x, y", [(float("nan"), 10.0), (10.0, float("inf")), ("left", 3)])
+def test_non_finite_click_coordinates_and_opacity_are_refused(x, y):
+    """Finding 6 (JSON cannot carry NaN, so the handlers are called directly, as the page's events do)."""
+    from webapp.handlers import Session, UserError, add_click, rerender
+
+    sess = Session()
+    sess.query_image = make_phantom(1).image
+    sess.probability = np.zeros(sess.query_image.shape[:2], np.float32)
+    sess.mask = sess.probability > 0.5
+    with pytest.raises(UserError, match="must be a finite number|must be a number"):
+        add_click(sess, x, y, "+")
+    assert sess.clicks == []
+    with pytest.raises(UserError, match="opacity"):
+        rerender(sess, 0.5, float("nan"), None)
+
+
+def test_bad_support_files_are_named_at_their_slot(app):
+    """Finding 6: truncated files, 16-bit images and degenerate masks."""
+    client, files, _ = app
+    c = Client(client.src, verbose=False)
+    good = make_phantom(1)
+    png = Path(_png(files / "trunc_src.png", good.image))
+    trunc = files / "trunc.png"
+    trunc.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
+    with pytest.raises(Exception, match="Support 2 image: not a readable image \\(truncated"):
+        set_supports(c, [support_editor(files, 1), {"background": handle_file(str(trunc)), "layers": [],
+                                                     "composite": None}])
+    for mask, message in ((np.zeros(good.mask.shape, np.uint8), "support 1: the mask is empty"),
+                          (np.full(good.mask.shape, 255, np.uint8), "support 1: the mask covers the whole image")):
+        name = f"m{int(mask.max())}.png"
+        editor = {"background": handle_file(_png(files / "bg.png", good.image)), "layers": [], "composite": None}
+        with pytest.raises(Exception, match=message):
+            set_supports(c, [editor], masks=(handle_file(_png(files / name, mask)),) + (None,) * 4)
+    one_pixel = np.zeros(good.mask.shape, np.uint8)
+    one_pixel[5, 5] = 255
+    with pytest.raises(Exception, match="support 1: the mask marks only 1 pixel"):
+        set_supports(c, [editor], masks=(handle_file(_png(files / "m1px.png", one_pixel)),) + (None,) * 4)
+    # a 16-bit support image is accepted through the API...
+    deep = (good.image[..., 0].astype(np.uint16) * 257)
+    Image.fromarray(deep).save(files / "deep.png")
+    editor16 = dict(support_editor(files, 1), background=handle_file(str(files / "deep.png")))
+    assert "1: ready" in set_supports(c, [editor16])
+
+
+def test_a_16_bit_editor_image_keeps_its_contrast(tmp_path):
+    """...and decoded by bit depth (Gradio's own conversion clipped it to white)."""
+    from gradio.data_classes import FileData
+
+    from webapp.uploads import SafeImageEditor
+
+    grey = make_phantom(1).image[..., 0]
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    ed = SafeImageEditor(label="Support 1: x", type="numpy", image_mode="RGBA")
+    arr = ed.convert_and_format_image(FileData(path=str(tmp_path / "deep.png")))
+    assert arr.shape[2] == 4 and np.abs(arr[..., 0].astype(int) - grey).max() <= 1
 
 
 def test_numeric_fields_are_bounded_also_through_the_api(app):

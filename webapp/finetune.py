@@ -69,6 +69,10 @@ class JobQueue:
                     self._waiting.remove(job)
                 self._cond.notify_all()
 
+    def is_waiting(self, job: Job) -> bool:
+        with self._cond:
+            return job in self._waiting
+
     def release(self, job: Job) -> None:
         with self._cond:
             if self._running is job:
@@ -102,6 +106,8 @@ def cancel(owner: str) -> str:
     if job is None or not job.active:
         return "You have no fine-tuning, adaptation or propagation job running or waiting."
     job.cancel(by=owner)
+    if TRAINING_QUEUE.is_waiting(job):
+        return f"Your {job.name} is taken out of the queue before it started: nothing ran."
     if job.name == "propagation":
         return "Stopping the propagation after the current image: the predictions made so far are kept."
     return f"Cancelling {job.name}: it stops after the current episode; nothing will be saved."

