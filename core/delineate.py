@@ -26,11 +26,14 @@ from .models.promptable import SIZE, PromptableSegmenter, PromptResult
 
 @dataclass(frozen=True)
 class DelineateConfig:
+    """Defaults chosen on BUSI's validation split (docs/selection_delineate_val.json): the box alone beat
+    the box informed by PANet++'s map (mask prompt or a confident point), and local corrections (bumps)
+    beat SAM's point protocol at every number of clicks (LiteMedSAM was trained on boxes)."""
     box_mode: str = "box"            # "box" | "box+mask" | "box+point"
     click_start: str = "mask"        # supports, no box: "mask" (PANet++ logits as the first mask prompt),
     #                                  "box" (the box of the PANet++ mask), "none" (clicks alone)
     logit_clip: float = 6.0          # PANet++ probability -> mask-prompt logits, clipped to +-this
-    click_mode: str = "points"       # "points": SAM's protocol (points + box + previous logits);
+    click_mode: str = "bumps"        # "points": SAM's protocol (points + box + previous logits);
     #                                  "points-nomask": points + box, no mask prompt;
     #                                  "bumps": the start's logits + adaptive Gaussian bumps at the clicks, and a
     #                                  positive click outside the box widens the box (LiteMedSAM was trained on boxes)
@@ -55,6 +58,15 @@ def prob_to_prompt(prob: np.ndarray, sam_scale: float, resized: tuple[int, int],
     out[:nh, :nw] = logit
     # SAM's mask prompt is at 256 x 256 for a 1024 input, i.e. the same frame as its low-res output
     return out[None]
+
+
+def box_region(box, hw: tuple[int, int]) -> np.ndarray:
+    """The pixels inside a box (x0, y0, x1, y1), edges included."""
+    h, w = hw
+    x0, y0, x1, y1 = box
+    m = np.zeros((h, w), bool)
+    m[max(0, int(np.floor(y0))):min(h, int(np.ceil(y1)) + 1), max(0, int(np.floor(x0))):min(w, int(np.ceil(x1)) + 1)] = True
+    return m
 
 
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
@@ -128,6 +140,10 @@ class Delineator:
             if prob is None:
                 raise ValueError("nothing to delineate: give supports, a box or clicks")
             return Delineation(prob > threshold, None, None, "panet", time.perf_counter() - t0)
+        if not clicks:        # a box alone: LiteMedSAM's mask for it, inside it
+            state = self._cached((img_key, box_t, self.config, ()), lambda: self.start(query, prob, box_t))
+            return Delineation(state.mask & box_region(box_t, state.mask.shape), state.iou, state.logits,
+                               "litemedsam", time.perf_counter() - t0)
         if clicks and self.config.click_mode == "bumps":
             return self._bumped(query, prob, box_t, clicks, threshold, img_key, t0)
         state = self._cached((img_key, box_t, self.config, ()), lambda: self.start(query, prob, box_t))
@@ -184,8 +200,10 @@ class Delineator:
             logits, iou = np.log(p / (1 - p)) - np.log(threshold / (1 - threshold)), None
         base = logits > 0
         bias = click_bias(clicks, (h, w), ClickConfig(), radii=edge_distances(clicks, base)).numpy()
-        fused = logits + bias
-        return Delineation(fused > 0, iou, None, "litemedsam" if box is not None else "panet",
+        fused = (logits + bias) > 0
+        if box is not None:      # the target lies inside the (possibly widened) box
+            fused &= box_region(box, (h, w))
+        return Delineation(fused, iou, None, "litemedsam" if box is not None else "panet",
                            time.perf_counter() - t0)
 
     def _click(self, query, prob, box, clicks, prev: PromptResult | None) -> PromptResult:
@@ -235,3 +253,39 @@ def refine_prediction(fewshot, query: np.ndarray, supports, box=None, clicks=(),
     d = delineator.delineate(query, res.probability if supports else None, box=box, clicks=clicks,
                              threshold=threshold, key=key)
     return d.mask, d, res
+
+
+@dataclass(frozen=True)
+class AutoRule:
+    """When LiteMedSAM redraws PANet++'s automatic mask (no prompt): the box of PANet++'s largest component
+    (widened by `margin`) goes to LiteMedSAM, whose mask replaces PANet++'s only if its predicted IoU is at
+    least `min_iou`, it agrees with PANet++'s mask (Dice >= `min_agreement`) and the image's longer side is
+    at least `min_side` px. Chosen on validation parts (docs/selection_auto_val.json)."""
+    min_iou: float = 2.0          # > 1: never (PANet++ alone) until a validated rule ships
+    min_agreement: float = 0.0
+    min_side: int = 0
+    margin: float = 0.05
+
+
+def auto_candidate(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.ndarray, margin: float = 0.05):
+    """LiteMedSAM's redraw of PANet++'s largest component: (mask, predicted IoU, agreement Dice) or None."""
+    from .metrics import dice
+
+    b = mask_box(panet_mask)
+    if b is None:
+        return None
+    x0, y0, x1, y1 = b
+    h, w = panet_mask.shape
+    mx, my = margin * (x1 - x0 + 1), margin * (y1 - y0 + 1)
+    box = (max(0.0, x0 - mx), max(0.0, y0 - my), min(w - 1.0, x1 + mx), min(h - 1.0, y1 + my))
+    res = sam.predict(query, box=box)
+    return res.mask, res.iou, float(dice(res.mask, panet_mask))
+
+
+def apply_rule(rule: AutoRule, panet_mask: np.ndarray, candidate, side: int) -> tuple[np.ndarray, bool]:
+    """(the mask to show, whether LiteMedSAM's was used)."""
+    if candidate is None:
+        return panet_mask, False
+    mask, iou, agree = candidate
+    use = iou >= rule.min_iou and agree >= rule.min_agreement and side >= rule.min_side
+    return (mask, True) if use else (panet_mask, False)

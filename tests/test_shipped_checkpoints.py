@@ -12,6 +12,10 @@ CKPT = ROOT / "checkpoints"
 
 def test_shipped_checkpoints_are_complete_and_named_in_defaults():
     defaults = json.loads((CKPT / "DEFAULTS.json").read_text())
+    listed = defaults.pop("listed")
+    for kind, names in listed.items():   # the checkpoints the app lists, each with its one-line description
+        assert defaults[kind] in names and all(checkpoint.load_meta(CKPT / n)["kind"] == kind for n in names)
+        assert all(len(text) > 20 for text in names.values())
     for kind, name in defaults.items():
         meta = checkpoint.load_meta(CKPT / name)
         assert meta["kind"] == kind

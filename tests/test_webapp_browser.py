@@ -78,3 +78,37 @@ def test_draw_a_support_mask_and_segment(tmp_path):
         demo.close()
     shot = np.asarray(Image.open(SCREENSHOT))
     assert shot.shape[0] > 500 and shot.std() > 10
+
+
+def test_first_use_segment_in_view_and_gallery_picks_fill_the_next_slot(tmp_path):
+    """Issue 16, finding 8: at 1400 x 900 Segment is on screen without scrolling; three gallery picks fill
+    slots 1, 2, 3 (they all replaced slot 1)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from tests.test_webapp import make_checkpoints
+    from webapp.context import AppConfig, AppContext
+    from webapp.ui import build_app
+
+    make_checkpoints(tmp_path / "ckpt")
+    ctx = AppContext(AppConfig(data_dir=None, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out",
+                               promptable=False))
+    demo = build_app(ctx)
+    demo.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(demo.local_url)
+            button = page.locator("#segment-button")
+            button.wait_for(state="visible", timeout=30_000)
+            box = button.bounding_box()
+            assert box and box["y"] + box["height"] <= 900, f"Segment at y={box and box['y']}: below the fold"
+            for k in range(3):
+                page.locator("#gallery img").nth(k).click()
+                page.get_by_role("button", name="Put in support slot").click()
+                page.locator("#supports-status").get_by_text(f"{k + 1}: ready").wait_for(timeout=30_000)
+            status = page.locator("#supports-status").inner_text()
+            assert all(f"{k}: ready" in status for k in (1, 2, 3)), status
+            browser.close()
+    finally:
+        demo.close()

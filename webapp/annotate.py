@@ -51,7 +51,7 @@ def presence_calibration() -> dict | None:
 
 
 def run_propagation(ctx: AppContext, store: ProjectStore, checkpoint_name, supports, owner: str, job,
-                    presence: dict | None = None):
+                    presence: dict | None = None, delineate_with=None):
     """Generator of progress lines; results land image by image (a stopped run resumes)."""
     seg = ctx.fewshot(checkpoint_name, owner)
     key = seg.support_key(supports)
@@ -64,7 +64,7 @@ def run_propagation(ctx: AppContext, store: ProjectStore, checkpoint_name, suppo
         try:
             result["summary"] = propagate(store, seg, supports, key, str(checkpoint_name), who=owner_tag(owner),
                                           should_stop=lambda: job.cancel_requested, on_progress=events.append,
-                                          presence=presence, owner=owner)
+                                          presence=presence, owner=owner, delineate_with=delineate_with)
         except Exception as exc:  # reported in the page
             result["error"] = exc
 

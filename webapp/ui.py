@@ -104,6 +104,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         gr.Markdown(f"{ctx.data_message} Running on the **{ctx.device().upper()}**. {ctx.promptable_message()}")
 
         with gr.Tab("Segment"):
+            # the action first: reachable without scrolling (supports and query are set below)
+            with gr.Row(equal_height=True):
+                seg_btn = gr.Button("Segment", variant="primary", elem_id="segment-button", scale=1, min_width=160)
+                run_status = gr.Markdown("Set 1-5 supports and a query below, then **Segment**; the result is under "
+                                         "*2. Query*.", elem_id="run-status")
             with gr.Row():
                 with gr.Column(scale=3):
                     gr.Markdown("### 1. Supports (1-5): an image and its tumour mask in each slot")
@@ -139,7 +144,6 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                     file_types=["image"], height=90, elem_id="query-file")
                     threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold")
                     opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Overlay opacity")
-                    seg_btn = gr.Button("Segment", variant="primary", elem_id="segment-button")
                     per_support = gr.Checkbox(False, label="Heatmaps of each support too (slower)")
                     with gr.Row():
                         adapt_seconds = gr.Slider(5, 300, value=30, step=5, label="Adaptation time (s)")
@@ -197,6 +201,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 prop_cancel = gr.Button("Stop", variant="stop", size="sm")
                 presence_cb = gr.Checkbox(False, label="Predict no lesion when the model is unsure one is there "
                                                       "(threshold calibrated on BUSI breast lesions)")
+                delineate_cb = gr.Checkbox(False, label="Delineate each image with LiteMedSAM (redraws the boundary "
+                                                       "from the box of the prediction; slower)")
             prop_status = gr.Markdown(elem_id="propagate-status")
             with gr.Row():
                 with gr.Column():
@@ -579,7 +585,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         proj_open.click(do_open, [session, proj_name], [session, proj_status, rev_img, rev_text, rev_token],
                         api_name="annotate_open")
 
-        def do_propagate(sess: Session, ckpt_name, use_presence, request: gr.Request):
+        def do_propagate(sess: Session, ckpt_name, use_presence, use_sam=False, request: gr.Request = None):
             try:
                 store = _store(sess, request)
                 supports = handlers.session_supports(sess)
@@ -588,15 +594,18 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     raise UserError("no lesion-presence calibration found (python -m core evaluate-presence)")
                 job = finetune._register(_owner(request), "propagation")
                 try:
+                    sam = ctx.promptable_model() if use_sam else None
+                    if use_sam and sam is None:
+                        raise UserError("LiteMedSAM is not available: untick Delineate with LiteMedSAM")
                     for line in annotate.run_propagation(ctx, store, ckpt_name, supports, _owner(request), job,
-                                                         calib):
+                                                         calib, delineate_with=sam):
                         yield line
                 finally:
                     finetune._unregister(job)
             except (UserError, ValueError) as exc:
                 raise _error(exc)
 
-        prop_btn.click(do_propagate, [session, ckpt, presence_cb], prop_status, api_name="annotate_propagate",
+        prop_btn.click(do_propagate, [session, ckpt, presence_cb, delineate_cb], prop_status, api_name="annotate_propagate",
                        concurrency_limit=1, concurrency_id="propagate")
         prop_cancel.click(do_cancel, None, prop_status, api_name="annotate_stop")
 

@@ -31,10 +31,14 @@ def uncertainty(prob: np.ndarray, band: int = 5) -> float:
 
 def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: str, who: str = "propagation",
               should_stop: Callable[[], bool] = lambda: False, on_progress: Callable[[dict], None] | None = None,
-              presence: dict | None = None, owner: str = "") -> dict:
+              presence: dict | None = None, owner: str = "", delineate_with=None) -> dict:
     """Predict every image not accepted, corrected or marked "no lesion" and not already predicted with
     these supports (so a stopped run resumes where it was). Results land image by image. `owner`: the
-    session whose adapted model (for exactly these supports) is used, if it adapted one."""
+    session whose adapted model (for exactly these supports) is used, if it adapted one. `delineate_with`:
+    a promptable model (LiteMedSAM) that redraws each predicted mask from the box of its largest part
+    (the uncertainty stays PANet++'s)."""
+    if delineate_with is not None:   # a delineated run is another prediction than PANet++'s alone
+        support_key = f"{support_key}:litemedsam"
     todo = [r for r in store.rows() if r["status"] not in DONE + ("unreadable",)
             and not (r["status"] == "predicted" and r["support_key"] == support_key)]
     t0, done, errors = time.time(), 0, []
@@ -49,7 +53,13 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
             store.mark_unreadable(r["rel_path"], who=who)
             continue
         res = seg.predict(img, supports, heatmaps=False, presence=presence, owner=owner)
-        store.record(r["rel_path"], "predicted", res.mask, who=who, model=model_name,
+        mask = res.mask
+        if delineate_with is not None and mask.any():
+            from ..delineate import auto_candidate
+
+            mask = auto_candidate(delineate_with, img, mask)[0]
+        store.record(r["rel_path"], "predicted", mask, who=who,
+                     model=model_name + ("+litemedsam" if delineate_with is not None else ""),
                      uncertainty=uncertainty(res.probability), lesion_score=res.lesion_score,
                      support_key=support_key, only_if_not_done=True)
         done += 1

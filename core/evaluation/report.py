@@ -203,6 +203,10 @@ def render() -> Path:
     L += _clicks_section(_load("results_clicks.json"), _load("selection_clicks_val.json"))
     L += _presence_section(_load("results_presence.json"))
     L += _hardening_section(_load("results_hardening.json"))
+    L += _delineate_section(_load("results_delineate.json"), _load("selection_delineate_val.json"),
+                            _load("results_promptable_latency.json"))
+    L += _auto_section(_load("results_auto.json"))
+    L += _integrity_section(_load("results_integrity.json"))
     out = DOCS / "results.md"
     out.write_text("\n".join(L) + "\n")
     return out
@@ -362,3 +366,89 @@ def _hardening_section(h) -> list[str]:
             f"failed** ({c['seconds']} s). A saved checkpoint fetched by URL: HTTP "
             f"{h['saved_checkpoint_by_url_http_status']}. Files written under the system temp folder's `gradio/`: "
             f"{len(h['files_outside_output_folder'])}.", ""]
+
+
+def _delineate_rows(rows) -> list[str]:
+    L = ["| set | supports | start | clicks as | Dice start | 1 click | 3 clicks | 5 clicks | 10 clicks | NoC@85 | NoC@90 | "
+         "ms per click |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r["dice_after_clicks"]
+        start = ("box" + (f" ({r['box_mode']})" if r.get("box_mode") else "")) if r["box"] else \
+            ("PANet++" if r["shots"] else "nothing")
+        seen = " (may be in LiteMedSAM's training data)" if r.get("litemedsam_may_have_seen") else ""
+        L.append(f"| {r['set']}{seen} | {r['shots'] or 'none'} | {start} | {r.get('click_mode', 'points')} | "
+                 f"{_f(d['0'])} | {_f(d['1'])} | {_f(d['3'])} | {_f(d['5'])} | {_f(d.get('10'))} | "
+                 f"{_f(r['noc85'], 2)} | {_f(r['noc90'], 2)} | {r['click_ms_median']} |")
+    return L
+
+
+def _delineate_section(t, val, lat) -> list[str]:
+    if not (t or val or lat):
+        return []
+    L = ["", "## Delineation with LiteMedSAM (boxes and clicks)", "",
+         "Protocol: the simulated user's box is the target's bounding box widened by 5% of its size per side; each "
+         "next click at the centre of the largest error region. *clicks as*: `points` = SAM's protocol (points + "
+         "box + previous low-resolution logits); `bumps` = local corrections (adaptive Gaussian bumps) of "
+         "LiteMedSAM's logits, a positive click outside the box widening it, and with no box and no supports the "
+         "first positive click implies a box (sizes tried, best predicted IoU). Dice at the PANet++ model's "
+         "working size (256 px). Sets marked may be in LiteMedSAM's training collection: there the numbers are "
+         "not held out for it. The PSFHS sets are in no PANet++ training data.", ""]
+    if t:
+        L += [f"Test parts, {t['episodes']} queries per row (encoder: {t.get('encoder')}): `{t['command']}`", ""]
+        L += _delineate_rows(t["rows"])
+    if val:
+        L += ["", f"Settings chosen on BUSI **val** ({val['episodes']} queries per row, 5 clicks at most): "
+              f"`{val['command']}`", ""]
+        L += _delineate_rows(val["rows"])
+    if lat:
+        L += ["", f"Latency on {lat['threads']} CPU threads (`python -m core benchmark-promptable --out "
+              "docs/results_promptable_latency.json`): image encoder torch "
+              f"**{lat['encoder_torch_ms_median']} ms**, ONNX Runtime **{lat['encoder_onnx_ms_median']} ms** "
+              f"(max abs difference to torch {lat['onnx_max_abs_difference']:.1e}); prompt encoder + mask decoder "
+              f"**{lat['decoder_ms_median']} ms** per prompt once the embedding is cached.", ""]
+    return L + [""]
+
+
+def _auto_section(a) -> list[str]:
+    if not a:
+        return []
+    r = a["rule"]
+    L = ["", "## Automatic masks: PANet++ alone or redrawn by LiteMedSAM", "",
+         f"Reproduce: `{a['command']}`. {a['shots']}-shot episodes, {a['episodes']} queries per set and part. "
+         "LiteMedSAM redraws from the box of PANet++'s largest component; the rule (when to keep the redraw) is "
+         f"chosen on the **val** parts: predicted IoU >= {r['min_iou']}, agreement with PANet++ >= "
+         f"{r['min_agreement']}, image side >= {r['min_side']} px. It ships as the default only if no test set loses "
+         f"more than 0.01 and the mean gains: **{'ships' if a['ships_as_default'] else 'does not ship'}**.", "",
+         "| set | part | PANet++ | LiteMedSAM always | rule | share redrawn |", "|---|---|---|---|---|---|"]
+    for x in a["rows"]:
+        seen = " (may be in LiteMedSAM's training data)" if x.get("litemedsam_may_have_seen") else ""
+        L.append(f"| {x['set']}{seen} | {x['part']} | {_f(x['panet'])} | {_f(x['litemedsam_always'])} | "
+                 f"{_f(x['fused'])} | {_f(x['share_redrawn'], 2)} |")
+    return L + [""]
+
+
+def _integrity_section(h) -> list[str]:
+    if not h:
+        return []
+    ld = h["load"]
+    return ["", "## Annotation integrity and per-user state (issue 16 findings, repeated against the app)", "",
+            "Reproduce: `python scripts/probe_integrity.py` (the app in-process; API clients).", "",
+            "| finding | what the app does now |", "|---|---|",
+            f"| 1. Accept on an image without a prediction | {h['1_accept_without_prediction']} (accepted recorded: "
+            f"{h['1_accepted_count_after']}) |",
+            f"| 2. an unreadable file in the queue | marked `{h['2_unreadable_status']}` (versions "
+            f"{h['2_unreadable_versions']}); the next decision wrote to {h['2_decision_wrote_to']} (the image shown: "
+            f"{h['2_image_shown']}); server path in the page: {h['2_message_has_server_path']} |",
+            f"| 3. another user opens the same project name | {h['3_other_user_same_name_sees']} |",
+            f"| 4. a saved checkpoint after a reload (same browser key) | listed: "
+            f"{h.get('4_saved_checkpoint_listed_after_reload')}; to a stranger: {h.get('4_listed_to_a_stranger')} |",
+            f"| 5. {h['5_sessions']} new sessions with a 4000 x 4000 query | server memory "
+            f"**{h['5_rss_delta_mb']:+d} MB** after `malloc_trim` (target <= 300 MB) |",
+            f"| 6. truncated editor file | {h['6_truncated_editor_file']} |",
+            f"| 6. empty / full support mask | {h['6_empty_mask']} / {h['6_full_mask']} |",
+            f"| 6. threshold \"abc\" / null | {h['6_threshold_abc']} / {h['6_threshold_null']} |",
+            f"| 7. a repeated call within 1 s | the first answer: {h['7_repeat_gets_result']} |",
+            f"| 8. 403 body | `{h['8_403_body']}` |",
+            f"| 8. checkpoint menu | {'; '.join(h['8_checkpoint_menu'])} |", "",
+            f"Load: {ld['clients']} clients x {ld['calls_each']} Segment calls: {ld['ok']} answered, **{ld['failed']} "
+            f"failed**, p50 {ld['p50_ms']} ms, p95 {ld['p95_ms']} ms ({ld['seconds']} s in all, 2 CPU cores).", ""]
