@@ -47,9 +47,8 @@ def test_propagate_review_and_export(annot_app, tmp_path):
     set_supports(client, [support_editor(files, 1), support_editor(files, 2)])
     status, _, text, token = client.predict("ward 7", api_name="/annotate_open")
     assert "Project ward_7" in status and "unlabelled 5" in status and token
-    line = client.predict("tiny_panet", False, api_name="/annotate_propagate")
-    assert "Done: 5 of 5" in line
-    status, _, text, token = client.predict("ward 7", api_name="/annotate_open")   # shows a predicted image
+    line, _, text, token = client.predict("tiny_panet", False, api_name="/annotate_propagate")
+    assert "Done: 5 of 5" in line and "predicted" in text, "the review now shows a predicted image"
     status, _, first, _ = decide(client, "accept", token)
     assert "accepted 1" in status and "predicted 4" in status
     decide(client, "promote")            # the image just accepted
@@ -126,6 +125,6 @@ def test_propagation_with_the_no_lesion_decision_shows_the_score(annot_app):
     c = Client(client.src, verbose=False)
     set_supports(c, [support_editor(files, 1)])
     c.predict("ward 8", api_name="/annotate_open")
-    assert "Done: 5 of 5" in c.predict("tiny_panet", True, api_name="/annotate_propagate")
+    assert "Done: 5 of 5" in c.predict("tiny_panet", True, api_name="/annotate_propagate")[0]
     _, _, text, _ = c.predict("ward_8", api_name="/annotate_open")
     assert "lesion-presence score" in text

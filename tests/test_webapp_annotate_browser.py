@@ -35,6 +35,7 @@ def test_annotate_a_folder_in_the_browser(tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1700})
             page.goto(demo.local_url)
             page.locator("#gallery img").first.click()             # a synthetic phantom with its mask
+            page.get_by_text("Selected:").wait_for(timeout=30_000)
             page.get_by_role("button", name="Put in support slot").click()
             page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=30_000)
             page.get_by_role("tab", name="Annotate a folder").click()

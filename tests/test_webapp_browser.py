@@ -104,7 +104,10 @@ def test_first_use_segment_in_view_and_gallery_picks_fill_the_next_slot(tmp_path
             box = button.bounding_box()
             assert box and box["y"] + box["height"] <= 900, f"Segment at y={box and box['y']}: below the fold"
             for k in range(3):
+                before = page.locator("#picked-text").inner_text()
                 page.locator("#gallery img").nth(k).click()
+                # what a user sees before the next step: the selection named
+                sync_api.expect(page.locator("#picked-text")).not_to_have_text(before, timeout=30_000)
                 page.get_by_role("button", name="Put in support slot").click()
                 page.locator("#supports-status").get_by_text(f"{k + 1}: ready").wait_for(timeout=30_000)
             status = page.locator("#supports-status").inner_text()

@@ -109,3 +109,17 @@ def test_single_user_install_owns_everything_and_api_clients_are_apart(tmp_path)
     assert multi.owner(Req()) == "abc", "an API client without a browser key is its own user"
     Req.username = "dr_who"
     assert multi.owner(Req()) == "user:dr_who"
+
+
+def test_the_page_user_key_comes_with_its_cookie_and_a_bad_one_is_ignored(tmp_path):
+    ctx = AppContext(AppConfig(data_dir=None, checkpoints_dir=tmp_path, output_dir=tmp_path / "o"))
+
+    class Req:
+        username = None
+
+        def __init__(self, sh, cookie):
+            self.session_hash, self.cookies = sh, {"panet_user": cookie}
+
+    key = "0123456789abcdef0123456789abcdef"
+    assert ctx.owner(Req("tab-1", key)) == ctx.owner(Req("tab-2-after-reload", key)) == f"key:{key}"
+    assert ctx.owner(Req("tab-3", "../../x")) == "tab-3", "a malformed key is not trusted"

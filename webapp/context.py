@@ -73,6 +73,7 @@ def owner_tag(owner: str) -> str:
 
 LOCAL_USER = "local"           # the one user of a single-user install
 USER_KEY_RE = re.compile(r"[0-9a-f]{32}")
+USER_COOKIE = "panet_user"     # the page sends its user key (kept in the browser) in this cookie
 MAX_BOUND_SESSIONS = 10000     # browser sessions remembered with their user key (oldest forgotten)
 
 
@@ -151,13 +152,19 @@ class AppContext:
 
     def owner(self, request) -> str:
         """Who a call comes from: the signed-in user name (an app started with auth), the one local user
-        (single-user install), the user key the page's browser keeps (survives reloads and restarts), or,
-        for an API client, its own session."""
+        (single-user install), the user key the page's browser keeps (its cookie: survives reloads and
+        restarts; or bound with `bind_user`), or, for an API client, its own session."""
         name = getattr(request, "username", None)
         if name:
             return f"user:{name}"
         if self.config.single_user:
             return LOCAL_USER
+        try:
+            cookie = (getattr(request, "cookies", None) or {}).get(USER_COOKIE)
+        except Exception:   # a request without cookies (an API client)
+            cookie = None
+        if isinstance(cookie, str) and USER_KEY_RE.fullmatch(cookie):
+            return f"key:{cookie}"
         sh = getattr(request, "session_hash", None)
         with self._lock:
             key = self._users.get(sh)

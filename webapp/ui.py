@@ -16,6 +16,16 @@ from .handlers import N_SLOTS, Session, UserError
 from .uploads import SafeImageEditor
 
 EMPTY_EDITOR = {"background": None, "layers": [], "composite": None}
+# the user key: kept (encrypted) in the browser's local storage, made there on the first visit, and sent to
+# the server with every request as a same-site cookie (no server event at page load: a load event that
+# reaches the server makes Gradio drop an editor upload started meanwhile)
+NEW_KEY_JS = """(key) => {
+  if (!(typeof key === "string" && /^[0-9a-f]{32}$/.test(key))) {
+    key = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+  document.cookie = "panet_user=" + key + "; path=/; max-age=31536000; SameSite=Strict";
+  return key;
+}"""
 SESSION_TTL = 3600  # seconds a session's state outlives its last use (API clients never "close a tab")
 MAX_WAITING_JOBS = 8  # training jobs running or waiting in our own queue (one runs; the others see their place)
 
@@ -129,7 +139,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 with gr.Column(scale=2):
                     gallery = gr.Gallery(value=thumbs, label="Gallery: synthetic demo phantoms, then the data folder",
                                          columns=4, height=360, allow_preview=False, elem_id="gallery")
-                    picked_text = gr.Markdown("Click an image in the gallery to select it.")
+                    picked_text = gr.Markdown("Click an image in the gallery to select it.", elem_id="picked-text")
                     with gr.Row():
                         slot_choice = gr.Dropdown(list(range(1, N_SLOTS + 1)), value=1, label="Slot", scale=0,
                                                   min_width=110, elem_id="slot-choice")
@@ -266,11 +276,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
         refresh.click(on_refresh, ckpt, ckpt, api_name="refresh_checkpoints")
 
-        def on_load(key, current, request: gr.Request):
-            key = ctx.bind_user(getattr(request, "session_hash", None), key)
-            return key, on_refresh(current, request)
-
-        demo.load(on_load, [user_key, ckpt], [user_key, ckpt], api_name=False)
+        demo.load(None, user_key, user_key, js=NEW_KEY_JS, queue=False, show_progress="hidden")
+        # the menu lists this user's saved checkpoints whenever it is opened (also after a reload)
+        ckpt.focus(on_refresh, ckpt, ckpt, api_name=False, show_progress="hidden")
 
         def on_pick(evt: gr.SelectData):
             key = keys[evt.index]
@@ -597,15 +605,22 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     sam = ctx.promptable_model() if use_sam else None
                     if use_sam and sam is None:
                         raise UserError("LiteMedSAM is not available: untick Delineate with LiteMedSAM")
+                    line = ""
                     for line in annotate.run_propagation(ctx, store, ckpt_name, supports, _owner(request), job,
                                                          calib, delineate_with=sam):
-                        yield line
+                        yield line, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 finally:
                     finetune._unregister(job)
+                # the review shows the most uncertain image with its new prediction (what was shown before
+                # may have changed: a decision on it would be refused)
+                sess = copy.copy(sess)
+                v = _shown(sess, store, annotate.next_image(store), request)
+                yield line, v.image, v.text, v.token, sess
             except (UserError, ValueError) as exc:
                 raise _error(exc)
 
-        prop_btn.click(do_propagate, [session, ckpt, presence_cb, delineate_cb], prop_status, api_name="annotate_propagate",
+        prop_btn.click(do_propagate, [session, ckpt, presence_cb, delineate_cb],
+                       [prop_status, rev_img, rev_text, rev_token, session], api_name="annotate_propagate",
                        concurrency_limit=1, concurrency_id="propagate")
         prop_cancel.click(do_cancel, None, prop_status, api_name="annotate_stop")
 
