@@ -93,8 +93,9 @@ class Delineator:
     """PANet++ (`fewshot`, a FewShotSegmenter) + LiteMedSAM (`sam`)."""
 
     def __init__(self, fewshot, sam: PromptableSegmenter, config: DelineateConfig = DelineateConfig(),
-                 cache_size: int = 256):
+                 cache_size: int = 32):
         self.fewshot, self.sam, self.config = fewshot, sam, config
+        self.cache_size = cache_size
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
@@ -108,9 +109,12 @@ class Delineator:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         value = compute()
+        if isinstance(value, PromptResult):   # kept compact: the chosen mask and half-precision logits only
+            value = PromptResult(value.mask.copy(), value.logits, value.iou, value.mask[None].copy(),
+                                 value.full_logits.astype(np.float16), value.ious, value.seconds)
         with self._lock:
             self._cache[key] = value
-            while len(self._cache) > 256:
+            while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return value
 
@@ -180,6 +184,8 @@ class Delineator:
         from .models.clicks import ClickConfig, click_bias, edge_distances
 
         h, w = query.shape[:2]
+        if box is None and prob is not None and self.config.click_start == "box":
+            box = mask_box(prob > threshold)    # the supports' target (largest part): LiteMedSAM redraws it
         if box is None and prob is None:
             first = next((c for c in clicks if c[2]), None)
             if first is None:
@@ -194,7 +200,7 @@ class Delineator:
                     x1, y1 = min(w - 1.0, max(x1, x + m)), min(h - 1.0, max(y1, y + m))
             box = (x0, y0, x1, y1)
             start = self._cached((img_key, box, self.config, ()), lambda: self.start(query, prob, box))
-            logits, iou = start.full_logits, start.iou
+            logits, iou = start.full_logits.astype(np.float32), start.iou
         else:
             p = np.clip(prob.astype(np.float32), 1e-4, 1 - 1e-4)
             logits, iou = np.log(p / (1 - p)) - np.log(threshold / (1 - threshold)), None
@@ -221,14 +227,14 @@ class Delineator:
 _NOTED: set = set()
 
 
-def promptable_or_none(device: str = "cpu", log=None):
+def promptable_or_none(device: str = "cpu", log=None, onnx_dir=None):
     """The shared LiteMedSAM, or None when it cannot be loaded (said once per process, plainly)."""
     from .models import promptable
 
     ok, why = promptable.available()
     if ok:
         try:
-            return promptable.shared(device)
+            return promptable.shared(device, onnx_dir=onnx_dir)
         except Exception as exc:   # a damaged install: the old refinement keeps working
             ok, why = False, str(exc)
     if why not in _NOTED:

