@@ -266,9 +266,10 @@ class AutoRule:
     """When LiteMedSAM redraws PANet++'s automatic mask (no prompt): the box of PANet++'s largest component
     (widened by `margin`) goes to LiteMedSAM, whose mask replaces PANet++'s only if its predicted IoU is at
     least `min_iou`, it agrees with PANet++'s mask (Dice >= `min_agreement`) and the image's longer side is
-    at least `min_side` px. Chosen on validation parts (docs/selection_auto_val.json)."""
-    min_iou: float = 2.0          # > 1: never (PANet++ alone) until a validated rule ships
-    min_agreement: float = 0.0
+    at least `min_side` px. Chosen on the validation parts of BUSI and five multidomain sets
+    (`python -m core evaluate-auto`, docs/results_auto.json); it ships because no test part lost Dice."""
+    min_iou: float = 0.8
+    min_agreement: float = 0.6
     min_side: int = 0
     margin: float = 0.05
 
@@ -286,6 +287,15 @@ def auto_candidate(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.n
     box = (max(0.0, x0 - mx), max(0.0, y0 - my), min(w - 1.0, x1 + mx), min(h - 1.0, y1 + my))
     res = sam.predict(query, box=box)
     return res.mask, res.iou, float(dice(res.mask, panet_mask))
+
+
+def auto_mask(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.ndarray, side: int | None = None,
+              rule: AutoRule = AutoRule()) -> tuple[np.ndarray, bool, float | None]:
+    """The automatic mask (no prompt): PANet++'s, or LiteMedSAM's redraw of it where `rule` trusts it.
+    Returns (mask, redrawn, LiteMedSAM's predicted IoU)."""
+    cand = auto_candidate(sam, query, panet_mask, rule.margin)
+    mask, used = apply_rule(rule, panet_mask, cand, side if side is not None else max(query.shape[:2]))
+    return mask, used, cand[1] if cand else None
 
 
 def apply_rule(rule: AutoRule, panet_mask: np.ndarray, candidate, side: int) -> tuple[np.ndarray, bool]:

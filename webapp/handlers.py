@@ -430,11 +430,12 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
         raise UserError(str(exc)) from exc
     session.query_image, session.probability, session.mask, session.corrected = q_img, res.probability, res.mask, False
     session.base_probability = res.probability.astype(np.float16)
+    redrawn = auto_redraw(ctx, session, q_img, res.mask)
     session.clicks, session.box, session.box_corner, session.checkpoint = [], None, None, checkpoint_name
     truth = _truth(ctx, session, q_img)
     ov = render_overlay(session, opacity, truth)
     lines = [f"**{len(supports)} support(s)**{' (model adapted to them)' if adapted else ''}, lesion predicted on "
-             f"{res.mask.mean() * 100:.1f}% of the image (threshold {threshold:.2f})."]
+             f"{session.mask.mean() * 100:.1f}% of the image (threshold {threshold:.2f})." + redrawn]
     if agreement:
         a = float(np.mean(agreement))
         lines.append(f"Supports agree with each other: leave-one-out Dice **{a:.2f}** (each support segmented "
@@ -444,11 +445,11 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
                          "mark different structures. Try **Adapt to these supports**.")
     if truth is not None:
         if truth.any():
-            lines.append(f"Against the ground truth (green contour): **Dice {dice(res.mask, truth):.3f}, "
-                         f"IoU {iou(res.mask, truth):.3f}**")
+            lines.append(f"Against the ground truth (green contour): **Dice {dice(session.mask, truth):.3f}, "
+                         f"IoU {iou(session.mask, truth):.3f}**")
         else:
             lines.append("Ground truth: no lesion (normal image). "
-                         + ("The model predicts lesion pixels here (a false positive)." if res.mask.any()
+                         + ("The model predicts lesion pixels here (a false positive)." if session.mask.any()
                             else "The model correctly predicts no lesion."))
         if ctx.gallery[session.query_key].in_training_split:
             lines.append("Note: this image was in the model's training split, so this score is optimistic.")
@@ -457,6 +458,23 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     ctx.prefetch_embedding(q_img)   # boxes and clicks on this query then wait only for the decoder
     prob_rgb = colorize(display_size(res.probability)[0], 0, 1, "viridis")
     return SegmentOutput(ov, prob_rgb, heat, "\n\n".join(lines), time.perf_counter() - t0, notes, supports)
+
+
+def auto_redraw(ctx: AppContext, session: Session, image: np.ndarray, panet_mask: np.ndarray) -> str:
+    """LiteMedSAM redraws PANet++'s mask where the shipped rule trusts it (core.delineate.AutoRule, chosen on
+    validation parts); the session's mask becomes the result. Returns a note for the report ("" if kept)."""
+    sam = ctx.promptable_model()
+    if sam is None or not panet_mask.any():
+        return ""
+    from core.delineate import auto_mask
+
+    side = max(session.query_size) if session.query_size else None
+    mask, used, iou_pred = auto_mask(sam, image, panet_mask, side=side)
+    if not used:
+        return (f" Boundary: PANet++'s (LiteMedSAM's redraw not trusted here, predicted IoU {iou_pred:.2f})."
+                if iou_pred is not None else "")
+    session.mask, session.probability = mask, mask.astype(np.float32)
+    return f" Boundary drawn by **LiteMedSAM** from PANet++'s box (predicted IoU {iou_pred:.2f})."
 
 
 def render_overlay(session: Session, opacity: float, truth=None) -> np.ndarray:

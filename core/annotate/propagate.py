@@ -54,10 +54,10 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
             continue
         res = seg.predict(img, supports, heatmaps=False, presence=presence, owner=owner)
         mask = res.mask
-        if delineate_with is not None and mask.any():
-            from ..delineate import auto_candidate
+        if delineate_with is not None and mask.any():     # LiteMedSAM redraws it where the shipped rule trusts it
+            from ..delineate import auto_mask
 
-            mask = auto_candidate(delineate_with, img, mask)[0]
+            mask = auto_mask(delineate_with, img, mask)[0]
         store.record(r["rel_path"], "predicted", mask, who=who,
                      model=model_name + ("+litemedsam" if delineate_with is not None else ""),
                      uncertainty=uncertainty(res.probability), lesion_score=res.lesion_score,

@@ -22,7 +22,7 @@ def register(sub) -> None:
                    help="--images must lie inside this folder (default $PANET_DATA_ROOT; unset: any folder)")
     p.add_argument("--device", default="auto")
     p.add_argument("--delineate", action="store_true",
-                   help="LiteMedSAM redraws each predicted mask from the box of its largest part")
+                   help="LiteMedSAM redraws each predicted mask from the box of its largest part (where the shipped rule trusts it)")
     p.add_argument("--report", default=None, help="JSON of the run's speed (docs/results_propagation.json renders results.md)")
     p.set_defaults(func=annotate_cmd)
 

