@@ -33,6 +33,9 @@ class DelineateConfig:
     click_start: str = "mask"        # supports, no box: "mask" (PANet++ logits as the first mask prompt),
     #                                  "box" (the box of the PANet++ mask), "none" (clicks alone)
     logit_clip: float = 6.0          # PANet++ probability -> mask-prompt logits, clipped to +-this
+    alone: str = "hybrid"            # clicks without supports or box: "litemedsam" (a click implies a box, then
+    #                                  local corrections), "panet" (PANet++'s click prototypes and bumps), "hybrid"
+    #                                  (LiteMedSAM for the first click, PANet++'s from the second on)
     click_mode: str = "bumps"        # "points": SAM's protocol (points + box + previous logits);
     #                                  "points-nomask": points + box, no mask prompt;
     #                                  "bumps": the start's logits + adaptive Gaussian bumps at the clicks, and a
@@ -148,6 +151,10 @@ class Delineator:
             state = self._cached((img_key, box_t, self.config, ()), lambda: self.start(query, prob, box_t))
             return Delineation(state.mask & box_region(box_t, state.mask.shape), state.iou, state.logits,
                                "litemedsam", time.perf_counter() - t0)
+        alone = prob is None and box_t is None
+        if alone and clicks and (self.config.alone == "panet" or (self.config.alone == "hybrid" and len(clicks) > 1)):
+            res = self.fewshot.predict(query, [], threshold=threshold, heatmaps=False, clicks=clicks)
+            return Delineation(res.mask, None, None, "panet", time.perf_counter() - t0)
         if clicks and self.config.click_mode == "bumps":
             return self._bumped(query, prob, box_t, clicks, threshold, img_key, t0)
         state = self._cached((img_key, box_t, self.config, ()), lambda: self.start(query, prob, box_t))

@@ -25,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--box-mode", nargs="+", default=["box"], choices=["box", "box+mask", "box+point"])
     p.add_argument("--click-start", nargs="+", default=["mask"], choices=["mask", "box", "none"])
     p.add_argument("--click-mode", nargs="+", default=["bumps"], choices=["points", "points-nomask", "bumps"])
+    p.add_argument("--alone", nargs="+", default=["hybrid"], choices=["hybrid", "litemedsam", "panet"],
+                   help="clicks without supports or a box")
     p.add_argument("--max-clicks", type=int, default=10)
     p.add_argument("--sets", nargs="*", default=[], help="multidomain sets (their --part) to score as well")
     p.add_argument("--sets-checkpoint", default=None, help="PANet++ checkpoint for --sets (default: --checkpoint)")
@@ -73,19 +75,23 @@ def evaluate_delineate_cmd(args) -> int:
     result = {"command": "python -m core " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["evaluate-delineate"] else "",
               "part": args.part, "episodes": args.episodes, "encoder": sam.encoder, "rows": []}
     for name, family, seg, qset, ck in _jobs(args):
-        for k, box, mode, start, cm in itertools.product(args.shots, boxes, args.box_mode, args.click_start,
-                                                          args.click_mode):
+        for k, box, mode, start, cm, alone in itertools.product(args.shots, boxes, args.box_mode, args.click_start,
+                                                                 args.click_mode, args.alone):
+            if (k or box) and alone != args.alone[0]:
+                continue
             if ((not box or not k) and mode != args.box_mode[0]) or ((box or k == 0) and start != args.click_start[0]):
                 continue     # the setting does not apply: score each distinct case once
-            cfg = DelineateConfig(box_mode=mode, click_start=start, click_mode=cm)
+            cfg = DelineateConfig(box_mode=mode, click_start=start, click_mode=cm, alone=alone)
             r = run_delineation_protocol(Delineator(seg, sam, cfg), qset, k, args.episodes, box, seed=k,
                                          max_clicks=args.max_clicks, progress=True)
             row = {"set": name, "checkpoint": ck, "box_mode": mode if box and k else None, "click_mode": cm,
+                   "alone": alone if not (k or box) else None,
                    "click_start": start if k and not box else None,
                    "litemedsam_may_have_seen": family in MAYBE_SEEN_BY_LITEMEDSAM, **r}
             result["rows"].append(row)
             d = row["dice_after_clicks"]
             print(f"{name} {k}-shot{' + box (' + mode + ')' if box else ''} clicks={cm}"
+                  f"{' alone=' + alone if not (k or box) else ''}"
                   f"{' start=' + start if k and not box else ''}: Dice after 0/1/3/5 clicks "
                   + "/".join(f"{d[n]:.3f}" for n in ("0", "1", "3", "5"))
                   + f", NoC@85 {row['noc85']:.2f}, NoC@90 {row['noc90']:.2f}, {row['click_ms_median']} ms per click",

@@ -207,6 +207,7 @@ def render() -> Path:
                             _load("results_promptable_latency.json"))
     L += _auto_section(_load("results_auto.json"))
     L += _integrity_section(_load("results_integrity.json"))
+    L += _classifier_probe_section(_load("experiment_classifier_features.json"))
     out = DOCS / "results.md"
     out.write_text("\n".join(L) + "\n")
     return out
@@ -374,7 +375,8 @@ def _delineate_rows(rows) -> list[str]:
     for r in rows:
         d = r["dice_after_clicks"]
         start = ("box" + (f" ({r['box_mode']})" if r.get("box_mode") else "")) if r["box"] else \
-            ("PANet++" if r["shots"] else "nothing")
+            ("PANet++" + (" -> its box" if r.get("click_start") == "box" else "") if r["shots"] else
+             "nothing" + (f" ({r['alone']})" if r.get("alone") else ""))
         seen = " (may be in LiteMedSAM's training data)" if r.get("litemedsam_may_have_seen") else ""
         L.append(f"| {r['set']}{seen} | {r['shots'] or 'none'} | {start} | {r.get('click_mode', 'points')} | "
                  f"{_f(d['0'])} | {_f(d['1'])} | {_f(d['3'])} | {_f(d['5'])} | {_f(d.get('10'))} | "
@@ -390,7 +392,9 @@ def _delineate_section(t, val, lat) -> list[str]:
          "next click at the centre of the largest error region. *clicks as*: `points` = SAM's protocol (points + "
          "box + previous low-resolution logits); `bumps` = local corrections (adaptive Gaussian bumps) of "
          "LiteMedSAM's logits, a positive click outside the box widening it, and with no box and no supports the "
-         "first positive click implies a box (sizes tried, best predicted IoU). Dice at the PANet++ model's "
+         "first positive click implies a box (sizes tried, best predicted IoU). Clicks alone (no supports, no box): "
+         "`litemedsam` as just said, `panet` = PANet++'s own click refinement (click prototypes + bumps), `hybrid` = "
+         "LiteMedSAM for the first click, PANet++'s from the second on. Dice at the PANet++ model's "
          "working size (256 px). Sets marked may be in LiteMedSAM's training collection: there the numbers are "
          "not held out for it. The PSFHS sets are in no PANet++ training data.", ""]
     if t:
@@ -459,3 +463,31 @@ def _integrity_section(h) -> list[str]:
             f"| 8. checkpoint menu | {'; '.join(h['8_checkpoint_menu'])} |", "",
             f"Load: {ld['clients']} clients x {ld['calls_each']} Segment calls: {ld['ok']} answered, **{ld['failed']} "
             f"failed**, p50 {ld['p50_ms']} ms, p95 {ld['p95_ms']} ms ({ld['seconds']} s in all, 2 CPU cores).", ""]
+
+
+def _classifier_probe_section(e) -> list[str]:
+    if not e:
+        return []
+    bt, bp, bb, cross = (e["busi_test_gt_masks"], e["busi_test_predicted_masks"], e["busbra_test_predicted_masks"],
+                         e["busi_only_on_all_busbra"])
+    cv = e["cv"][str(e["chosen_l2"])]
+    return ["", "## Experiment (issue 18, not shipped): a linear probe on LiteMedSAM's image features", "",
+            f"Reproduce: `{e['command']}` ({e['feature_seconds']} s of feature extraction on 2 CPU cores). Features: "
+            "LiteMedSAM's image embedding averaged over the image, inside the (dilated) lesion mask and over a ring "
+            "around it, plus the mask's area share; a multinomial logistic regression chosen by 5-fold group "
+            f"cross-validation on BUSI train+val and BUS-BRA train+val ({e['n']['busi_trainval']} + "
+            f"{e['n']['bb_trainval']} images, ground-truth masks): L2 {e['chosen_l2']}, CV accuracy "
+            f"{_f(cv['accuracy'])}, benign-vs-malignant AUC {_f(cv['benign_vs_malignant_auc'])}. Test parts read "
+            "once.", "",
+            "| measure | shipped classifier (docs above) | this probe | goal |", "|---|---|---|---|",
+            f"| BUSI test, 3-class accuracy, segmenter's masks | 0.755 | **{_f(bp['accuracy'])}** | >= 0.85 |",
+            f"| BUSI test, macro AUC, segmenter's masks | 0.865 | **{_f(bp['macro_auc'])}** | >= 0.93 |",
+            f"| BUSI test, accuracy / macro AUC, true masks | 0.942 / 0.992 | {_f(bt['accuracy'])} / "
+            f"{_f(bt['macro_auc'])} | |",
+            f"| BUS-BRA test part, benign vs malignant AUC, segmenter's masks | 0.677 (all of BUS-BRA) | "
+            f"**{_f(bb['benign_vs_malignant_auc'])}** | >= 0.85 |",
+            f"| all of BUS-BRA, a model that never saw it (BUSI only) | 0.677 | **{_f(cross['benign_vs_malignant_auc'])}** "
+            "| >= 0.80 |", "",
+            "Every goal is missed; the medical encoder's features transfer across hospitals far better than the "
+            "ImageNet classifier's (BUS-BRA AUC 0.68 -> 0.78-0.80) but a linear probe on one pass is not enough. "
+            "Next: fine-tuning, a crop around the lesion at higher resolution, a presence head.", ""]
