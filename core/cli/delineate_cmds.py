@@ -25,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--box-mode", nargs="+", default=["box"], choices=["box", "box+mask", "box+point"])
     p.add_argument("--click-start", nargs="+", default=["mask"], choices=["mask", "box", "none"])
     p.add_argument("--click-mode", nargs="+", default=["bumps"], choices=["points", "points-nomask", "bumps"])
-    p.add_argument("--alone", nargs="+", default=["hybrid"], choices=["hybrid", "litemedsam", "panet"],
+    p.add_argument("--alone", nargs="+", default=["litemedsam"], choices=["hybrid", "litemedsam", "panet"],
                    help="clicks without supports or a box")
     p.add_argument("--max-clicks", type=int, default=10)
     p.add_argument("--sets", nargs="*", default=[], help="multidomain sets (their --part) to score as well")
