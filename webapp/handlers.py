@@ -428,8 +428,10 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
         raise UserError(f"checkpoint could not be loaded: {_hide_dirs(ctx, exc)}") from exc
     except DataError as exc:
         raise UserError(str(exc)) from exc
-    session.query_image, session.probability, session.mask, session.corrected = q_img, res.probability, res.mask, False
-    session.base_probability = res.probability.astype(np.float16)
+    # half precision, and one array for both until clicks or the redraw replace the shown map (memory per session)
+    prob16 = res.probability.astype(np.float16)
+    session.query_image, session.probability, session.mask, session.corrected = q_img, prob16, res.mask, False
+    session.base_probability = prob16
     redrawn = auto_redraw(ctx, session, q_img, res.mask)
     session.clicks, session.box, session.box_corner, session.checkpoint = [], None, None, checkpoint_name
     truth = _truth(ctx, session, q_img)
@@ -473,7 +475,7 @@ def auto_redraw(ctx: AppContext, session: Session, image: np.ndarray, panet_mask
     if not used:
         return (f" Boundary: PANet++'s (LiteMedSAM's redraw not trusted here, predicted IoU {iou_pred:.2f})."
                 if iou_pred is not None else "")
-    session.mask, session.probability = mask, mask.astype(np.float32)
+    session.mask, session.probability = mask, mask.astype(np.float16)
     return f" Boundary drawn by **LiteMedSAM** from PANet++'s box (predicted IoU {iou_pred:.2f})."
 
 
@@ -524,7 +526,7 @@ def refine(ctx: AppContext, session: Session, threshold: float, opacity: float, 
             mask, prob = res.mask, res.probability
     except (CheckpointError, DataError) as exc:
         raise UserError(_hide_dirs(ctx, exc)) from exc
-    session.probability, session.mask, session.corrected = prob, mask, False
+    session.probability, session.mask, session.corrected = prob.astype(np.float16), mask, False
     ms = (time.perf_counter() - t0) * 1000
     n_pos = sum(1 for c in session.clicks if c[2])
     text = (f"{n_pos} positive and {len(session.clicks) - n_pos} negative click(s)"
