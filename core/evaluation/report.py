@@ -404,6 +404,13 @@ def _delineate_section(t, val, lat) -> list[str]:
         L += ["", f"Settings chosen on BUSI **val** ({val['episodes']} queries per row, 5 clicks at most): "
               f"`{val['command']}`", ""]
         L += _delineate_rows(val["rows"])
+    pr = _load("results_propagation_delineate.json")
+    if pr:
+        L += ["", f"Annotating a folder with `--delineate` ({pr['images']} BUSI images, {pr['shots']} supports, "
+              f"{pr['device'].upper()}, {pr['torch_threads']} threads): **{pr['images_per_s']} images/s** "
+              "(PANet++ alone: see *Annotation projects*; the LiteMedSAM encoder dominates). Reproduce: "
+              "`python -m core annotate --images DIR --support ... --project NAME --delineate --report "
+              "docs/results_propagation_delineate.json`. No GPU was available to measure."]
     web = _load("results_webapp.json")
     if web and web.get("box_server_median_ms") is not None:
         L += ["", "Through the app's API (`python scripts/benchmark_webapp.py`; the query's embedding computed in the "
