@@ -72,24 +72,6 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
                                    polling=100)
             times.append(page.evaluate("() => window.__t1 - window.__t0"))
         browser.close()
-    # LiteMedSAM: a box around the target, then 3 clicks, with the query's embedding computed in the
-    # background after Segment (a user takes more than a second to draw a box)
-    box_server, sam_click_server = [], []
-    scale = min(1, 640 / max(q0.shape[:2]))
-    truth = pairs[args.shots][1]
-    ys, xs = np.nonzero(truth)
-    for r in range(5):
-        client.predict(ckpt, query, 0.5 if r % 2 else 0.55, 0.4, False, api_name="/segment")
-        time.sleep(2.0)
-        client.predict(float(xs.min() - 5) * scale, float(ys.min() - 5) * scale, "box", 0.5, 0.4, api_name="/click")
-        text = client.predict(float(xs.max() + 5) * scale, float(ys.max() + 5) * scale, "box", 0.5, 0.4,
-                              api_name="/click")[1]
-        box_server.append(float(text.split("*")[-2].split(" ms")[0]))
-        for k in range(3):
-            x, y = rng.integers(xs.min(), xs.max() + 1), rng.integers(ys.min(), ys.max() + 1)
-            text = client.predict(float(x) * scale, float(y) * scale, "+" if k % 2 else "-", 0.5, 0.4,
-                                  api_name="/click")[1]
-            sam_click_server.append(float(text.split("*")[-2].split(" ms")[0]))
     rest = times[1:]
     return {"browser_repeats": len(rest), "browser_median_ms": pct(rest, 50), "browser_p95_ms": pct(rest, 95),
             "browser_first_ms": round(times[0])}

@@ -159,6 +159,8 @@ def test_annotate_and_export_commands(folder, tmp_path):
             "--project", "cli", "--checkpoint", str(tmp_path / "p"), "--output", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout[r.stdout.index("{"):])["status"] == {"predicted": 6}
+    r = run("export", "--project", "cli", "--out", str(tmp_path / "ex0"), "--output", str(tmp_path / "out"))
+    assert r.returncode == 0 and "6 image(s) left out (predicted 6)" in r.stderr and "--all" in r.stderr, r.stderr
     r = run("export", "--project", "cli", "--out", str(tmp_path / "ex"), "--output", str(tmp_path / "out"), "--all")
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "ex" / "masks").glob("*_mask.png"))) == 6
@@ -294,3 +296,18 @@ def test_propagation_can_delineate_with_litemedsam(tmp_path):
     assert res["predicted"] == 1
     assert dice(store.mask("a.png"), mask) > 0.85 > dice(Rough().predict(img, []).mask, mask)
     assert store.row("a.png")["model"] == "rough+litemedsam"
+
+
+def test_a_folder_of_links_annotates_and_exports(folder, tmp_path, seg):
+    """Issue 19 defect: export refused a project whose images are symbolic links (annotate accepted them)."""
+    links = tmp_path / "data" / "links"
+    links.mkdir()
+    for p in sorted(folder.glob("*.png"))[:2]:
+        (links / p.name).symlink_to(p)
+    store = ProjectStore(tmp_path / "out", "links")
+    store.add_folder(links, tmp_path / "data")
+    sup = [(make_phantom(10).image, make_phantom(10).mask)]
+    assert propagate(store, seg, sup, seg.support_key(sup), "tiny")["predicted"] == 2
+    assert export(store, tmp_path / "ex", ("predicted",))["exported"] == 2
+    with pytest.raises(DataError, match="outside the project's folder"):
+        store.image_path("../scans/img0.png")

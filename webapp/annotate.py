@@ -177,6 +177,16 @@ def promoted_supports(store: ProjectStore) -> list[tuple[np.ndarray, np.ndarray]
     return out
 
 
+def left_out_note(store: ProjectStore) -> str:
+    """What an export of the decided images leaves out, and why ("" when nothing)."""
+    left = {st: n for st, n in store.counts().items() if st not in DONE}
+    if not left:
+        return ""
+    return (f"{sum(left.values())} image(s) left out of the export ("
+            + ", ".join(f"{st} {n}" for st, n in sorted(left.items()))
+            + "): only images a person accepted, corrected or marked no lesion are exported.")
+
+
 def export_zip(ctx: AppContext, store: ProjectStore) -> str:
     d = ctx.new_export_dir()
     export(store, d / store.name, DONE)

@@ -690,7 +690,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
         def do_export(sess: Session, request: gr.Request):
             try:
-                return annotate.export_zip(ctx, _store(sess, request))
+                store = _store(sess, request)
+                note = annotate.left_out_note(store)
+                if note:
+                    gr.Info(note)
+                return annotate.export_zip(ctx, store)
             except (UserError, DataError) as exc:
                 raise _error(exc)
 

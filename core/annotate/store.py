@@ -140,8 +140,12 @@ class ProjectStore:
         return Path(d)
 
     def image_path(self, rel_path: str) -> Path:
-        p = self.image_dir / rel_path
-        if not _inside(p, self.image_dir):
+        """The image's path inside the project's folder. Checked on the path as written (no `..` out of the
+        folder), not on where a link in the folder points: a data folder of symbolic links is the owner's
+        choice, and `add_folder` accepted them."""
+        base = Path(os.path.normpath(self.image_dir))
+        p = Path(os.path.normpath(base / rel_path))
+        if p == base or base not in p.parents:
             raise DataError("refusing a path outside the project's folder")
         return p
 

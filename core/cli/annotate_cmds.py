@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 
@@ -98,7 +99,14 @@ def export_cmd(args) -> int:
     if not (store_dir / args.project / "project.sqlite").exists():
         raise FileNotFoundError(f"no project named {args.project}")
     store = ProjectStore(_output(args), args.project)
-    print(json.dumps(export(store, args.out, STATUSES if args.all else DONE), indent=2))
+    wanted = tuple(st for st in STATUSES if st != "unreadable") if args.all else DONE
+    left = {st: n for st, n in store.counts().items() if st not in wanted}
+    if left:
+        why = ", ".join(f"{st} {n}" for st, n in sorted(left.items()))
+        note = "" if args.all else (": only images a person decided on are exported; --all also exports the "
+                                    "predicted masks no person has checked")
+        print(f"{sum(left.values())} image(s) left out ({why}){note}", file=sys.stderr)
+    print(json.dumps(export(store, args.out, wanted), indent=2))
     return 0
 
 
