@@ -81,7 +81,7 @@ def main() -> None:
     from core.data.discover import discover
     from core.data.multidomain import default_multidomain_dir, load_multidomain_split, set_samples
     from core.data.sets import default_data_dir
-    from core.data.split import load_split, select
+    from core.data.split import load_split
     from core.inference import SupervisedPipeline
     from core.evaluation.supervised import _auc
 

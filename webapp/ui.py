@@ -117,7 +117,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             # the action first: reachable without scrolling (supports and query are set below)
             with gr.Row(equal_height=True):
                 seg_btn = gr.Button("Segment", variant="primary", elem_id="segment-button", scale=1, min_width=160)
-                run_status = gr.Markdown("Set 1-5 supports and a query below, then **Segment**; the result is under "
+                gr.Markdown("Set 1-5 supports and a query below, then **Segment**; the result is under "
                                          "*2. Query*.", elem_id="run-status")
             with gr.Row():
                 with gr.Column(scale=3):
