@@ -5,7 +5,6 @@ import itertools
 import json
 import sys
 import time
-from pathlib import Path
 
 # sets whose images LiteMedSAM's training collection (MedSAM's) probably includes: numbers on them are not
 # held out for LiteMedSAM (they are for PANet++ where its checkpoint never trained on them)
@@ -96,12 +95,8 @@ def evaluate_delineate_cmd(args) -> int:
                   + "/".join(f"{d[n]:.3f}" for n in ("0", "1", "3", "5"))
                   + f", NoC@85 {row['noc85']:.2f}, NoC@90 {row['noc90']:.2f}, {row['click_ms_median']} ms per click",
                   flush=True)
-    if args.out and args.append and Path(args.out).exists():
-        old = json.loads(Path(args.out).read_text())
-        result["rows"] = old["rows"] + result["rows"]
-        result["command"] = "; then ".join(c for c in (old.get("command"), result["command"]) if c)
-    from ..evaluation.report import save_result
-    save_result(result, args.out)
+    from ..evaluation.report import save_result, with_earlier_rows
+    save_result(with_earlier_rows(result, args.out) if args.append else result, args.out)
     return 0
 
 
@@ -166,11 +161,11 @@ def _auto_records(seg, sam, qset, shots, n, seed, progress=True):
     from tqdm import tqdm
 
     from ..delineate import auto_candidate
-    from ..evaluation.interactive import delineation_jobs
+    from ..evaluation.interactive import query_jobs
     from ..metrics import dice
 
     out = []
-    for q, supports in tqdm(delineation_jobs(qset, shots, n, seed), desc="auto", disable=not progress):
+    for q, supports in tqdm(query_jobs(qset, shots, n, seed), desc="auto", disable=not progress):
         image, truth = qset.images[q], qset.masks[q]
         pm = seg.predict(image, supports, heatmaps=False).mask
         cand = auto_candidate(sam, image, pm)

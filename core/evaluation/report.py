@@ -23,6 +23,15 @@ def save_result(obj: dict, out) -> None:
     announce(out)
 
 
+def with_earlier_rows(result: dict, out) -> dict:
+    """`result` after the rows (and command) of the JSON already at `out`, if there is one (--append)."""
+    if not out or not Path(out).exists():
+        return result
+    old = json.loads(Path(out).read_text())
+    return {**result, "rows": old["rows"] + result["rows"],
+            "command": "; then ".join(c for c in (old.get("command"), result["command"]) if c)}
+
+
 def _load(name):
     p = DOCS / name
     return json.loads(p.read_text()) if p.exists() else None
