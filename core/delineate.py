@@ -74,6 +74,22 @@ def box_region(box, hw: tuple[int, int]) -> np.ndarray:
     return m
 
 
+def mask_extent(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    """The box of every foreground pixel (x0, y0, x1, y1), None when empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+
+
+def widen_box(box, margin: float, hw: tuple[int, int]) -> tuple[float, float, float, float]:
+    """`box` widened by `margin` of its own size on each side, clipped to an image of size `hw`."""
+    x0, y0, x1, y1 = box
+    h, w = hw
+    mx, my = margin * (x1 - x0 + 1), margin * (y1 - y0 + 1)
+    return (max(0.0, x0 - mx), max(0.0, y0 - my), min(w - 1.0, x1 + mx), min(h - 1.0, y1 + my))
+
+
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     """The box of the mask's largest connected component (x0, y0, x1, y1), None when empty."""
     if not mask.any():
@@ -282,6 +298,9 @@ class AutoRule:
     min_side: int = 0
     margin: float = 0.05
 
+    def trusts(self, iou: float, agreement: float, side: int) -> bool:
+        return iou >= self.min_iou and agreement >= self.min_agreement and side >= self.min_side
+
 
 def auto_candidate(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.ndarray, margin: float = 0.05):
     """LiteMedSAM's redraw of PANet++'s largest component: (mask, predicted IoU, agreement Dice) or None."""
@@ -290,11 +309,7 @@ def auto_candidate(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.n
     b = mask_box(panet_mask)
     if b is None:
         return None
-    x0, y0, x1, y1 = b
-    h, w = panet_mask.shape
-    mx, my = margin * (x1 - x0 + 1), margin * (y1 - y0 + 1)
-    box = (max(0.0, x0 - mx), max(0.0, y0 - my), min(w - 1.0, x1 + mx), min(h - 1.0, y1 + my))
-    res = sam.predict(query, box=box)
+    res = sam.predict(query, box=widen_box(b, margin, panet_mask.shape))
     return res.mask, res.iou, float(dice(res.mask, panet_mask))
 
 
@@ -312,5 +327,4 @@ def apply_rule(rule: AutoRule, panet_mask: np.ndarray, candidate, side: int) -> 
     if candidate is None:
         return panet_mask, False
     mask, iou, agree = candidate
-    use = iou >= rule.min_iou and agree >= rule.min_agreement and side >= rule.min_side
-    return (mask, True) if use else (panet_mask, False)
+    return (mask, True) if rule.trusts(iou, agree, side) else (panet_mask, False)

@@ -129,25 +129,24 @@ def main() -> None:  # noqa: C901 (one probe after another, in order)
     b = new()
     res["3_other_user_same_name_sees"] = b.predict("probe", api_name="/annotate_open")[0]
     # 4. a reload: the same browser key in a new session finds its saved checkpoint
-    key = ctx.bind_user("probe-tab-1", None)
-    ctx.bind_user("probe-tab-2", key)
+    key = "5eed" * 8     # the key a browser keeps and sends as its cookie
 
     class Req:
         username = None
 
-        def __init__(self, sh):
-            self.session_hash = sh
+        def __init__(self, sh, cookie=None):
+            self.session_hash, self.cookies = sh, ({"panet_user": cookie} if cookie else {})
 
     src = ctx.checkpoints("panet")[ckpt]
     from core import checkpoint as ck
 
     meta = ck.load_meta(src.with_suffix(".json"))
-    meta["owner"] = owner_tag(ctx.owner(Req("probe-tab-1")))
+    meta["owner"] = owner_tag(ctx.owner(Req("probe-tab-1", key)))
     tensors = ck.load_weights(src)
     if tensors is not None:
         ck.save(ctx.saved_dir / "probe_mine", tensors, meta)
         res["4_saved_checkpoint_listed_after_reload"] = "probe_mine (yours)" in ctx.checkpoints(
-            "panet", ctx.owner(Req("probe-tab-2")))
+            "panet", ctx.owner(Req("probe-tab-2", key)))
         res["4_listed_to_a_stranger"] = "probe_mine (yours)" in ctx.checkpoints("panet", ctx.owner(Req("x")))
     # 6. bad input
     c = new()

@@ -107,16 +107,16 @@ def test_projects_of_two_users_are_apart_and_a_user_key_brings_them_back(annot_a
     _, _, ctx = annot_app
 
     class Req:
-        def __init__(self, session_hash):
+        def __init__(self, session_hash, key=None):
             self.session_hash, self.username = session_hash, None
+            self.cookies = {"panet_user": key} if key else {}
 
-    key = ctx.bind_user("tab-1", None)            # the first visit: a new key, kept by the browser
-    assert ctx.bind_user("tab-2", key) == key     # a reload: a new session, the same key
-    a, b = ctx.owner(Req("tab-1")), ctx.owner(Req("tab-2"))
+    key = "0123456789abcdef" * 2                  # the browser's key, sent with every request (a cookie)
+    a, b = ctx.owner(Req("tab-1", key)), ctx.owner(Req("tab-2", key))   # a reload: a new session, the same key
     assert a == b and ctx.project_namespace(a) == ctx.project_namespace(b)
     stranger = ctx.owner(Req("tab-3"))
     assert stranger != a and ctx.project_namespace(stranger) != ctx.project_namespace(a)
-    assert ctx.bind_user("tab-4", "../../etc") != "../../etc", "a malformed key is replaced"
+    assert ctx.owner(Req("tab-4", "../../etc")) == "tab-4", "a malformed key is not trusted"
     assert isinstance(ctx, AppContext)
 
 

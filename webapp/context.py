@@ -23,7 +23,6 @@ import os
 import re
 import secrets
 import shutil
-from collections import OrderedDict
 import threading
 import time
 from dataclasses import dataclass, field
@@ -76,7 +75,6 @@ def owner_tag(owner: str) -> str:
 LOCAL_USER = "local"           # the one user of a single-user install
 USER_KEY_RE = re.compile(r"[0-9a-f]{32}")
 USER_COOKIE = "panet_user"     # the page sends its user key (kept in the browser) in this cookie
-MAX_BOUND_SESSIONS = 10000     # browser sessions remembered with their user key (oldest forgotten)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -103,7 +101,6 @@ class AppContext:
     gallery: dict[str, GalleryItem] = field(default_factory=dict)
     _models: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _users: OrderedDict = field(default_factory=OrderedDict)   # browser session -> user key
 
     def __post_init__(self):
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -138,24 +135,10 @@ class AppContext:
                 f.write(key)
             return key
 
-    def bind_user(self, session_hash: str | None, key: str | None) -> str:
-        """Remember which user a browser session belongs to (called when the page loads). `key` is the
-        user key kept in the browser; a missing or malformed one is replaced by a new random key, which
-        is returned for the page to keep."""
-        if not (isinstance(key, str) and USER_KEY_RE.fullmatch(key)):
-            key = secrets.token_hex(16)
-        if session_hash:
-            with self._lock:
-                self._users[session_hash] = key
-                self._users.move_to_end(session_hash)
-                while len(self._users) > MAX_BOUND_SESSIONS:
-                    self._users.popitem(last=False)
-        return key
-
     def owner(self, request) -> str:
         """Who a call comes from: the signed-in user name (an app started with auth), the one local user
         (single-user install), the user key the page's browser keeps (its cookie: survives reloads and
-        restarts; or bound with `bind_user`), or, for an API client, its own session."""
+        restarts), or, for an API client, its own session."""
         name = getattr(request, "username", None)
         if name:
             return f"user:{name}"
@@ -167,10 +150,7 @@ class AppContext:
             cookie = None
         if isinstance(cookie, str) and USER_KEY_RE.fullmatch(cookie):
             return f"key:{cookie}"
-        sh = getattr(request, "session_hash", None)
-        with self._lock:
-            key = self._users.get(sh)
-        return f"key:{key}" if key else (sh or "anonymous")
+        return getattr(request, "session_hash", None) or "anonymous"
 
     def project_namespace(self, owner: str) -> str | None:
         """Where the owner's annotation projects live: the shared folder (the CLI's) for a single-user

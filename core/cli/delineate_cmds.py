@@ -190,12 +190,11 @@ def _original_side(sample, image) -> int:
 def _score(records, rule) -> float:
     import numpy as np
 
-    vals = []
-    for r in records:
-        use = r["sam"] is not None and r["iou"] >= rule.min_iou and r["agree"] >= rule.min_agreement \
-            and r["side"] >= rule.min_side
-        vals.append(r["sam"] if use else r["panet"])
-    return float(np.mean(vals))
+    return float(np.mean([r["sam"] if _redrawn(r, rule) else r["panet"] for r in records]))
+
+
+def _redrawn(r, rule) -> bool:
+    return r["sam"] is not None and rule.trusts(r["iou"], r["agree"], r["side"])
 
 
 def choose_rule(val: dict[str, list]):
@@ -244,8 +243,7 @@ def evaluate_auto_cmd(args) -> int:
     rows = []
     for part in ("val", "test"):
         for name, rs in recs[part].items():
-            used = [r["sam"] is not None and r["iou"] >= rule.min_iou and r["agree"] >= rule.min_agreement
-                    and r["side"] >= rule.min_side for r in rs]
+            used = [_redrawn(r, rule) for r in rs]
             rows.append({"set": name, "part": part, "n": len(rs), "panet": float(np.mean([r["panet"] for r in rs])),
                          "litemedsam_always": float(np.mean([r["sam"] if r["sam"] is not None else r["panet"]
                                                              for r in rs])),

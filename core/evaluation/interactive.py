@@ -20,6 +20,23 @@ from ..models.clicks import ClickConfig, clicks_to_reach, next_click
 from .fewshot import make_episodes
 
 
+def click_curve(predict, pred: np.ndarray, truth: np.ndarray, max_clicks: int, click_ms: list) -> list[float]:
+    """Dice after 0..max_clicks simulated clicks (each at the centre of the largest error region);
+    `predict(clicks)` gives the mask for the clicks so far; its time goes into `click_ms`."""
+    clicks, dices = [], [dice(pred, truth)]
+    for _ in range(max_clicks):
+        c = next_click(pred, truth)
+        if c is None:          # perfect: later clicks change nothing
+            dices.append(dices[-1])
+            continue
+        clicks.append(c)
+        t = time.perf_counter()
+        pred = predict(clicks)
+        click_ms.append(1000 * (time.perf_counter() - t))
+        dices.append(dice(pred, truth))
+    return dices
+
+
 def run_protocol(seg, qset: ImageSet, shots: int, n_queries: int, seed: int = 0, max_clicks: int = 10,
                  cfg: ClickConfig = ClickConfig(), target: float = 0.85, progress: bool = False) -> dict:
     """shots=0: clicks only (no supports; Dice 0 before the first click)."""
@@ -31,18 +48,10 @@ def run_protocol(seg, qset: ImageSet, shots: int, n_queries: int, seed: int = 0,
         image, truth = qset.images[q], qset.masks[q]
         pred = seg.predict(image, supports, heatmaps=False, click_config=cfg).mask if supports else \
             np.zeros_like(truth)
-        clicks, dices = [], [dice(pred, truth)]
-        for _ in range(max_clicks):
-            c = next_click(pred, truth)
-            if c is None:          # perfect: later clicks change nothing
-                dices.append(dices[-1])
-                continue
-            clicks.append(c)
-            t = time.perf_counter()
-            pred = seg.predict(image, supports, heatmaps=False, clicks=clicks, click_config=cfg).mask
-            click_ms.append(1000 * (time.perf_counter() - t))
-            dices.append(dice(pred, truth))
-        curves.append(dices)
+        curves.append(click_curve(
+            lambda clicks, image=image, supports=supports: seg.predict(
+                image, supports, heatmaps=False, clicks=clicks, click_config=cfg).mask,
+            pred, truth, max_clicks, click_ms))
     arr = np.array(curves)
     return {"shots": shots, "n_queries": len(curves),
             "dice_after_clicks": {str(n): float(arr[:, n].mean()) for n in (0, 1, 3, 5, max_clicks)},
@@ -55,11 +64,9 @@ def run_protocol(seg, qset: ImageSet, shots: int, n_queries: int, seed: int = 0,
 def target_box(truth: np.ndarray, margin: float = 0.05) -> tuple[float, float, float, float]:
     """The simulated user's box: the target's bounding box (all of it) widened by `margin` of its size on
     each side, clipped to the image (a careful user's box; MedSAM's evaluation uses a few pixels)."""
-    ys, xs = np.nonzero(truth)
-    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
-    mx, my = margin * (x1 - x0 + 1), margin * (y1 - y0 + 1)
-    h, w = truth.shape
-    return (max(0.0, x0 - mx), max(0.0, y0 - my), min(w - 1.0, x1 + mx), min(h - 1.0, y1 + my))
+    from ..delineate import mask_extent, widen_box
+
+    return widen_box(mask_extent(truth), margin, truth.shape)
 
 
 def query_jobs(qset: ImageSet, shots: int, n_queries: int, seed: int) -> list[tuple[int, list]]:
@@ -92,18 +99,10 @@ def run_delineation_protocol(delineator, qset: ImageSet, shots: int, n_queries: 
         else:
             pred = delineator.delineate(image, prob, box=b, key=key).mask
         start_ms.append(1000 * (time.perf_counter() - t))
-        clicks, dices = [], [dice(pred, truth)]
-        for _ in range(max_clicks):
-            c = next_click(pred, truth)
-            if c is None:
-                dices.append(dices[-1])
-                continue
-            clicks.append(c)
-            t = time.perf_counter()
-            pred = delineator.delineate(image, prob, box=b, clicks=clicks, key=key).mask
-            click_ms.append(1000 * (time.perf_counter() - t))
-            dices.append(dice(pred, truth))
-        curves.append(dices)
+        curves.append(click_curve(
+            lambda clicks, image=image, prob=prob, b=b, key=key: delineator.delineate(
+                image, prob, box=b, clicks=clicks, key=key).mask,
+            pred, truth, max_clicks, click_ms))
     arr = np.array(curves)
     out = {"shots": shots, "box": box, "n_queries": len(curves), "refine": "litemedsam",
            "dice_after_clicks": {str(n): float(arr[:, n].mean()) for n in (0, 1, 3, 5, max_clicks)},
