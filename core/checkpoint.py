@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .io import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -26,19 +27,6 @@ def paths(path: str | Path) -> tuple[Path, Path]:
     return stem.parent / f"{stem.name}.safetensors", stem.parent / f"{stem.name}.json"
 
 
-def _atomic_write(target: Path, write) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict, half: bool = False) -> Path:
     """Save weights + metadata. `meta` must contain 'kind' (e.g. 'panet', 'segmenter', 'classifier')."""
     if "kind" not in meta:
@@ -50,9 +38,9 @@ def save(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict, half
         if half and v.is_floating_point():
             v = v.half()
         tensors[k] = v.clone()
-    _atomic_write(weights_path, lambda tmp: save_file(tensors, tmp))
+    atomic_write(weights_path, lambda tmp: save_file(tensors, tmp))
     text = json.dumps(meta, indent=2, sort_keys=True, default=str)
-    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
     return weights_path
 
 
@@ -109,3 +97,22 @@ def publish(src: str | Path, folder: str | Path, name: str, max_tries: int = 100
         os.unlink(src_j)
         return final
     raise CheckpointError(f"no free checkpoint name like {name!r} in {folder.name}/")
+
+
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+FALLBACK_DEFAULTS = {"panet": "panet_lite0", "segmenter": "segmenter_deeplabv3plus_lite0", "classifier": "classifier_lite0"}
+
+
+def read_defaults(folder: str | Path = SHIPPED_DIR) -> dict:
+    """checkpoints/DEFAULTS.json: the default checkpoint of each kind and the ones listed for users."""
+    try:
+        doc = json.loads((Path(folder) / "DEFAULTS.json").read_text())
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def default_checkpoint(kind: str = "panet", folder: str | Path = SHIPPED_DIR) -> Path:
+    """The shipped default checkpoint of `kind` ("panet", "segmenter", "classifier") named in DEFAULTS.json."""
+    name = read_defaults(folder).get(kind) or FALLBACK_DEFAULTS[kind]
+    return Path(folder) / name

@@ -71,8 +71,25 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segm
     return _load_supervised(path, "segmenter", SegmenterConfig, Segmenter, device)
 
 
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LesionClassifier:
+def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
+    """A lesion classifier: the 4-channel CNN (`LesionClassifier`) or the LiteMedSAM probe (`LesionProbe`,
+    its JSON says `"architecture": "lesion_probe"`)."""
+    meta = checkpoint.load_meta(path)
+    checkpoint.expect_kind(meta, "classifier", path)
+    if meta.get("architecture") == "lesion_probe":
+        from .models.lesion_probe import LesionProbe
+        return LesionProbe.load(path)
     return _load_supervised(path, "classifier", ClassifierConfig, LesionClassifier, device)
+
+
+def presence_scores(prob: np.ndarray) -> dict[str, float]:
+    """Image-level lesion-presence scores read off a few-shot probability map (no model of their own):
+    `mass` (mean of p where p > 0.5), `peak` (mean of the top 1%), `confidence` (mean p inside the mask)."""
+    fg = prob > 0.5
+    flat = np.sort(prob.ravel())
+    top = flat[-max(1, flat.size // 100):]
+    return {"mass": float((prob * fg).mean()), "peak": float(top.mean()),
+            "confidence": float(prob[fg].mean()) if fg.any() else 0.0}
 
 
 def as_image(x, name: str = "image") -> np.ndarray:
@@ -270,7 +287,7 @@ class FewShotSegmenter:
     def predict(self, query, supports=None, threshold: float = 0.5, heatmaps: bool = True,
                 owner: str = "", agreement: bool = False, clicks=None, box=None,
                 click_config: ClickConfig = ClickConfig(), per_support_maps: bool = True,
-                presence: dict | None = None) -> FewShotResult:
+                presence=None) -> FewShotResult:
         """Segment `query`. With `supports`, their prototypes are used (computed once per support set,
         shared across callers); without, the last support set given to this object. agreement=True
         also reports the supports' leave-one-out Dice (k >= 2; cached per support set).
@@ -322,12 +339,13 @@ class FewShotSegmenter:
         calib = None if clicks else presence
         mask = prob > threshold
         score, present = None, True
-        if calib:
-            from .evaluation.presence import presence_scores
+        if callable(calib):          # an image-level decision (the lesion probe's presence head)
+            score, present = calib(img)
+        elif calib:                  # a threshold on a score of the probability map
             score = presence_scores(prob)[calib["score"]]
             present = score >= calib["threshold"]
-            if not present:
-                mask = np.zeros_like(mask)
+        if not present:
+            mask = np.zeros_like(mask)
         return FewShotResult(prob, mask, maps, threshold, model is not self.model, agree, score, present)
 
     def _heatmaps(self, feats, sims, protos: Prototypes | None, size, tau) -> dict:
@@ -349,6 +367,8 @@ class ClassResult:
     probabilities: dict
     mask: np.ndarray
     lesion_fraction: float
+    lesion_probability: float | None = None   # the presence head's p(lesion), when the classifier has one
+    lesion_present: bool = True               # False: "no lesion" (the mask is empty, the class normal)
 
     def save_mask(self, path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -356,12 +376,40 @@ class ClassResult:
 
 
 class SupervisedPipeline:
-    """Segmenter -> 4-channel classifier, both loaded once."""
+    """Segmenter -> lesion classifier, both loaded once. With the LiteMedSAM lesion probe, its presence
+    head decides first: below its threshold the answer is "no lesion" (class normal, an empty mask),
+    whatever mask was given; the type head reads the image and the lesion's crop."""
 
     def __init__(self, seg_path: str | Path | None, cls_path: str | Path | None, device: str = "cpu"):
         self.device = torch.device(device)
         self.segmenter = load_segmenter(seg_path, device) if seg_path else None
         self.classifier = load_classifier(cls_path, device) if cls_path else None
+        self._sam = None
+
+    @property
+    def is_probe(self) -> bool:
+        from .models.lesion_probe import LesionProbe
+        return isinstance(self.classifier, LesionProbe)
+
+    @property
+    def classes(self) -> list[str]:
+        if self.classifier is None:
+            raise DataError("no classifier checkpoint loaded")
+        return list(self.classifier.meta["classes"]) if self.is_probe else list(self.classifier.config.classes)
+
+    def sam(self):
+        if self._sam is None:
+            from .models.promptable import shared
+            self._sam = shared(str(self.device))
+        return self._sam
+
+    def presence(self, image) -> tuple[float, bool]:
+        """(p(lesion), lesion present?) from the probe's presence head; (1, True) for the CNN classifier,
+        which has no presence decision of its own."""
+        if not self.is_probe:
+            return 1.0, True
+        p = self.classifier.lesion_probability(self.sam(), as_image(image))
+        return p, p >= self.classifier.threshold
 
     @torch.no_grad()
     def segment(self, image) -> np.ndarray:
@@ -374,12 +422,14 @@ class SupervisedPipeline:
         return (logits[0, 0] > 0).cpu().numpy()
 
     @torch.no_grad()
-    def classify(self, image, mask) -> ClassResult:
+    def classify(self, image, mask, presence: tuple[float, bool] | None = None) -> ClassResult:
         if self.classifier is None:
             raise DataError("no classifier checkpoint loaded")
         img = as_image(image)
         m = as_mask(mask)
         check_mask_matches(img, m)
+        if self.is_probe:
+            return self._classify_probe(img, m, presence or self.presence(img))
         size = self.classifier.config.image_size
         x = to_tensor(resize_image(img, size))[None].to(self.device)
         mt = torch.from_numpy(resize_mask(m, size)).float()[None, None].to(self.device)
@@ -389,6 +439,37 @@ class SupervisedPipeline:
         k = int(p.argmax())
         return ClassResult(classes[k], float(p[k]), {c: float(v) for c, v in zip(classes, p)}, m, float(m.mean()))
 
+    def _classify_probe(self, img: np.ndarray, m: np.ndarray, presence: tuple[float, bool]) -> ClassResult:
+        p_lesion, present = presence
+        if not present:
+            probs = self.classifier.probabilities(p_lesion, 0.5)
+            empty = np.zeros_like(m)
+            return ClassResult("normal", 1 - p_lesion, probs, empty, 0.0, p_lesion, False)
+        p_mal = self.classifier.malignant_probability(self.sam(), img, m)
+        probs = self.classifier.probabilities(p_lesion, p_mal)
+        label = "malignant" if p_mal >= 0.5 else "benign"
+        # the confidence of the answer given: a lesion is there and it is of this kind
+        return ClassResult(label, probs[label], probs, m, float(m.mean()), p_lesion, True)
+
+    def predict(self, image) -> ClassResult:
+        """The whole pipeline on one image: presence, then (if a lesion is there) its mask and its kind."""
+        img = as_image(image)
+        presence = self.presence(img)
+        if not presence[1]:
+            return self.classify(img, np.zeros(img.shape[:2], bool), presence)
+        return self.classify(img, self.segment(img), presence)
+
     def predict_file(self, path) -> ClassResult:
-        img = as_image(path)
-        return self.classify(img, self.segment(img))
+        return self.predict(as_image(path))
+
+
+def presence_check(cls_path: str | Path | None = None, device: str = "cpu"):
+    """The lesion probe's presence decision as a callable image -> (p(lesion), present?), for
+    `FewShotSegmenter.predict(presence=...)`: one decision shared by `predict`, the app and `annotate
+    --no-lesion`. Raises CheckpointError when the classifier has no presence head."""
+    path = cls_path or checkpoint.default_checkpoint("classifier")
+    pipe = SupervisedPipeline(None, path, device)
+    if not pipe.is_probe:
+        raise checkpoint.CheckpointError(f"{Path(path).name}: this classifier has no lesion-presence head "
+                                         "(the LiteMedSAM lesion probe has one)")
+    return pipe.presence

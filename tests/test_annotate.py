@@ -173,7 +173,7 @@ def test_annotate_and_export_commands(folder, tmp_path):
 
 
 def test_spearman_by_hand():
-    from core.annotate.propagate import spearman
+    from core.metrics import spearman
 
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)

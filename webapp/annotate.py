@@ -10,6 +10,7 @@ import numpy as np
 
 from core.annotate.propagate import export, propagate
 from core.annotate.store import DONE, ProjectStore
+from core.checkpoint import CheckpointError
 from core.data.io import DataError, read_image
 from core.visual import overlay
 
@@ -37,8 +38,13 @@ def status_text(store: ProjectStore) -> str:
     return f"**Project {store.name}**: {total} images ({parts}); supports promoted: {len(store.project_supports())}."
 
 
-def presence_calibration() -> dict | None:
-    """The lesion-presence threshold chosen on BUSI's validation split (docs/results_presence.json), if any."""
+def presence_decision(ctx):
+    """The lesion probe's presence decision (the one `predict`, Classify and `annotate --no-lesion` use);
+    without a probe, the older threshold on PANet++'s own map chosen on BUSI's validation split."""
+    try:
+        return ctx.presence_check()
+    except CheckpointError:
+        pass
     import json
     from pathlib import Path
 
@@ -47,11 +53,11 @@ def presence_calibration() -> dict | None:
         c = json.loads(p.read_text())["chosen_on_val"]
         return {"score": c["score"], "threshold": float(c["threshold"])}
     except (OSError, ValueError, KeyError):
-        return None
+        raise UserError("no lesion-presence decision available (install the lesion probe classifier)") from None
 
 
 def run_propagation(ctx: AppContext, store: ProjectStore, checkpoint_name, supports, owner: str, job,
-                    presence: dict | None = None, delineate_with=None):
+                    presence=None, delineate_with=None):
     """Generator of progress lines; results land image by image (a stopped run resumes)."""
     seg = ctx.fewshot(checkpoint_name, owner)
     key = seg.support_key(supports)

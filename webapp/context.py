@@ -261,12 +261,7 @@ class AppContext:
 
     # ------------------------------------------------------------------ checkpoints
     def _defaults(self) -> dict:
-        import json
-
-        try:
-            return json.loads((self.config.checkpoints_dir / "DEFAULTS.json").read_text())
-        except (OSError, ValueError):
-            return {}
+        return checkpoint.read_defaults(self.config.checkpoints_dir)
 
     def descriptions(self, kind: str, owner: str | None = None) -> dict[str, str]:
         """Name -> one line saying what each listed checkpoint is for (the checkpoint menu shows it)."""
@@ -414,6 +409,14 @@ class AppContext:
                 self._models["pipeline"] = SupervisedPipeline(seg_path, cls[self.default_checkpoint("classifier")],
                                                               self.device())
             return self._models["pipeline"]
+
+    def presence_check(self):
+        """The lesion probe's presence decision (image -> (p(lesion), present?)), the one `predict` and
+        `annotate --no-lesion` use; a UserError-worthy CheckpointError when the classifier has none."""
+        pipe = self.pipeline()
+        if not pipe.is_probe:
+            raise checkpoint.CheckpointError("the installed classifier has no lesion-presence head")
+        return pipe.presence
 
     def new_export_dir(self) -> Path:
         """A fresh folder for one request's downloads (in the cache: it expires)."""

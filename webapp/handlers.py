@@ -403,8 +403,9 @@ class SegmentOutput:
 
 
 def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold: float, opacity: float,
-            owner: str = "", per_support_maps: bool = False) -> SegmentOutput:
-    """Segment the session's query from the session's registered supports (nothing re-decoded)."""
+            owner: str = "", per_support_maps: bool = False, no_lesion: bool = False) -> SegmentOutput:
+    """Segment the session's query from the session's registered supports (nothing re-decoded).
+    no_lesion: breast lesions; the lesion probe's presence head may answer "no lesion" (an empty mask)."""
     t0 = time.perf_counter()
     SEGMENT_CALLS[0] += 1
     threshold = bounded(threshold, 0.01, 0.99, "the threshold")
@@ -420,9 +421,10 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     else:
         raise UserError("no query image: upload one or pick one from the gallery")
     try:
+        presence = ctx.presence_check() if no_lesion else None
         model = ctx.fewshot(checkpoint_name, owner)
         res = model.predict(q_img, supports, threshold=threshold, owner=owner, agreement=True,
-                            per_support_maps=per_support_maps)
+                            per_support_maps=per_support_maps, presence=presence)
         adapted, agreement = res.adapted, res.agreement
     except CheckpointError as exc:
         raise UserError(f"checkpoint could not be loaded: {_hide_dirs(ctx, exc)}") from exc
@@ -436,8 +438,13 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     session.clicks, session.box, session.box_corner, session.checkpoint = [], None, None, checkpoint_name
     truth = _truth(ctx, session, q_img)
     ov = render_overlay(session, opacity, truth)
-    lines = [f"**{len(supports)} support(s)**{' (model adapted to them)' if adapted else ''}, lesion predicted on "
-             f"{session.mask.mean() * 100:.1f}% of the image (threshold {threshold:.2f})." + redrawn]
+    if not res.lesion_present:
+        lines = [f"**No lesion**: the breast-lesion presence check gives p(lesion) {res.lesion_score:.2f}, below "
+                 "its threshold, so the mask is empty (turn the check off for targets other than breast lesions, "
+                 "or click on the overlay to mark one)."]
+    else:
+        lines = [f"**{len(supports)} support(s)**{' (model adapted to them)' if adapted else ''}, lesion predicted on "
+                 f"{session.mask.mean() * 100:.1f}% of the image (threshold {threshold:.2f})." + redrawn]
     if agreement:
         a = float(np.mean(agreement))
         lines.append(f"Supports agree with each other: leave-one-out Dice **{a:.2f}** (each support segmented "
@@ -658,7 +665,12 @@ def classify(ctx: AppContext, session: Session, corrector) -> tuple[dict, str, n
     except DataError as exc:
         raise UserError(str(exc)) from exc
     src = "your corrected mask" if session.corrected else "the predicted mask"
-    text = (f"**Predicted class: {res.label} ({res.confidence:.2f} confidence)**, from the query and {src} "
+    if not res.lesion_present:
+        text = (f"**No lesion** (p(lesion) {res.lesion_probability:.2f}, below the presence threshold "
+                f"{pipe.classifier.threshold:.2f}): class normal, the mask is emptied. Research tool: not a diagnosis.")
+        return res.probabilities, text, overlay(session.query_image, res.mask, 0.45)
+    lesion = "" if res.lesion_probability is None else f"p(lesion) {res.lesion_probability:.2f}; "
+    text = (f"**Predicted class: {res.label} ({res.confidence:.2f} confidence)**, {lesion}from the query and {src} "
             f"(shown beside: {mask.mean() * 100:.1f}% of the image"
             + ("; an empty mask" if not mask.any() else "") + "). Research tool: not a diagnosis.")
     return res.probabilities, text, overlay(session.query_image, mask, 0.45)

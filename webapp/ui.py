@@ -155,6 +155,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold")
                     opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Overlay opacity")
                     per_support = gr.Checkbox(False, label="Heatmaps of each support too (slower)")
+                    no_lesion_cb = gr.Checkbox(False, label="Breast lesions: answer 'no lesion' when the image has "
+                                                            "none (lesion-presence head; off for other targets)",
+                                               elem_id="no-lesion-check")
                     with gr.Row():
                         adapt_seconds = gr.Slider(5, 300, value=30, step=5, label="Adaptation time (s)")
                     with gr.Row():
@@ -209,8 +212,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Row():
                 prop_btn = gr.Button("Propagate the supports", variant="primary", elem_id="propagate-button")
                 prop_cancel = gr.Button("Stop", variant="stop", size="sm")
-                presence_cb = gr.Checkbox(False, label="Predict no lesion when the model is unsure one is there "
-                                                      "(threshold calibrated on BUSI breast lesions)")
+                presence_cb = gr.Checkbox(False, label="Breast lesions: predict 'no lesion' on images without one "
+                                                      "(the lesion-presence head, as in predict and Classify)")
                 delineate_cb = gr.Checkbox(False, label="Delineate each image with LiteMedSAM (redraws the boundary "
                                                        "from the box of the prediction; slower)")
             prop_status = gr.Markdown(elem_id="propagate-status")
@@ -377,8 +380,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                api_name="set_supports")
 
         # gr.Request must be a positional parameter for Gradio to pass it in
-        def do_segment(sess: Session, ckpt_name, q, thr, opa, per_sup, request: gr.Request):
-            key = (ckpt_name, str(q), thr, opa, bool(per_sup), tuple(id(p) for p in sess.supports),
+        def do_segment(sess: Session, ckpt_name, q, thr, opa, per_sup, no_les, request: gr.Request):
+            key = (ckpt_name, str(q), thr, opa, bool(per_sup), bool(no_les), tuple(id(p) for p in sess.supports),
                    tuple(sess.slot_notes), sess.query_key)
             who = getattr(request, "session_hash", None) or _owner(request)
             repeated = handlers.SEGMENT_GUARD.repeat_of(who, key)
@@ -388,7 +391,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             shown = [id(p) for p in sess.supports]
             try:
                 out = handlers.segment(ctx, sess, ckpt_name, q, thr, opa, owner=_owner(request),
-                                       per_support_maps=bool(per_sup))
+                                       per_support_maps=bool(per_sup), no_lesion=bool(no_les))
             except (UserError, ValueError) as exc:
                 handlers.SEGMENT_GUARD.remember(who, key, None)
                 raise _error(exc)
@@ -409,7 +412,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             return result
 
         # a new prediction empties the correction editor (a correction of the previous one must not be reused)
-        seg_btn.click(do_segment, [session, ckpt, query, threshold, opacity, per_support],
+        seg_btn.click(do_segment,
+                      [session, ckpt, query, threshold, opacity, per_support, no_lesion_cb],
                       [overlay_out, prob_out, heat_out, report, click_text, support_thumbs, corrector, session],
                       api_name="segment", concurrency_limit=2, trigger_mode="once")
 
@@ -597,9 +601,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             try:
                 store = _store(sess, request)
                 supports = handlers.session_supports(sess)
-                calib = annotate.presence_calibration() if use_presence else None
-                if use_presence and calib is None:
-                    raise UserError("no lesion-presence calibration found (python -m core evaluate-presence)")
+                calib = annotate.presence_decision(ctx) if use_presence else None
                 job = finetune._register(_owner(request), "propagation")
                 try:
                     sam = ctx.promptable_model() if use_sam else None

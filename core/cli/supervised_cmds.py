@@ -109,8 +109,10 @@ def register(sub) -> None:
 
     p = sub.add_parser("predict", help="segment an image (or a folder) and classify the lesion")
     p.add_argument("--image", required=True, help="an image file or a folder of images")
-    p.add_argument("--seg_model", "--seg-model", dest="seg_model", required=True)
-    p.add_argument("--cls_model", "--cls-model", dest="cls_model", required=True)
+    p.add_argument("--seg_model", "--seg-model", dest="seg_model", default=None,
+                   help="segmenter checkpoint (default: the shipped one named in checkpoints/DEFAULTS.json)")
+    p.add_argument("--cls_model", "--cls-model", dest="cls_model", default=None,
+                   help="classifier checkpoint (default: the shipped one; the LiteMedSAM probe also says 'no lesion')")
     p.add_argument("--save_mask", "--save-mask", dest="save_mask", default=None,
                    help="mask PNG (for a folder: an output folder; default <folder>/predictions)")
     p.add_argument("--csv", default=None, help="for a folder: results CSV (default <out>/predictions.csv)")
@@ -319,18 +321,27 @@ def evaluate_supervised_cmd(args) -> int:
     return 0
 
 
+def _print_result(res) -> None:
+    if not res.lesion_present:
+        print(f"No lesion (p(lesion) {res.lesion_probability:.3f}, below the presence threshold): class normal, empty mask")
+    else:
+        print(f"Predicted class: {res.label} ({res.confidence:.2f} confidence)")
+    print("Probabilities: " + ", ".join(f"{k} {v:.3f}" for k, v in res.probabilities.items()))
+    print(f"Lesion area: {res.lesion_fraction * 100:.1f}% of the image")
+
+
 def predict_cmd(args) -> int:
+    from .. import checkpoint
     from ..inference import SupervisedPipeline
 
-    pipe = SupervisedPipeline(args.seg_model, args.cls_model)
+    pipe = SupervisedPipeline(args.seg_model or checkpoint.default_checkpoint("segmenter"),
+                              args.cls_model or checkpoint.default_checkpoint("classifier"))
     src = Path(args.image)
     if not src.exists():
         raise DataError(f"{src}: not found")
     if src.is_file():
         res = pipe.predict_file(src)
-        print(f"Predicted class: {res.label} ({res.confidence:.2f} confidence)")
-        print("Probabilities: " + ", ".join(f"{k} {v:.3f}" for k, v in res.probabilities.items()))
-        print(f"Lesion area: {res.lesion_fraction * 100:.1f}% of the image")
+        _print_result(res)
         if args.save_mask:
             res.save_mask(args.save_mask)
             print(f"Mask written: {args.save_mask}")
@@ -343,24 +354,24 @@ def predict_cmd(args) -> int:
         raise DataError(f"{src}: no images found")
     from tqdm import tqdm
 
-    classes = list(pipe.classifier.config.classes)
+    classes = pipe.classes
     n_err = 0
     with open(csv_path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["file", "class", "confidence", *(f"p_{c}" for c in classes), "lesion_area_px",
-                    "lesion_area_fraction", "mask", "error"])
-        for f in tqdm(files, desc="segment + classify", unit="image"):
+        w.writerow(["file", "class", "confidence", *(f"p_{c}" for c in classes), "p_lesion", "lesion_present",
+                    "lesion_area_px", "lesion_area_fraction", "mask", "error"])
+        for f in tqdm(files, desc="presence + segment + classify", unit="image"):
             try:
                 res = pipe.predict_file(f)
             except DataError as exc:
                 n_err += 1
-                w.writerow([f.name, "", "", *([""] * len(classes)), "", "", "", str(exc)])
+                w.writerow([f.name, "", "", *([""] * len(classes)), "", "", "", "", "", str(exc)])
                 tqdm.write(f"{f.name}: error: {exc}")
                 continue
             mask_path = out_dir / f"{f.stem}_mask.png"
             res.save_mask(mask_path)
-            w.writerow([f.name, res.label, f"{res.confidence:.4f}",
-                        *(f"{res.probabilities[c]:.4f}" for c in classes), int(res.mask.sum()),
-                        f"{res.lesion_fraction:.5f}", mask_path.name, ""])
+            w.writerow([f.name, res.label, f"{res.confidence:.4f}", *(f"{res.probabilities[c]:.4f}" for c in classes),
+                        "" if res.lesion_probability is None else f"{res.lesion_probability:.4f}",
+                        int(res.lesion_present), int(res.mask.sum()), f"{res.lesion_fraction:.5f}", mask_path.name, ""])
     print(f"{len(files) - n_err} images processed, {n_err} errors; CSV: {csv_path}; masks in {out_dir}")
     return 0

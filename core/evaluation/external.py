@@ -24,7 +24,7 @@ from ..data.dataset import load_pair
 from ..data.discover import discover
 from ..data.io import DataError
 from ..metrics import dice
-from .supervised import _auc
+from ..metrics import auc as _auc, bootstrap_ci
 
 
 def read_labels(root: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -44,22 +44,6 @@ def read_labels(root: Path) -> tuple[dict[str, str], dict[str, str]]:
         with open(root / "groups.csv", newline="") as f:
             groups = {r["id"].strip(): r["group"].strip() for r in csv.DictReader(f)}
     return labels, groups
-
-
-def bootstrap_ci(stat, groups: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of stat(index array) over resamples of whole groups."""
-    rng = np.random.default_rng(seed)
-    uniq = np.unique(groups)
-    members = {g: np.flatnonzero(groups == g) for g in uniq}
-    values = []
-    for _ in range(n_boot):
-        pick = rng.choice(uniq, size=len(uniq), replace=True)
-        idx = np.concatenate([members[g] for g in pick])
-        v = stat(idx)
-        if not np.isnan(v):
-            values.append(v)
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 def binary_metrics(score: np.ndarray, malignant: np.ndarray, groups: np.ndarray, n_boot: int, seed: int = 0) -> dict:
@@ -89,7 +73,7 @@ def evaluate_external(root, seg_path, cls_path, n_boot: int = 2000, limit: int =
     if not samples:
         raise DataError(f"{root.name}: no image matches an id of labels.csv")
     pipe = SupervisedPipeline(seg_path, cls_path, device)
-    classes = list(pipe.classifier.config.classes)
+    classes = pipe.classes
     rows = []
     for s in tqdm(samples, desc=f"{root.name}: segment + classify", disable=not progress):
         image, truth = load_pair(s)

@@ -18,18 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.dataset import ImageSet
+from ..inference import presence_scores  # noqa: F401  (re-exported)
 from ..metrics import dice
 from .fewshot import make_episodes
 
 SCORES = ("mass", "peak", "confidence")
-
-
-def presence_scores(prob: np.ndarray) -> dict[str, float]:
-    fg = prob > 0.5
-    flat = np.sort(prob.ravel())
-    top = flat[-max(1, flat.size // 100):]
-    return {"mass": float((prob * fg).mean()), "peak": float(top.mean()),
-            "confidence": float(prob[fg].mean()) if fg.any() else 0.0}
 
 
 def collect(seg, qset: ImageSet, shots: int, seed: int = 0) -> list[dict]:

@@ -9,43 +9,7 @@ import torch
 
 from .. import checkpoint
 from ..data.dataset import ImageSet
-
-
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], n_bins: int = 10) -> dict:
-    """Accuracy, macro-F1, one-vs-rest AUC per class, confusion matrix and expected calibration error."""
-    pred = probs.argmax(1)
-    k = len(classes)
-    cm = np.zeros((k, k), dtype=int)
-    for t, p in zip(labels, pred):
-        cm[t, p] += 1
-    f1s = []
-    for c in range(k):
-        tp = cm[c, c]
-        prec = tp / cm[:, c].sum() if cm[:, c].sum() else 0.0
-        rec = tp / cm[c].sum() if cm[c].sum() else 0.0
-        f1s.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
-    aucs = {classes[c]: _auc(probs[:, c], labels == c) for c in range(k)}
-    conf = probs.max(1)
-    correct = pred == labels
-    edges = np.linspace(0, 1, n_bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    valid = [a for a in aucs.values() if not np.isnan(a)]
-    return {"accuracy": float(correct.mean()), "macro_f1": float(np.mean(f1s)),
-            "auc": aucs, "macro_auc": float(np.mean(valid)) if valid else float("nan"),
-            "confusion_matrix": cm.tolist(), "classes": list(classes), "ece": float(ece), "n": int(len(labels))}
-
-
-def _auc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula, ties counted half."""
-    pos, neg = score[positive], score[~positive]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
+from ..metrics import auc as _auc, classification_metrics  # noqa: F401  (re-exported for old callers)
 
 
 def plot_confusion(cm, classes, out_png, title: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from ..io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +87,7 @@ class Callback:
 
 
 def atomic_torch_save(obj, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(target, lambda tmp: torch.save(obj, tmp))
 
 
 def weights_finite(model: torch.nn.Module) -> bool:

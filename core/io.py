@@ -1,0 +1,37 @@
+"""One home for writing files so that a reader never sees half a file: write to a temporary file in the
+target's folder, then rename it over the target (atomic on one file system)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(target: str | Path, write: Callable[[str], None] | bytes | str) -> Path:
+    """Write `target` atomically. `write` is the content (bytes or text) or a function that writes a
+    given temporary path (for libraries that save to a path: torch, safetensors, ONNX, PIL)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        if callable(write):
+            write(tmp)
+        else:
+            data = write.encode() if isinstance(write, str) else write
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def atomic_write_json(target: str | Path, doc, indent: int = 1) -> Path:
+    return atomic_write(target, json.dumps(doc, indent=indent) + "\n")
