@@ -127,3 +127,26 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: tuple
     return {"accuracy": float(correct.mean()), "macro_f1": float(np.mean(f1s)),
             "auc": aucs, "macro_auc": float(np.mean(valid)) if valid else float("nan"),
             "confusion_matrix": cm.tolist(), "classes": list(classes), "ece": float(ece), "n": int(len(labels))}
+
+
+def fmt_or_blank(v) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def lesion_size(mask: np.ndarray, spacing_mm=None) -> dict:
+    """Area (px, and mm^2 with a spacing) and longest diameter (the largest distance between two points
+    of the outline; px, and mm with a spacing) of a mask."""
+    import cv2
+
+    out = {"area_px": int(mask.sum()), "area_mm2": None, "diameter_px": None, "diameter_mm": None}
+    if not mask.any():
+        return out
+    pts = cv2.findNonZero(mask.astype(np.uint8))
+    hull = cv2.convexHull(pts).reshape(-1, 2).astype(np.float64)
+    sy, sx = spacing_mm if spacing_mm else (1.0, 1.0)
+    d = hull[:, None, :] - hull[None, :, :]
+    out["diameter_px"] = float(np.sqrt((d ** 2).sum(-1)).max()) + 1.0
+    if spacing_mm:
+        out["area_mm2"] = float(mask.sum()) * sy * sx
+        out["diameter_mm"] = float(np.sqrt((d[..., 0] * sx) ** 2 + (d[..., 1] * sy) ** 2).max()) + float(min(sx, sy))
+    return out

@@ -10,6 +10,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ..data.dicom import split_frame
+from ..metrics import fmt_or_blank as _num, lesion_size
 from ..data.io import DataError, read_image
 from ..metrics import spearman
 from .store import DONE, ProjectStore
@@ -74,12 +76,40 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
             "stopped": done + len(errors) < len(todo)}
 
 
-def export(store: ProjectStore, out_dir: str | Path, statuses=DONE) -> dict:
+def _export_image(store: ProjectStore, rel_path: str, out: Path):
+    """(stem, exported image path, (h, w), info). Ordinary images are linked (or copied); a DICOM frame is
+    written as PNG (decoded, cropped to its image region, no DICOM attribute), named X_f<kkkk>."""
+    import shutil
+
+    from ..data.dicom import is_dicom
+    from ..data.io import read_image_info
+
+    src = store.image_path(rel_path)
+    base, k = split_frame(rel_path)
+    stem = base.as_posix().replace("/", "__").rsplit(".", 1)[0] + ("" if k is None else f"_f{k:04d}")
+    if is_dicom(src):
+        img, info = read_image_info(src)
+        dst = out / "images" / f"{stem}.png"
+        if not dst.exists():
+            Image.fromarray(img).save(dst)
+        return stem, dst, img.shape[:2], info
+    dst = out / "images" / (stem + src.suffix.lower())
+    if not dst.exists():
+        try:
+            dst.symlink_to(src.resolve())
+        except OSError:
+            shutil.copy2(src, dst)
+    with Image.open(src) as im:
+        width, height = im.size
+    return stem, dst, (height, width), {}
+
+
+def export(store: ProjectStore, out_dir: str | Path, statuses=DONE, dicom_seg: bool = False) -> dict:
     """Masks (PNG at each image's size) for images with `statuses`, a CSV manifest, COCO JSON (polygons
     from OpenCV contours), laid out as images/ + masks/ so that `train-seg --images-dir/--masks-dir`
-    trains on it directly (images are linked, or copied where links are impossible)."""
+    trains on it directly (images are linked, or copied where links are impossible; DICOM frames are
+    written as PNG). dicom_seg=True also writes a DICOM SEG per DICOM source (de-identified; highdicom)."""
     import cv2
-    import shutil
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -87,28 +117,26 @@ def export(store: ProjectStore, out_dir: str | Path, statuses=DONE) -> dict:
     rows = store.rows(statuses)
     coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "lesion"}],
             "info": {"project": store.name, "exported": time.strftime("%Y-%m-%dT%H:%M:%S")}}
+    seg_sources: dict[str, list] = {}
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file", "status", "lesion_area_px", "uncertainty", "lesion_score", "who", "when"])
+        w.writerow(["file", "status", "lesion_area_px", "lesion_area_mm2", "longest_diameter_px",
+                    "longest_diameter_mm", "study_key", "uncertainty", "lesion_score", "who", "when"])
         for i, r in enumerate(rows, 1):
-            src = store.image_path(r["rel_path"])
-            stem = r["rel_path"].replace("/", "__").rsplit(".", 1)[0]
-            dst = out / "images" / (stem + src.suffix.lower())
-            if not dst.exists():
-                try:
-                    dst.symlink_to(src.resolve())
-                except OSError:
-                    shutil.copy2(src, dst)
-            with Image.open(src) as im:
-                width, height = im.size
+            stem, dst, (height, width), info = _export_image(store, r["rel_path"], out)
             mask = store.mask(r["rel_path"])
             if mask is None:
                 mask = np.zeros((height, width), bool)
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{stem}_mask.png")
-            w.writerow([r["rel_path"], r["status"], int(mask.sum()), "" if r["uncertainty"] is None else
-                        f"{r['uncertainty']:.4f}", "" if r["lesion_score"] is None else f"{r['lesion_score']:.4f}",
-                        r["who"] or "",
+            size = lesion_size(mask, info.get("spacing_mm"))
+            w.writerow([r["rel_path"], r["status"], int(mask.sum()), _num(size["area_mm2"]), _num(size["diameter_px"]),
+                        _num(size["diameter_mm"]), info.get("study_key", ""),
+                        "" if r["uncertainty"] is None else f"{r['uncertainty']:.4f}",
+                        "" if r["lesion_score"] is None else f"{r['lesion_score']:.4f}", r["who"] or "",
                         time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r["updated"] or 0))])
+            if dicom_seg and "study_key" in info:
+                seg_sources.setdefault(split_frame(r["rel_path"])[0].as_posix(), []).append(
+                    (split_frame(r["rel_path"])[1], mask))
             coco["images"].append({"id": i, "file_name": dst.name, "width": width, "height": height})
             contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             for c in contours:
@@ -118,8 +146,13 @@ def export(store: ProjectStore, out_dir: str | Path, statuses=DONE) -> dict:
                 coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i, "category_id": 1,
                                             "segmentation": [c.reshape(-1).astype(float).tolist()],
                                             "area": float(cv2.contourArea(c)), "bbox": [x, y, bw, bh], "iscrowd": 0})
+    seg_note = {}
+    if seg_sources:
+        from ..data.dicom_seg import write_segmentations
+        written, skipped = write_segmentations(store, seg_sources, out / "dicom_seg")
+        seg_note = {"dicom_seg": len(written), "dicom_seg_left_out": skipped}
     (out / "annotations.json").write_text(json.dumps(coco))
-    return {"exported": len(rows), "out": str(out)}
+    return {"exported": len(rows), "out": str(out), **seg_note}
 
 
 def uncertainty_ranking(seg, qset, shots: int = 5, seed: int = 5) -> dict:

@@ -61,6 +61,21 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def _frame_refs(path: Path, rel: str) -> list[str]:
+    """The project images of one file: itself, or each frame 'X.dcm#k' of a multi-frame DICOM (a cine
+    loop annotated frame by frame). A DICOM whose header cannot be read stays one image (marked unreadable
+    when propagation reaches it)."""
+    from ..data.dicom import frame_ref, is_dicom, read_header
+
+    if not is_dicom(path):
+        return [rel]
+    try:
+        frames = read_header(path, path.name)[1].frames
+    except DataError:
+        return [rel]
+    return [rel] if frames == 1 else [frame_ref(rel, k) for k in range(frames)]
+
+
 class ProjectStore:
     """`namespace`: the owner's folder under projects/ (the web app gives each user one, so two users'
     projects of the same name never meet); None for the CLI and a single-user install."""
@@ -123,13 +138,16 @@ class ProjectStore:
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
                        and "_mask" not in p.stem and p.is_file())
         if not files:
-            raise DataError(f"{folder.name}: no images (PNG, JPEG, BMP, TIFF)")
+            raise DataError(f"{folder.name}: no images (PNG, JPEG, BMP, TIFF, DICOM)")
+        refs = []
+        for p in files:
+            rel = str(p.relative_to(folder))
+            refs += [(r,) for r in _frame_refs(p, rel)]
         with self._tx() as con:
             con.execute("INSERT OR REPLACE INTO meta VALUES ('image_dir', ?)", (json.dumps(str(folder.resolve())),))
             con.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (json.dumps(time.time()),))
             before = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-            con.executemany("INSERT OR IGNORE INTO images (rel_path) VALUES (?)",
-                            [(str(p.relative_to(folder)),) for p in files])
+            con.executemany("INSERT OR IGNORE INTO images (rel_path) VALUES (?)", refs)
             return con.execute("SELECT COUNT(*) FROM images").fetchone()[0] - before
 
     @property

@@ -37,6 +37,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--output", default=None, help="the app's output folder (default $PANET_OUTPUT or ./outputs)")
     p.add_argument("--all", action="store_true", help="also images no person has decided on (predicted masks)")
+    p.add_argument("--dicom-seg", dest="dicom_seg", action="store_true",
+                   help="also a DICOM SEG per single-frame DICOM source (de-identified, references the source)")
     p.set_defaults(func=export_cmd)
 
     p = sub.add_parser("evaluate-uncertainty", help="does the review queue's uncertainty score rank errors? "
@@ -116,7 +118,7 @@ def export_cmd(args) -> int:
         note = "" if args.all else (": only images a person decided on are exported; --all also exports the "
                                     "predicted masks no person has checked")
         print(f"{sum(left.values())} image(s) left out ({why}){note}", file=sys.stderr)
-    print(json.dumps(export(store, args.out, wanted), indent=2))
+    print(json.dumps(export(store, args.out, wanted, dicom_seg=args.dicom_seg), indent=2))
     return 0
 
 

@@ -344,11 +344,12 @@ def segment_cmd(args) -> int:
         raise ValueError("--adapt needs supports")
     from ..models.clicks import parse_clicks
     clicks = parse_clicks([(float(x), float(y), sign) for x, y, sign in args.click])
-    stems = [Path(q).stem for q in queries]
+    from ..data.dicom import split_frame
+    stems = [split_frame(q)[0].stem + ("" if split_frame(q)[1] is None else f"_f{split_frame(q)[1]:04d}") for q in queries]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if args.out_dir and dupes:
         raise ValueError(f"several queries share the name {dupes[0]}: their masks would overwrite each other")
-    missing = [q for q in queries if not Path(q).is_file()]
+    missing = [q for q in queries if not split_frame(q)[0].is_file()]
     if missing:
         raise FileNotFoundError(f"query not found: {missing[0]}")
     seg = FewShotSegmenter(args.checkpoint or default_checkpoint(), str(pick_device(args.device)))

@@ -121,7 +121,7 @@ def register(sub) -> None:
 
 def load_parts(args, size: int):
     """(train, val, test-or-None, info) ImageSets from --data (+split) or --images-dir/--masks-dir."""
-    from ..data.dataset import ImageSet, load_image_set
+    from ..data.dataset import ImageSet
     from ..data.discover import discover
     from ..data.sets import default_data_dir, split_sets
     from ..data.split import DEFAULT_SPLIT_FILE, load_split, split_hash
@@ -321,27 +321,49 @@ def evaluate_supervised_cmd(args) -> int:
     return 0
 
 
-def _print_result(res) -> None:
+def image_refs(files) -> list:
+    """Each file, or each frame 'X.dcm#k' of a multi-frame DICOM."""
+    from ..annotate.store import _frame_refs
+    out = []
+    for f in files:
+        out += [Path(r) if r == str(f) else r for r in _frame_refs(f, str(f))]
+    return out
+
+
+def ref_names(ref) -> tuple[str, str]:
+    """(name shown in the CSV, stem of its mask file): 'X.dcm#7' -> ('X.dcm#7', 'X_f0007')."""
+    from ..data.dicom import split_frame
+    path, k = split_frame(ref)
+    return (path.name if k is None else f"{path.name}#{k}"), (path.stem if k is None else f"{path.stem}_f{k:04d}")
+
+
+def _print_result(res, size: dict) -> None:
     if not res.lesion_present:
         print(f"No lesion (p(lesion) {res.lesion_probability:.3f}, below the presence threshold): class normal, empty mask")
     else:
         print(f"Predicted class: {res.label} ({res.confidence:.2f} confidence)")
     print("Probabilities: " + ", ".join(f"{k} {v:.3f}" for k, v in res.probabilities.items()))
-    print(f"Lesion area: {res.lesion_fraction * 100:.1f}% of the image")
+    print(f"Lesion area: {res.lesion_fraction * 100:.1f}% of the image"
+          + (f", {size['area_mm2']:.1f} mm^2, longest diameter {size['diameter_mm']:.1f} mm" if size["area_mm2"] else ""))
 
 
 def predict_cmd(args) -> int:
     from .. import checkpoint
+    from ..metrics import fmt_or_blank as _num, lesion_size
+    from ..data.io import read_image_info
     from ..inference import SupervisedPipeline
 
     pipe = SupervisedPipeline(args.seg_model or checkpoint.default_checkpoint("segmenter"),
                               args.cls_model or checkpoint.default_checkpoint("classifier"))
+    from ..data.dicom import split_frame
+
     src = Path(args.image)
-    if not src.exists():
+    if not split_frame(src)[0].exists():
         raise DataError(f"{src}: not found")
-    if src.is_file():
-        res = pipe.predict_file(src)
-        _print_result(res)
+    if split_frame(src)[0].is_file():
+        img, info = read_image_info(src)
+        res = pipe.predict(img)
+        _print_result(res, lesion_size(res.mask, info.get("spacing_mm")))
         if args.save_mask:
             res.save_mask(args.save_mask)
             print(f"Mask written: {args.save_mask}")
@@ -349,7 +371,7 @@ def predict_cmd(args) -> int:
     out_dir = Path(args.save_mask) if args.save_mask else src / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = Path(args.csv) if args.csv else out_dir / "predictions.csv"
-    files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and "_mask" not in p.stem)
+    files = image_refs(sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and "_mask" not in p.stem))
     if not files:
         raise DataError(f"{src}: no images found")
     from tqdm import tqdm
@@ -359,19 +381,24 @@ def predict_cmd(args) -> int:
     with open(csv_path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["file", "class", "confidence", *(f"p_{c}" for c in classes), "p_lesion", "lesion_present",
-                    "lesion_area_px", "lesion_area_fraction", "mask", "error"])
+                    "lesion_area_px", "lesion_area_fraction", "lesion_area_mm2", "longest_diameter_mm", "study_key",
+                    "mask", "error"])
         for f in tqdm(files, desc="presence + segment + classify", unit="image"):
+            name, stem = ref_names(f)
             try:
-                res = pipe.predict_file(f)
+                img, info = read_image_info(f)
+                res = pipe.predict(img)
             except DataError as exc:
                 n_err += 1
-                w.writerow([f.name, "", "", *([""] * len(classes)), "", "", "", "", "", str(exc)])
-                tqdm.write(f"{f.name}: error: {exc}")
+                w.writerow([name, "", "", *([""] * len(classes)), "", "", "", "", "", "", "", "", str(exc)])
+                tqdm.write(f"{name}: error: {exc}")
                 continue
-            mask_path = out_dir / f"{f.stem}_mask.png"
+            mask_path = out_dir / f"{stem}_mask.png"
             res.save_mask(mask_path)
-            w.writerow([f.name, res.label, f"{res.confidence:.4f}", *(f"{res.probabilities[c]:.4f}" for c in classes),
+            size = lesion_size(res.mask, info.get("spacing_mm"))
+            w.writerow([name, res.label, f"{res.confidence:.4f}", *(f"{res.probabilities[c]:.4f}" for c in classes),
                         "" if res.lesion_probability is None else f"{res.lesion_probability:.4f}",
-                        int(res.lesion_present), int(res.mask.sum()), f"{res.lesion_fraction:.5f}", mask_path.name, ""])
+                        int(res.lesion_present), int(res.mask.sum()), f"{res.lesion_fraction:.5f}",
+                        _num(size["area_mm2"]), _num(size["diameter_mm"]), info.get("study_key", ""), mask_path.name, ""])
     print(f"{len(files) - n_err} images processed, {n_err} errors; CSV: {csv_path}; masks in {out_dir}")
     return 0

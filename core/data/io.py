@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 MAX_SIDE = 4096  # larger uploads are refused: a typical ultrasound frame is < 1100 px
 
 
@@ -28,6 +28,11 @@ def check_header(source, name: str = "image") -> tuple[int, int]:
     file cannot make the caller decode gigabytes."""
     import io as _io
 
+    from .dicom import is_dicom, read_header
+
+    if is_dicom(source):            # DICOM: its own header checks (size, frames, bit depth, decoder)
+        info = read_header(source, name)[1]
+        return info.columns, info.rows
     src = _io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
         with warnings.catch_warnings():   # PIL warns about a large header: it is refused below anyway
@@ -35,7 +40,7 @@ def check_header(source, name: str = "image") -> tuple[int, int]:
             with Image.open(src) as img:
                 size = img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{name}: not a readable image (PNG, JPEG, BMP or TIFF)") from exc
+        raise DataError(f"{name}: not a readable image (PNG, JPEG, BMP, TIFF or DICOM)") from exc
     if max(size) > MAX_SIDE:
         raise DataError(f"{name}: image too large ({size[0]}x{size[1]} px, limit {MAX_SIDE})")
     return size
@@ -139,8 +144,22 @@ def mask_from_array(arr: np.ndarray, name: str = "mask") -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 RGB (H, W, 3)."""
-    return to_rgb_uint8(_open(path), name=str(path))
+    """Read an image file as uint8 RGB (H, W, 3); a DICOM file's frame k as 'X.dcm#k' (see `dicom`)."""
+    return read_image_info(path)[0]
+
+
+def read_image_info(path: str | Path) -> tuple[np.ndarray, dict]:
+    """(uint8 RGB image, info): info has `spacing_mm` ((row, column) mm per pixel, or None) and, for DICOM,
+    `study_key` (de-identified) and `frames`. No identifying DICOM attribute is ever returned."""
+    from .dicom import is_dicom, read_frame, split_frame
+
+    if is_dicom(path):
+        if not split_frame(path)[0].exists():
+            raise DataError(f"{split_frame(path)[0]}: file not found")
+        img, info = read_frame(path, name=Path(str(path)).name)
+        return array_to_rgb_uint8(img, str(path)), {"spacing_mm": info.spacing_mm, "study_key": info.study_key,
+                                                    "frames": info.frames}
+    return to_rgb_uint8(_open(path), name=str(path)), {"spacing_mm": None}
 
 
 def read_mask(path: str | Path) -> np.ndarray:

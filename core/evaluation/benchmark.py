@@ -88,7 +88,6 @@ def remeasure_latency(out_dir: Path, data_dir, shots=(1, 5)) -> dict:
 
 def run_benchmark(checkpoint_path, data_dir, out_dir: Path, episodes: int, unet_episodes: int, unet_steps: int,
                   seg_checkpoint=None, compare=(), seed: int = 1234, shots=(1, 5)) -> dict:
-    from ..data.dataset import load_pair
     from ..data.sets import split_sets
     from ..inference import load_panet, load_segmenter
 
