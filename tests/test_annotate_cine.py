@@ -83,3 +83,35 @@ def test_litemedsam_follows_the_disc_through_the_loop():
     res = propagate_loop(rgb, Rough(), [], known={0: masks[0]}, sam=promptable.shared("cpu"), temporal=True)
     assert min(dice(r.mask, m) for r, m in zip(res[1:], masks[1:])) > 0.85
     assert res[1].logits is not None, "the next frame gets this frame's logits as its mask prompt"
+
+
+def test_a_dicom_loop_is_a_project_propagated_in_frame_order(tmp_path):
+    pytest.importorskip("pydicom")
+    from core.annotate.propagate import propagate
+    from core.annotate.store import ProjectStore
+    from core.data.io import read_image
+    from tests.dicom_factory import make_dicom
+
+    frames, masks = disc_frames(12)
+    (tmp_path / "imgs").mkdir()
+    make_dicom(tmp_path / "imgs" / "loop.dcm", frames, frames=True)
+
+    class ByFrame(Distracted):     # looks the frame up by its pixels (the project reads it from the file)
+        def predict(self, img, supports, **kw):
+            t = next(i for i, f in enumerate(self.frames) if (f == img[..., 0]).all())
+            m = self.masks[t].copy()
+            m[15 + (t * 37) % 80:35 + (t * 37) % 80, 130:150] = True
+            return type("R", (), {"mask": m, "probability": m.astype(np.float32), "lesion_score": None})
+
+        def support_key(self, supports):
+            return "s"
+
+    store = ProjectStore(tmp_path / "out", "loop")
+    assert store.add_folder(tmp_path / "imgs") == 12
+    r = store.row("loop.dcm#0")
+    store.decide("loop.dcm#0", "correct", r["id"], r["version"], "annotator", masks[0])
+    res = propagate(store, ByFrame(list(frames), masks), [], "s", "m", temporal=True)
+    assert res["predicted"] == 11 and res["abrupt"] == []
+    for k in (1, 2, 9, 10, 11):      # frame 10 follows 9 (not 1): the order is the loop's
+        assert dice(store.mask(f"loop.dcm#{k}"), masks[k]) > 0.99, k
+    assert (read_image(tmp_path / "imgs" / "loop.dcm#11")[..., 0] == frames[11]).all()

@@ -316,3 +316,26 @@ def test_clicks_on_the_overlay_refine_the_mask_and_undo(app):
     assert "box" in text
     mask = np.asarray(Image.open([d for d in me.predict(0.4, api_name="/downloads") if d.endswith("mask.png")][0]))
     assert not mask[70:].any() and not mask[:, 70:].any(), "nothing outside the box"
+
+
+def test_a_dicom_query_is_read_cropped_and_measured_in_mm_without_its_tags(app):
+    pytest.importorskip("pydicom")
+    from tests.dicom_factory import PHI, make_dicom
+
+    client, files, _ = app
+    q = make_phantom(7, size=(200, 240))
+    grey = q.image[..., 0] if q.image.ndim == 3 else q.image
+    frame = np.zeros((230, 260), np.uint8)
+    frame[10:210, 10:250] = grey                      # the scanner's frame around the image region
+    p = make_dicom(files / "q.dcm", frame, region=(10, 10, 249, 209), delta_cm=(0.01, 0.01))
+    out = segment(client, [support_editor(files, 1)], handle_file(str(p)))
+    overlay, report = out[0], out[3]
+    assert Image.open(overlay).size == (240, 200), "cropped to the ultrasound region"
+    if "lesion predicted on 0.0%" not in report:
+        assert "mm²" in report and "longest diameter" in report
+    for v in PHI.values():
+        assert v not in report
+    bad = files / "bad.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 40)
+    with pytest.raises(Exception, match="query image"):
+        client.predict("tiny_panet", handle_file(str(bad)), 0.5, 0.4, False, api_name="/segment")

@@ -11,7 +11,8 @@ import numpy as np
 from PIL import Image
 
 from core.checkpoint import CheckpointError
-from core.data.io import DataError, mask_from_array, read_image, read_mask, resize_mask, to_rgb_uint8
+from core.data.io import (DataError, check_header, mask_from_array, read_image, read_mask, resize_mask,
+                          to_rgb_uint8)
 from core.metrics import dice, iou
 from core.visual import colorize, overlay
 
@@ -35,6 +36,7 @@ class Session:
     query_key: str | None = None          # gallery key when the query came from the gallery
     query_image: np.ndarray | None = None # kept at most QUERY_SIDE px (memory stays bounded per session)
     query_size: tuple | None = None       # the query's own (height, width): downloads are at this size
+    spacing_mm: tuple | None = None       # (row, column) mm per pixel of the query at its own size (DICOM)
     probability: np.ndarray | None = None
     base_probability: np.ndarray | None = None   # PANet++'s map before any click (float16; clicks start from it)
     mask: np.ndarray | None = None        # predicted (or corrected) mask at the query's size
@@ -97,9 +99,10 @@ def _downscaled(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nda
     return small, resize_mask(mask, small.shape[:2])
 
 
-def set_query(session: Session, image: np.ndarray | None) -> None:
+def set_query(session: Session, image: np.ndarray | None, spacing_mm=None) -> None:
     """The session's query: kept downscaled to QUERY_SIDE (a 4000 px upload costs ~3 MB, not ~130 MB, for
-    the session's lifetime); its own size is remembered for the downloads."""
+    the session's lifetime); its own size (and pixel spacing, when the file has one) is remembered."""
+    session.spacing_mm = tuple(spacing_mm) if spacing_mm else None
     if image is None:
         session.query_image, session.query_size = None, None
         return
@@ -114,11 +117,12 @@ def keep_pair(pairs: list, image: np.ndarray, mask: np.ndarray) -> list:
 
 
 # ---------------------------------------------------------------------------------- inputs
-def read_upload(path, what: str, notes: list | None = None) -> np.ndarray:
+def read_upload(path, what: str, notes: list | None = None, info: dict | None = None) -> np.ndarray:
     """Validate and read an uploaded image file: size on disk, decodability, dimensions, mode.
 
     Odd modes (16-bit, RGBA, palette, CMYK) are converted deterministically; `notes` gets a line
-    saying so, for the page to show.
+    saying so, for the page to show. DICOM: its header is checked first, the first frame is read (cropped
+    to its ultrasound region); `info` gets its pixel spacing (nothing identifying is read into the page).
     """
     if path is None:
         raise UserError(f"{what}: no image")
@@ -127,7 +131,19 @@ def read_upload(path, what: str, notes: list | None = None) -> np.ndarray:
     p = Path(path)
     if p.stat().st_size > MAX_UPLOAD_BYTES:
         raise UserError(f"{what}: file larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+    from core.data.dicom import is_dicom
+    from core.data.io import read_image_info
+
     try:
+        if is_dicom(p):
+            check_header(p, what)             # size, frames, bit depth, decoder: before any pixel
+            image, meta = read_image_info(p)
+            if info is not None:
+                info.update(meta)
+            if meta.get("frames", 1) > 1 and notes is not None:
+                notes.append(f"{what}: frame 1 of a {meta['frames']}-frame loop (annotate the loop as a project "
+                             "to go through every frame)")
+            return image
         image = read_image(p)  # validates: decodable, not truncated, within the size limit
         with Image.open(p) as im:
             mode = im.mode
@@ -413,7 +429,9 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     supports = session_supports(session)
     notes: list[str] = []
     if query is not None and str(query) != session.query_file:   # a new upload (the page, or an API call)
-        set_query(session, read_upload(query, "query image", notes))
+        meta: dict = {}
+        image = read_upload(query, "query image", notes, meta)
+        set_query(session, image, meta.get("spacing_mm"))
         q_img = session.query_image
         session.query_key, session.query_file = None, str(query)
     elif session.query_image is not None:  # decoded at upload, or picked from the gallery
@@ -444,7 +462,8 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
                  "or click on the overlay to mark one)."]
     else:
         lines = [f"**{len(supports)} support(s)**{' (model adapted to them)' if adapted else ''}, lesion predicted on "
-                 f"{session.mask.mean() * 100:.1f}% of the image (threshold {threshold:.2f})." + redrawn]
+                 f"{session.mask.mean() * 100:.1f}% of the image{physical_size(session)} (threshold {threshold:.2f})."
+                 + redrawn]
     if agreement:
         a = float(np.mean(agreement))
         lines.append(f"Supports agree with each other: leave-one-out Dice **{a:.2f}** (each support segmented "
@@ -467,6 +486,18 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     ctx.prefetch_embedding(q_img)   # boxes and clicks on this query then wait only for the decoder
     prob_rgb = colorize(display_size(res.probability)[0], 0, 1, "viridis")
     return SegmentOutput(ov, prob_rgb, heat, "\n\n".join(lines), time.perf_counter() - t0, notes, supports)
+
+
+def physical_size(session: Session) -> str:
+    """', 412.0 mm^2, longest diameter 28.1 mm' where the query has a pixel spacing (DICOM), else ''."""
+    if session.spacing_mm is None or session.mask is None or not session.mask.any():
+        return ""
+    from core.metrics import lesion_size
+
+    scale = session.query_size[0] / session.mask.shape[0] if session.query_size else 1.0
+    sy, sx = session.spacing_mm
+    s = lesion_size(session.mask, (sy * scale, sx * scale))    # the kept query may be downscaled
+    return f", {s['area_mm2']:.1f} mm², longest diameter {s['diameter_mm']:.1f} mm"
 
 
 def auto_redraw(ctx: AppContext, session: Session, image: np.ndarray, panet_mask: np.ndarray) -> str:

@@ -150,8 +150,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 with gr.Column(scale=1):
                     query_preview = gr.Image(label="Query image", type="numpy", format="png", interactive=False,
                                              height=280)
-                    query = gr.File(label="Upload a query image (PNG, JPEG, BMP, TIFF; up to 4096 px)",
-                                    file_types=["image"], height=90, elem_id="query-file")
+                    query = gr.File(label="Upload a query image (PNG, JPEG, BMP, TIFF, DICOM; up to 4096 px)",
+                                    file_types=["image", ".dcm", ".dicom"], height=90, elem_id="query-file")
                     threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold")
                     opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Overlay opacity")
                     per_support = gr.Checkbox(False, label="Heatmaps of each support too (slower)")

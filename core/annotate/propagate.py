@@ -34,19 +34,26 @@ def uncertainty(prob: np.ndarray, band: int = 5) -> float:
 
 def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: str, who: str = "propagation",
               should_stop: Callable[[], bool] = lambda: False, on_progress: Callable[[dict], None] | None = None,
-              presence=None, owner: str = "", delineate_with=None) -> dict:
+              presence=None, owner: str = "", delineate_with=None, temporal: bool = False) -> dict:
     """Predict every image not accepted, corrected or marked "no lesion" and not already predicted with
     these supports (so a stopped run resumes where it was). Results land image by image. `owner`: the
     session whose adapted model (for exactly these supports) is used, if it adapted one. `delineate_with`:
     a promptable model (LiteMedSAM) that redraws each predicted mask from the box of its largest part
-    (the uncertainty stays PANet++'s)."""
+    (the uncertainty stays PANet++'s). `temporal`: frames of a loop ('X.dcm#k') are predicted in frame
+    order with the previous frame's mask (a person's where they decided, else the one just predicted) as
+    the prompt (`core.annotate.cine`); a frame whose mask jumps from the previous one is flagged in the
+    summary (`abrupt`) for review."""
+    if temporal:
+        support_key = f"{support_key}:temporal"
     if delineate_with is not None:   # a delineated run is another prediction than PANet++'s alone
         support_key = f"{support_key}:litemedsam"
     if callable(presence):           # so is one with the lesion probe's "no lesion" decision
         support_key = f"{support_key}:presence"
     todo = [r for r in store.rows() if r["status"] not in DONE + ("unreadable",)
             and not (r["status"] == "predicted" and r["support_key"] == support_key)]
-    t0, done, errors = time.time(), 0, []
+    todo.sort(key=lambda r: _frame_order(r["rel_path"]))      # frame 10 after frame 9, not after frame 1
+    t0, done, errors, abrupt = time.time(), 0, [], []
+    prev_logits: dict[str, object] = {}
     for r in todo:
         if should_stop():
             break
@@ -59,7 +66,16 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
             continue
         res = seg.predict(img, supports, heatmaps=False, presence=presence, owner=owner)
         mask = res.mask
-        if delineate_with is not None and mask.any():     # LiteMedSAM redraws it where the shipped rule trusts it
+        prev_ref = _previous_frame(r["rel_path"]) if temporal else None
+        prev = store.mask(prev_ref) if prev_ref is not None and _known(store, prev_ref) else None
+        if prev is not None and prev.any() and prev.shape == mask.shape and getattr(res, "lesion_present", True):
+            from .cine import ABRUPT_IOU, temporal_mask
+            from ..metrics import iou
+
+            mask, prev_logits[r["rel_path"]] = temporal_mask(mask, prev, img, delineate_with, prev_logits.get(prev_ref))
+            if iou(mask, prev, empty="one") < ABRUPT_IOU:
+                abrupt.append(r["rel_path"])
+        elif delineate_with is not None and mask.any():     # LiteMedSAM redraws it where the shipped rule trusts it
             from ..delineate import auto_mask
 
             mask = auto_mask(delineate_with, img, mask)[0]
@@ -73,7 +89,24 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
             on_progress({"done": done, "total": len(todo), "images_per_s": done / max(el, 1e-9),
                          "seconds_left": (len(todo) - done) * el / done})
     return {"predicted": done, "to_do": len(todo), "errors": errors, "seconds": time.time() - t0,
-            "stopped": done + len(errors) < len(todo)}
+            "stopped": done + len(errors) < len(todo), **({"abrupt": abrupt} if temporal else {})}
+
+
+def _frame_order(rel_path: str):
+    path, k = split_frame(rel_path)
+    return (path.as_posix(), -1 if k is None else k)
+
+
+def _previous_frame(rel_path: str) -> str | None:
+    path, k = split_frame(rel_path)
+    return None if not k else f"{rel_path.rpartition('#')[0]}#{k - 1}"
+
+
+def _known(store: ProjectStore, rel_path: str) -> bool:
+    try:
+        return store.row(rel_path)["status"] in DONE + ("predicted",)
+    except DataError:
+        return False
 
 
 def _export_image(store: ProjectStore, rel_path: str, out: Path):

@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--no-lesion", dest="no_lesion", action="store_true",
                    help="breast lesions: the lesion probe's presence head says 'no lesion' (an empty mask) on "
                         "images without one (the same decision as predict and the app)")
+    p.add_argument("--temporal", action="store_true",
+                   help="cine loops (multi-frame DICOM): each frame starts from the previous frame's mask "
+                        "(with --delineate, as LiteMedSAM's prompt); abrupt changes are listed for review")
     p.add_argument("--cls-model", dest="cls_model", default=None,
                    help="with --no-lesion: the lesion probe checkpoint (default: the shipped classifier)")
     p.add_argument("--report", default=None, help="JSON of the run's speed (docs/results_propagation.json renders results.md)")
@@ -87,7 +90,7 @@ def annotate_cmd(args) -> int:
         from ..inference import presence_check
         presence = presence_check(args.cls_model, device=str(pick_device(args.device)))
     summary = propagate(store, seg, supports, key, Path(ck).name, on_progress=tick, delineate_with=sam,
-                        presence=presence)
+                        presence=presence, temporal=args.temporal)
     bar.close()
     if args.report:
         import sys
