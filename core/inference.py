@@ -203,7 +203,7 @@ class FewShotSegmenter:
         return self._prepare_supports(supports)[2]
 
     def adapt(self, supports, seconds: float = 30.0, steps: int = 0, owner: str = "", job=None,
-              on_progress=None, should_stop=lambda: False) -> dict:
+              on_progress=None) -> dict:
         """Fine-tune a copy of the model on these supports only (time-boxed; on the GPU when the
         segmenter lives there). The copy is kept in memory for (owner, this support set) and used by
         predict() with the same supports and owner; the checkpoint on disk is never touched.
@@ -212,7 +212,7 @@ class FewShotSegmenter:
 
         imgs, msks, key = self._prepare_supports(supports)
         net, summary = adapt_model(self.model, imgs, msks, AdaptConfig(seconds=seconds, steps=steps),
-                                   job=job, on_progress=on_progress, should_stop=should_stop)
+                                   job=job, on_progress=on_progress)
         if net is not None:
             with self._lock:
                 self._adapted[(owner, key)] = (net, summary)

@@ -11,6 +11,7 @@ memory is this process's resident set size. Writes docs/results_hardening.json a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -109,10 +110,8 @@ def main() -> None:
     res["add_corrected_x20"] = {"accepted": added, "rss_delta_mb": round(rss_mb() - before)}
     before = rss_mb()    # 20 more: a bounded session stops growing (the first batch also warms the allocator)
     for _ in range(20):
-        try:
+        with contextlib.suppress(Exception):
             me.predict(corrector, api_name="/add_corrected_support")
-        except Exception:
-            pass
     res["add_corrected_next_x20_rss_delta_mb"] = round(rss_mb() - before)
     # retained or only held by the allocator? give freed memory back to the system and measure again
     import ctypes

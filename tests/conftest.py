@@ -77,3 +77,16 @@ def seg(tmp_path_factory):
     from core.inference import FewShotSegmenter
 
     return FewShotSegmenter(save_tiny_panet(tmp_path_factory.mktemp("ck")))
+
+
+def count_calls(monkeypatch, module, name: str) -> list:
+    """Replace module.name with a wrapper that counts its calls; returns the one-item counter."""
+    calls = [0]
+    real = getattr(module, name)
+
+    def counted(*a, **k):
+        calls[0] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls

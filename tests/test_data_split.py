@@ -1,12 +1,10 @@
 """Leak-free split: grouping logic, the committed split file, and the real-data leak test."""
-import json
 
 import numpy as np
-import pytest
 
 from core.data.dedup import group_near_duplicates
 from core.data.discover import Sample, discover
-from core.data.split import DEFAULT_SPLIT_FILE, load_split, split_groups
+from core.data.split import load_split, split_groups
 
 
 def _sample(name, label):

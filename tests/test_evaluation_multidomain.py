@@ -1,7 +1,6 @@
 """Leave-set-out table and the adaptation-time curve on a tiny synthetic set (CPU, seconds)."""
 import json
 
-import pytest
 
 from core.evaluation.multidomain import adaptation_curve_episode, leave_set_out_table, trained_sets, unet_time_curve
 from tests.test_adapt import synthetic_set, tiny_checkpoint  # noqa: F401 (fixture)

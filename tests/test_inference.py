@@ -15,7 +15,7 @@ def test_any_sizes_and_modes(seg):
                             np.full((211, 333), 255, np.uint8)])
     res = seg.predict(query_rgba, [(img, mask), (np.repeat(img[:, :, None], 3, 2), mask.astype(np.uint8) * 255)])
     assert res.probability.shape == res.mask.shape == (211, 333)
-    assert 0 <= res.probability.min() and res.probability.max() <= 1
+    assert res.probability.min() >= 0 and res.probability.max() <= 1
     assert {"foreground", "background", "support 1 foreground", "support 2 background"} <= set(res.heatmaps)
     assert res.heatmaps["foreground"].shape == (211, 333)
 

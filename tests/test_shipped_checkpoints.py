@@ -1,7 +1,6 @@
 """The checkpoints that ship in checkpoints/ load with one call and work on held-out BUSI images."""
 import json
 
-import numpy as np
 import pytest
 
 from core import checkpoint

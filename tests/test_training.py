@@ -1,10 +1,7 @@
 """Training smoke runs on a handful of real images (few-shot and supervised), and resumption."""
-import json
 import math
 
-import numpy as np
 import pytest
-import torch
 
 from core import checkpoint
 from core.data.dataset import ImageSet
@@ -49,13 +46,16 @@ def test_cancelled_run_can_resume(tiny_sets, tmp_path):
     train, val = tiny_sets
     cfg = FewShotTrainConfig(image_size=96, episodes_per_epoch=4, epochs=2, val_episodes=2,
                              save_path=str(tmp_path / "p"), device="cpu")
-    calls = {"n": 0}
+    from core.training.engine import Job
 
-    def stop_after_first_epoch():
-        calls["n"] += 1
-        return calls["n"] == 6  # in the middle of epoch 2
+    job, steps = Job(), []
 
-    first = train_fewshot(cfg, train, val, {}, should_stop=stop_after_first_epoch, progress=False)
+    def cancel_in_epoch_two(ev):
+        steps.append(ev)
+        if sum(e["type"] == "step" for e in steps) == 6:   # in the middle of epoch 2
+            job.cancel()
+
+    first = train_fewshot(cfg, train, val, {}, job=job, on_progress=cancel_in_epoch_two, progress=False)
     assert first["cancelled"] and (tmp_path / "p.resume.pt").exists()
     assert checkpoint.load_meta(tmp_path / "p")["epoch"] == 1  # the best so far stays intact
     second = train_fewshot(cfg, train, val, {}, progress=False)

@@ -274,23 +274,27 @@ def test_adapt_then_segment_uses_the_adapted_model_for_this_session_only(app):
     assert "my_adapted (yours)" not in ctx.checkpoints("panet", Client(client.src, verbose=False).session_hash)
 
 
-def test_segment_never_receives_the_supports_again(app):
+def test_segment_never_receives_the_supports_again(app, monkeypatch):
+    from tests.conftest import count_calls
     from webapp import handlers
 
     client, files, _ = app
+    decodes = count_calls(monkeypatch, handlers, "editor_pair")
+    segments = count_calls(monkeypatch, handlers, "segment")
     params = [p["parameter_name"] for p in client.view_api(print_info=False, return_format="dict")
               ["named_endpoints"]["/segment"]["parameters"]]
     assert not any("support" in p.lower() or "editor" in p.lower() for p in params), params
     q = handle_file(_png(files / "q_twice.png", make_phantom(11).image))
     segment(client, [support_editor(files, 1), support_editor(files, 2)], q)
-    decoded = handlers.SUPPORT_DECODES[0]
+    decoded = decodes[0]
+    assert decoded >= 2
     for thr in (0.45, 0.55):
         report = client.predict("tiny_panet", q, thr, 0.4, False, api_name="/segment")[3]
         assert "2 support(s)" in report
-    assert handlers.SUPPORT_DECODES[0] == decoded, "a second Segment decodes no support"
-    calls = handlers.SEGMENT_CALLS[0]
+    assert decodes[0] == decoded, "a second Segment decodes no support"
+    calls = segments[0]
     client.predict("tiny_panet", q, 0.55, 0.4, False, api_name="/segment")   # the same, at once: a double click
-    assert handlers.SEGMENT_CALLS[0] == calls, "an immediate identical repeat is dropped"
+    assert segments[0] == calls, "an immediate identical repeat is dropped"
 
 
 def test_clicks_on_the_overlay_refine_the_mask_and_undo(app):

@@ -4,7 +4,6 @@ click on the overlay to refine, and check that the overlay changes. Saves a scre
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's ch
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "screenshot_test.png"
 
 
-def test_draw_a_support_mask_and_segment(tmp_path):
+def test_draw_a_support_mask_and_segment(tmp_path, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api")
     from tests.test_webapp import make_checkpoints
     from webapp.context import AppConfig, AppContext
@@ -29,6 +28,9 @@ def test_draw_a_support_mask_and_segment(tmp_path):
     ctx = AppContext(AppConfig(data_dir=None, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out"))
     demo = build_app(ctx)
     demo.launch(prevent_thread_lock=True, quiet=True)
+    from tests.conftest import count_calls
+    decodes = count_calls(monkeypatch, handlers, "editor_pair")
+    segments = count_calls(monkeypatch, handlers, "segment")
     support, query = make_phantom(1), make_phantom(2)
     Image.fromarray(support.image).save(tmp_path / "support.png")
     Image.fromarray(query.image).save(tmp_path / "query.png")
@@ -53,19 +55,19 @@ def test_draw_a_support_mask_and_segment(tmp_path):
             page.mouse.up()
             # the painted slot reaches the server once, on its change event (not with each Segment)
             page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=30_000)
-            decoded = handlers.SUPPORT_DECODES[0]
+            decoded = decodes[0]
             page.locator("#query-file input[type=file]").set_input_files(str(tmp_path / "query.png"))
             page.wait_for_timeout(1000)
-            calls = handlers.SEGMENT_CALLS[0]
+            calls = segments[0]
             page.locator("#segment-button").dblclick()
             overlay = page.locator("#overlay img")
             overlay.wait_for(state="visible", timeout=60_000)
             page.wait_for_timeout(1500)
             assert "support(s)" in page.content()  # the report under the overlay
-            assert handlers.SEGMENT_CALLS[0] == calls + 1, "a double click runs Segment once"
+            assert segments[0] == calls + 1, "a double click runs Segment once"
             page.locator("#segment-button").click()
             page.wait_for_timeout(1500)
-            assert handlers.SUPPORT_DECODES[0] == decoded, "Segment clicks send no support images"
+            assert decodes[0] == decoded, "Segment clicks send no support images"
             before = overlay.get_attribute("src")
             ob = overlay.bounding_box()
             page.mouse.click(ob["x"] + ob["width"] * 0.5, ob["y"] + ob["height"] * 0.5)

@@ -3,7 +3,6 @@ the most uncertain images first (accept / no lesion / skip / correct / undo / pr
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,33 +58,24 @@ def presence_decision(ctx):
 def run_propagation(ctx: AppContext, store: ProjectStore, checkpoint_name, supports, owner: str, job,
                     presence=None, delineate_with=None):
     """Generator of progress lines; results land image by image (a stopped run resumes)."""
+    from . import jobs
+
     seg = ctx.fewshot(checkpoint_name, owner)
     key = seg.support_key(supports)
-    events: list[dict] = []
-    import threading
 
-    result: dict = {}
+    def work(emit):
+        return propagate(store, seg, supports, key, str(checkpoint_name), who=owner_tag(owner), job=job,
+                         on_progress=emit, presence=presence, owner=owner, delineate_with=delineate_with)
 
-    def work():
-        try:
-            result["summary"] = propagate(store, seg, supports, key, str(checkpoint_name), who=owner_tag(owner),
-                                          should_stop=lambda: job.cancel_requested, on_progress=events.append,
-                                          presence=presence, owner=owner, delineate_with=delineate_with)
-        except Exception as exc:  # reported in the page
-            result["error"] = exc
+    def render(events):
+        e = events[-1]
+        return (f"Propagating: {e['done']}/{e['total']} images, {e['images_per_s']:.1f} images/s, "
+                f"about {e['seconds_left']:.0f} s left.")
 
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    while t.is_alive():
-        time.sleep(0.5)
-        if events:
-            e = events[-1]
-            yield (f"Propagating: {e['done']}/{e['total']} images, {e['images_per_s']:.1f} images/s, "
-                   f"about {e['seconds_left']:.0f} s left.")
-    t.join()
-    if "error" in result:
-        raise UserError(f"propagation failed: {result['error']}")
-    s = result["summary"]
+    try:
+        s = yield from jobs.stream(work, render)
+    except Exception as exc:
+        raise UserError(f"propagation failed: {exc}") from exc
     kept = (f" The {s['predicted']} predictions made are kept; Propagate again resumes with the rest."
             if s["stopped"] else "")
     yield (f"{'Stopped' if s['stopped'] else 'Done'}: {s['predicted']} of {s['to_do']} images predicted in "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import contextlib
 import os
 import re
 import secrets
@@ -122,6 +123,12 @@ class AppContext:
                 self.data_message = f"Data folder not usable: {text}"
 
     # ------------------------------------------------------------------ users
+    def use_own_cache(self) -> None:
+        """Gradio's uploads and results live in the app's own cache folder (cleaned at start and by age),
+        not in the system temp folder. Gradio reads GRADIO_TEMP_DIR when each component is created, so
+        this runs before the page is built."""
+        os.environ["GRADIO_TEMP_DIR"] = str(self.cache_dir)
+
     def browser_secret(self) -> str:
         """The key that encrypts the user key kept in the browser (gr.BrowserState): kept in the output
         folder, so that a user is the same user after the app restarts."""
@@ -237,7 +244,7 @@ class AppContext:
                 continue
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
-        for root, dirs, files in os.walk(self.cache_dir, topdown=False):
+        for root, _dirs, files in os.walk(self.cache_dir, topdown=False):
             for name in files:
                 p = Path(root) / name
                 try:
@@ -247,10 +254,8 @@ class AppContext:
                 except OSError:
                     pass
             if Path(root) != self.cache_dir:
-                try:
+                with contextlib.suppress(OSError):
                     Path(root).rmdir()   # only when empty
-                except OSError:
-                    pass
         if removed:
             log.info("sweep: removed %d expired or orphaned item(s)", len(removed))
         return removed
@@ -291,9 +296,9 @@ class AppContext:
         out = {}
         tag = owner_tag(owner) if owner else None
         listed = (self._defaults().get("listed") or {}).get(kind)
-        own_only = not (self.config.list_all_checkpoints or self.config.single_user)
+        saved_own_only = not (self.config.list_all_checkpoints or self.config.single_user)
         for folder, suffix, own_only in ((self.config.checkpoints_dir, "", False),
-                                         (self.saved_dir, " (yours)", own_only)):
+                                         (self.saved_dir, " (yours)", saved_own_only)):
             if not folder.is_dir():
                 continue
             for js in sorted(folder.glob("*.json")):

@@ -10,16 +10,14 @@ diverged or useless run deletes its folder, so nothing half-written is ever list
 run whose process crashed is removed by the next start (`AppContext.sweep`). A saved checkpoint
 records the (hashed) session that made it, and no server path.
 
-Jobs wait their turn in `TRAINING_QUEUE` (one training job at a time, first come first served): a
-waiting caller sees its position and can cancel the job before it starts.
+Jobs are registered, queued and streamed by `webapp.jobs` (one training job at a time, first come
+first served: a waiting caller sees its position and can cancel the job before it starts).
 """
 from __future__ import annotations
 
 import json
-import queue
 import re
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -28,89 +26,15 @@ import numpy as np
 from core.data.dataset import ImageSet, resize_image, resize_mask
 from core.data.discover import Sample
 
+from . import jobs
 from .context import AppContext, owner_tag
 from .handlers import UserError
 
-from core.training.engine import Job
+cancel = jobs.cancel     # the page's Cancel buttons
 
-_JOBS: dict[str, Job] = {}            # owner (user) -> its running or waiting job
-_JOBS_LOCK = threading.Lock()
-
-
-class JobQueue:
-    """One job runs at a time; the others wait in order of arrival, each seeing its position, and a
-    waiting job that its owner cancels leaves the line without ever starting."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._waiting: list[Job] = []
-        self._running: Job | None = None
-
-    def wait_turn(self, job: Job, poll: float = 0.5):
-        """Generator: yields the number of jobs ahead while `job` waits; returns once it runs (True) or
-        was cancelled while waiting (False)."""
-        with self._cond:
-            self._waiting.append(job)
-        try:
-            while True:
-                with self._cond:
-                    if job.cancel_requested:
-                        return False
-                    if self._running is None and self._waiting[0] is job:
-                        self._running = job
-                        return True
-                    ahead = self._waiting.index(job) + (self._running is not None)
-                yield ahead
-                with self._cond:
-                    self._cond.wait(poll)
-        finally:
-            with self._cond:
-                if job in self._waiting:
-                    self._waiting.remove(job)
-                self._cond.notify_all()
-
-    def is_waiting(self, job: Job) -> bool:
-        with self._cond:
-            return job in self._waiting
-
-    def release(self, job: Job) -> None:
-        with self._cond:
-            if self._running is job:
-                self._running = None
-            self._cond.notify_all()
-
-
-TRAINING_QUEUE = JobQueue()
 MAX_LR = 1e-2
 MAX_EPOCHS = 50       # the page's sliders stop at 20 and 500; an API call may ask for more, within these
 MAX_EPISODES = 1000
-
-
-def _register(owner: str, name: str) -> Job:
-    job = Job(owner=owner, name=name)
-    with _JOBS_LOCK:
-        _JOBS[owner] = job
-    return job
-
-
-def _unregister(job: Job) -> None:
-    with _JOBS_LOCK:
-        if _JOBS.get(job.owner) is job:
-            del _JOBS[job.owner]
-
-
-def cancel(owner: str) -> str:
-    """Cancel the caller's own job; another session's job is never touched."""
-    with _JOBS_LOCK:
-        job = _JOBS.get(owner)
-    if job is None or not job.active:
-        return "You have no fine-tuning, adaptation or propagation job running or waiting."
-    job.cancel(by=owner)
-    if TRAINING_QUEUE.is_waiting(job):
-        return f"Your {job.name} is taken out of the queue before it started: nothing ran."
-    if job.name == "propagation":
-        return "Stopping the propagation after the current image: the predictions made so far are kept."
-    return f"Cancelling {job.name}: it stops after the current episode; nothing will be saved."
 
 
 def check_lr(lr) -> float:
@@ -182,95 +106,84 @@ def folder_sets(ctx: AppContext, size: int) -> tuple[ImageSet, ImageSet, str]:
 def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episodes: int, lr: float, name: str,
         owner: str = ""):
     """Generator of (status markdown, curve figure or None, finished checkpoint name or None)."""
-    from core.training.fewshot import FewShotTrainConfig, train_fewshot
-
     from .handlers import bounded
 
     lr = check_lr(lr)
     epochs = bounded(epochs, 1, MAX_EPOCHS, "epochs", integer=True)
     episodes = bounded(episodes, 1, MAX_EPISODES, "episodes per epoch", integer=True)
     workdir = None
-    job = _register(owner, "fine-tuning")
+    with jobs.REGISTRY.job(owner, "fine-tuning", training=True) as job:
+        try:
+            started = yield from jobs.wait_turn(job, lambda msg: (msg, None, None))
+            if not started:
+                yield "Cancelled while waiting in the queue: nothing ran and nothing was saved.", None, None
+                return
+            workdir = ctx.new_work_dir()
+            yield from _train(ctx, job, workdir, checkpoint_name, source, pairs, int(epochs), int(episodes), lr,
+                              name, owner)
+        finally:
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _train(ctx, job, workdir, checkpoint_name, source, pairs, epochs, episodes, lr, name, owner):
+    from core.training.fewshot import FewShotTrainConfig, train_fewshot
+
+    base = ctx.fewshot(checkpoint_name, owner)
+    size = base.model.config.image_size
+    train, val, desc = folder_sets(ctx, size) if source == "data folder" else session_sets(pairs, size)
+    device = ctx.device()
+    cfg = FewShotTrainConfig(backbone=base.model.config.backbone, image_size=size, epochs=epochs,
+                             episodes_per_epoch=episodes, lr=float(lr), patience=max(2, epochs),
+                             val_episodes=20, device=device, save_path=str(workdir / "model"))
+    header = f"Fine-tuning on {desc}, on the {device.upper()}: {epochs} epoch(s) x {episodes} episodes."
+    curves = {"losses": [], "dices": [], "vals": []}
+
+    def work(emit):
+        return train_fewshot(cfg, train, val, {"source": source, "description": desc, "base": str(checkpoint_name)},
+                             resume=False, job=job, on_progress=emit, progress=False, validate_start=True,
+                             init_weights={k: v.clone() for k, v in base.model.state_dict().items()})
+
+    def render(events):
+        losses = [e["loss"] for e in events if e["type"] == "step"]
+        dices = [e["dice"] for e in events if e["type"] == "step"]
+        vals = [(sum(1 for x in events[:i] if x["type"] == "step"), e["val_dice"])
+                for i, e in enumerate(events) if e["type"] != "step"]
+        curves.update(losses=losses, dices=dices, vals=vals)
+        status = (f"{header}\n\nEpoch {events[-1]['epoch']}, episode {len(losses)}/{epochs * episodes}: "
+                  f"loss {np.mean(losses[-20:]) if losses else float('nan'):.3f}, training Dice "
+                  f"{np.nanmean(dices[-20:]) if dices else float('nan'):.3f}"
+                  + (f", validation Dice {vals[-1][1]:.3f}" if vals else ""))
+        return status, curve_figure(losses, dices, vals), None
+
     try:
-        started = yield from _wait(job, lambda msg: (msg, None, None))
-        if not started:
-            yield "Cancelled while waiting in the queue: nothing ran and nothing was saved.", None, None
-            return
-        base = ctx.fewshot(checkpoint_name, owner)
-        size = base.model.config.image_size
-        if source == "data folder":
-            train, val, desc = folder_sets(ctx, size)
-        else:
-            train, val, desc = session_sets(pairs, size)
-        device = ctx.device()
-        workdir = ctx.new_work_dir()
-        cfg = FewShotTrainConfig(backbone=base.model.config.backbone, image_size=size, epochs=int(epochs),
-                                 episodes_per_epoch=int(episodes), lr=float(lr), patience=max(2, int(epochs)),
-                                 val_episodes=20, device=device, save_path=str(workdir / "model"))
-        events: queue.Queue = queue.Queue()
-        result: dict = {}
+        summary = yield from jobs.stream(work, render)
+    except Exception as exc:
+        raise UserError(f"fine-tuning failed: {exc}; nothing was saved") from exc
+    fig = curve_figure(curves["losses"], curves["dices"], curves["vals"])
+    status, new_name = _finish(ctx, workdir, summary, header, name, owner)
+    yield status, fig, new_name
 
-        def work():
-            try:
-                result["summary"] = train_fewshot(
-                    cfg, train, val, {"source": source, "description": desc, "base": str(checkpoint_name)},
-                    resume=False, job=job, on_progress=events.put, progress=False, validate_start=True,
-                    init_weights={k: v.clone() for k, v in base.model.state_dict().items()})
-            except Exception as exc:  # reported in the page
-                result["error"] = exc
 
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        losses, dices, vals = [], [], []
-        header = f"Fine-tuning on {desc}, on the {device.upper()}: {epochs} epoch(s) x {episodes} episodes."
-        last = 0.0
-        while thread.is_alive() or not events.empty():
-            try:
-                ev = events.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if ev["type"] == "step":
-                losses.append(ev["loss"])
-                dices.append(ev["dice"])
-            else:
-                vals.append((len(losses), ev["val_dice"]))
-            if time.time() - last > 1.0 or ev["type"] == "epoch":
-                last = time.time()
-                status = (f"{header}\n\nEpoch {ev['epoch']}, episode {len(losses)}/{int(epochs) * int(episodes)}: "
-                          f"loss {np.mean(losses[-20:]):.3f}, training Dice {np.nanmean(dices[-20:]):.3f}"
-                          + (f", validation Dice {vals[-1][1]:.3f}" if vals else ""))
-                yield status, curve_figure(losses, dices, vals), None
-        thread.join()
-        if "error" in result:
-            raise UserError(f"fine-tuning failed: {result['error']}; nothing was saved")
-        summary = result["summary"]
-        if summary["diverged"]:
-            yield (f"{header}\n\nThe run diverged ({summary['message']}): nothing was saved. Try a smaller "
-                   "learning rate.", curve_figure(losses, dices, vals), None)
-            return
-        if summary["cancelled"]:
-            yield f"{header}\n\nCancelled after {summary['episodes']} episodes: nothing was saved.", \
-                curve_figure(losses, dices, vals), None
-            return
-        src = workdir / "model"
-        if not src.with_suffix(".json").exists():
-            raise UserError("fine-tuning produced no checkpoint; nothing was saved")
-        start = summary.get("start_val_dice")
-        if start is not None and not summary["best_val_dice"] > start:
-            yield (f"{header}\n\nNo improvement: best validation Dice {summary['best_val_dice']:.3f}, the starting "
-                   f"checkpoint scores {start:.3f} on the same episodes. Nothing was saved; try more images, more "
-                   "epochs or another learning rate.", curve_figure(losses, dices, vals), None)
-            return
-        final_name = _publish(ctx, src, safe_name(name), owner)
-        yield (f"{header}\n\nDone in {summary['seconds']:.0f} s: best validation Dice "
-               f"{summary['best_val_dice']:.3f} (epoch {summary['best_epoch']}; the starting checkpoint: "
-               f"{start:.3f}). Saved as **{final_name} (yours)**; "
-               "select it in the checkpoint list.", curve_figure(losses, dices, vals), f"{final_name} (yours)")
-    finally:
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-        _unregister(job)
-        TRAINING_QUEUE.release(job)
+def _finish(ctx, workdir, summary, header, name, owner) -> tuple:
+    """(status, new checkpoint name or None): what the run left, published only when it beat its start."""
+    if summary["diverged"]:
+        return (f"{header}\n\nThe run diverged ({summary['message']}): nothing was saved. Try a smaller "
+                "learning rate."), None
+    if summary["cancelled"]:
+        return f"{header}\n\nCancelled after {summary['episodes']} episodes: nothing was saved.", None
+    src = workdir / "model"
+    if not src.with_suffix(".json").exists():
+        raise UserError("fine-tuning produced no checkpoint; nothing was saved")
+    start = summary.get("start_val_dice")
+    if start is not None and not summary["best_val_dice"] > start:
+        return (f"{header}\n\nNo improvement: best validation Dice {summary['best_val_dice']:.3f}, the starting "
+                f"checkpoint scores {start:.3f} on the same episodes. Nothing was saved; try more images, more "
+                "epochs or another learning rate."), None
+    final_name = _publish(ctx, src, safe_name(name), owner)
+    return (f"{header}\n\nDone in {summary['seconds']:.0f} s: best validation Dice {summary['best_val_dice']:.3f} "
+            f"(epoch {summary['best_epoch']}; the starting checkpoint: {start:.3f}). Saved as **{final_name} "
+            "(yours)**; select it in the checkpoint list."), f"{final_name} (yours)"
 
 
 def adapt(ctx: AppContext, checkpoint_name, supports, seconds: float, owner: str):
@@ -280,61 +193,27 @@ def adapt(ctx: AppContext, checkpoint_name, supports, seconds: float, owner: str
         raise UserError("adaptation time must be between 1 and 600 seconds")
     if not supports:
         raise UserError("no supports: add at least one support image with its mask first")
-    job = _register(owner, "adaptation")
-    try:
-        started = yield from _wait(job, lambda msg: msg)
+    with jobs.REGISTRY.job(owner, "adaptation", training=True) as job:
+        started = yield from jobs.wait_turn(job, lambda msg: msg)
         if not started:
             yield "Adaptation cancelled while waiting in the queue: the model is unchanged."
             return
         seg = ctx.fewshot(checkpoint_name, owner)
-        events: queue.Queue = queue.Queue()
-        result: dict = {}
-
-        def work():
-            try:
-                result["summary"] = seg.adapt(supports, seconds=seconds, owner=owner, job=job, on_progress=events.put)
-            except Exception as exc:  # reported in the page
-                result["error"] = exc
-
-        thread = threading.Thread(target=work, daemon=True)
         t0 = time.time()
-        thread.start()
-        losses: list[float] = []
-        last = 0.0
-        while thread.is_alive() or not events.empty():
-            try:
-                ev = events.get(timeout=0.5)
-                losses.append(ev.get("loss", float("nan")))
-            except queue.Empty:
-                pass
-            if time.time() - last > 1.0:
-                last = time.time()
-                done = min(1.0, (time.time() - t0) / seconds)
-                yield (f"Adapting to {len(supports)} support(s) on the {str(seg.device).upper()}: "
-                       f"{'#' * int(20 * done)}{'.' * (20 - int(20 * done))} {done:.0%}, {len(losses)} steps, "
-                       f"loss {np.mean(losses[-20:]) if losses else float('nan'):.3f}")
-        thread.join()
-        if "error" in result:
-            raise UserError(f"adaptation failed: {result['error']}")
-        yield adapt_report(result["summary"])
-    finally:
-        _unregister(job)
-        TRAINING_QUEUE.release(job)
 
+        def render(events):
+            losses = [e.get("loss", float("nan")) for e in events]
+            done = min(1.0, (time.time() - t0) / seconds)
+            return (f"Adapting to {len(supports)} support(s) on the {str(seg.device).upper()}: "
+                    f"{'#' * int(20 * done)}{'.' * (20 - int(20 * done))} {done:.0%}, {len(losses)} steps, "
+                    f"loss {np.mean(losses[-20:]) if losses else float('nan'):.3f}")
 
-def _wait(job: Job, render):
-    """Wait for `job`'s turn in the training queue, yielding render(position message); True once it runs."""
-    gen = TRAINING_QUEUE.wait_turn(job)
-    last = None
-    while True:
         try:
-            ahead = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if ahead != last:
-            last = ahead
-            yield render(f"Waiting for the machine: {ahead} job(s) ahead of your {job.name} (one training job runs "
-                         "at a time). Cancel takes it out of the queue.")
+            summary = yield from jobs.stream(
+                lambda emit: seg.adapt(supports, seconds=seconds, owner=owner, job=job, on_progress=emit), render)
+        except Exception as exc:
+            raise UserError(f"adaptation failed: {exc}") from exc
+        yield adapt_report(summary)
 
 
 def adapt_report(summary: dict) -> str:

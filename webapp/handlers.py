@@ -276,8 +276,6 @@ def editor_value(image: np.ndarray, mask: np.ndarray | None) -> dict:
 
 
 # ---------------------------------------------------------------------------------- supports
-SUPPORT_DECODES = [0]   # support editor values decoded by this process (a test checks Segment adds none)
-SEGMENT_CALLS = [0]     # Segment runs (a browser test checks that a double click runs one)
 
 
 def register_slot(session: Session, slot: int, value, mask_file) -> None:
@@ -291,7 +289,6 @@ def register_slot(session: Session, slot: int, value, mask_file) -> None:
     bg = value.get("background") if isinstance(value, dict) else None
     if bg is None and not mask_file:
         return
-    SUPPORT_DECODES[0] += 1
     supports, notes = list(session.supports), list(session.slot_notes)
     try:
         pair = editor_pair(value, mask_file, slot)
@@ -423,7 +420,6 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     """Segment the session's query from the session's registered supports (nothing re-decoded).
     no_lesion: breast lesions; the lesion probe's presence head may answer "no lesion" (an empty mask)."""
     t0 = time.perf_counter()
-    SEGMENT_CALLS[0] += 1
     threshold = bounded(threshold, 0.01, 0.99, "the threshold")
     opacity = bounded(opacity, 0.0, 1.0, "the overlay opacity")
     supports = session_supports(session)
@@ -454,7 +450,7 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     session.base_probability = prob16
     redrawn = auto_redraw(ctx, session, q_img, res.mask)
     session.clicks, session.box, session.box_corner, session.checkpoint = [], None, None, checkpoint_name
-    truth = _truth(ctx, session, q_img)
+    truth = ground_truth(ctx, session, q_img)
     ov = render_overlay(session, opacity, truth)
     if not res.lesion_present:
         lines = [f"**No lesion**: the breast-lesion presence check gives p(lesion) {res.lesion_score:.2f}, below "
@@ -570,7 +566,7 @@ def refine(ctx: AppContext, session: Session, threshold: float, opacity: float, 
     text = (f"{n_pos} positive and {len(session.clicks) - n_pos} negative click(s)"
             + (", box" if session.box else "") + f": lesion on {mask.mean() * 100:.1f}% of the image, drawn by "
             f"{by} (*{ms:.0f} ms*).")
-    return render_overlay(session, opacity, _truth(ctx, session, session.query_image)), text
+    return render_overlay(session, opacity, ground_truth(ctx, session, session.query_image)), text
 
 
 def add_click(session: Session, x_display: float, y_display: float, mode: str) -> None:
@@ -601,7 +597,7 @@ def add_click(session: Session, x_display: float, y_display: float, mode: str) -
 MAX_CLICKS = 30
 
 
-def _truth(ctx: AppContext, session: Session, q_img: np.ndarray):
+def ground_truth(ctx: AppContext, session: Session, q_img: np.ndarray):
     if not session.query_key:
         return None
     it = ctx.item(session.query_key)
@@ -620,14 +616,14 @@ def rerender(session: Session, threshold: float, opacity: float, ctx: AppContext
     opacity = bounded(opacity, 0.0, 1.0, "the overlay opacity")
     if not session.corrected:
         session.mask = session.probability > threshold
-    return render_overlay(session, opacity, _truth(ctx, session, session.query_image))
+    return render_overlay(session, opacity, ground_truth(ctx, session, session.query_image))
 
 
 def downloads(ctx: AppContext, session: Session, opacity: float) -> list[str]:
     """The last result as files (written now, on request): mask and overlay at the query's size, heatmaps."""
     if session.query_image is None or session.mask is None:
         raise UserError("segment a query first")
-    ov = overlay(session.query_image, session.mask, opacity, truth=_truth(ctx, session, session.query_image))
+    ov = overlay(session.query_image, session.mask, opacity, truth=ground_truth(ctx, session, session.query_image))
     size = session.query_size or session.query_image.shape[:2]
     return export_files(ctx, session.query_image, resize_mask(session.mask, size), ov, session.tiles)
 

@@ -33,10 +33,11 @@ def uncertainty(prob: np.ndarray, band: int = 5) -> float:
 
 
 def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: str, who: str = "propagation",
-              should_stop: Callable[[], bool] = lambda: False, on_progress: Callable[[dict], None] | None = None,
+              job=None, on_progress: Callable[[dict], None] | None = None,
               presence=None, owner: str = "", delineate_with=None, temporal: bool = False) -> dict:
     """Predict every image not accepted, corrected or marked "no lesion" and not already predicted with
-    these supports (so a stopped run resumes where it was). Results land image by image. `owner`: the
+    these supports (so a stopped run resumes where it was). Results land image by image; `job`
+    (`core.training.engine.Job`): cancelling it stops after the current image. `owner`: the
     session whose adapted model (for exactly these supports) is used, if it adapted one. `delineate_with`:
     a promptable model (LiteMedSAM) that redraws each predicted mask from the box of its largest part
     (the uncertainty stays PANet++'s). `temporal`: frames of a loop ('X.dcm#k') are predicted in frame
@@ -55,7 +56,7 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
     t0, done, errors, abrupt = time.time(), 0, [], []
     prev_logits: dict[str, object] = {}
     for r in todo:
-        if should_stop():
+        if job is not None and job.cancel_requested:
             break
         try:
             img = read_image(store.image_path(r["rel_path"]))

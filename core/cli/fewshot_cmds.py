@@ -320,16 +320,11 @@ def _segment_one(seg, q, supports, clicks, args, delineator, sam):
     return res, used
 
 
-def segment_cmd(args) -> int:
-    import numpy as np
-    from PIL import Image
-    from tqdm import tqdm
+def _check_segment_args(args, queries) -> tuple[list, list[str]]:
+    """(clicks, output stems) after every check that needs no image decoded."""
+    from ..data.dicom import split_frame
+    from ..models.clicks import parse_clicks
 
-    from ..device import pick_device
-    from ..inference import FewShotSegmenter, as_image
-    from ..visual import heatmap_panel, overlay
-
-    queries = list(args.query)
     if args.out and args.out_dir:
         raise ValueError("give --out (one query) or --out-dir (any number of queries), not both")
     if not args.out and not args.out_dir:
@@ -342,32 +337,52 @@ def segment_cmd(args) -> int:
         raise ValueError("give 1-5 --support IMG MASK pairs, or --click X Y + on the lesion")
     if args.adapt and not args.support:
         raise ValueError("--adapt needs supports")
-    from ..models.clicks import parse_clicks
     clicks = parse_clicks([(float(x), float(y), sign) for x, y, sign in args.click])
-    from ..data.dicom import split_frame
-    stems = [split_frame(q)[0].stem + ("" if split_frame(q)[1] is None else f"_f{split_frame(q)[1]:04d}") for q in queries]
+    stems = [split_frame(q)[0].stem + ("" if split_frame(q)[1] is None else f"_f{split_frame(q)[1]:04d}")
+             for q in queries]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if args.out_dir and dupes:
         raise ValueError(f"several queries share the name {dupes[0]}: their masks would overwrite each other")
     missing = [q for q in queries if not split_frame(q)[0].is_file()]
     if missing:
         raise FileNotFoundError(f"query not found: {missing[0]}")
+    return clicks, stems
+
+
+def _adapt_with_bar(seg, supports, seconds: float) -> None:
+    import numpy as np
+    from tqdm import tqdm
+
+    bar = tqdm(total=int(seconds), desc="adapting", unit="s")
+    started = time.time()
+
+    def tick(ev):
+        bar.n = min(int(seconds), int(time.time() - started))
+        bar.set_postfix(loss=f"{ev.get('loss', float('nan')):.3f}")
+        bar.refresh()
+
+    summary = seg.adapt(supports, seconds=seconds, on_progress=tick)
+    bar.close()
+    before = summary["loo_dice_before"]
+    agree = f"; supports' leave-one-out Dice before {np.mean(before):.2f}" if before else ""
+    print(f"adapted: {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['status']}){agree}")
+
+
+def segment_cmd(args) -> int:
+    import numpy as np
+    from PIL import Image
+    from tqdm import tqdm
+
+    from ..device import pick_device
+    from ..inference import FewShotSegmenter, as_image
+    from ..visual import heatmap_panel, overlay
+
+    queries = list(args.query)
+    clicks, stems = _check_segment_args(args, queries)
     seg = FewShotSegmenter(args.checkpoint or default_checkpoint(), str(pick_device(args.device)))
     supports = [tuple(s) for s in args.support]
     if args.adapt:
-        bar = tqdm(total=int(args.adapt), desc="adapting", unit="s")
-
-        def tick(ev, t0=[None]):
-            t0[0] = t0[0] or time.time()
-            bar.n = min(int(args.adapt), int(time.time() - t0[0]))
-            bar.set_postfix(loss=f"{ev.get('loss', float('nan')):.3f}")
-            bar.refresh()
-
-        summary = seg.adapt(supports, seconds=args.adapt, on_progress=tick)
-        bar.close()
-        before = summary["loo_dice_before"]
-        agree = f"; supports' leave-one-out Dice before {np.mean(before):.2f}" if before else ""
-        print(f"adapted: {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['status']}){agree}")
+        _adapt_with_bar(seg, supports, args.adapt)
     # read and validate the supports once, and compute their prototypes once (with the adapted copy if any)
     if supports:
         seg.set_supports(supports)

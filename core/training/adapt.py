@@ -20,7 +20,7 @@ from ..data.dataset import AugmentConfig, augment, mask_tensor, to_tensor
 from ..losses import bce_dice_loss
 from ..metrics import dice
 from ..models.panet import PANetPlusPlus
-from .engine import Callback, Engine, Job, Progress, StopWhen, TimeBudget
+from .engine import Callback, Engine, Job, Progress, TimeBudget
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def leave_one_out_dice(model: PANetPlusPlus, images: torch.Tensor, masks: torch.
 
 def adapt_model(model: PANetPlusPlus, images: torch.Tensor, masks: torch.Tensor, cfg: AdaptConfig,
                 job: Job | None = None, on_progress: Callable[[dict], None] | None = None,
-                should_stop: Callable[[], bool] = lambda: False, callbacks: list[Callback] = (),
+                callbacks: list[Callback] = (),
                 clock: Callable[[], float] | None = None) -> tuple[PANetPlusPlus | None, dict]:
     """A fine-tuned copy of `model` (None if the run diverged or was cancelled) and a summary.
 
@@ -95,7 +95,7 @@ def adapt_model(model: PANetPlusPlus, images: torch.Tensor, masks: torch.Tensor,
         loss = bce_dice_loss(logits[:, 0], q_msk[None])
         return {"loss": loss, "dice": float(dice(logits.detach()[0, 0] > 0, q_msk > 0.5))}
 
-    callbacks = [Progress(bar=False, on_progress=on_progress), StopWhen(should_stop), *callbacks]
+    callbacks = [Progress(bar=False, on_progress=on_progress), *callbacks]
     if cfg.seconds:
         callbacks.append(TimeBudget(cfg.seconds, clock) if clock else TimeBudget(cfg.seconds))
     engine = Engine(net, opt, step, epochs=1, steps_per_epoch=cfg.steps or 10 ** 9, callbacks=callbacks,

@@ -405,14 +405,3 @@ class TimeBudget(Callback):
     def on_step(self, engine, metrics):
         if self.seconds and self.clock() - self.t0 > self.seconds:
             engine.stop_reason = "time budget"
-
-
-class StopWhen(Callback):
-    """Stop when a polled function says so (kept for callers that have a should_stop function)."""
-
-    def __init__(self, should_stop: Callable[[], bool]):
-        self.should_stop = should_stop
-
-    def on_step(self, engine, metrics):
-        if self.should_stop():
-            engine.job.cancel()

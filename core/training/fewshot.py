@@ -20,7 +20,7 @@ from ..data.episodes import Episode, EpisodeSampler
 from ..losses import bce_dice_loss
 from ..metrics import dice
 from ..models.panet import PANetConfig, PANetPlusPlus
-from .engine import BestCheckpoint, CsvLogger, EarlyStopping, Engine, Job, Progress, StopWhen
+from .engine import BestCheckpoint, CsvLogger, EarlyStopping, Engine, Job, Progress
 from .logs import plot_curves
 
 log = logging.getLogger(__name__)
@@ -152,14 +152,14 @@ def _val_plan(val_sets: dict[str, ImageSet], train_sets: dict[str, ImageSet], n_
 
 
 def train_fewshot(cfg: FewShotTrainConfig, train_set, val_set, data_info: dict,
-                  resume: bool = True, should_stop: Callable[[], bool] = lambda: False,
+                  resume: bool = True,
                   on_progress: Callable[[dict], None] | None = None, progress: bool = True,
                   init_weights: dict | None = None, job: Job | None = None,
                   time_budget_s: float = 0.0, validate_start: bool = False) -> dict:
     """Train; returns a summary dict. The best checkpoint is written atomically to cfg.save_path.
 
     train_set / val_set: one ImageSet, or {set name: ImageSet} for meta-training on many sets
-    (validation Dice is then the mean over the sets). should_stop / job.cancel(): stop after the
+    (validation Dice is then the mean over the sets). job.cancel(): stop after the
     current episode (resumable; the last best checkpoint stays intact, never a partial file).
     A diverged run (non-finite loss or weights) stops and saves nothing more. Under torchrun the run
     is data-parallel (DDP); only rank 0 writes files. validate_start: also score the starting
@@ -232,7 +232,7 @@ def train_fewshot(cfg: FewShotTrainConfig, train_set, val_set, data_info: dict,
                   str(save_path) + ".epochs.csv",
                   ["epoch", "last_episode", "val_dice", "val_per_set", "seconds"], step_key="episode"),
         Progress(bar=progress, on_progress=on_progress, desc="epoch"),
-        BestCheckpoint(save_best), EarlyStopping(cfg.patience), StopWhen(should_stop),
+        BestCheckpoint(save_best), EarlyStopping(cfg.patience),
     ]
     if time_budget_s:
         callbacks.append(TimeBudget(time_budget_s))

@@ -13,7 +13,7 @@ class CsvLog:
         self.fields = fields
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not (resume and self.path.exists())
-        self._fh = open(self.path, "w" if new else "a", newline="")
+        self._fh = open(self.path, "w" if new else "a", newline="")  # noqa: SIM115  (closed by close())
         self._writer = csv.DictWriter(self._fh, fieldnames=fields)
         if new:
             self._writer.writeheader()

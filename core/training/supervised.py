@@ -40,11 +40,11 @@ class SupervisedTrainConfig:
 def fit(model: torch.nn.Module, cfg: SupervisedTrainConfig, n_train: int,
         step: Callable[[np.ndarray, np.random.Generator], tuple[torch.Tensor, float]],
         validate: Callable[[], float], save_best: Callable[[float, int, float], None], title: str,
-        progress: bool = True, should_stop: Callable[[], bool] = lambda: False,
+        progress: bool = True,
         metric_name: str = "Dice", val_name: str = "validation Dice", job=None) -> dict:
     """Mini-batch training on the shared engine. `step(indices, rng)` returns (loss, a training
     metric); higher validate() is better; save_best is called on each improvement."""
-    from .engine import BestCheckpoint, CsvLogger, EarlyStopping, Engine, Progress, StopWhen
+    from .engine import BestCheckpoint, CsvLogger, EarlyStopping, Engine, Progress
 
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -72,7 +72,7 @@ def fit(model: torch.nn.Module, cfg: SupervisedTrainConfig, n_train: int,
                            ["epoch", "last_step", "val_dice", "seconds"]),
                  Progress(bar=progress, desc="epoch"),
                  BestCheckpoint(lambda e, m: save_best(m["val_dice"], e.state.epoch, e.state.seconds)),
-                 EarlyStopping(cfg.patience), StopWhen(should_stop)]
+                 EarlyStopping(cfg.patience)]
     engine = Engine(model, opt, step_fn, epochs=cfg.epochs, steps_per_epoch=per_epoch, validate_fn=validate_fn,
                     callbacks=callbacks, job=job, scheduler=sched, monitor="val_dice")
     summary = engine.run()

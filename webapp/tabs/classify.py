@@ -1,0 +1,30 @@
+"""The Classify tab: the lesion classifier on the query and its (corrected) mask; with the lesion probe,
+"no lesion" (class normal, the mask emptied) when its presence head says so."""
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+
+from .. import handlers
+from ..events import bind
+from ..handlers import Session
+from . import Shared
+
+
+def classify(ctx, sess: Session, corr):
+    mask = handlers.corrected_mask(sess, corr)
+    sess.corrected = sess.corrected or (sess.mask is not None and not np.array_equal(mask, sess.mask))
+    sess.mask = mask
+    return handlers.classify(ctx, sess, corr)
+
+
+def build(ctx, shared: Shared) -> None:
+    gr.Markdown("Classifies the current query with its predicted mask (or your corrected mask). With the "
+                "LiteMedSAM lesion probe (the default classifier) it first decides whether a lesion is there.")
+    btn = gr.Button("Classify query", variant="primary", elem_id="classify-button")
+    with gr.Row():
+        label_out = gr.Label(num_top_classes=3, label="Class probabilities")
+        shown = gr.Image(label="What the classifier was given: the query and this mask (red)", type="numpy",
+                         format="png", interactive=False, height=280)
+    text = gr.Markdown(elem_id="classify-text")
+    btn.click(bind(ctx, classify), [shared.session, shared.corrector], [label_out, text, shown], api_name="classify")

@@ -1,0 +1,36 @@
+"""The Help tab: how to use the page, in order."""
+from __future__ import annotations
+
+import gradio as gr
+
+from . import Shared
+
+HELP = """### How to use it
+1. **Supports.** In a support slot, upload an image (or pick one in the gallery and press *Put in support slot*:
+   dataset images bring their ground-truth mask). Paint the tumour with the brush (the eraser removes paint), or
+   upload a mask PNG instead (white = lesion; it must have the image's size). Each slot is read once, when it
+   changes: the line under the slots says which are ready. 1 support works; 3-5 work better.
+2. **Query.** Upload an image or pick one in the gallery (*Use as query*), then press **Segment**. The red
+   overlay is the prediction; a green contour is the ground truth when the query comes from the data folder.
+   The heatmaps show how similar each part of the query is to the lesion (foreground) and tissue (background)
+   prototypes of the supports: bright = similar (tick the box for each support's own maps).
+3. **Refine with a box or clicks.** Click on the overlay: *box* (two opposite corners) around the target, *add
+   lesion (+)* where it was missed, *remove (-)* where it is not. The boundary is then drawn by **LiteMedSAM**, a
+   medical foundation model, from your box and clicks and the supports' map (the query is encoded once, in the
+   background, when it arrives: each click then takes tens of ms). *Undo click*, *Clear clicks*. *Prepare
+   downloads* writes the mask at the query's size, the overlay and the heatmaps.
+4. **Correct and reuse.** *Correct this prediction with the brush*, fix it, then *Add corrected query as a support*.
+5. **Classify** runs the lesion classifier on the query and its (corrected) mask, and shows the mask it was given.
+6. **Adapt to these supports** (under Segment) fine-tunes a private copy of the model on your supports for the
+   seconds you choose (GPU when present); Segment then uses it for exactly these supports, in your session only.
+   Use it when the target is unlike breast lesions (another organ): it reports how well the supports agree.
+7. **Fine-tune** trains on more images; the result is saved as a new checkpoint ("yours": listed to you only)
+   when it beats the checkpoint it started from.
+
+The synthetic demo images are computer-generated phantoms, not patient data.
+Known editor quirks (Gradio): strokes may vanish when switching brush size; if the brush stops responding
+after a gallery pick, clear the slot or upload a mask PNG instead."""
+
+
+def build(ctx, shared: Shared) -> None:
+    gr.Markdown(HELP)
