@@ -19,67 +19,16 @@ from PIL import Image
 from . import checkpoint
 from .data.dataset import resize_image, resize_mask, to_tensor
 from .data.io import DataError, check_mask_matches, mask_from_array, read_image, read_mask, to_rgb_uint8
-from .models.panet import PANetConfig, PANetPlusPlus, Prototypes, PROTO_LEVELS
+from .models.panet import PANetPlusPlus, Prototypes, PROTO_LEVELS
 from .models.clicks import (ClickConfig, box_mask, check_box, click_bias, edge_distances, parse_clicks,
                             refined_similarity)
 from .models.prototypes import EmptySupportMask, cosine_similarity_map
-from .models.supervised import ClassifierConfig, LesionClassifier, Segmenter, SegmenterConfig
+from .models.loading import load_classifier, load_panet, load_segmenter  # noqa: F401  (the public loaders)
 
 MAX_SHOTS = 5
 CACHE_SIZE = 64  # prototype sets kept (a few KB each)
 ADAPTED_CACHE_SIZE = 4  # adapted model copies kept in memory (about 19 MB each)
 FEATURE_CACHE_SIZE = 8  # queries whose encoder features are kept for click refinement (about 0.7 MB each)
-
-
-def _known_fields(cls, d: dict) -> dict:
-    names = set(cls.__dataclass_fields__)
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-
-
-def _load_state(model: torch.nn.Module, path, meta) -> None:
-    try:
-        model.load_state_dict(checkpoint.load_weights(path))
-    except RuntimeError as exc:
-        raise checkpoint.CheckpointError(f"{path}: weights do not fit the model in its config ({str(exc)[:200]})") from exc
-
-
-def load_panet(path: str | Path, device: str | torch.device = "cpu") -> tuple[PANetPlusPlus, dict]:
-    meta = checkpoint.load_meta(path)
-    checkpoint.expect_kind(meta, "panet", path)
-    cfg = PANetConfig(**_known_fields(PANetConfig, meta["model"]))
-    loaded = cfg.weights_loaded
-    cfg.weights = "random"  # the checkpoint has all the weights: skip loading ImageNet first
-    model = PANetPlusPlus(cfg)
-    cfg.weights_loaded = loaded
-    _load_state(model, path, meta)
-    return model.to(device).eval(), meta
-
-
-def _load_supervised(path, kind: str, config_cls, model_cls, device):
-    meta = checkpoint.load_meta(path)
-    checkpoint.expect_kind(meta, kind, path)
-    cfg = config_cls(**_known_fields(config_cls, meta["model"]))
-    started_from = cfg.weights_loaded
-    cfg.weights = "random"  # the checkpoint has all the weights: skip loading ImageNet first
-    model = model_cls(cfg)
-    model.config.weights_loaded = started_from
-    _load_state(model, path, meta)
-    return model.to(device).eval()
-
-
-def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:
-    return _load_supervised(path, "segmenter", SegmenterConfig, Segmenter, device)
-
-
-def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
-    """A lesion classifier: the 4-channel CNN (`LesionClassifier`) or the LiteMedSAM probe (`LesionProbe`,
-    its JSON says `"architecture": "lesion_probe"`)."""
-    meta = checkpoint.load_meta(path)
-    checkpoint.expect_kind(meta, "classifier", path)
-    if meta.get("architecture") == "lesion_probe":
-        from .models.lesion_probe import LesionProbe
-        return LesionProbe.load(path)
-    return _load_supervised(path, "classifier", ClassifierConfig, LesionClassifier, device)
 
 
 def presence_scores(prob: np.ndarray) -> dict[str, float]:

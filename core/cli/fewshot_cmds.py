@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.sets import data_dir as _data_dir
 from ..models.clicks import ClickConfig as ClickDefaults
 
 
@@ -53,15 +54,6 @@ def register(sub) -> None:
     register_multidomain(sub)
     register_ship(sub)
     register_interpolate(sub)
-
-
-def _data_dir(arg):
-    from ..data.sets import default_data_dir
-
-    d = arg or default_data_dir()
-    if d is None:
-        raise ValueError("no data folder: pass --data DIR or set BUSI_DIR")
-    return Path(d)
 
 
 def train_fewshot_cmd(args) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import MAX_SIDE, DataError
+from .errors import MAX_SIDE, DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 MAX_FRAMES = 2000

@@ -15,11 +15,7 @@ from PIL import Image, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
-MAX_SIDE = 4096  # larger uploads are refused: a typical ultrasound frame is < 1100 px
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file and what is wrong with it."""
+from .errors import MAX_SIDE, DataError  # noqa: F401  (re-exported: the readers' public names)
 
 
 def check_header(source, name: str = "image") -> tuple[int, int]:
@@ -28,10 +24,10 @@ def check_header(source, name: str = "image") -> tuple[int, int]:
     file cannot make the caller decode gigabytes."""
     import io as _io
 
-    from .dicom import is_dicom, read_header
+    from . import dicom
 
-    if is_dicom(source):            # DICOM: its own header checks (size, frames, bit depth, decoder)
-        info = read_header(source, name)[1]
+    if dicom.is_dicom(source):      # DICOM: its own header checks (size, frames, bit depth, decoder)
+        info = dicom.read_header(source, name)[1]
         return info.columns, info.rows
     src = _io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:

@@ -37,3 +37,11 @@ def split_sets(data_dir: str | Path, parts: tuple[str, ...], size: int,
 def folder_set(data_dir: str | Path, size: int, progress: bool = True) -> ImageSet:
     """Every pair in a folder (any supported layout), each image its own duplicate group."""
     return load_image_set(discover(data_dir).samples, size, None, progress)
+
+
+def data_dir(arg: str | Path | None = None) -> Path:
+    """The BUSI folder: `arg`, else $BUSI_DIR / the shared copy; a clear error when there is none."""
+    d = arg or default_data_dir()
+    if d is None:
+        raise ValueError("no data folder: pass --data DIR or set BUSI_DIR")
+    return Path(d)

@@ -33,7 +33,7 @@ def plot_confusion(cm, classes, out_png, title: str) -> None:
 
 def evaluate_supervised(data, split, seg_path, cls_path, out=None, part: str = "test") -> dict:
     """Metrics on the split's `part` ("test"; "val" to choose between candidates without touching test)."""
-    from ..cli.fewshot_cmds import _data_dir
+    from ..data.sets import data_dir as _data_dir
     from ..data.dataset import resize_image, resize_mask
     from ..data.sets import split_sets
     from ..data.split import DEFAULT_SPLIT_FILE

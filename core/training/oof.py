@@ -58,7 +58,7 @@ def out_of_fold_masks(train: ImageSet, val: ImageSet, k: int, model_cfg, train_c
     """Train k segmenters and return {"masks": (N, S, S) bool at train's size, "folds": (N,),
     "trained_on": [names each fold's model trained on], "val_dice": [...]}"""
     from ..device import pick_device
-    from ..inference import load_segmenter
+    from ..models.loading import load_segmenter
     from .supervised import predict_masks, segmentation_scores, train_segmenter
 
     workdir = Path(workdir)

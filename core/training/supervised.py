@@ -223,7 +223,7 @@ def train_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConfig, tr
     def validate():
         logits = classifier_logits(model, val, val_masks, device)
         if select_by == "auc":   # macro one-vs-rest AUC: ranking quality, which temperature scaling cannot fix
-            from ..evaluation.supervised import classification_metrics
+            from ..metrics import classification_metrics
             auc = classification_metrics(torch.softmax(logits, 1).numpy(), y_val, CLASSES)["macro_auc"]
             return auc if auc == auc else 0.0   # NaN (a class missing from val): no information
         # score for early stopping: minus the validation NLL (higher is better)
