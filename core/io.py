@@ -33,5 +33,18 @@ def atomic_write(target: str | Path, write: Callable[[str], None] | bytes | str)
     return target
 
 
-def atomic_write_json(target: str | Path, doc, indent: int = 1) -> Path:
-    return atomic_write(target, json.dumps(doc, indent=indent) + "\n")
+def atomic_write_json(target: str | Path, doc, indent: int | None = 1) -> Path:
+    """The one JSON writer: results, manifests, checkpoint metadata (values JSON cannot hold as strings)."""
+    return atomic_write(target, json.dumps(doc, indent=indent, default=str) + "\n")
+
+
+def inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path` (links resolved) lies inside `folder`."""
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+MAX_UPLOAD_BYTES = 20 * 2**20   # the one upload limit: the app's file uploads, editor blobs, Gradio's max_file_size

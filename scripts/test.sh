@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests need, then run them. Real-data tests need BUSI_DIR (they skip without it).
 #   BUSI_DIR=/path/to/Dataset_BUSI_with_GT bash scripts/test.sh
+#   bash scripts/test.sh -m "not slow and not server and not browser"     # the fast subset (about a minute)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -r requirements.txt -r requirements-dev.txt
@@ -10,4 +11,6 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
     || echo "note: could not install chromium; the browser test will skip"
 fi
+# the linter first (pyflakes, bugbear, simplify, a complexity limit: pyproject.toml); a finding fails the run
+python -m ruff check .
 exec python -m pytest -q "$@"

@@ -143,6 +143,7 @@ def test_uncertainty_is_high_where_the_model_hesitates():
     assert uncertainty(unsure) > uncertainty(sure)
 
 
+@pytest.mark.slow
 def test_annotate_and_export_commands(folder, tmp_path):
     import subprocess
     import sys
@@ -180,6 +181,7 @@ def test_spearman_by_hand():
     assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1])
 
 
+@pytest.mark.slow
 def test_kill_9_in_the_middle_of_a_propagation_leaves_a_consistent_project(tmp_path):
     import os
     import signal

@@ -88,12 +88,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def inside(path: Path, folder: Path) -> bool:
-    try:
-        Path(path).resolve().relative_to(Path(folder).resolve())
-        return True
-    except ValueError:
-        return False
+from core.io import inside  # noqa: E402,F401  (one path-inside check)
 
 
 @dataclass
@@ -332,11 +327,10 @@ class AppContext:
         return choices[name]
 
     def device(self) -> str:
-        import torch
 
-        if self.config.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.config.device
+        from core.device import pick_device
+
+        return str(pick_device(self.config.device).type)
 
     def forget_session(self, owner: str) -> None:
         """Drop what a browser session left in the shared models (its adapted copies)."""

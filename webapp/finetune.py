@@ -98,7 +98,7 @@ def folder_sets(ctx: AppContext, size: int) -> tuple[ImageSet, ImageSet, str]:
     except Exception:
         whole = folder_set(ctx.config.data_dir, size, progress=False)
         n_val = max(1, len(whole) // 5)
-        cut = lambda a, b: ImageSet(whole.samples[a:b], whole.images[a:b], whole.masks[a:b], whole.groups[a:b])
+        cut = lambda a, b: whole.subset(slice(a, b))
         return cut(0, len(whole) - n_val), cut(len(whole) - n_val, len(whole)), \
             f"{len(whole) - n_val} training and {n_val} validation images of the data folder"
 

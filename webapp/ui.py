@@ -73,4 +73,6 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 def launch_options(ctx: AppContext) -> dict:
     """demo.launch() settings that belong to the app (app.py and the tests use the same): nothing
     below outputs/ is served by URL except Gradio's own cache; saved checkpoints are blocked too."""
-    return {"max_file_size": "20mb", "blocked_paths": [str(ctx.saved_dir)]}
+    from core.io import MAX_UPLOAD_BYTES
+
+    return {"max_file_size": MAX_UPLOAD_BYTES, "blocked_paths": [str(ctx.saved_dir)]}

@@ -18,9 +18,10 @@ import gradio as gr
 from gradio.components.base import server
 
 from core.data.io import DataError, check_header
+from core.io import MAX_UPLOAD_BYTES
 
 MAX_LAYERS = 2                # the page has one mask layer; one spare for Gradio's own
-MAX_BLOB_BYTES = 20 * 2**20   # same as the app's upload limit
+MAX_BLOB_BYTES = MAX_UPLOAD_BYTES   # the app's one upload limit
 MAX_PENDING_BLOBS = 64        # editor values uploaded by the page and not yet used by an event
 
 

@@ -53,12 +53,7 @@ class StaleDecision(DataError):
     """A decision for an image that is not the one named, or that changed since the person saw it."""
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
+from ..io import inside as _inside  # noqa: E402
 
 
 def _frame_refs(path: Path, rel: str) -> list[str]:

@@ -80,10 +80,9 @@ def train_fewshot_cmd(args) -> int:
     split_file = args.split or DEFAULT_SPLIT_FILE
     sets = split_sets(data, ("train", "val"), cfg.image_size, split_file)
     if args.limit:
-        from ..data.dataset import ImageSet
         for k, s in sets.items():
             n = args.limit
-            sets[k] = ImageSet(s.samples[:n], s.images[:n], s.masks[:n], s.groups[:n])
+            sets[k] = s.subset(slice(0, n))
     info = {"data_dir": str(data), "split_file": str(split_file), "split_hash": split_hash(load_split(split_file)),
             "n_train": len(sets["train"]), "n_val": len(sets["val"])}
     if args.init_checkpoint:
@@ -105,7 +104,6 @@ def train_fewshot_cmd(args) -> int:
 
 def multidomain_sets(root_arg, names, hold_out, size, busi_train, busi_val, limit: int = 0):
     """{set: ImageSet} for training and validation: BUSI's parts plus each multidomain set's parts."""
-    from ..data.dataset import ImageSet
     from ..data.multidomain import BUSI, default_multidomain_dir, domain_set, list_sets, load_multidomain_split
 
     root = default_multidomain_dir() if root_arg in (None, "auto") else Path(root_arg)
@@ -116,7 +114,7 @@ def multidomain_sets(root_arg, names, hold_out, size, busi_train, busi_val, limi
     unknown = [n for n in list(names or []) + list(hold_out) if n not in split["sets"]]
     if unknown:
         raise ValueError(f"unknown set(s) {unknown}; known: {', '.join(split['sets'])}")
-    cut = (lambda s: ImageSet(s.samples[:limit], s.images[:limit], s.masks[:limit], s.groups[:limit])) \
+    cut = (lambda s: s.subset(slice(0, limit))) \
         if limit else (lambda s: s)
     train, val = {BUSI: busi_train}, {BUSI: busi_val}
     for n in chosen:

@@ -121,7 +121,6 @@ def register(sub) -> None:
 
 def load_parts(args, size: int):
     """(train, val, test-or-None, info) ImageSets from --data (+split) or --images-dir/--masks-dir."""
-    from ..data.dataset import ImageSet
     from ..data.discover import discover
     from ..data.sets import default_data_dir, split_sets
     from ..data.split import DEFAULT_SPLIT_FILE, load_split, split_hash
@@ -152,7 +151,7 @@ def load_parts(args, size: int):
         info = {"data_dir": str(data), "split_file": str(split_file), "split_hash": split_hash(load_split(split_file))}
     if getattr(args, "limit", 0):
         n = args.limit
-        cut = lambda s: ImageSet(s.samples[:n], s.images[:n], s.masks[:n], s.groups[:n]) if s is not None else None
+        cut = lambda s: s.subset(slice(0, n)) if s is not None else None
         train, val, test = cut(train), cut(val), cut(test)
     info.update(n_train=len(train), n_val=len(val))
     return train, val, test, info

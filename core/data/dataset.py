@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .discover import Sample
+from .io import resize_mask as _resize_mask
 from .io import DataError, read_image, read_masks_union
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,8 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    # area-average then threshold: thin structures survive better than with nearest
-    return cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) >= 0.5
+    """The working-size mask: `core.data.io.resize_mask` in its "area" mode (thin structures survive)."""
+    return _resize_mask(mask, size, "area")
 
 
 @dataclass
@@ -55,6 +56,13 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def subset(self, index) -> "ImageSet":
+        """The set restricted to `index` (a slice, or a sequence of positions), groups kept."""
+        if isinstance(index, slice):
+            return ImageSet(self.samples[index], self.images[index], self.masks[index], list(self.groups[index]))
+        idx = list(index)
+        return ImageSet([self.samples[i] for i in idx], self.images[idx], self.masks[idx], [self.groups[i] for i in idx])
 
 
 def load_image_set(samples: list[Sample], size: int, groups: dict[str, int] | None = None,

@@ -168,13 +168,21 @@ def read_mask(path: str | Path) -> np.ndarray:
     return mask_from_array(np.asarray(img), name=str(path))
 
 
-def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a bool mask to (H, W)."""
-    if mask.shape == tuple(size_hw):
-        return mask
+def resize_mask(mask: np.ndarray, size, mode: str = "nearest") -> np.ndarray:
+    """A bool mask resized to `size` ((H, W), or an int for a square). mode "nearest" keeps every label
+    as drawn (display, uploads, exports); "area" averages then thresholds at 0.5, so thin structures
+    survive a large reduction (the model's working size)."""
+    import cv2
+
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    if mask.shape == (h, w):
+        return np.asarray(mask, bool)
+    if mode == "area":
+        return cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
+    if mode != "nearest":
+        raise ValueError(f"resize_mask: mode {mode!r} (nearest or area)")
     pil = Image.fromarray(mask.astype(np.uint8) * 255)
-    pil = pil.resize((size_hw[1], size_hw[0]), Image.NEAREST)
-    return np.asarray(pil) > 127
+    return np.asarray(pil.resize((w, h), Image.NEAREST)) > 127
 
 
 def read_masks_union(paths: list[Path], size_hw: tuple[int, int], image_name: str) -> np.ndarray:

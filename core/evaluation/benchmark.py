@@ -12,6 +12,7 @@ import torch
 
 from .baselines import finetuned_unet_predictor, original_panet, supervised_predictor
 from .fewshot import figure_examples, make_episodes, panet_predictor, run_episodes, summarize
+from ..io import atomic_write_json
 
 
 def latency(checkpoint_path, images, masks, queries, shots: int, repeats: int = 20) -> dict:
@@ -82,7 +83,7 @@ def remeasure_latency(out_dir: Path, data_dir, shots=(1, 5)) -> dict:
     results["latency"] = [latency(results["checkpoint"], imgs[5:], msks[5:], imgs[:5], k) for k in shots]
     for other, row in results.get("compare", {}).items():
         row["latency"] = latency(other, imgs[5:], msks[5:], imgs[:5], 5)
-    path.write_text(json.dumps(results, indent=2))
+    atomic_write_json(path, results, indent=2)
     return results
 
 
@@ -110,7 +111,7 @@ def run_benchmark(checkpoint_path, data_dir, out_dir: Path, episodes: int, unet_
             res = run_episodes(pred, test, test, eps, seed=seed, progress=True, desc=f"{name} k={k}")
             block[name] = summarize(res)
             if name == "PANet++":
-                (out_dir / f"episodes_k{k}.json").write_text(json.dumps([asdict(r) for r in res], indent=0))
+                atomic_write_json(out_dir / f"episodes_k{k}.json", [asdict(r) for r in res], indent=0)
                 figure_examples(model, test, test, res, eps, out_dir / f"examples_k{k}.png")
         mism = run_episodes(predictors["PANet++"], test, test, eps, mismatched=True, seed=seed, progress=True,
                             desc=f"mismatched k={k}")
@@ -143,7 +144,7 @@ def run_benchmark(checkpoint_path, data_dir, out_dir: Path, episodes: int, unet_
             row[f"dice_k{k}"] = summarize(run_episodes(panet_predictor(m2), t2, t2, eps, seed=seed))["dice"]
         row["latency"] = latency(other, imgs[5:], msks[5:], imgs[:5], 5)
         results["compare"][str(other)] = row
-    (out_dir / "results_fewshot.json").write_text(json.dumps(results, indent=2))
+    atomic_write_json(out_dir / "results_fewshot.json", results, indent=2)
     plot_methods(results, out_dir / "results_fewshot.png")
     return results
 
@@ -166,7 +167,7 @@ def add_supervised(out_dir: Path, seg_checkpoint, data_dir) -> dict:
         lesion_eps = [e for e in eps if test.has_lesion(e.query)][: sub["n_episodes"]]
         sub["methods"]["Supervised DeepLabV3+"] = summarize(run_episodes(pred, test, test, lesion_eps, seed=seed))
     results["seg_checkpoint"] = str(seg_checkpoint)
-    path.write_text(json.dumps(results, indent=2))
+    atomic_write_json(path, results, indent=2)
     plot_methods(results, out_dir / "results_fewshot.png")
     return results
 

@@ -14,7 +14,6 @@ p_malignant / (p_benign + p_malignant), and the decision is malignant when p_mal
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from ..data.discover import discover
 from ..data.io import DataError
 from ..metrics import dice
 from ..metrics import auc as _auc, bootstrap_ci
+from ..io import atomic_write_json
 
 
 def read_labels(root: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -107,7 +107,7 @@ def evaluate_external(root, seg_path, cls_path, n_boot: int = 2000, limit: int =
     if out:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
+        atomic_write_json(out, result, indent=2)
         with open(out.with_suffix(".csv"), "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()

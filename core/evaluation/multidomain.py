@@ -6,7 +6,6 @@ so each row says whether the set was held out of that checkpoint's training or s
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from ..data.dataset import ImageSet, mask_tensor, to_tensor
 from ..data.episodes import EpisodeSampler
 from ..metrics import dice, mean_ci95
 from .fewshot import make_episodes, panet_predictor, run_episodes, summarize
+from ..io import atomic_write_json
 
 
 def trained_sets(meta: dict) -> list[str]:
@@ -182,10 +182,7 @@ def adaptation_curve(checkpoint: str, sets: dict[str, ImageSet], shots: int = 5,
 
 
 def save_json(obj, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, default=str))
-    return path
+    return atomic_write_json(path, obj)
 
 
 __all__ = ["leave_set_out_table", "adaptation_curve", "trained_sets", "mean_ci95"]

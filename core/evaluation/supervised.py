@@ -1,7 +1,6 @@
 """Test-split metrics of the supervised segmenter and the lesion classifier."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from .. import checkpoint
 from ..data.dataset import ImageSet
 from ..metrics import auc as _auc, classification_metrics  # noqa: F401  (re-exported for old callers)
+from ..io import atomic_write_json
 
 
 def plot_confusion(cm, classes, out_png, title: str) -> None:
@@ -77,7 +77,7 @@ def evaluate_supervised(data, split, seg_path, cls_path, out=None, part: str = "
                                  f"{part}, {name} masks: top-class confidence vs accuracy (ECE {m['ece']:.3f})")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2))
+        atomic_write_json(out, result, indent=2)
     return result
 
 
@@ -101,5 +101,5 @@ def select_classifier(data, split, seg_path, candidates: list[str], out=None) ->
               "rule": "highest validation macro AUC with predicted masks (accuracy breaks ties)"}
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2))
+        atomic_write_json(out, result, indent=2)
     return result

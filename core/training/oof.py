@@ -50,7 +50,7 @@ def group_folds(groups: list[int], labels: list[str | None], k: int, seed: int =
 
 def subset(data: ImageSet, idx) -> ImageSet:
     idx = list(idx)
-    return ImageSet([data.samples[i] for i in idx], data.images[idx], data.masks[idx], [data.groups[i] for i in idx])
+    return data.subset(idx)
 
 
 def out_of_fold_masks(train: ImageSet, val: ImageSet, k: int, model_cfg, train_cfg, workdir: str | Path,
