@@ -366,8 +366,7 @@ class SupervisedPipeline:
             raise DataError("no segmenter checkpoint loaded")
         img = as_image(image)
         size = self.segmenter.config.image_size
-        logits = self.segmenter(to_tensor(resize_image(img, size))[None].to(self.device))
-        logits = F.interpolate(logits, size=img.shape[:2], mode="bilinear", align_corners=False)
+        logits = self.segmenter.predict(to_tensor(resize_image(img, size))[None].to(self.device), img.shape[:2])
         return (logits[0, 0] > 0).cpu().numpy()
 
     @torch.no_grad()
@@ -382,8 +381,7 @@ class SupervisedPipeline:
         size = self.classifier.config.image_size
         x = to_tensor(resize_image(img, size))[None].to(self.device)
         mt = torch.from_numpy(resize_mask(m, size)).float()[None, None].to(self.device)
-        logits = self.classifier(x, mt)[0] / self.classifier.config.temperature
-        p = torch.softmax(logits, 0).cpu().numpy()
+        p = self.classifier.predict(x, mt)[0].cpu().numpy()
         classes = list(self.classifier.config.classes)
         k = int(p.argmax())
         return ClassResult(classes[k], float(p[k]), {c: float(v) for c, v in zip(classes, p)}, m, float(m.mean()))

@@ -80,16 +80,7 @@ def finetuned_unet_predictor(backbone: str = "tf_efficientnet_lite0", steps: int
 
 
 def supervised_predictor(segmenter):
-    segmenter.eval()
-
-    @torch.no_grad()
     def predict(s_img, s_msk, q_img):
-        size = segmenter.config.image_size
-        x = q_img
-        if x.shape[-1] != size:
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        logits = segmenter(x)
-        logits = torch.nn.functional.interpolate(logits, size=q_img.shape[-2:], mode="bilinear", align_corners=False)
-        return (logits[0, 0] > 0).numpy()
+        return (segmenter.predict(q_img)[0, 0] > 0).numpy()
 
     return predict

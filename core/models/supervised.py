@@ -63,6 +63,21 @@ class Segmenter(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         log.info("segmenter %s/%s: %s", config.arch, config.encoder, config.weights_loaded)
 
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The one inference path (SMP style): eval mode, no gradients; x (B, 3, H, W) in [0, 1] at any
+        size -> logits (B, 1, h, w) at `size` (default: x's own size). Training, evaluation, the
+        pipeline, the CLI and the app all call this."""
+        self.eval()
+        s = self.config.image_size
+        out_size = size or tuple(x.shape[-2:])
+        if tuple(x.shape[-2:]) != (s, s):
+            x = torch.nn.functional.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+        logits = self(x)
+        if tuple(logits.shape[-2:]) != tuple(out_size):
+            logits = torch.nn.functional.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        return logits
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bgr:
             x = x.flip(1)
@@ -98,6 +113,12 @@ class LesionClassifier(nn.Module):
         self.register_buffer("mean", torch.tensor(s.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(s.std).view(1, 3, 1, 1), persistent=False)
         self.bgr = s.bgr
+
+    @torch.inference_mode()
+    def predict(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The one inference path: eval mode, no gradients, temperature applied -> probabilities (B, k)."""
+        self.eval()
+        return torch.softmax(self(image, mask) / self.config.temperature, 1)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """image (B, 3, H, W) in [0, 1]; mask (B, 1, H, W) in {0, 1} -> logits (B, n_classes)."""

@@ -106,11 +106,10 @@ def _batch(data: ImageSet, idx, rng, size: int | None = None, masks: np.ndarray 
 @torch.no_grad()
 def predict_masks(model: Segmenter, data: ImageSet, device, batch_size: int = 8) -> np.ndarray:
     """Binary masks (N, S, S) predicted at the set's working size."""
-    model.eval()
     out = []
     for i in range(0, len(data), batch_size):
         x, _ = _batch(data, range(i, min(len(data), i + batch_size)), None)
-        out.append((model(x.to(device))[:, 0] > 0).cpu().numpy())
+        out.append((model.predict(x.to(device))[:, 0] > 0).cpu().numpy())
     return np.concatenate(out)
 
 
