@@ -96,3 +96,12 @@ def test_no_import_circle():
 def test_every_core_module_has_a_layer():
     missing = [m for m in graph() if m.startswith("core.") and layer(m) is None]
     assert not missing, missing
+
+
+def test_no_function_over_80_lines():
+    long = []
+    for path in list(ROOT.glob("core/**/*.py")) + list(ROOT.glob("webapp/**/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{path.relative_to(ROOT)}: {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

@@ -32,6 +32,12 @@ def _common(p, save_default: str, img_default: int) -> None:
 
 
 def register(sub) -> None:
+    _register_training(sub)
+    _register_selection(sub)
+    _register_evaluation(sub)
+
+
+def _register_training(sub) -> None:
     p = sub.add_parser("train-seg", help="train the supervised segmenter (smp DeepLabV3+ by default)")
     _common(p, "runs/segmenter", 256)
     p.add_argument("--arch", default="deeplabv3plus", help="smp architecture: deeplabv3plus, unet, unetplusplus, fpn, ...")
@@ -60,6 +66,9 @@ def register(sub) -> None:
                    help="train on masks with a segmenter's kinds of error (misses, false lesions, boundary errors)")
     p.set_defaults(func=train_cls_cmd)
 
+
+
+def _register_selection(sub) -> None:
     p = sub.add_parser("oof-masks", help="out-of-fold segmenter masks of the training split (for train-cls "
                                          "--mask-source oof): k segmenters, each predicting the fold it did not see")
     _common(p, "runs/oof_masks", 256)
@@ -86,6 +95,9 @@ def register(sub) -> None:
     p.add_argument("--out", default=None)
     p.set_defaults(func=select_classifier_cmd)
 
+
+
+def _register_evaluation(sub) -> None:
     p = sub.add_parser("evaluate-external", help="the pipeline on another hospital's labelled images "
                                                  "(e.g. BUS-BRA): Dice, benign-vs-malignant AUC with bootstrap CIs")
     p.add_argument("--data", required=True, help="folder with images/, masks/, labels.csv (id,pathology), groups.csv")

@@ -166,51 +166,19 @@ def train_fewshot(cfg: FewShotTrainConfig, train_set, val_set, data_info: dict,
     weights on the validation episodes first (summary "start_val_dice"), so that a caller can keep a
     fine-tuned model only if it beats the model it started from.
     """
-    from ..device import pick_device
-    from .engine import TimeBudget, distributed_env
+    from .engine import distributed_env
 
     rank, world = distributed_env()
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(__import__("os").environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
+    device = _device(cfg, world)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng([cfg.seed, rank])
+    rng = {"rng": np.random.default_rng([cfg.seed, rank])}   # replaced when a run resumes
     train_sets, val_sets = _as_dict(train_set), _as_dict(val_set)
     save_path = Path(cfg.save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
-    model_cfg = PANetConfig(backbone=cfg.backbone, image_size=cfg.image_size, weights=cfg.weights)
-    model = PANetPlusPlus(model_cfg).to(device)
-    if init_weights is not None:
-        model.load_state_dict(init_weights)
-        model.config.weights_loaded = (f"{model.config.weights_loaded}, then fine-tuned from "
-                                       f"{data_info.get('base', 'a given checkpoint')}")
+    model = _model(cfg, init_weights, data_info, device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    aug = STRONG_AUGMENT if cfg.strong_augment else AugmentConfig()
-    samplers = {n: EpisodeSampler(s) for n, s in train_sets.items()}
-    mixture = SetMixture(list(train_sets), cfg.busi_share)
     n_val = cfg.val_episodes if len(val_sets) == 1 else max(2, cfg.val_episodes)
     plan = _val_plan(val_sets, train_sets, n_val, cfg.seed)
-
-    def step(engine: Engine) -> dict:
-        k = cfg.shots if cfg.shots else int(rng.choice([1, 5]))
-        name = mixture.pick(rng)
-        ds = train_sets[name]
-        pseudo = bool(cfg.pseudo_prob and rng.random() < cfg.pseudo_prob)
-        if pseudo:
-            s_img, s_msk, q_img, q_msk = pseudo_episode(ds, rng, k, device, aug)
-        else:
-            ep = samplers[name].episode(rng, k, allow_fewer=True)
-            k = len(ep.support)
-            s_img, s_msk, q_img, q_msk = episode_tensors(ds, ds, ep, rng if cfg.augment else None, device, aug)
-        logits, _, _, q_feats = engine.net(s_img, s_msk, q_img)
-        loss = bce_dice_loss(logits[:, 0], q_msk)
-        if cfg.par and model.decoder is not None:
-            loss = loss + cfg.par_weight * model.alignment_loss(
-                q_feats, logits, s_img, s_msk, lambda lg, m: bce_dice_loss(lg, m))
-        d = dice(logits.detach()[0, 0] > 0, q_msk[0] > 0.5)
-        return {"loss": loss, "dice": float(d), "shots": k, "set": name + (" (ssl)" if pseudo else ""),
-                "tau": f"{model.tau.item():.3f}"}
 
     def validate_all(engine: Engine) -> dict:
         per_set = {n: validate(model, vs, sup, eps, device) for n, (vs, sup, eps) in plan.items()}
@@ -227,22 +195,14 @@ def train_fewshot(cfg: FewShotTrainConfig, train_set, val_set, data_info: dict,
             meta["val_per_set"] = metrics["val_per_set"]
         checkpoint.save(save_path, model.state_dict(), meta, half=False)
 
-    callbacks = [
-        CsvLogger(str(save_path) + ".episodes.csv", ["epoch", "episode", "shots", "loss", "dice", "tau", "set"],
-                  str(save_path) + ".epochs.csv",
-                  ["epoch", "last_episode", "val_dice", "val_per_set", "seconds"], step_key="episode"),
-        Progress(bar=progress, on_progress=on_progress, desc="epoch"),
-        BestCheckpoint(save_best), EarlyStopping(cfg.patience),
-    ]
-    if time_budget_s:
-        callbacks.append(TimeBudget(time_budget_s))
-    engine = Engine(model, opt, step, epochs=cfg.epochs, steps_per_epoch=cfg.episodes_per_epoch,
-                    validate_fn=validate_all, callbacks=callbacks, job=job, device=device,
-                    resume_path=_resume_path(save_path) if resume else None, monitor="val_dice",
-                    grad_clip=cfg.grad_clip)
+    engine = Engine(model, opt, _episode_step(cfg, model, train_sets, rng, device), epochs=cfg.epochs,
+                    steps_per_epoch=cfg.episodes_per_epoch, validate_fn=validate_all,
+                    callbacks=_callbacks(save_path, progress, on_progress, save_best, cfg.patience, time_budget_s),
+                    job=job, device=device, resume_path=_resume_path(save_path) if resume else None,
+                    monitor="val_dice", grad_clip=cfg.grad_clip)
     if resume and engine.restore():
         # a resumed run continues with fresh random episodes, reproducibly
-        rng = np.random.default_rng([cfg.seed, rank, int(engine.state.step)])
+        rng["rng"] = np.random.default_rng([cfg.seed, rank, int(engine.state.step)])
     if not resume and _resume_path(save_path).exists() and rank == 0:
         _resume_path(save_path).unlink()
     start_val = validate_all(engine)["val_dice"] if validate_start else None
@@ -250,16 +210,86 @@ def train_fewshot(cfg: FewShotTrainConfig, train_set, val_set, data_info: dict,
     summary["start_val_dice"] = start_val
     if world > 1:
         summary["ranks_in_sync"] = _ranks_in_sync(model)
-    if rank == 0 and (save_path.parent / (save_path.name + ".episodes.csv")).exists():
-        try:
-            plot_curves(str(save_path) + ".episodes.csv", str(save_path) + ".epochs.csv",
-                        str(save_path) + ".curves.png", f"PANet++ {cfg.backbone} training")
-        except Exception as exc:  # a plot must never fail a training run
-            log.warning("could not plot curves: %s", exc)
+    if rank == 0:
+        _plot(save_path, cfg.backbone)
     best = engine.state.best
     return {**summary, "best_val_dice": best if best > -1 else -1.0, "best_epoch": engine.state.best_epoch,
             "episodes": engine.state.step, "checkpoint": str(save_path) if engine.state.best_epoch > 0 else None,
             "stopped_early": engine.state.stop_reason == "early stopping"}
+
+
+def _device(cfg: FewShotTrainConfig, world: int) -> torch.device:
+    from ..device import pick_device
+
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(__import__("os").environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _model(cfg: FewShotTrainConfig, init_weights, data_info: dict, device) -> PANetPlusPlus:
+    model = PANetPlusPlus(PANetConfig(backbone=cfg.backbone, image_size=cfg.image_size, weights=cfg.weights)).to(device)
+    if init_weights is not None:
+        model.load_state_dict(init_weights)
+        model.config.weights_loaded = (f"{model.config.weights_loaded}, then fine-tuned from "
+                                       f"{data_info.get('base', 'a given checkpoint')}")
+    return model
+
+
+def _episode_step(cfg: FewShotTrainConfig, model: PANetPlusPlus, train_sets: dict, rng: dict, device):
+    """One training episode: a set (mixture), k shots, real or self-supervised pseudo episodes."""
+    aug = STRONG_AUGMENT if cfg.strong_augment else AugmentConfig()
+    samplers = {n: EpisodeSampler(s) for n, s in train_sets.items()}
+    mixture = SetMixture(list(train_sets), cfg.busi_share)
+
+    def step(engine: Engine) -> dict:
+        r = rng["rng"]
+        k = cfg.shots if cfg.shots else int(r.choice([1, 5]))
+        name = mixture.pick(r)
+        ds = train_sets[name]
+        pseudo = bool(cfg.pseudo_prob and r.random() < cfg.pseudo_prob)
+        if pseudo:
+            s_img, s_msk, q_img, q_msk = pseudo_episode(ds, r, k, device, aug)
+        else:
+            ep = samplers[name].episode(r, k, allow_fewer=True)
+            k = len(ep.support)
+            s_img, s_msk, q_img, q_msk = episode_tensors(ds, ds, ep, r if cfg.augment else None, device, aug)
+        logits, _, _, q_feats = engine.net(s_img, s_msk, q_img)
+        loss = bce_dice_loss(logits[:, 0], q_msk)
+        if cfg.par and model.decoder is not None:
+            loss = loss + cfg.par_weight * model.alignment_loss(
+                q_feats, logits, s_img, s_msk, lambda lg, m: bce_dice_loss(lg, m))
+        d = dice(logits.detach()[0, 0] > 0, q_msk[0] > 0.5)
+        return {"loss": loss, "dice": float(d), "shots": k, "set": name + (" (ssl)" if pseudo else ""),
+                "tau": f"{model.tau.item():.3f}"}
+
+    return step
+
+
+def _callbacks(save_path: Path, progress: bool, on_progress, save_best, patience: int, time_budget_s: float) -> list:
+    from .engine import TimeBudget
+
+    callbacks = [
+        CsvLogger(str(save_path) + ".episodes.csv", ["epoch", "episode", "shots", "loss", "dice", "tau", "set"],
+                  str(save_path) + ".epochs.csv",
+                  ["epoch", "last_episode", "val_dice", "val_per_set", "seconds"], step_key="episode"),
+        Progress(bar=progress, on_progress=on_progress, desc="epoch"),
+        BestCheckpoint(save_best), EarlyStopping(patience),
+    ]
+    if time_budget_s:
+        callbacks.append(TimeBudget(time_budget_s))
+    return callbacks
+
+
+def _plot(save_path: Path, backbone: str) -> None:
+    if not (save_path.parent / (save_path.name + ".episodes.csv")).exists():
+        return
+    try:
+        plot_curves(str(save_path) + ".episodes.csv", str(save_path) + ".epochs.csv",
+                    str(save_path) + ".curves.png", f"PANet++ {backbone} training")
+    except Exception as exc:  # a plot must never fail a training run
+        log.warning("could not plot curves: %s", exc)
 
 
 def _ranks_in_sync(model: torch.nn.Module) -> bool:
