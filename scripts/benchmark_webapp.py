@@ -91,7 +91,7 @@ def main() -> None:
     from core.data.discover import discover
     from core.data.sets import default_data_dir
     from core.data.split import load_split
-    from core.evaluation.report import DOCS, render
+    from core.evaluation.report import DOCS, save_result
     from core.phantom import demo_set
     from webapp.context import AppConfig, AppContext
     from webapp.ui import build_app, launch_options
@@ -173,9 +173,8 @@ def main() -> None:
     if args.browser:
         res.update(browser_timing(demo.local_url, files, queries, args.browser_repeats))
     demo.close()
-    (DOCS / "results_webapp.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
-    print(f"written: {render()}")
+    save_result(res, DOCS / "results_webapp.json")
 
 
 if __name__ == "__main__":

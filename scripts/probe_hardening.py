@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,13 +26,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from probe_common import EMPTY, finish, phantom_inputs, rss_mb, run_clients  # noqa: E402
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
@@ -43,8 +40,7 @@ def main() -> None:
     args = p.parse_args()
     from gradio_client import Client, handle_file
 
-    from core.evaluation.report import DOCS, render
-    from core.phantom import make_phantom
+    from core.evaluation.report import DOCS
     from webapp.context import AppConfig, AppContext
     from webapp.ui import build_app, launch_options
 
@@ -56,18 +52,8 @@ def main() -> None:
     # the client's downloads go to a folder of their own, so that the temp-folder check sees the server only
     client = Client(demo.local_url, verbose=False, download_files=str(tmp / "client"))
     ckpt = ctx.default_checkpoint("panet")
-    empty = {"background": None, "layers": [], "composite": None}
-
-    def png(name, arr):
-        Image.fromarray(arr).save(tmp / name)
-        return str(tmp / name)
-
-    ph = make_phantom(1)
-    layer = np.zeros((*ph.mask.shape, 4), np.uint8)
-    layer[ph.mask] = (255, 0, 0, 128)
-    good = {"background": handle_file(png("s.png", ph.image)), "layers": [handle_file(png("l.png", layer))],
-            "composite": None}
-    query = handle_file(png("q.png", make_phantom(2).image))
+    empty = EMPTY
+    png, good, query = phantom_inputs(tmp, handle_file)
 
     def segment(c, editor, q=query, thr=0.5):
         c.predict(editor, *([empty] * 4), *([None] * 5), api_name="/set_supports")
@@ -133,14 +119,9 @@ def main() -> None:
             except Exception as exc:
                 errors.append(repr(exc)[:200])
 
-    t = time.perf_counter()
-    threads = [threading.Thread(target=user) for _ in range(args.clients)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    seconds = run_clients(args.clients, user)
     res["concurrent_identical_segments"] = {"clients": args.clients, "calls_each": args.calls, "ok": len(done),
-                                            "failed": len(errors), "seconds": round(time.perf_counter() - t, 1),
+                                            "failed": len(errors), "seconds": round(seconds, 1),
                                             "first_error": errors[0] if errors else None}
     saved = ctx.saved_dir / "probe.json"
     saved.write_text(json.dumps({"kind": "panet"}))
@@ -151,11 +132,7 @@ def main() -> None:
     res["saved_checkpoint_by_url_http_status"] = code
     res["files_outside_output_folder"] = [str(p) for p in Path(tempfile.gettempdir(), "gradio").rglob("*")
                                           if p.is_file() and p.stat().st_mtime >= started][:5]
-    res["server_rss_end_mb"] = round(rss_mb())
-    demo.close()
-    (DOCS / "results_hardening.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
-    print(f"written: {render()}")
+    finish(res, demo, DOCS / "results_hardening.json")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,13 +30,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from probe_common import EMPTY, finish, phantom_inputs, rss_mb, run_clients  # noqa: E402
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def trimmed_rss() -> float:
@@ -62,7 +59,7 @@ def main() -> None:  # noqa: C901 (one probe after another, in order)
     args = p.parse_args()
     from gradio_client import Client, handle_file
 
-    from core.evaluation.report import DOCS, render
+    from core.evaluation.report import DOCS
     from core.phantom import make_phantom
     from webapp.context import AppConfig, AppContext, owner_tag
     from webapp.ui import build_app, launch_options
@@ -80,18 +77,9 @@ def main() -> None:  # noqa: C901 (one probe after another, in order)
     url = demo.local_url
     new = lambda: Client(url, verbose=False, download_files=str(tmp / "client"))   # noqa: E731
     ckpt = ctx.default_checkpoint("panet")
-    empty = {"background": None, "layers": [], "composite": None}
-
-    def png(name, arr):
-        Image.fromarray(arr).save(tmp / name)
-        return str(tmp / name)
-
+    empty = EMPTY
+    png, good, query = phantom_inputs(tmp, handle_file)
     ph = make_phantom(1)
-    layer = np.zeros((*ph.mask.shape, 4), np.uint8)
-    layer[ph.mask] = (255, 0, 0, 128)
-    good = {"background": handle_file(png("s.png", ph.image)), "layers": [handle_file(png("l.png", layer))],
-            "composite": None}
-    query = handle_file(png("q.png", make_phantom(2).image))
 
     def supports(c, editor=good, masks=(None,) * 5):
         return c.predict(editor, *([empty] * 4), *masks, api_name="/set_supports")
@@ -201,22 +189,13 @@ def main() -> None:  # noqa: C901 (one probe after another, in order)
             except Exception as exc:
                 errors.append(repr(exc)[:200])
 
-    t = time.perf_counter()
-    threads = [threading.Thread(target=user) for _ in range(args.clients)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    seconds = run_clients(args.clients, user)
     lat.sort()
     res["load"] = {"clients": args.clients, "calls_each": args.calls, "ok": len(lat), "failed": len(errors),
                    "p50_ms": round(statistics.median(lat)) if lat else None,
                    "p95_ms": round(lat[int(0.95 * (len(lat) - 1))]) if lat else None,
-                   "seconds": round(time.perf_counter() - t, 1), "first_error": errors[0] if errors else None}
-    res["server_rss_end_mb"] = round(rss_mb())
-    demo.close()
-    (DOCS / "results_integrity.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
-    print(f"written: {render()}")
+                   "seconds": round(seconds, 1), "first_error": errors[0] if errors else None}
+    finish(res, demo, DOCS / "results_integrity.json")
 
 
 if __name__ == "__main__":

@@ -137,109 +137,107 @@ def render() -> Path:
 
 
 def _fewshot_section(fs) -> list[str]:
+    if not fs:
+        return []
     L: list[str] = []
-    if fs:
-        m = fs["model"]
-        L += ["## Few-shot segmentation (PANet++)", "",
-              f"Checkpoint `{Path(fs['checkpoint']).name}`: backbone `{m['backbone']}` ({m.get('weights_loaded', '')}), "
-              f"input {m['image_size']} px, learned tau. Its last training run: {fs.get('train_episodes')} episodes in "
-              f"{_f((fs.get('train_seconds') or 0) / 60, 0)} min on the CPU (validation Dice {_f(fs.get('val_dice'))}).",
-              "", _history(fs), "", "Reproduce: `python -m core benchmark-fewshot --data $BUSI_DIR --seg-checkpoint checkpoints/segmenter_deeplabv3plus_lite0`", "",
-              "Supports and queries from the held-out test cohort (supports never from the query's duplicate group); "
-              "per-query Dice/IoU over lesion queries, mean [95% CI]; false-positive rate = share of the normal "
-              "(lesion-free) test queries with any predicted lesion pixel.", "",
-              "| method | shots | Dice [95% CI] | IoU | benign Dice | malignant Dice | normal FP rate | lesion queries |",
-              "|---|---|---|---|---|---|---|---|"]
-        for k, b in fs["by_shots"].items():
-            for name in ("PANet++", "PANet (no decoder)", "Supervised DeepLabV3+", "PANet++ with mismatched supports",
-                         "PANet++ (supports from the training split)"):
-                s = b.get(name)
-                if not s:
-                    continue
-                pc = s.get("per_class", {})
-                L.append(f"| {name} | {k} | {_ci(s)} | {_f(s.get('iou'))} | {_f(pc.get('benign', {}).get('dice'))} | "
-                         f"{_f(pc.get('malignant', {}).get('dice'))} | {_f(s.get('normal_false_positive_rate'), 2)} | "
-                         f"{s['n_lesion_queries']} |")
-        L += ["", "### Against fine-tuning a U-Net on the k supports", "",
-              "The fine-tuned U-Net (smp U-Net, the same ImageNet encoder, Adam 1e-3, augmentation, trained and applied "
-              "at 128 px to keep an episode within seconds on the CPU) is scored on the first episodes only, and the "
-              "other methods on the same ones:", "",
-              "| shots | episodes | U-Net steps | U-Net fine-tuned Dice | PANet++ Dice | PANet Dice | supervised Dice | U-Net s/episode |",
-              "|---|---|---|---|---|---|---|---|"]
-        for k, b in fs["by_shots"].items():
-            sub = b["subset_for_unet"]
-            mm = sub["methods"]
-            L.append(f"| {k} | {sub['n_episodes']} | {sub['steps']} | {_ci(mm['U-Net fine-tuned on the k supports'])} | "
-                     f"{_ci(mm['PANet++'])} | {_ci(mm['PANet (no decoder)'])} | "
-                     f"{_ci(mm.get('Supervised DeepLabV3+'))} | {_f(mm['U-Net fine-tuned on the k supports'].get('seconds_per_episode'), 1)} |")
-        L += ["", "![methods](results_fewshot.png)", "", "Example episodes (1-shot and 5-shot): "
-              "[1-shot](examples_k1.png), [5-shot](examples_k5.png).", "",
-              "### Inference latency (CPU, median over repeated runs, original-size images in, mask out)", "",
-              "| shots | prototypes cached | prototypes recomputed | cached + heatmaps | torch threads |", "|---|---|---|---|---|"]
-        for lat in fs["latency"]:
-            L.append(f"| {lat['shots']} | {lat['cached_prototypes_ms']} ms | {lat['recomputed_prototypes_ms']} ms | "
-                     f"{lat['cached_with_heatmaps_ms']} ms | {lat['threads']} |")
-        if fs.get("compare"):
-            L += ["", "### Backbone choice", "",
-                  "| checkpoint | backbone | training episodes | val Dice | test Dice 1-shot | test Dice 5-shot | latency 5-shot (cached) |",
-                  "|---|---|---|---|---|---|---|",
-                  f"| {Path(fs['checkpoint']).name} (default) | {m['backbone']} | {fs.get('train_episodes')} | {_f(fs.get('val_dice'))} | "
-                  f"{_f(fs['by_shots'].get('1', {}).get('PANet++', {}).get('dice'))} | "
-                  f"{_f(fs['by_shots'].get('5', {}).get('PANet++', {}).get('dice'))} | "
-                  f"{[l for l in fs['latency'] if l['shots'] == 5][0]['cached_prototypes_ms'] if any(l['shots'] == 5 for l in fs['latency']) else 'n/a'} ms |"]
-            for path, row in fs["compare"].items():
-                L.append(f"| {Path(path).name} | {row['backbone']} | {row.get('train_episodes')} | {_f(row.get('val_dice'))} | "
-                         f"{_f(row.get('dice_k1'))} | {_f(row.get('dice_k5'))} | {row['latency']['cached_prototypes_ms']} ms |")
-
+    m = fs["model"]
+    L += ["## Few-shot segmentation (PANet++)", "",
+          f"Checkpoint `{Path(fs['checkpoint']).name}`: backbone `{m['backbone']}` ({m.get('weights_loaded', '')}), "
+          f"input {m['image_size']} px, learned tau. Its last training run: {fs.get('train_episodes')} episodes in "
+          f"{_f((fs.get('train_seconds') or 0) / 60, 0)} min on the CPU (validation Dice {_f(fs.get('val_dice'))}).",
+          "", _history(fs), "", "Reproduce: `python -m core benchmark-fewshot --data $BUSI_DIR --seg-checkpoint checkpoints/segmenter_deeplabv3plus_lite0`", "",
+          "Supports and queries from the held-out test cohort (supports never from the query's duplicate group); "
+          "per-query Dice/IoU over lesion queries, mean [95% CI]; false-positive rate = share of the normal "
+          "(lesion-free) test queries with any predicted lesion pixel.", "",
+          "| method | shots | Dice [95% CI] | IoU | benign Dice | malignant Dice | normal FP rate | lesion queries |",
+          "|---|---|---|---|---|---|---|---|"]
+    for k, b in fs["by_shots"].items():
+        for name in ("PANet++", "PANet (no decoder)", "Supervised DeepLabV3+", "PANet++ with mismatched supports",
+                     "PANet++ (supports from the training split)"):
+            s = b.get(name)
+            if not s:
+                continue
+            pc = s.get("per_class", {})
+            L.append(f"| {name} | {k} | {_ci(s)} | {_f(s.get('iou'))} | {_f(pc.get('benign', {}).get('dice'))} | "
+                     f"{_f(pc.get('malignant', {}).get('dice'))} | {_f(s.get('normal_false_positive_rate'), 2)} | "
+                     f"{s['n_lesion_queries']} |")
+    L += ["", "### Against fine-tuning a U-Net on the k supports", "",
+          "The fine-tuned U-Net (smp U-Net, the same ImageNet encoder, Adam 1e-3, augmentation, trained and applied "
+          "at 128 px to keep an episode within seconds on the CPU) is scored on the first episodes only, and the "
+          "other methods on the same ones:", "",
+          "| shots | episodes | U-Net steps | U-Net fine-tuned Dice | PANet++ Dice | PANet Dice | supervised Dice | U-Net s/episode |",
+          "|---|---|---|---|---|---|---|---|"]
+    for k, b in fs["by_shots"].items():
+        sub = b["subset_for_unet"]
+        mm = sub["methods"]
+        L.append(f"| {k} | {sub['n_episodes']} | {sub['steps']} | {_ci(mm['U-Net fine-tuned on the k supports'])} | "
+                 f"{_ci(mm['PANet++'])} | {_ci(mm['PANet (no decoder)'])} | "
+                 f"{_ci(mm.get('Supervised DeepLabV3+'))} | {_f(mm['U-Net fine-tuned on the k supports'].get('seconds_per_episode'), 1)} |")
+    L += ["", "![methods](results_fewshot.png)", "", "Example episodes (1-shot and 5-shot): "
+          "[1-shot](examples_k1.png), [5-shot](examples_k5.png).", "",
+          "### Inference latency (CPU, median over repeated runs, original-size images in, mask out)", "",
+          "| shots | prototypes cached | prototypes recomputed | cached + heatmaps | torch threads |", "|---|---|---|---|---|"]
+    for lat in fs["latency"]:
+        L.append(f"| {lat['shots']} | {lat['cached_prototypes_ms']} ms | {lat['recomputed_prototypes_ms']} ms | "
+                 f"{lat['cached_with_heatmaps_ms']} ms | {lat['threads']} |")
+    if fs.get("compare"):
+        L += ["", "### Backbone choice", "",
+              "| checkpoint | backbone | training episodes | val Dice | test Dice 1-shot | test Dice 5-shot | latency 5-shot (cached) |",
+              "|---|---|---|---|---|---|---|",
+              f"| {Path(fs['checkpoint']).name} (default) | {m['backbone']} | {fs.get('train_episodes')} | {_f(fs.get('val_dice'))} | "
+              f"{_f(fs['by_shots'].get('1', {}).get('PANet++', {}).get('dice'))} | "
+              f"{_f(fs['by_shots'].get('5', {}).get('PANet++', {}).get('dice'))} | "
+              f"{[l for l in fs['latency'] if l['shots'] == 5][0]['cached_prototypes_ms'] if any(l['shots'] == 5 for l in fs['latency']) else 'n/a'} ms |"]
+        for path, row in fs["compare"].items():
+            L.append(f"| {Path(path).name} | {row['backbone']} | {row.get('train_episodes')} | {_f(row.get('val_dice'))} | "
+                     f"{_f(row.get('dice_k1'))} | {_f(row.get('dice_k5'))} | {row['latency']['cached_prototypes_ms']} ms |")
     return L
 
 
 def _webapp_section(web) -> list[str]:
-    L: list[str] = []
-    if web:
-        L += ["", "## Web app: click Segment to overlay", "",
-              f"Reproduce: `python scripts/benchmark_webapp.py --browser`. {web['shots']} supports set once "
-              f"({web['source']}), query {web['query_size']}, {web.get('threads', '?')} torch threads, the app on "
-              "this machine's 2 CPU cores. Target: p50 <= 300 ms, p95 <= 500 ms.", "",
-              f"- Through the app's API (gradio_client; request to response with the overlay), {web['repeats']} "
-              f"Segment calls: median **{web['median_ms']} ms**, 95th percentile **{web.get('p95_ms', 'n/a')} ms** "
-              f"(first call, which loads the model: {web['first_ms']} ms)."]
-        if "browser_median_ms" in web:
-            L.append(f"- In Chromium (Playwright; click on Segment to the overlay image replaced in the page), "
-                     f"{web['browser_repeats']} clicks: median **{web['browser_median_ms']} ms**, 95th percentile "
-                     f"**{web['browser_p95_ms']} ms**.")
-        if "click_server_median_ms" in web:
-            L.append(f"- A click on the overlay (refinement, /click): server time median {web['click_server_median_ms']} "
-                     f"ms (max {web['click_server_max_ms']} ms; target <= 150 ms), round trip median "
-                     f"{web['click_round_trip_median_ms']} ms.")
-
+    if not web:
+        return []
+    L: list[str] = ["", "## Web app: click Segment to overlay", "",
+          f"Reproduce: `python scripts/benchmark_webapp.py --browser`. {web['shots']} supports set once "
+          f"({web['source']}), query {web['query_size']}, {web.get('threads', '?')} torch threads, the app on "
+          "this machine's 2 CPU cores. Target: p50 <= 300 ms, p95 <= 500 ms.", "",
+          f"- Through the app's API (gradio_client; request to response with the overlay), {web['repeats']} "
+          f"Segment calls: median **{web['median_ms']} ms**, 95th percentile **{web.get('p95_ms', 'n/a')} ms** "
+          f"(first call, which loads the model: {web['first_ms']} ms)."]
+    if "browser_median_ms" in web:
+        L.append(f"- In Chromium (Playwright; click on Segment to the overlay image replaced in the page), "
+                 f"{web['browser_repeats']} clicks: median **{web['browser_median_ms']} ms**, 95th percentile "
+                 f"**{web['browser_p95_ms']} ms**.")
+    if "click_server_median_ms" in web:
+        L.append(f"- A click on the overlay (refinement, /click): server time median {web['click_server_median_ms']} "
+                 f"ms (max {web['click_server_max_ms']} ms; target <= 150 ms), round trip median "
+                 f"{web['click_round_trip_median_ms']} ms.")
     return L
 
 
 def _supervised_section(sup) -> list[str]:
-    L: list[str] = []
-    if sup:
-        L += ["", "## Supervised pipeline", "",
-              "Reproduce: `python -m core evaluate-supervised --data $BUSI_DIR --seg-model "
-              f"{sup.get('seg_model') or 'checkpoints/segmenter_deeplabv3plus_lite0'} "
-              f"--cls-model {sup.get('cls_model') or 'checkpoints/classifier_lite0'} --out docs/results_supervised.json`", ""]
-        if "segmenter" in sup:
-            s = sup["segmenter"]
-            L += [f"Segmenter (DeepLabV3+, EfficientNet-Lite0): test Dice on benign+malignant images **{_ci(s)}**, "
-                  f"IoU {_f(s['iou'])} ({s['n_lesion']} images); benign {_f(s['per_class'].get('benign', {}).get('dice'))}, "
-                  f"malignant {_f(s['per_class'].get('malignant', {}).get('dice'))}; normal images with a false-positive "
-                  f"lesion: {_f(s.get('normal_false_positive_rate'), 2)} of {s['n_normal']}.", ""]
-        for src, c in sup.get("classifier", {}).items():
-            auc = ", ".join(f"{k} {_f(v)}" for k, v in c["auc"].items())
-            L += [f"Classifier with **{src.replace('_', ' ')}**: accuracy **{_f(c['accuracy'])}**, macro-F1 {_f(c['macro_f1'])}, "
-                  f"macro AUC **{_f(c['macro_auc'])}** ({auc}), ECE {_f(c['ece'])} (n = {c['n']}); confusion matrix "
-                  f"(rows true, columns predicted; {', '.join(c['classes'])}): {c['confusion_matrix']}.", ""]
-        if sup.get("classifier"):
-            L += ["Confusion matrices: [ground-truth masks](results_supervised_confusion_gt.png), "
-                  "[predicted masks](results_supervised_confusion_predicted.png); reliability diagrams: "
-                  "[ground-truth masks](results_supervised_reliability_gt.png), "
-                  "[predicted masks](results_supervised_reliability_predicted.png).", ""]
-
+    if not sup:
+        return []
+    L: list[str] = ["", "## Supervised pipeline", "",
+          "Reproduce: `python -m core evaluate-supervised --data $BUSI_DIR --seg-model "
+          f"{sup.get('seg_model') or 'checkpoints/segmenter_deeplabv3plus_lite0'} "
+          f"--cls-model {sup.get('cls_model') or 'checkpoints/classifier_lite0'} --out docs/results_supervised.json`", ""]
+    if "segmenter" in sup:
+        s = sup["segmenter"]
+        L += [f"Segmenter (DeepLabV3+, EfficientNet-Lite0): test Dice on benign+malignant images **{_ci(s)}**, "
+              f"IoU {_f(s['iou'])} ({s['n_lesion']} images); benign {_f(s['per_class'].get('benign', {}).get('dice'))}, "
+              f"malignant {_f(s['per_class'].get('malignant', {}).get('dice'))}; normal images with a false-positive "
+              f"lesion: {_f(s.get('normal_false_positive_rate'), 2)} of {s['n_normal']}.", ""]
+    for src, c in sup.get("classifier", {}).items():
+        auc = ", ".join(f"{k} {_f(v)}" for k, v in c["auc"].items())
+        L += [f"Classifier with **{src.replace('_', ' ')}**: accuracy **{_f(c['accuracy'])}**, macro-F1 {_f(c['macro_f1'])}, "
+              f"macro AUC **{_f(c['macro_auc'])}** ({auc}), ECE {_f(c['ece'])} (n = {c['n']}); confusion matrix "
+              f"(rows true, columns predicted; {', '.join(c['classes'])}): {c['confusion_matrix']}.", ""]
+    if sup.get("classifier"):
+        L += ["Confusion matrices: [ground-truth masks](results_supervised_confusion_gt.png), "
+              "[predicted masks](results_supervised_confusion_predicted.png); reliability diagrams: "
+              "[ground-truth masks](results_supervised_reliability_gt.png), "
+              "[predicted masks](results_supervised_reliability_predicted.png).", ""]
     return L
 
 
