@@ -1,5 +1,5 @@
 """Annotate a folder in a real browser (Chromium, Playwright): a gallery support, propagate, accept one
-image, correct one with a brush stroke, export."""
+image (Enter), skip one (s), go back (left arrow), correct one with a brush stroke, export."""
 from __future__ import annotations
 
 import shutil
@@ -44,8 +44,20 @@ def test_annotate_a_folder_in_the_browser(tmp_path):
             page.locator("#project-status").get_by_text("unlabelled 3").wait_for(timeout=30_000)
             page.locator("#propagate-button").click()
             page.locator("#propagate-status").get_by_text("Done: 3 of 3").wait_for(timeout=60_000)
-            page.locator("#accept-button").click()
+            # the keyboard: ? lists the shortcuts; Enter accepts, s skips, left arrow goes back (nothing changes)
+            page.evaluate("document.activeElement && document.activeElement.blur()")
+            page.keyboard.press("?")
+            page.locator("#shortcut-help-overlay").get_by_text("no lesion").wait_for(timeout=5_000)
+            page.keyboard.press("Escape")
+            shown = page.locator("#review-text").inner_text()
+            page.keyboard.press("Enter")
             page.locator("#project-status").get_by_text("accepted 1").wait_for(timeout=30_000)
+            page.keyboard.press("s")
+            page.locator("#project-status").get_by_text("skipped 1").wait_for(timeout=30_000)
+            page.keyboard.press("ArrowLeft")
+            page.wait_for_function("t => document.querySelector('#review-text').innerText.split('\\n')[0] === t",
+                                   arg=shown.split("\n")[0], timeout=30_000)
+            assert "accepted 1" in page.locator("#project-status").inner_text()
             # a reload is the same user: the project (and its decisions) come back under its name
             page.reload()
             page.get_by_role("tab", name="Annotate a folder").click()

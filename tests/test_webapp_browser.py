@@ -68,6 +68,11 @@ def test_draw_a_support_mask_and_segment(tmp_path, monkeypatch):
             page.locator("#segment-button").click()
             page.wait_for_timeout(1500)
             assert decodes[0] == decoded, "Segment clicks send no support images"
+            page.evaluate("document.activeElement && document.activeElement.blur()")
+            page.keyboard.press("b")      # a shortcut: the box click mode
+            assert page.locator('#click-mode input[value="box"]').is_checked()
+            page.keyboard.press("a")
+            assert page.locator('#click-mode input[value="+"]').is_checked()
             before = overlay.get_attribute("src")
             ob = overlay.bounding_box()
             page.mouse.click(ob["x"] + ob["width"] * 0.5, ob["y"] + ob["height"] * 0.5)

@@ -58,7 +58,8 @@ def _checked_number(original):
             return original(self, payload)
         ok = isinstance(payload, (int, float)) and not isinstance(payload, bool) and math.isfinite(payload)
         if not ok:
-            raise gr.Error(f"{self.label or 'a number field'}: must be a finite number (got {payload!r})",
+            name = (self.label or "a number field").split(" (")[0]    # "Overlay opacity (space: on/off)" -> its name
+            raise gr.Error(f"{name}: must be a finite number (got {payload!r})",
                            duration=12)
         return original(self, payload)
     return preprocess

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from . import shortcuts
 from .context import AppContext
 from .events import bind, owner
 from .handlers import Session
@@ -45,7 +46,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     gradio_fixes.apply()
     ctx.use_own_cache()      # Gradio's uploads and results go to the app's cache folder, set before any component
     ttl = int(ctx.config.cache_ttl)
-    with gr.Blocks(title="PANet++ Studio", delete_cache=(max(60, ttl // 4), ttl)) as demo:
+    with gr.Blocks(title="PANet++ Studio", delete_cache=(max(60, ttl // 4), ttl), head=shortcuts.head()) as demo:
         session = gr.State(Session(), time_to_live=SESSION_TTL)
         # the user key, kept (encrypted) in the browser: the same user after a reload or a restart
         user_key = gr.BrowserState("", storage_key="panet_user", secret=ctx.browser_secret())

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from .. import annotate, handlers, jobs
+from .. import annotate, handlers, jobs, shortcuts
 from ..context import owner_tag
 from ..events import EMPTY_EDITOR, bind, owner
 from ..handlers import N_SLOTS, Session, UserError
@@ -46,17 +46,19 @@ def layout() -> SimpleNamespace:
             c.token = gr.Textbox(visible=False, elem_id="review-token")
         with gr.Column():
             with gr.Row():
-                c.accept = gr.Button("Accept", variant="primary", elem_id="accept-button")
-                c.no_lesion = gr.Button("No lesion")
-                c.skip = gr.Button("Skip")
+                c.accept = gr.Button("Accept (Enter)", variant="primary", elem_id="accept-button")
+                c.no_lesion = gr.Button("No lesion (n)", elem_id="nolesion-button")
+                c.skip = gr.Button("Skip (s)", elem_id="skip-button")
             with gr.Row():
-                c.undo = gr.Button("Undo", size="sm")
+                c.back = gr.Button("Back (←)", size="sm", elem_id="back-button")
+                c.next = gr.Button("Next (→)", size="sm", elem_id="next-button")
+                c.undo = gr.Button("Undo (u)", size="sm", elem_id="undo-button")
                 c.promote = gr.Button("Promote to support", size="sm")
-                c.next = gr.Button("Next", size="sm")
             c.load = gr.Button("Correct with the brush", size="sm")
             c.editor = editor("Correct the mask of the image under review", 300, elem_id="review-editor")
             c.save = gr.Button("Save correction", elem_id="save-correction")
             c.use_promoted = gr.Button("Use promoted images as supports", size="sm")
+    gr.Markdown(shortcuts.HELP_MD, elem_id="review-shortcuts")
     with gr.Row():
         c.export = gr.Button("Export (masks, manifest, COCO)", size="sm", scale=0, min_width=220)
         c.export_file = gr.File(label="Exported project (zip)", interactive=False)
@@ -124,6 +126,8 @@ def _next_shown(store, sess: Session, action: str, target):
         return annotate.next_image(store)
     if action == "next":
         return annotate.next_image(store, after=target)
+    if action == "back":          # look again at the image decided last (nothing changes)
+        return sess.last_decided or target
     return sess.review_path
 
 
@@ -135,7 +139,7 @@ def decide(ctx, action: str, sess: Session, corr, token, request: gr.Request):
     if action in DECISIONS and token != sess.review_token:
         raise UserError("the page and the review are out of step: open the project again (nothing was saved)")
     target = _target(store, sess, action)
-    if action != "next":
+    if action not in ("next", "back"):
         annotate.decide(store, target, action, owner(ctx, request), token, corr)
     if action in DECISIONS:
         sess.last_decided = target
@@ -190,7 +194,7 @@ def build(ctx, shared: Shared) -> None:
                      concurrency_limit=1, concurrency_id="propagate")
     c.prop_cancel.click(bind(ctx, cancel), None, c.prop_status, api_name="annotate_stop")
     for btn, action in ((c.accept, "accept"), (c.no_lesion, "no lesion"), (c.skip, "skip"), (c.undo, "undo"),
-                        (c.promote, "promote"), (c.next, "next"), (c.save, "correct")):
+                        (c.promote, "promote"), (c.next, "next"), (c.back, "back"), (c.save, "correct")):
         btn.click(_bound_decision(ctx, action), [s, c.editor, c.token], [s, c.status, c.img, c.text, c.editor, c.token],
                   api_name="annotate_" + action.replace(" ", "_"))
     c.load.click(bind(ctx, load_editor), s, c.editor, api_name=False)

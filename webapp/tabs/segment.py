@@ -61,7 +61,8 @@ def _query_column(c: SimpleNamespace) -> None:
     c.query = gr.File(label="Upload a query image (PNG, JPEG, BMP, TIFF, DICOM; up to 4096 px)",
                       file_types=["image", ".dcm", ".dicom"], height=90, elem_id="query-file")
     c.threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold")
-    c.opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Overlay opacity")
+    c.opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Overlay opacity (space: on/off)",
+                          elem_id="opacity-slider")
     c.per_support = gr.Checkbox(False, label="Heatmaps of each support too (slower)")
     c.no_lesion = gr.Checkbox(False, label="Breast lesions: answer 'no lesion' when the image has none "
                                            "(lesion-presence head; off for other targets)", elem_id="no-lesion-check")
@@ -80,10 +81,10 @@ def _result_column(c: SimpleNamespace) -> None:
     c.overlay_out = gr.Image(label="Prediction overlay (red; green: ground truth). Click it to refine",
                              type="numpy", format="jpeg", interactive=False, height=320, elem_id="overlay")
     with gr.Row():
-        c.click_mode = gr.Radio([("add lesion (+)", "+"), ("remove (-)", "-"), ("box: 2 corners", "box")],
+        c.click_mode = gr.Radio([("add lesion (+, a)", "+"), ("remove (-, r)", "-"), ("box: 2 corners (b)", "box")],
                                 value="+", label="A click on the overlay...", elem_id="click-mode", scale=3)
-        c.undo_click = gr.Button("Undo click", size="sm", scale=1)
-        c.clear_clicks = gr.Button("Clear clicks", size="sm", scale=1)
+        c.undo_click = gr.Button("Undo click (z)", size="sm", scale=1, elem_id="undo-click")
+        c.clear_clicks = gr.Button("Clear clicks (c)", size="sm", scale=1, elem_id="clear-clicks")
     c.click_text = gr.Markdown(elem_id="click-status")
     c.report = gr.Markdown()
     # the click endpoint for API clients (the page uses the overlay's select event)
