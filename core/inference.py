@@ -395,8 +395,9 @@ class SupervisedPipeline:
         p_mal = self.classifier.malignant_probability(self.sam(), img, m)
         probs = self.classifier.probabilities(p_lesion, p_mal)
         label = "malignant" if p_mal >= 0.5 else "benign"
-        # the confidence of the answer given: a lesion is there and it is of this kind
-        return ClassResult(label, probs[label], probs, m, float(m.mean()), p_lesion, True)
+        # the confidence of the kind, given the decision that a lesion is there (p(lesion) is reported beside it:
+        # the presence threshold is set low so that lesions are not missed)
+        return ClassResult(label, max(p_mal, 1 - p_mal), probs, m, float(m.mean()), p_lesion, True)
 
     def predict(self, image) -> ClassResult:
         """The whole pipeline on one image: presence, then (if a lesion is there) its mask and its kind."""

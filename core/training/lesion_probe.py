@@ -140,30 +140,50 @@ def choose_threshold(p: np.ndarray, lesion: np.ndarray, max_missed: float = 0.01
 
 
 def select_type(data, folds_of) -> tuple[dict, dict]:
+    """Type head: feature groups, L2, and whether to also train on the segmenter's masks, by the
+    out-of-fold AUC scored on the masks a user's image gets: the segmenter's where they are honest
+    (BUS-BRA, which the segmenter never saw), the true masks on BUSI (the segmenter trained on it)."""
     tv, bb = data["busi_trainval"], data["bb_trainval"]
     keep_b = tv["label"] != "normal"
-    x = np.concatenate([tv["gt"][keep_b], bb["gt"]])
+    n_busi = int(keep_b.sum())
+    x_gt = np.concatenate([tv["gt"][keep_b], bb["gt"]])
+    has_pred = "pred" in bb
+    x_eval = np.concatenate([tv["gt"][keep_b], bb["pred"]]) if has_pred else x_gt
     y = np.concatenate([tv["label"][keep_b] == "malignant", bb["label"] == "malignant"]).astype(np.float32)
-    g = list(tv["group"][keep_b]) + list(bb["group"])
-    folds = folds_of(g)
+    folds = folds_of(list(tv["group"][keep_b]) + list(bb["group"]))
     rows = {}
-    for name, groups in TYPE_CANDIDATES.items():
-        cols = columns(groups)
-        for l2 in L2:
-            z = oof_logits(x, y, folds, l2, cols)
-            rows[f"{name} l2={l2}"] = {"features": name, "l2": l2, "oof_auc": auc(z, y > 0), "z": z, "y": y}
-            print(f"type {name} l2={l2}: OOF AUC {rows[list(rows)[-1]]['oof_auc']:.3f}", flush=True)
+    for aug in ((False, True) if has_pred else (False,)):
+        for name, groups in TYPE_CANDIDATES.items():
+            cols = columns(groups)
+            for l2 in L2:
+                z = np.zeros(len(y), np.float32)
+                for f in np.unique(folds):
+                    tr, te = folds != f, folds == f
+                    xt, yt = x_gt[tr][:, cols], y[tr]
+                    if aug:      # the same BUS-BRA training images once more, with the segmenter's masks
+                        extra = tr.copy()
+                        extra[:n_busi] = False
+                        xt, yt = np.concatenate([xt, x_eval[extra][:, cols]]), np.concatenate([yt, y[extra]])
+                    z[te] = fit_binary(xt, yt, l2).logits(x_eval[te][:, cols])[:, 0]
+                key = f"{name}{' +segmenter masks' if aug else ''} l2={l2}"
+                rows[key] = {"features": name, "l2": l2, "with_predicted_masks": aug, "oof_auc": auc(z, y > 0),
+                             "oof_auc_busbra_predicted_masks": auc(z[n_busi:], y[n_busi:] > 0), "z": z, "y": y}
+                print(f"type {key}: OOF AUC {rows[key]['oof_auc']:.3f} (BUS-BRA, segmenter's masks "
+                      f"{rows[key]['oof_auc_busbra_predicted_masks']:.3f})", flush=True)
     best = max(rows, key=lambda k: rows[k]["oof_auc"])
     return rows, rows[best] | {"name": best}
 
 
-def type_training(data, parts):
+def type_training(data, parts, with_predicted_masks: bool = False):
     xs, ys = [], []
     for part in parts:
         d = data[part]
         keep = d["label"] != "normal"
         xs.append(d["gt"][keep])
         ys.append(d["label"][keep] == "malignant")
+        if with_predicted_masks and "pred" in d and part.startswith("bb_"):
+            xs.append(d["pred"][keep])
+            ys.append(d["label"][keep] == "malignant")
     return np.concatenate(xs), np.concatenate(ys).astype(np.float32)
 
 
@@ -180,7 +200,7 @@ def fit_final(data, p_best, t_best, t_pres, t_type, threshold, type_parts=("busi
     pres = fit_binary(x, y, p_best["l2"])
     pres.temperature = t_pres
     cols = columns(TYPE_CANDIDATES[t_best["features"]])
-    x, y = type_training(data, type_parts)
+    x, y = type_training(data, type_parts, t_best.get("with_predicted_masks", False))
     kind = fit_binary(x[:, cols], y, t_best["l2"])
     kind.columns, kind.temperature = cols, t_type
     return LesionProbe(pres, kind, threshold)
