@@ -71,10 +71,65 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             page.wait_for_function("() => window.__t1 !== null && window.__t1 !== undefined", timeout=60_000,
                                    polling=100)
             times.append(page.evaluate("() => window.__t1 - window.__t0"))
+        clicks = _time_overlay_clicks(page, 10)
+        keys = _time_keyboard_accepts(page, 10)
         browser.close()
     rest = times[1:]
     return {"browser_repeats": len(rest), "browser_median_ms": pct(rest, 50), "browser_p95_ms": pct(rest, 95),
-            "browser_first_ms": round(times[0])}
+            "browser_first_ms": round(times[0]), "browser_click_median_ms": pct(clicks, 50),
+            "browser_click_p95_ms": pct(clicks, 95), "browser_accept_median_ms": pct(keys, 50),
+            "browser_accept_p95_ms": pct(keys, 95), "browser_clicks": len(clicks), "browser_accepts": len(keys)}
+
+
+def _watch(page, target: str, start_event: str, start_selector: str | None) -> None:
+    """In the page: t0 at the start event (capture phase), t1 when `target`'s image is replaced and loaded."""
+    page.evaluate("""([target, ev, sel]) => {
+        const start = () => { window.__t0 = performance.now(); window.__t1 = null; };
+        if (sel) document.querySelector(sel).addEventListener(ev, start, true);
+        else document.addEventListener(ev, (e) => { if (e.key === 'Enter') start(); }, true);
+        window.__src = (document.querySelector(target + ' img') || {}).src;
+        new MutationObserver(() => {
+            const img = document.querySelector(target + ' img');
+            if (img && img.src !== window.__src) {
+                window.__src = img.src;
+                const done = () => { if (window.__t0 && !window.__t1) window.__t1 = performance.now(); };
+                img.complete ? done() : img.addEventListener('load', done, {once: true});
+            }
+        }).observe(document.querySelector(target), {subtree: true, childList: true, attributes: true});
+    }""", [target, start_event, start_selector])
+
+
+def _time_overlay_clicks(page, n: int) -> list[float]:
+    """A click on the overlay (add/remove) to the refined overlay shown."""
+    _watch(page, "#overlay", "click", "#overlay")
+    out = []
+    box = page.locator("#overlay img").bounding_box()
+    for r in range(n):
+        page.locator('#click-mode input[value="%s"]' % ("+" if r % 2 else "-")).click()
+        page.mouse.click(box["x"] + box["width"] * (0.3 + 0.04 * r), box["y"] + box["height"] * 0.5)
+        page.wait_for_function("() => window.__t1 !== null && window.__t1 !== undefined", timeout=60_000, polling=50)
+        out.append(page.evaluate("() => window.__t1 - window.__t0"))
+    return out
+
+
+def _time_keyboard_accepts(page, n: int) -> list[float]:
+    """In the review queue: Enter (accept) to the next image shown."""
+    page.get_by_role("tab", name="Annotate a folder").click()
+    page.locator("#project-name textarea, #project-name input").first.fill("bench")
+    page.get_by_role("button", name="Open / create").click()
+    page.locator("#project-status").get_by_text("unlabelled").wait_for(timeout=60_000)
+    page.locator("#propagate-button").click()
+    page.locator("#propagate-status").get_by_text("Done:").wait_for(timeout=600_000)
+    page.wait_for_timeout(1000)
+    _watch(page, "#review-image", "keydown", None)
+    out = []
+    for _ in range(n):
+        page.evaluate("document.activeElement && document.activeElement.blur()")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => window.__t1 !== null && window.__t1 !== undefined", timeout=60_000, polling=50)
+        out.append(page.evaluate("() => window.__t1 - window.__t0"))
+        page.wait_for_timeout(300)
+    return out
 
 
 def main() -> None:
@@ -119,7 +174,12 @@ def main() -> None:
     for j, (q, _) in enumerate(pairs[args.shots:]):
         Image.fromarray(q).save(tmp / f"q{j}.png")
         queries.append(tmp / f"q{j}.png")
-    ctx = AppContext(AppConfig(data_dir=None, output_dir=tmp / "out"))
+    scans = tmp / "scans"            # a folder to annotate (the keyboard timing in the review queue)
+    scans.mkdir()
+    for j, (q, _) in enumerate(pairs):
+        for k in range(4):
+            Image.fromarray(q).save(scans / f"scan{j}_{k}.png")
+    ctx = AppContext(AppConfig(data_dir=scans, output_dir=tmp / "out"))
     demo = build_app(ctx)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(ctx))
     client = Client(demo.local_url, verbose=False)

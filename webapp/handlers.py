@@ -484,6 +484,17 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     return SegmentOutput(ov, prob_rgb, heat, "\n\n".join(lines), time.perf_counter() - t0, notes, supports)
 
 
+def maps_view(session: Session) -> tuple:
+    """(probability map, heatmap tiles, support thumbnails) of the last Segment: sent only when the page's
+    maps panel is open, so that a Segment click sends the overlay and a status line only."""
+    if session.probability is None:
+        raise UserError("segment a query first")
+    prob = colorize(display_size(np.asarray(session.probability, np.float32))[0], 0, 1, "viridis")
+    thumbs = [(display_size(overlay(img, m, 0.4))[0], f"support {k + 1}")
+              for k, (img, m) in enumerate(session_supports(session))]
+    return prob, session.tiles, thumbs
+
+
 def physical_size(session: Session) -> str:
     """', 412.0 mm^2, longest diameter 28.1 mm' where the query has a pixel spacing (DICOM), else ''."""
     if session.spacing_mm is None or session.mask is None or not session.mask.any():

@@ -41,8 +41,6 @@ def _supports_column(c: SimpleNamespace) -> None:
                     c.clears.append(gr.Button(f"Clear slot {i}", size="sm", scale=0, min_width=110))
     c.supports_md = gr.Markdown(handlers.supports_status(Session()), elem_id="supports-status")
     c.set_supports_btn = gr.Button("Read all slots again", size="sm", elem_id="set-supports")
-    c.support_thumbs = gr.Gallery(label="Supports used in the last segmentation", columns=5, height=170,
-                                  allow_preview=False, preview=False, object_fit="contain")
 
 
 def _gallery_column(c: SimpleNamespace, thumbs) -> None:
@@ -94,11 +92,16 @@ def _result_column(c: SimpleNamespace) -> None:
 
 
 def _maps_and_correction(c: SimpleNamespace) -> None:
-    with gr.Row():
-        c.prob_out = gr.Image(label="Probability map (0 dark, 1 yellow)", type="numpy", format="jpeg",
-                              interactive=False, height=260)
-        c.heat_out = gr.Gallery(label="Similarity heatmaps (cosine, colour bar below each)", columns=4, height=300,
-                                format="jpeg")
+    # filled when opened (and by its button): a Segment click updates only the overlay and the status line
+    with gr.Accordion("Probability map, similarity heatmaps and the supports used", open=False) as c.maps:
+        c.maps_btn = gr.Button("Show the maps of the last segmentation", size="sm", elem_id="maps-button")
+        with gr.Row():
+            c.prob_out = gr.Image(label="Probability map (0 dark, 1 yellow)", type="numpy", format="jpeg",
+                                  interactive=False, height=260)
+            c.heat_out = gr.Gallery(label="Similarity heatmaps (cosine, colour bar below each)", columns=4,
+                                    height=300, format="jpeg")
+        c.support_thumbs = gr.Gallery(label="Supports used in the last segmentation", columns=5, height=170,
+                                      allow_preview=False, preview=False, object_fit="contain")
     with gr.Row():
         c.download_btn = gr.Button("Prepare downloads", size="sm", scale=0, min_width=180)
         c.files_out = gr.File(label="Downloads: mask PNG (query size), overlay, heatmaps", file_count="multiple",
@@ -233,6 +236,19 @@ def do_segment(ctx, sess: Session, ckpt_name, q, thr, opa, per_sup, no_les, requ
     return result
 
 
+def do_segment_page(ctx, sess: Session, ckpt_name, q, thr, opa, per_sup, no_les, request: gr.Request):
+    """The page's Segment: the same work, and only the overlay, the status line and the state go back (the
+    maps panel asks for its images when it is open)."""
+    out = do_segment(ctx, sess, ckpt_name, q, thr, opa, per_sup, no_les, request)
+    return out[0], out[3], out[4], out[6], out[7]
+
+
+def show_maps(ctx, sess: Session):
+    if sess.probability is None:     # opened before any Segment: nothing to show yet
+        return None, [], []
+    return handlers.maps_view(sess)
+
+
 def refined(ctx, sess: Session, thr, opa, request):
     """The overlay refined with the session's clicks and box (outputs of every click event)."""
     img, text = handlers.refine(ctx, sess, thr, opa, owner(ctx, request))
@@ -355,10 +371,17 @@ def _slot_handler(ctx, fn, slot):
 
 def _wire_segment(ctx, c, s: Shared) -> None:
     # a new prediction empties the correction editor (a correction of the previous one must not be reused)
-    c.seg_btn.click(bind(ctx, do_segment),
-                    [s.session, s.ckpt, c.query, c.threshold, c.opacity, c.per_support, c.no_lesion],
-                    [c.overlay_out, c.prob_out, c.heat_out, c.report, c.click_text, c.support_thumbs, c.corrector,
-                     s.session], api_name="segment", concurrency_limit=2, trigger_mode="once")
+    inputs = [s.session, s.ckpt, c.query, c.threshold, c.opacity, c.per_support, c.no_lesion]
+    c.seg_btn.click(bind(ctx, do_segment_page), inputs, [c.overlay_out, c.report, c.click_text, c.corrector, s.session],
+                    api_name=False, concurrency_limit=2, concurrency_id="segment", trigger_mode="once")
+    # the API for scripts keeps every output (overlay, probability map, heatmaps, report, ...)
+    c.api_segment = gr.Button(visible=False)
+    c.api_segment.click(bind(ctx, do_segment), inputs,
+                        [c.overlay_out, c.prob_out, c.heat_out, c.report, c.click_text, c.support_thumbs, c.corrector,
+                         s.session], api_name="segment", concurrency_limit=2, concurrency_id="segment")
+    maps_out = [c.prob_out, c.heat_out, c.support_thumbs]
+    c.maps.expand(bind(ctx, show_maps), s.session, maps_out, api_name=False)
+    c.maps_btn.click(bind(ctx, show_maps), s.session, maps_out, api_name=False)
     refined_out = [c.overlay_out, c.click_text, c.corrector, s.session]
     c.overlay_out.select(bind(ctx, on_overlay_click), [s.session, c.click_mode, c.threshold, c.opacity], refined_out,
                          api_name=False, concurrency_limit=2)
