@@ -177,8 +177,9 @@ def main() -> None:
     scans = tmp / "scans"            # a folder to annotate (the keyboard timing in the review queue)
     scans.mkdir()
     for j, (q, _) in enumerate(pairs):
-        for k in range(4):
-            Image.fromarray(q).save(scans / f"scan{j}_{k}.png")
+        for k in range(4):     # four different images from each (identical files would share one URL)
+            Image.fromarray(np.ascontiguousarray(np.flip(q, axis=(1,) if k == 1 else (0,) if k == 2 else (0, 1))
+                                                 if k else q)).save(scans / f"scan{j}_{k}.png")
     ctx = AppContext(AppConfig(data_dir=scans, output_dir=tmp / "out"))
     demo = build_app(ctx)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(ctx))

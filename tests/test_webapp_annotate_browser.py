@@ -1,5 +1,5 @@
 """Annotate a folder in a real browser (Chromium, Playwright): a gallery support, propagate, accept one
-image (Enter), skip one (s), go back (left arrow), correct one with a brush stroke, export."""
+image (Enter), skip one (s), go back to it (left arrow), correct one with a brush stroke, export."""
 from __future__ import annotations
 
 import shutil
@@ -49,14 +49,15 @@ def test_annotate_a_folder_in_the_browser(tmp_path):
             page.keyboard.press("?")
             page.locator("#shortcut-help-overlay").get_by_text("no lesion").wait_for(timeout=5_000)
             page.keyboard.press("Escape")
-            shown = page.locator("#review-text").inner_text()
             page.keyboard.press("Enter")
             page.locator("#project-status").get_by_text("accepted 1").wait_for(timeout=30_000)
+            page.wait_for_timeout(500)
+            shown = page.locator("#review-text").inner_text()      # the image skipped next
             page.keyboard.press("s")
             page.locator("#project-status").get_by_text("skipped 1").wait_for(timeout=30_000)
             page.keyboard.press("ArrowLeft")
-            page.wait_for_function("t => document.querySelector('#review-text').innerText.split('\\n')[0] === t",
-                                   arg=shown.split("\n")[0], timeout=30_000)
+            page.wait_for_function("t => document.querySelector('#review-text').innerText.split(':')[0] === t",
+                                   arg=shown.split(":")[0], timeout=30_000)     # the same image (now skipped)
             assert "accepted 1" in page.locator("#project-status").inner_text()
             # a reload is the same user: the project (and its decisions) come back under its name
             page.reload()
