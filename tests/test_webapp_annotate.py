@@ -128,3 +128,26 @@ def test_propagation_with_the_no_lesion_decision_shows_the_score(annot_app):
     assert "Done: 5 of 5" in c.predict("tiny_panet", True, api_name="/annotate_propagate")[0]
     _, _, text, _ = c.predict("ward_8", api_name="/annotate_open")
     assert "lesion-presence score" in text
+
+
+def test_a_cine_loop_project_has_a_scrubber(tmp_path):
+    """Issue 21 in the app: a folder with a multi-frame DICOM is a project of frames in loop order, and the
+    scrubber shows frame k for review (temporal propagation itself: tests/test_annotate_cine.py)."""
+    pytest.importorskip("pydicom")
+    from tests.dicom_factory import disc_frames, make_dicom
+    from webapp import annotate
+    from webapp.context import AppConfig, AppContext
+    from webapp.handlers import Session
+    from webapp.tabs import review
+
+    frames, masks = disc_frames(5)
+    data = tmp_path / "loops"
+    data.mkdir()
+    make_dicom(data / "loop.dcm", frames, frames=True)
+    ctx = AppContext(AppConfig(data_dir=data, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out",
+                               single_user=True))
+    sess = Session()
+    sess, status, _, text, token = review.open_project(ctx, sess, "cine", None)
+    assert annotate.loop_frames(annotate.open_project(ctx, "cine", ctx.owner(None))) == [f"loop.dcm#{k}" for k in range(5)]
+    sess, _, text, _ = review.go_to_frame(ctx, sess, 3, None)
+    assert "loop.dcm#3" in text and sess.review_path == "loop.dcm#3"

@@ -56,7 +56,7 @@ def presence_decision(ctx):
 
 
 def run_propagation(ctx: AppContext, store: ProjectStore, checkpoint_name, supports, owner: str, job,
-                    presence=None, delineate_with=None):
+                    presence=None, delineate_with=None, temporal: bool = False):
     """Generator of progress lines; results land image by image (a stopped run resumes)."""
     from . import jobs
 
@@ -65,7 +65,8 @@ def run_propagation(ctx: AppContext, store: ProjectStore, checkpoint_name, suppo
 
     def work(emit):
         return propagate(store, seg, supports, key, str(checkpoint_name), who=owner_tag(owner), job=job,
-                         on_progress=emit, presence=presence, owner=owner, delineate_with=delineate_with)
+                         on_progress=emit, presence=presence, owner=owner, delineate_with=delineate_with,
+                         temporal=temporal)
 
     def render(events):
         e = events[-1]
@@ -78,6 +79,10 @@ def run_propagation(ctx: AppContext, store: ProjectStore, checkpoint_name, suppo
         raise UserError(f"propagation failed: {exc}") from exc
     kept = (f" The {s['predicted']} predictions made are kept; Propagate again resumes with the rest."
             if s["stopped"] else "")
+    abrupt = s.get("abrupt") or []
+    if abrupt:
+        kept += (f" Frames whose mask jumps from the previous frame's ({len(abrupt)}; review them): "
+                 + ", ".join(abrupt[:12]) + (" ..." if len(abrupt) > 12 else "") + ".")
     yield (f"{'Stopped' if s['stopped'] else 'Done'}: {s['predicted']} of {s['to_do']} images predicted in "
            f"{s['seconds']:.0f} s" + (f"; {len(s['errors'])} unreadable (left out of the review)" if s["errors"]
                                       else "") + "." + kept + " " + status_text(store))
@@ -193,3 +198,11 @@ def export_zip(ctx: AppContext, store: ProjectStore) -> str:
             link.unlink()
             shutil.copy2(target, link)
     return shutil.make_archive(str(d / store.name), "zip", d, store.name)
+
+
+def loop_frames(store: ProjectStore) -> list[str]:
+    """The project's images that are frames of a cine loop ('X.dcm#k'), in loop order."""
+    from core.data.dicom import split_frame
+
+    refs = [r["rel_path"] for r in store.rows() if split_frame(r["rel_path"])[1] is not None]
+    return sorted(refs, key=lambda ref: (split_frame(ref)[0].as_posix(), split_frame(ref)[1]))

@@ -35,6 +35,8 @@ def layout() -> SimpleNamespace:
                                               "(the lesion-presence head, as in predict and Classify)")
         c.delineate = gr.Checkbox(False, label="Delineate each image with LiteMedSAM (redraws the boundary from the "
                                                "box of the prediction; slower)")
+        c.temporal = gr.Checkbox(False, label="Cine loops (DICOM): each frame starts from the previous frame's mask; "
+                                              "frames that jump are listed for review")
     c.prop_status = gr.Markdown(elem_id="propagate-status")
     with gr.Row():
         with gr.Column():
@@ -58,6 +60,9 @@ def layout() -> SimpleNamespace:
             c.editor = editor("Correct the mask of the image under review", 300, elem_id="review-editor")
             c.save = gr.Button("Save correction", elem_id="save-correction")
             c.use_promoted = gr.Button("Use promoted images as supports", size="sm")
+            # the scrubber of a cine loop: any frame of the project's loops, by its place in the loop
+            c.frame = gr.Slider(0, 1, value=0, step=1, label="Cine loop: frame (0 = the first frame of the first loop)",
+                                elem_id="frame-scrubber", visible=False)
     gr.Markdown(shortcuts.HELP_MD, elem_id="review-shortcuts")
     with gr.Row():
         c.export = gr.Button("Export (masks, manifest, COCO)", size="sm", scale=0, min_width=220)
@@ -87,7 +92,24 @@ def open_project(ctx, sess: Session, name, request: gr.Request):
     return sess, annotate.status_text(store), v.image, v.text, v.token
 
 
-def propagate(ctx, sess: Session, ckpt_name, use_presence, use_sam=False, request: gr.Request = None):
+def scrubber_range(ctx, sess: Session, request: gr.Request):
+    """The scrubber spans the project's loop frames (hidden when it has none)."""
+    frames = annotate.loop_frames(store_of(ctx, sess, request)) if sess.project else []
+    return gr.update(maximum=max(1, len(frames) - 1), value=0, visible=bool(frames))
+
+
+def go_to_frame(ctx, sess: Session, k, request: gr.Request):
+    """The scrubber: show frame k of the project's loops for review (nothing is decided)."""
+    store = store_of(ctx, sess, request)
+    frames = annotate.loop_frames(store)
+    if not frames:
+        raise UserError("this project has no cine loop (multi-frame DICOM)")
+    sess = copy.copy(sess)
+    v = show(ctx, sess, store, frames[int(min(max(0, int(k)), len(frames) - 1))], request)
+    return sess, v.image, v.text, v.token
+
+
+def propagate(ctx, sess: Session, ckpt_name, use_presence, use_sam=False, temporal=False, request: gr.Request = None):
     store = store_of(ctx, sess, request)
     supports = handlers.session_supports(sess)
     calib = annotate.presence_decision(ctx) if use_presence else None
@@ -97,7 +119,7 @@ def propagate(ctx, sess: Session, ckpt_name, use_presence, use_sam=False, reques
             raise UserError("LiteMedSAM is not available: untick Delineate with LiteMedSAM")
         line = ""
         for line in annotate.run_propagation(ctx, store, ckpt_name, supports, owner(ctx, request), job, calib,
-                                             delineate_with=sam):
+                                             delineate_with=sam, temporal=bool(temporal)):
             yield line, gr.skip(), gr.skip(), gr.skip(), gr.skip()
     # the review shows the most uncertain image with its new prediction (what was shown before may have
     # changed: a decision on it would be refused)
@@ -188,8 +210,10 @@ def _bound_decision(ctx, action):
 def build(ctx, shared: Shared) -> None:
     c = layout()
     s = shared.session
-    c.open.click(bind(ctx, open_project), [s, c.name], [s, c.status, c.img, c.text, c.token], api_name="annotate_open")
-    c.prop_btn.click(bind(ctx, propagate), [s, shared.ckpt, c.presence, c.delineate],
+    c.open.click(bind(ctx, open_project), [s, c.name], [s, c.status, c.img, c.text, c.token],
+                 api_name="annotate_open").then(bind(ctx, scrubber_range), s, c.frame, api_name=False)
+    c.frame.release(bind(ctx, go_to_frame), [s, c.frame], [s, c.img, c.text, c.token], api_name="annotate_frame")
+    c.prop_btn.click(bind(ctx, propagate), [s, shared.ckpt, c.presence, c.delineate, c.temporal],
                      [c.prop_status, c.img, c.text, c.token, s], api_name="annotate_propagate",
                      concurrency_limit=1, concurrency_id="propagate")
     c.prop_cancel.click(bind(ctx, cancel), None, c.prop_status, api_name="annotate_stop")
