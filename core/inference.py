@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import checkpoint
+from .cache import LRU
 from .data.dataset import resize_image, resize_mask, to_tensor
 from .data.io import DataError, check_mask_matches, mask_from_array, read_image, read_mask, to_rgb_uint8
 from .models.panet import PANetPlusPlus, Prototypes, PROTO_LEVELS
@@ -80,16 +80,16 @@ class FewShotSegmenter:
         self.device = torch.device(device)
         self.size = self.model.config.image_size
         # (support-set hash, owner of the adapted copy or None for the checkpoint) -> prototypes (LRU)
-        self._cache: OrderedDict[tuple[str, str | None], Prototypes] = OrderedDict()
+        self._cache = LRU(CACHE_SIZE)
         self._lock = threading.Lock()
         self._cache_key: str | None = None
         self._protos: Prototypes | None = None
         self._model_for_protos: PANetPlusPlus | None = None
         self.cache_hits = 0
         # (owner, support-set key) -> (adapted model copy, summary); never written over a checkpoint
-        self._adapted: OrderedDict[tuple[str, str], tuple[PANetPlusPlus, dict]] = OrderedDict()
-        self._agreement: OrderedDict = OrderedDict()
-        self._features: OrderedDict = OrderedDict()
+        self._adapted = LRU(ADAPTED_CACHE_SIZE)
+        self._agreement = LRU(CACHE_SIZE)
+        self._features = LRU(FEATURE_CACHE_SIZE)   # (id(model), query hash) -> encoder features
 
     def _prepare_supports(self, supports) -> tuple[torch.Tensor, torch.Tensor, str]:
         if not supports:
@@ -131,20 +131,15 @@ class FewShotSegmenter:
         """Prepare the supports once: (prototypes, model, support images, masks, cache key)."""
         imgs, msks, key = self._prepare_supports(supports)
         model, cache_key = self._model_for(key, owner)
-        with self._lock:
-            protos = self._cache.get(cache_key)
-            if protos is not None:
-                self._cache.move_to_end(cache_key)
-                self.cache_hits += 1
-        if protos is None:
+        protos = self._cache.get(cache_key)
+        if protos is not None:
+            self.cache_hits += 1
+        else:
             try:
                 protos = model.prototypes(imgs, msks)
             except EmptySupportMask as exc:
                 raise DataError(str(exc)) from exc
-            with self._lock:
-                self._cache[cache_key] = protos
-                while len(self._cache) > CACHE_SIZE:
-                    self._cache.popitem(last=False)
+            self._cache.put(cache_key, protos)
         self._protos, self._cache_key, self._model_for_protos = protos, key, model
         return protos, model, imgs, msks, cache_key
 
@@ -164,11 +159,9 @@ class FewShotSegmenter:
                                    job=job, on_progress=on_progress)
         if net is not None:
             with self._lock:
-                self._adapted[(owner, key)] = (net, summary)
-                while len(self._adapted) > ADAPTED_CACHE_SIZE:
-                    self._adapted.popitem(last=False)
-                self._cache.pop((key, owner), None)
-                self._agreement.pop((key, owner), None)
+                self._adapted.put((owner, key), (net, summary))
+                self._cache.pop((key, owner))
+                self._agreement.pop((key, owner))
                 self._features.clear()   # keyed by id(model): never reuse features of a freed copy's id
         summary["support_key"] = key
         return summary
@@ -182,23 +175,24 @@ class FewShotSegmenter:
     def _agreement_for(self, cache_key, model, imgs, msks) -> list[float]:
         from .training.adapt import leave_one_out_dice
 
-        with self._lock:
-            hit = self._agreement.get(cache_key)
+        hit = self._agreement.get(cache_key)
         if hit is None:
             hit = leave_one_out_dice(model, imgs, msks)
-            with self._lock:
-                self._agreement[cache_key] = hit
-                while len(self._agreement) > CACHE_SIZE:
-                    self._agreement.popitem(last=False)
+            self._agreement.put(cache_key, hit)
         return hit
+
+    def clear(self) -> None:
+        """Forget every cached prototype set, agreement score, query feature and adapted copy."""
+        for cache in (self._cache, self._agreement, self._features, self._adapted):
+            cache.clear()
+        self._protos = self._cache_key = self._model_for_protos = None
 
     def is_adapted(self, supports, owner: str = "") -> bool:
         return (owner, self.support_key(supports)) in self._adapted
 
     def forget_adapted(self, owner: str) -> None:
         with self._lock:
-            for k in [k for k in self._adapted if k[0] == owner]:
-                del self._adapted[k]
+            self._adapted.discard_where(lambda k: k[0] == owner)
             self._features.clear()
 
     def save_adapted(self, supports, path, owner: str = "", note: str = "") -> Path:
@@ -220,16 +214,10 @@ class FewShotSegmenter:
         a click refinement of the same query runs only the decoder."""
         small = resize_image(img, self.size)
         key = (id(model), hashlib.sha1(small.tobytes()).hexdigest())
-        with self._lock:
-            feats = self._features.get(key)
-            if feats is not None:
-                self._features.move_to_end(key)
-                return feats
-        feats = model.encoder(to_tensor(small)[None].to(self.device))
-        with self._lock:
-            self._features[key] = feats
-            while len(self._features) > FEATURE_CACHE_SIZE:
-                self._features.popitem(last=False)
+        feats = self._features.get(key)
+        if feats is None:
+            feats = model.encoder(to_tensor(small)[None].to(self.device))
+            self._features.put(key, feats)
         return feats
 
     @torch.no_grad()

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # lower number = lower layer; a module may import its own layer or lower ones
 LAYERS = {
     "core.io": 0, "core.device": 0, "core.metrics": 0, "core.checkpoint": 0, "core.phantom": 0, "core.visual": 0,
-    "core.losses": 0,
+    "core.losses": 0, "core.cache": 0,
     "core.data": 1, "core.backbones": 1,
     "core.models": 2,
     "core.training": 3,

@@ -58,3 +58,21 @@ def test_wrong_kind_of_checkpoint(tmp_path):
     checkpoint.save(tmp_path / "c", {"a": torch.zeros(1)}, {"kind": "classifier"})
     with pytest.raises(checkpoint.CheckpointError, match="expected a 'panet'"):
         FewShotSegmenter(tmp_path / "c")
+
+
+def test_one_lru_keeps_the_newest_and_clears(seg):
+    from core.cache import LRU
+    from tests.conftest import blob_image
+
+    lru = LRU(2)
+    lru.put("a", 1)
+    lru.put("b", 2)
+    assert lru.get("a") == 1          # a is now the newest
+    lru.put("c", 3)
+    assert "b" not in lru and "a" in lru and len(lru) == 2
+    img, mask = blob_image()
+    seg.predict(img, [(img, mask)], heatmaps=False)
+    assert len(seg._cache) >= 1
+    seg.clear()
+    assert len(seg._cache) == 0 and len(seg._features) == 0
+    assert seg.predict(img, [(img, mask)], heatmaps=False).mask.shape == mask.shape, "works again after clear()"

@@ -23,13 +23,14 @@ import importlib.util
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+
+from ..cache import LRU
 import torch.nn.functional as F
 
 SIZE = 256                     # LiteMedSAM's input side
@@ -108,42 +109,16 @@ class PromptResult:
     seconds: float              # prompt encoder + mask decoder (+ the encoder if the embedding was not cached)
 
 
-class EmbeddingCache:
+class EmbeddingCache(LRU):
     """A small LRU of image embeddings keyed by image content (and the encoder used)."""
 
     def __init__(self, capacity: int = 8):
-        self.capacity = capacity
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        super().__init__(capacity)
 
     @staticmethod
     def key(image: np.ndarray, tag: str) -> str:
         a = np.ascontiguousarray(image)
         return hashlib.sha1(a.tobytes() + repr((a.shape, str(a.dtype), tag)).encode()).hexdigest()
-
-    def get(self, key: str):
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return self._items[key]
-            self.misses += 1
-            return None
-
-    def put(self, key: str, value) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class PromptableSegmenter:
