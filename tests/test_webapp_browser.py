@@ -76,8 +76,12 @@ def test_draw_a_support_mask_and_segment(tmp_path, monkeypatch):
             before = overlay.get_attribute("src")
             ob = overlay.bounding_box()
             page.mouse.click(ob["x"] + ob["width"] * 0.5, ob["y"] + ob["height"] * 0.5)
+            # the click is drawn at once, before the server's answer (which then replaces it)
+            assert page.locator(".instant-click-marker").count() == 1, "the click is shown before the server answers"
             page.locator("#click-status").get_by_text("1 positive").wait_for(timeout=30_000)
             assert overlay.get_attribute("src") != before, "the click changed the overlay"
+            page.wait_for_function("() => document.querySelectorAll('.instant-click-marker').length === 0",
+                                   timeout=10_000)   # the server's overlay (which draws the click) replaced it
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
             browser.close()

@@ -1,5 +1,6 @@
 """Keyboard shortcuts for the hands that repeat (issue 20): run in the page, they press the same buttons a
 mouse would (so every rule of the server applies), and do nothing while the focus is in a text field.
+A click on the overlay is also drawn at once in the page (before the refined mask comes back).
 
 Segment tab: a / r / b click modes (add, remove, box), z undo the last click, c clear clicks, space
 overlay on/off (opacity 0 <-> the last opacity). Review queue ("Annotate a folder"): Enter accept, n no
@@ -60,6 +61,31 @@ HEAD = """
     document.body.appendChild(box);
     return true;
   };
+  // a click on the overlay is drawn at once (a dot in the click mode's colour); the server's overlay, which
+  // draws every click itself, replaces it when it arrives
+  const markers = [];
+  document.addEventListener("click", (ev) => {
+    const img = ev.target;
+    if (!(img instanceof HTMLImageElement) || !img.closest("#overlay")) return;
+    const checked = document.querySelector("#click-mode input:checked");
+    const m = checked ? checked.value : "+";
+    const dot = document.createElement("div");
+    dot.className = "instant-click-marker";
+    const r = img.getBoundingClientRect();
+    dot.style.cssText = `position:fixed;left:${ev.clientX - 6}px;top:${ev.clientY - 6}px;width:12px;height:12px;` +
+      `border-radius:${m === "box" ? "0" : "50%"};border:2px solid #fff;pointer-events:none;z-index:50;` +
+      `background:${m === "+" ? "#19c819" : m === "-" ? "#e61e1e" : "transparent"};`;
+    if (ev.clientX < r.left || ev.clientX > r.right) return;
+    document.body.appendChild(dot);
+    markers.push(dot);
+    const src = img.src;
+    const watch = new MutationObserver(() => {
+      const now = document.querySelector("#overlay img");
+      if (!now || now.src !== src) { markers.splice(0).forEach((d) => d.remove()); watch.disconnect(); }
+    });
+    watch.observe(document.querySelector("#overlay"), {subtree: true, childList: true, attributes: true});
+    setTimeout(() => { dot.remove(); watch.disconnect(); }, 15000);
+  }, true);
   document.addEventListener("keydown", (ev) => {
     const t = ev.target;
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
