@@ -25,12 +25,12 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from webapp.context import AppConfig, AppContext
-    from webapp.ui import build_app
+    from webapp.ui import build_app, launch_options
 
     ctx = AppContext(AppConfig(data_dir=Path(args.data) if args.data else None,
                                output_dir=Path(tempfile.mkdtemp())))
     demo = build_app(ctx)
-    demo.launch(prevent_thread_lock=True, quiet=True)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(ctx))
     data_first = 8 if args.data else 0  # the 8 phantoms come first in the gallery
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[

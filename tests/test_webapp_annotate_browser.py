@@ -49,9 +49,11 @@ def test_annotate_a_folder_in_the_browser(tmp_path):
             page.keyboard.press("?")
             page.locator("#shortcut-help-overlay").get_by_text("no lesion").wait_for(timeout=5_000)
             page.keyboard.press("Escape")
+            first = page.locator("#review-text").inner_text().split(":")[0]
             page.keyboard.press("Enter")
             page.locator("#project-status").get_by_text("accepted 1").wait_for(timeout=30_000)
-            page.wait_for_timeout(500)
+            page.wait_for_function("t => document.querySelector('#review-text').innerText.split(':')[0] !== t",
+                                   arg=first, timeout=30_000)   # the next image is shown
             shown = page.locator("#review-text").inner_text()      # the image skipped next
             page.keyboard.press("s")
             page.locator("#project-status").get_by_text("skipped 1").wait_for(timeout=30_000)

@@ -22,12 +22,12 @@ def test_draw_a_support_mask_and_segment(tmp_path, monkeypatch):
     from tests.test_webapp import make_checkpoints
     from webapp.context import AppConfig, AppContext
     from webapp import handlers
-    from webapp.ui import build_app
+    from webapp.ui import build_app, launch_options
 
     make_checkpoints(tmp_path / "ckpt")
     ctx = AppContext(AppConfig(data_dir=None, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out"))
     demo = build_app(ctx)
-    demo.launch(prevent_thread_lock=True, quiet=True)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(ctx))
     from tests.conftest import count_calls
     decodes = count_calls(monkeypatch, handlers, "editor_pair")
     segments = count_calls(monkeypatch, handlers, "segment")
@@ -97,13 +97,13 @@ def test_first_use_segment_in_view_and_gallery_picks_fill_the_next_slot(tmp_path
     sync_api = pytest.importorskip("playwright.sync_api")
     from tests.test_webapp import make_checkpoints
     from webapp.context import AppConfig, AppContext
-    from webapp.ui import build_app
+    from webapp.ui import build_app, launch_options
 
     make_checkpoints(tmp_path / "ckpt")
     ctx = AppContext(AppConfig(data_dir=None, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out",
                                promptable=False))
     demo = build_app(ctx)
-    demo.launch(prevent_thread_lock=True, quiet=True)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(ctx))
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
