@@ -384,7 +384,7 @@ def _wire_segment(ctx, c, s: Shared) -> None:
     c.maps_btn.click(bind(ctx, show_maps), s.session, maps_out, api_name=False)
     refined_out = [c.overlay_out, c.click_text, c.corrector, s.session]
     c.overlay_out.select(bind(ctx, on_overlay_click), [s.session, c.click_mode, c.threshold, c.opacity], refined_out,
-                         api_name=False, concurrency_limit=2)
+                         api_name=False, concurrency_limit=2, show_progress="hidden")   # the click's dot shows at once
     c.click_btn.click(bind(ctx, on_api_click), [s.session, c.click_x, c.click_y, c.click_mode, c.threshold,
                                                 c.opacity], refined_out, api_name="click", concurrency_limit=2)
     c.undo_click.click(bind(ctx, undo_click), [s.session, c.threshold, c.opacity], refined_out,
