@@ -197,7 +197,7 @@ def _fewshot_section(fs) -> list[str]:
 
 def _webapp_section(web) -> list[str]:
     L: list[str] = ["", "## Web app: click Segment to overlay", "",
-          f"Reproduce: `python scripts/benchmark_webapp.py --browser`. {web['shots']} supports set once "
+          f"Reproduce: `python scripts/benchmark_webapp.py --data $BUSI_DIR --browser`. {web['shots']} supports set once "
           f"({web['source']}), query {web['query_size']}, {web.get('threads', '?')} torch threads, the app on "
           "this machine's 2 CPU cores. Target (issue 20): p50 <= 300 ms, p95 <= 600 ms. Since issue 20 a Segment click in "
           "the page gets back the overlay and a status line only (the maps panel asks for its images when opened).", "",
