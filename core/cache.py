@@ -43,6 +43,11 @@ class LRU:
                 del self._items[k]
             return len(gone)
 
+    def keys(self) -> list:
+        """A snapshot of the keys, oldest first."""
+        with self._lock:
+            return list(self._items)
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
