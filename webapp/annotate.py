@@ -202,7 +202,6 @@ def export_zip(ctx: AppContext, store: ProjectStore) -> str:
 
 def loop_frames(store: ProjectStore) -> list[str]:
     """The project's images that are frames of a cine loop ('X.dcm#k'), in loop order."""
-    from core.data.dicom import split_frame
+    from core.data.dicom import frame_order, split_frame
 
-    refs = [r["rel_path"] for r in store.rows() if split_frame(r["rel_path"])[1] is not None]
-    return sorted(refs, key=lambda ref: (split_frame(ref)[0].as_posix(), split_frame(ref)[1]))
+    return sorted((r["rel_path"] for r in store.rows() if split_frame(r["rel_path"])[1] is not None), key=frame_order)

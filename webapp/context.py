@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.io import inside
 from core import checkpoint
 from core.data.dataset import load_pair
 from core.data.discover import Sample, discover
@@ -86,9 +87,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-from core.io import inside  # noqa: E402,F401  (one path-inside check)
 
 
 @dataclass

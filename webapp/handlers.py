@@ -13,13 +13,13 @@ from PIL import Image
 from core.checkpoint import CheckpointError
 from core.data.io import (DataError, check_header, mask_from_array, read_image, read_mask, resize_mask,
                           to_rgb_uint8)
+from core.io import MAX_UPLOAD_BYTES
 from core.metrics import dice, iou
 from core.visual import colorize, overlay
 
 from .context import AppContext
 
 N_SLOTS = 5
-from core.io import MAX_UPLOAD_BYTES  # noqa: E402  (the one upload limit)
 MAX_EXTRA_PAIRS = 10      # corrected queries a session keeps for fine-tuning (oldest dropped first)
 KEPT_PAIR_SIDE = 1024     # ...stored at most this large (fine-tuning works at 256 px)
 QUERY_SIDE = 1024         # a session keeps its query at most this large (the models work at 256 px)

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ..data.dicom import split_frame
+from ..data.dicom import frame_order, frame_stem, split_frame
 from ..metrics import fmt_or_blank as _num, lesion_size
 from ..data.io import DataError, read_image
 from ..metrics import spearman
@@ -52,7 +52,7 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
         support_key = f"{support_key}:presence"
     todo = [r for r in store.rows() if r["status"] not in DONE + ("unreadable",)
             and not (r["status"] == "predicted" and r["support_key"] == support_key)]
-    todo.sort(key=lambda r: _frame_order(r["rel_path"]))      # frame 10 after frame 9, not after frame 1
+    todo.sort(key=lambda r: frame_order(r["rel_path"]))      # frame 10 after frame 9, not after frame 1
     t0, done, errors, abrupt = time.time(), 0, [], []
     prev_logits: dict[str, object] = {}
     for r in todo:
@@ -93,11 +93,6 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
             "stopped": done + len(errors) < len(todo), **({"abrupt": abrupt} if temporal else {})}
 
 
-def _frame_order(rel_path: str):
-    path, k = split_frame(rel_path)
-    return (path.as_posix(), -1 if k is None else k)
-
-
 def _previous_frame(rel_path: str) -> str | None:
     path, k = split_frame(rel_path)
     return None if not k else f"{rel_path.rpartition('#')[0]}#{k - 1}"
@@ -119,8 +114,7 @@ def _export_image(store: ProjectStore, rel_path: str, out: Path):
     from ..data.io import read_image_info
 
     src = store.image_path(rel_path)
-    base, k = split_frame(rel_path)
-    stem = base.as_posix().replace("/", "__").rsplit(".", 1)[0] + ("" if k is None else f"_f{k:04d}")
+    stem = frame_stem(rel_path.replace("/", "__"))
     if is_dicom(src):
         img, info = read_image_info(src)
         dst = out / "images" / f"{stem}.png"

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.dicom import frame_refs
 from ..data.io import IMAGE_SUFFIXES, DataError
+from ..io import inside as _inside
 
 STATUSES = ("unlabelled", "predicted", "accepted", "corrected", "no lesion", "skipped", "unreadable")
 DONE = ("accepted", "corrected", "no lesion")       # a person decided: propagation leaves these alone
@@ -51,24 +53,6 @@ def safe_project_name(name: str) -> str:
 
 class StaleDecision(DataError):
     """A decision for an image that is not the one named, or that changed since the person saw it."""
-
-
-from ..io import inside as _inside  # noqa: E402
-
-
-def _frame_refs(path: Path, rel: str) -> list[str]:
-    """The project images of one file: itself, or each frame 'X.dcm#k' of a multi-frame DICOM (a cine
-    loop annotated frame by frame). A DICOM whose header cannot be read stays one image (marked unreadable
-    when propagation reaches it)."""
-    from ..data.dicom import frame_ref, is_dicom, read_header
-
-    if not is_dicom(path):
-        return [rel]
-    try:
-        frames = read_header(path, path.name)[1].frames
-    except DataError:
-        return [rel]
-    return [rel] if frames == 1 else [frame_ref(rel, k) for k in range(frames)]
 
 
 class ProjectStore:
@@ -137,7 +121,7 @@ class ProjectStore:
         refs = []
         for p in files:
             rel = str(p.relative_to(folder))
-            refs += [(r,) for r in _frame_refs(p, rel)]
+            refs += [(r,) for r in frame_refs(p, rel)]  # a cine loop: one image per frame
         with self._tx() as con:
             con.execute("INSERT OR REPLACE INTO meta VALUES ('image_dir', ?)", (json.dumps(str(folder.resolve())),))
             con.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (json.dumps(time.time()),))

@@ -312,7 +312,7 @@ def _segment_one(seg, q, supports, clicks, args, delineator, sam):
 
 def _check_segment_args(args, queries) -> tuple[list, list[str]]:
     """(clicks, output stems) after every check that needs no image decoded."""
-    from ..data.dicom import split_frame
+    from ..data.dicom import frame_stem, split_frame
     from ..models.clicks import parse_clicks
 
     if args.out and args.out_dir:
@@ -328,8 +328,7 @@ def _check_segment_args(args, queries) -> tuple[list, list[str]]:
     if args.adapt and not args.support:
         raise ValueError("--adapt needs supports")
     clicks = parse_clicks([(float(x), float(y), sign) for x, y, sign in args.click])
-    stems = [split_frame(q)[0].stem + ("" if split_frame(q)[1] is None else f"_f{split_frame(q)[1]:04d}")
-             for q in queries]
+    stems = [frame_stem(q) for q in queries]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if args.out_dir and dupes:
         raise ValueError(f"several queries share the name {dupes[0]}: their masks would overwrite each other")

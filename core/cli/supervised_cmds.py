@@ -334,18 +334,18 @@ def evaluate_supervised_cmd(args) -> int:
 
 def image_refs(files) -> list:
     """Each file, or each frame 'X.dcm#k' of a multi-frame DICOM."""
-    from ..annotate.store import _frame_refs
+    from ..data.dicom import frame_refs
     out = []
     for f in files:
-        out += [Path(r) if r == str(f) else r for r in _frame_refs(f, str(f))]
+        out += [Path(r) if r == str(f) else r for r in frame_refs(f, str(f))]
     return out
 
 
 def ref_names(ref) -> tuple[str, str]:
     """(name shown in the CSV, stem of its mask file): 'X.dcm#7' -> ('X.dcm#7', 'X_f0007')."""
-    from ..data.dicom import split_frame
+    from ..data.dicom import frame_stem, split_frame
     path, k = split_frame(ref)
-    return (path.name if k is None else f"{path.name}#{k}"), (path.stem if k is None else f"{path.stem}_f{k:04d}")
+    return (path.name if k is None else f"{path.name}#{k}"), frame_stem(ref)
 
 
 def _print_result(res, size: dict) -> None:

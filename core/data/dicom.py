@@ -71,6 +71,31 @@ def frame_ref(path: str | Path, k: int) -> str:
     return f"{path}#{k}"
 
 
+def frame_refs(path: str | Path, ref: str) -> list[str]:
+    """The images one file holds, named from `ref`: `ref` itself, or 'ref#k' for each frame of a multi-frame
+    DICOM (a cine loop). A DICOM whose header cannot be read stays one image (its reader says why later)."""
+    path = Path(path)
+    if not is_dicom(path):
+        return [ref]
+    try:
+        frames = read_header(path, path.name)[1].frames
+    except DataError:
+        return [ref]
+    return [ref] if frames == 1 else [frame_ref(ref, k) for k in range(frames)]
+
+
+def frame_order(ref: str | Path) -> tuple[str, int]:
+    """Sort key: a file's frames together and in loop order (frame 10 after 9, not after 1)."""
+    path, k = split_frame(ref)
+    return path.as_posix(), -1 if k is None else k
+
+
+def frame_stem(ref: str | Path) -> str:
+    """The file-name stem of an image for outputs: 'X.png' -> 'X', frame 7 of 'X.dcm' -> 'X_f0007'."""
+    path, k = split_frame(ref)
+    return path.stem if k is None else f"{path.stem}_f{k:04d}"
+
+
 def is_dicom(src) -> bool:
     """A DICOM file (by its 'DICM' marker at byte 128, or its name); bytes are checked by the marker."""
     if isinstance(src, (bytes, bytearray, memoryview)):

@@ -11,7 +11,8 @@ LiteMedSAM's image encoder (TinyViT, trained on 1.5M medical image-mask pairs) t
 
 Both heads are logistic regressions on standardised features with a temperature, fitted by
 `scripts/train_lesion_probe.py` (5-fold cross-validation by patient group). The 3-class answer is
-p(normal) = 1 - p(lesion), p(benign) = p(lesion) (1 - p(malignant | lesion)), p(malignant) = ....
+p(normal) = 1 - p(lesion), p(benign) = p(lesion) (1 - p(malignant | lesion)),
+p(malignant) = p(lesion) p(malignant | lesion).
 """
 from __future__ import annotations
 
