@@ -1,6 +1,7 @@
 """A real browser (Debian's Chromium driven by Playwright): upload a support, paint its mask with the
 mouse (the slot is registered on the server once), upload a query, double-click Segment (it runs once),
-click on the overlay to refine, and check that the overlay changes. Saves a screenshot."""
+then on the canvas: a click is drawn at once and then the new mask, undo, a dragged box, a brush
+correction and its undo. Saves a screenshot."""
 from __future__ import annotations
 
 import shutil
@@ -57,31 +58,67 @@ def test_draw_a_support_mask_and_segment(tmp_path, monkeypatch):
             page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=30_000)
             decoded = decodes[0]
             page.locator("#query-file input[type=file]").set_input_files(str(tmp_path / "query.png"))
-            page.wait_for_timeout(1000)
+            # the canvas shows the query as soon as it is uploaded
+            page.wait_for_function("() => window.panetCanvas && window.panetCanvas.state().w > 0", timeout=30_000)
             calls = segments[0]
             page.locator("#segment-button").dblclick()
-            overlay = page.locator("#overlay img")
-            overlay.wait_for(state="visible", timeout=60_000)
-            page.wait_for_timeout(1500)
-            assert "support(s)" in page.content()  # the report under the overlay
+            status = page.locator("#query-canvas .pc-status")
+            status.get_by_text("support(s)").wait_for(timeout=60_000)   # the report under the canvas
+            idle = "() => window.panetCanvas.state().busy === 0"
+            page.wait_for_function(idle, timeout=30_000)
             assert segments[0] == calls + 1, "a double click runs Segment once"
             page.locator("#segment-button").click()
-            page.wait_for_timeout(1500)
+            page.wait_for_function(idle, timeout=30_000)
             assert decodes[0] == decoded, "Segment clicks send no support images"
+            mask_png = "() => document.querySelector('#query-canvas .pc-mask').toDataURL()"
             page.evaluate("document.activeElement && document.activeElement.blur()")
-            page.keyboard.press("b")      # a shortcut: the box click mode
-            assert page.locator('#click-mode input[value="box"]').is_checked()
+            page.keyboard.press("b")      # a shortcut: the box mode
+            assert page.evaluate("window.panetCanvas.state().mode") == "box"
             page.keyboard.press("a")
-            assert page.locator('#click-mode input[value="+"]').is_checked()
-            before = overlay.get_attribute("src")
-            ob = overlay.bounding_box()
-            page.mouse.click(ob["x"] + ob["width"] * 0.5, ob["y"] + ob["height"] * 0.5)
-            # the click is drawn at once, before the server's answer (which then replaces it)
-            assert page.locator(".instant-click-marker").count() == 1, "the click is shown before the server answers"
-            page.locator("#click-status").get_by_text("1 positive").wait_for(timeout=30_000)
-            assert overlay.get_attribute("src") != before, "the click changed the overlay"
-            page.wait_for_function("() => document.querySelectorAll('.instant-click-marker').length === 0",
-                                   timeout=10_000)   # the server's overlay (which draws the click) replaced it
+            assert page.evaluate("window.panetCanvas.state().mode") == "+"
+            before = page.evaluate(mask_png)
+            ob = page.locator("#query-canvas .pc-marks").bounding_box()
+            px, py = ob["x"] + ob["width"] * 0.3, ob["y"] + ob["height"] * 0.3
+            # the click is drawn at once: in the same task as the click, before any answer can arrive
+            drawn_now, waiting = page.evaluate("""([x, y]) => {
+                const c = document.querySelector('#query-canvas .pc-marks'), r = c.getBoundingClientRect();
+                const opts = {bubbles: true, clientX: x, clientY: y, button: 0, pointerId: 1, isPrimary: true};
+                c.dispatchEvent(new PointerEvent('pointerdown', opts));
+                c.dispatchEvent(new PointerEvent('pointerup', opts));
+                const px = c.getContext('2d').getImageData(Math.round((x - r.left) * c.width / r.width),
+                                                            Math.round((y - r.top) * c.height / r.height), 1, 1);
+                return [px.data[3], window.panetCanvas.state().busy];
+            }""", [px, py])
+            assert drawn_now > 0 and waiting == 1, "the click is shown before the server answers"
+            status.get_by_text("1 positive").wait_for(timeout=30_000)
+            page.wait_for_function(idle, timeout=30_000)
+            assert page.evaluate(mask_png) != before, "the click changed the mask"
+            # undo (z): the click goes, the mask is redrawn without it
+            page.keyboard.press("z")
+            status.get_by_text("0 positive").wait_for(timeout=30_000)
+            assert page.evaluate("window.panetCanvas.state().clicks") == 0
+            # a box, dragged with the mouse (drawn while dragging)
+            page.keyboard.press("b")
+            page.mouse.move(ob["x"] + ob["width"] * 0.2, ob["y"] + ob["height"] * 0.2)
+            page.mouse.down()
+            page.mouse.move(ob["x"] + ob["width"] * 0.7, ob["y"] + ob["height"] * 0.7, steps=5)
+            page.mouse.up()
+            status.get_by_text(", box").wait_for(timeout=30_000)
+            assert page.evaluate("window.panetCanvas.state().box") is not None
+            # a brush stroke corrects the mask; z restores the one before
+            page.wait_for_function(idle, timeout=30_000)
+            before = page.evaluate(mask_png)
+            page.keyboard.press("p")
+            page.mouse.move(ob["x"] + ob["width"] * 0.8, ob["y"] + ob["height"] * 0.85)
+            page.mouse.down()
+            page.mouse.move(ob["x"] + ob["width"] * 0.95, ob["y"] + ob["height"] * 0.9, steps=5)
+            page.mouse.up()
+            status.get_by_text("Corrected by hand").wait_for(timeout=30_000)
+            assert page.evaluate(mask_png) != before
+            page.keyboard.press("z")
+            status.get_by_text("Undone").wait_for(timeout=30_000)
+            page.wait_for_function(idle, timeout=30_000)
+            assert page.evaluate(mask_png) == before, "undo restores the mask before the brush stroke"
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
             browser.close()

@@ -101,6 +101,8 @@ class ReviewView:
     image: np.ndarray | None
     text: str
     token: str          # "image_id:version" of the image shown ("" when none)
+    base: np.ndarray | None = None    # the image at display size (the canvas draws the mask on it)
+    mask: np.ndarray | None = None    # the mask at display size
 
 
 def view(store: ProjectStore, rel_path: str | None, who: str = "") -> ReviewView:
@@ -131,7 +133,7 @@ def view(store: ProjectStore, rel_path: str | None, who: str = "") -> ReviewView
         unc += "; no prediction yet: propagate, correct with the brush, or choose No lesion"
     return ReviewView(rel_path, overlay(small, m, 0.4),
                       f"**{rel_path}**: {r['status']}{unc} (version {r['version']}).{note}",
-                      f"{r['id']}:{r['version']}")
+                      f"{r['id']}:{r['version']}", small, m)
 
 
 def parse_token(token) -> tuple[int, int]:
@@ -142,8 +144,11 @@ def parse_token(token) -> tuple[int, int]:
     return image_id, version
 
 
-def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, token: str, corrector=None) -> None:
-    """A decision on exactly the image the person saw: `token` (image id and version shown) must match."""
+def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, token: str, corrector=None,
+           painted=None) -> None:
+    """A decision on exactly the image the person saw: `token` (image id and version shown) must match.
+    A correction comes from the correction editor (`corrector`) or the canvas (`painted`: a PNG data URL
+    at the size the image was shown)."""
     if not rel_path:
         raise UserError("open a project and pick an image first")
     who = owner_tag(owner)
@@ -152,10 +157,7 @@ def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, t
             image_id, version = parse_token(token)
             mask = None
             if action == "correct":
-                if not (isinstance(corrector, dict) and corrector.get("background") is not None):
-                    raise UserError("load the image into the correction editor and paint the lesion first")
-                img = read_image(store.image_path(rel_path))
-                mask = layer_mask(corrector, img.shape[:2])
+                mask = _correction(store, rel_path, corrector, painted)
                 if not mask.any():
                     raise UserError("the correction is empty: paint the lesion, or choose No lesion")
             store.decide(rel_path, action, image_id, version, who=who, mask=mask)
@@ -167,6 +169,18 @@ def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, t
             raise UserError(f"unknown action {action}")
     except DataError as exc:
         raise UserError(str(exc)) from exc
+
+
+def _correction(store: ProjectStore, rel_path: str, corrector, painted) -> np.ndarray:
+    img = read_image(store.image_path(rel_path))
+    if painted is not None:
+        from .canvas import read_mask
+
+        small, _ = display_size(img)
+        return resize_mask(read_mask(painted, small.shape[:2]), img.shape[:2])
+    if not (isinstance(corrector, dict) and corrector.get("background") is not None):
+        raise UserError("load the image into the correction editor and paint the lesion first")
+    return layer_mask(corrector, img.shape[:2])
 
 
 def promoted_supports(store: ProjectStore) -> list[tuple[np.ndarray, np.ndarray]]:

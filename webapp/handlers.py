@@ -58,6 +58,7 @@ class Session:
     last_decided: str | None = None       # the image decided last (Promote applies to it once the view moved on)
     corrector_loaded: bool = False        # the correction editor holds a correction of the current prediction
     thumbs_for: list | None = None        # the supports whose thumbnails the page shows (not sent again)
+    history: list = field(default_factory=list)  # ("click" | "box" | "paint", what undo restores), newest last
 
 
 def bounded(value, lo: float, hi: float, what: str, integer: bool = False) -> float:
@@ -450,6 +451,7 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     session.base_probability = prob16
     redrawn = auto_redraw(ctx, session, q_img, res.mask)
     session.clicks, session.box, session.box_corner, session.checkpoint = [], None, None, checkpoint_name
+    session.history = []
     truth = ground_truth(ctx, session, q_img)
     ov = render_overlay(session, opacity, truth)
     if not res.lesion_present:
@@ -544,13 +546,19 @@ def render_overlay(session: Session, opacity: float, truth=None) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- click refinement
 def refine(ctx: AppContext, session: Session, threshold: float, opacity: float, owner: str = "") -> tuple[np.ndarray, str]:
+    """The session's clicks and box on its query, and the overlay (see `refine_mask`)."""
+    opacity = bounded(opacity, 0.0, 1.0, "the overlay opacity")
+    text = refine_mask(ctx, session, threshold, owner)
+    return render_overlay(session, opacity, ground_truth(ctx, session, session.query_image)), text
+
+
+def refine_mask(ctx: AppContext, session: Session, threshold: float, owner: str = "") -> str:
     """The session's clicks and box on its query: LiteMedSAM draws the target (the query's embedding is
     cached: one decoder pass per click), informed by PANet++'s map from the supports; PANet++'s own
-    refinement (cached features, bumps) where LiteMedSAM is not available."""
+    refinement (cached features, bumps) where LiteMedSAM is not available. Returns the status line."""
     if session.query_image is None or session.probability is None:
         raise UserError("segment a query first, then click on the overlay")
     threshold = bounded(threshold, 0.01, 0.99, "the threshold")
-    opacity = bounded(opacity, 0.0, 1.0, "the overlay opacity")
     t0 = time.perf_counter()
     by = "PANet++"
     try:
@@ -574,10 +582,55 @@ def refine(ctx: AppContext, session: Session, threshold: float, opacity: float, 
     session.probability, session.mask, session.corrected = prob.astype(np.float16), mask, False
     ms = (time.perf_counter() - t0) * 1000
     n_pos = sum(1 for c in session.clicks if c[2])
-    text = (f"{n_pos} positive and {len(session.clicks) - n_pos} negative click(s)"
+    return (f"{n_pos} positive and {len(session.clicks) - n_pos} negative click(s)"
             + (", box" if session.box else "") + f": lesion on {mask.mean() * 100:.1f}% of the image, drawn by "
             f"{by} (*{ms:.0f} ms*).")
-    return render_overlay(session, opacity, ground_truth(ctx, session, session.query_image)), text
+
+
+MAX_HISTORY = 30      # undo steps a session keeps (a painted mask is kept packed: 1 bit per pixel)
+
+
+def _remember(session: Session, kind: str, previous) -> None:
+    session.history = (session.history + [(kind, previous)])[-MAX_HISTORY:]
+
+
+def paint(session: Session, mask: np.ndarray) -> None:
+    """A mask corrected by hand (the canvas's brush and eraser) becomes the session's mask; undo restores
+    the one before."""
+    if session.query_image is None or session.mask is None:
+        raise UserError("segment a query first, then correct its mask")
+    prev = session.mask
+    _remember(session, "paint", (np.packbits(prev), prev.shape, session.corrected))
+    session.mask = resize_mask(mask, session.mask.shape[:2]) if mask.shape != prev.shape else mask.astype(bool)
+    session.probability, session.corrected = session.mask.astype(np.float16), True
+
+
+def undo(session: Session) -> str:
+    """Undo the last click, box or brush correction. Returns "redraw" when the model must draw the mask
+    again from the clicks and box left, "restored" when the mask before a brush correction is back, ""
+    when there was nothing to undo (or only half a box)."""
+    if session.box_corner is not None:
+        session.box_corner = None
+        return ""
+    if session.history:
+        (kind, prev), session.history = session.history[-1], session.history[:-1]
+        if kind == "paint":
+            bits, shape, corrected = prev
+            session.mask = np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
+            session.probability, session.corrected = session.mask.astype(np.float16), corrected
+            return "restored"
+        if kind == "click" and session.clicks:
+            session.clicks = session.clicks[:-1]
+        elif kind == "box":
+            session.box = prev
+        return "redraw"
+    if session.clicks:
+        session.clicks = session.clicks[:-1]
+        return "redraw"
+    if session.box is not None:
+        session.box = None
+        return "redraw"
+    return ""
 
 
 def add_click(session: Session, x_display: float, y_display: float, mode: str) -> None:
@@ -596,6 +649,7 @@ def add_click(session: Session, x_display: float, y_display: float, mode: str) -
             (x0, y0), session.box_corner = session.box_corner, None
             if abs(x - x0) < 2 or abs(y - y0) < 2:
                 raise UserError("the box is too small: click two opposite corners")
+            _remember(session, "box", session.box)
             session.box = (min(x0, x), min(y0, y), max(x0, x), max(y0, y))
         return
     if mode not in ("+", "-"):
@@ -603,6 +657,7 @@ def add_click(session: Session, x_display: float, y_display: float, mode: str) -
     if len(session.clicks) >= MAX_CLICKS:
         raise UserError(f"at most {MAX_CLICKS} clicks: clear them or correct with the brush")
     session.clicks = session.clicks + [(x, y, mode == "+")]
+    _remember(session, "click", None)
 
 
 MAX_CLICKS = 30
@@ -619,14 +674,19 @@ def ground_truth(ctx: AppContext, session: Session, q_img: np.ndarray):
     return resize_mask(it.mask, image.shape[:2])
 
 
+def rethreshold(session: Session, threshold: float) -> None:
+    """A new threshold on the session's map (a hand-corrected mask keeps its pixels)."""
+    threshold = bounded(threshold, 0.01, 0.99, "the threshold")
+    if session.probability is not None and not session.corrected:
+        session.mask = session.probability > threshold
+
+
 def rerender(session: Session, threshold: float, opacity: float, ctx: AppContext):
     """New threshold/opacity without running the model again."""
     if session.probability is None:
         return None
-    threshold = bounded(threshold, 0.01, 0.99, "the threshold")
+    rethreshold(session, threshold)
     opacity = bounded(opacity, 0.0, 1.0, "the overlay opacity")
-    if not session.corrected:
-        session.mask = session.probability > threshold
     return render_overlay(session, opacity, ground_truth(ctx, session, session.query_image))
 
 

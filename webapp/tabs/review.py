@@ -3,11 +3,15 @@ queue (accept / no lesion / skip / correct / undo / promote / next), promoted su
 from __future__ import annotations
 
 import copy
+import json
+import time
 from types import SimpleNamespace
 
 import gradio as gr
 
-from .. import annotate, handlers, jobs, shortcuts
+from core.data.errors import DataError
+
+from .. import annotate, canvas, handlers, jobs, shortcuts
 from ..context import owner_tag
 from ..events import EMPTY_EDITOR, bind, owner
 from ..handlers import N_SLOTS, Session, UserError
@@ -17,8 +21,8 @@ from .segment import editor
 DECISIONS = ("accept", "no lesion", "skip", "correct")
 
 
-def layout() -> SimpleNamespace:
-    c = SimpleNamespace()
+def layout(ctx, link) -> SimpleNamespace:
+    c = SimpleNamespace(link=link)
     gr.Markdown("Annotates every image of the data folder with this session's supports: *Propagate*, then review "
                 "the most uncertain images first (accept, no lesion, skip, correct with the brush, undo), promote "
                 "good ones to supports, and export a dataset. Projects are stored under the output folder and "
@@ -27,7 +31,7 @@ def layout() -> SimpleNamespace:
         c.name = gr.Textbox(label="Project name (your own: other users never see it)", placeholder="e.g. ward7_thyroid",
                             scale=3, elem_id="project-name")
         c.open = gr.Button("Open / create", scale=1)
-    c.status = gr.Markdown(elem_id="project-status")
+    c.status = gr.Markdown(elem_id="project-status", visible=False)   # the API's; the page's is on the canvas
     with gr.Row():
         c.prop_btn = gr.Button("Propagate the supports", variant="primary", elem_id="propagate-button")
         c.prop_cancel = gr.Button("Stop", variant="stop", size="sm")
@@ -39,30 +43,22 @@ def layout() -> SimpleNamespace:
                                               "frames that jump are listed for review")
     c.prop_status = gr.Markdown(elem_id="propagate-status")
     with gr.Row():
-        with gr.Column():
-            c.img = gr.Image(label="Review: the most uncertain first", type="numpy", format="jpeg", interactive=False,
-                             height=320, elem_id="review-image")
-            c.text = gr.Markdown(elem_id="review-text")
-            # which image (id:version) the page shows: every decision carries it back and is refused unless
-            # it is the image under review, unchanged since it was shown
-            c.token = gr.Textbox(visible=False, elem_id="review-token")
-        with gr.Column():
-            with gr.Row():
-                c.accept = gr.Button("Accept (Enter)", variant="primary", elem_id="accept-button")
-                c.no_lesion = gr.Button("No lesion (n)", elem_id="nolesion-button")
-                c.skip = gr.Button("Skip (s)", elem_id="skip-button")
-            with gr.Row():
-                c.back = gr.Button("Back (←)", size="sm", elem_id="back-button")
-                c.next = gr.Button("Next (→)", size="sm", elem_id="next-button")
-                c.undo = gr.Button("Undo (u)", size="sm", elem_id="undo-button")
-                c.promote = gr.Button("Promote to support", size="sm")
-            c.load = gr.Button("Correct with the brush", size="sm")
-            c.editor = editor("Correct the mask of the image under review", 300, elem_id="review-editor")
-            c.save = gr.Button("Save correction", elem_id="save-correction")
+        with gr.Column(scale=3):
+            c.canvas = canvas.component("review", server_functions(ctx, c.link), "review-canvas")
+        with gr.Column(scale=1):
+            c.promote = gr.Button("Promote to support", size="sm")
             c.use_promoted = gr.Button("Use promoted images as supports", size="sm")
             # the scrubber of a cine loop: any frame of the project's loops, by its place in the loop
             c.frame = gr.Slider(0, 1, value=0, step=1, label="Cine loop: frame (0 = the first frame of the first loop)",
                                 elem_id="frame-scrubber", visible=False)
+    # the API's review (scripts): the page decides on the canvas above
+    c.img = gr.Image(type="numpy", format="jpeg", interactive=False, visible=False, elem_id="review-image")
+    c.text = gr.Markdown(visible=False, elem_id="review-text")
+    # which image (id:version) was shown: every decision carries it back and is refused unless it is the
+    # image under review, unchanged since it was shown
+    c.token = gr.Textbox(visible=False, elem_id="review-token")
+    c.accept, c.no_lesion, c.skip, c.back, c.next, c.undo, c.save = (gr.Button(visible=False) for _ in range(7))
+    c.editor = editor("Correct the mask of the image under review", 300, elem_id="review-editor", visible=False)
     gr.Markdown(shortcuts.HELP_MD, elem_id="review-shortcuts")
     with gr.Row():
         c.export = gr.Button("Export (masks, manifest, COCO)", size="sm", scale=0, min_width=220)
@@ -155,6 +151,13 @@ def _next_shown(store, sess: Session, action: str, target):
 
 def decide(ctx, action: str, sess: Session, corr, token, request: gr.Request):
     sess = copy.copy(sess)
+    store, v = _decide(ctx, action, sess, token, request, corr=corr)
+    return sess, annotate.status_text(store), v.image, v.text, EMPTY_EDITOR, v.token
+
+
+def _decide(ctx, action: str, sess: Session, token, request, corr=None, painted=None):
+    """A decision (or a move) on the image under review, then the image to show next: (store, view).
+    `sess` is changed in place (the caller's copy)."""
     store = store_of(ctx, sess, request)
     # the page sends the token of the image it shows; an API client may leave it empty
     token = token or sess.review_token
@@ -162,19 +165,50 @@ def decide(ctx, action: str, sess: Session, corr, token, request: gr.Request):
         raise UserError("the page and the review are out of step: open the project again (nothing was saved)")
     target = _target(store, sess, action)
     if action not in ("next", "back"):
-        annotate.decide(store, target, action, owner(ctx, request), token, corr)
+        annotate.decide(store, target, action, owner(ctx, request), token, corr, painted=painted)
     if action in DECISIONS:
         sess.last_decided = target
-    v = show(ctx, sess, store, _next_shown(store, sess, action, target), request)
-    return sess, annotate.status_text(store), v.image, v.text, EMPTY_EDITOR, v.token
+    return store, show(ctx, sess, store, _next_shown(store, sess, action, target), request)
 
 
-def load_editor(ctx, sess: Session, request: gr.Request):
+def canvas_payload(store, v: annotate.ReviewView) -> dict:
+    """What the review canvas shows: the image, its mask, the token of what it shows, the status."""
+    p = {"image": None if v.base is None else canvas.jpeg_url(v.base), "token": v.token, "status": v.text,
+         "project": annotate.status_text(store), "n": time.time_ns()}
+    if v.base is not None:
+        p.update(w=v.base.shape[1], h=v.base.shape[0], mask=canvas.mask_url(v.mask), truth=None)
+    return p
+
+
+def canvas_view(ctx, sess: Session, request: gr.Request):
+    """The review canvas after the view changed through the queue (open, propagate, the scrubber)."""
+    if not sess.project:
+        return json.dumps({"image": None, "status": ""})
     store = store_of(ctx, sess, request)
-    if not sess.review_path:
-        raise UserError("nothing under review")
-    from core.data.io import read_image
-    return handlers.editor_value(read_image(store.image_path(sess.review_path)), store.mask(sess.review_path))
+    v = annotate.view(store, sess.review_path, who=owner_tag(owner(ctx, request)))
+    if v.token != sess.review_token:     # the image shown changed (unreadable, decided elsewhere): say so
+        return json.dumps({"image": None, "status": "The review changed: open the project again."})
+    return json.dumps(canvas_payload(store, v))
+
+
+def server_functions(ctx, link: canvas.PageLink) -> list:
+    def decide(args, request: gr.Request = None):
+        """The review canvas's decisions and moves (Enter, n, s, arrows, u, Save correction)."""
+        a = canvas.first_arg(args)
+        request = canvas.calling_request(request)
+        action = a.get("action")
+        if action not in DECISIONS + ("undo", "next", "back"):
+            return {"error": f"unknown action {action!r}"}
+        try:
+            with link.session(request) as (sess, req):
+                if not isinstance(a.get("token"), str) or (action in DECISIONS and not a.get("token")):
+                    raise UserError("no image under review: open a project first")
+                store, v = _decide(ctx, action, sess, a["token"], req, painted=a.get("mask") if action == "correct"
+                                   else None)
+                return canvas_payload(store, v)
+        except (UserError, ValueError, DataError) as exc:
+            return {"error": str(exc)}
+    return [decide]
 
 
 def use_promoted(ctx, sess: Session, request: gr.Request):
@@ -208,20 +242,25 @@ def _bound_decision(ctx, action):
 
 
 def build(ctx, shared: Shared) -> None:
-    c = layout()
     s = shared.session
+    c = layout(ctx, canvas.PageLink(s))
+    show_view = bind(ctx, canvas_view)
     c.open.click(bind(ctx, open_project), [s, c.name], [s, c.status, c.img, c.text, c.token],
-                 api_name="annotate_open").then(bind(ctx, scrubber_range), s, c.frame, api_name=False)
-    c.frame.release(bind(ctx, go_to_frame), [s, c.frame], [s, c.img, c.text, c.token], api_name="annotate_frame")
+                 api_name="annotate_open").then(bind(ctx, scrubber_range), s, c.frame, api_name=False
+                                                ).then(show_view, s, c.canvas, api_name=False)
+    c.frame.release(bind(ctx, go_to_frame), [s, c.frame], [s, c.img, c.text, c.token], api_name="annotate_frame"
+                    ).then(show_view, s, c.canvas, api_name=False)
     c.prop_btn.click(bind(ctx, propagate), [s, shared.ckpt, c.presence, c.delineate, c.temporal],
                      [c.prop_status, c.img, c.text, c.token, s], api_name="annotate_propagate",
-                     concurrency_limit=1, concurrency_id="propagate")
+                     concurrency_limit=1, concurrency_id="propagate").then(show_view, s, c.canvas, api_name=False)
     c.prop_cancel.click(bind(ctx, cancel), None, c.prop_status, api_name="annotate_stop")
     for btn, action in ((c.accept, "accept"), (c.no_lesion, "no lesion"), (c.skip, "skip"), (c.undo, "undo"),
-                        (c.promote, "promote"), (c.next, "next"), (c.back, "back"), (c.save, "correct")):
+                        (c.next, "next"), (c.back, "back"), (c.save, "correct")):
         btn.click(_bound_decision(ctx, action), [s, c.editor, c.token], [s, c.status, c.img, c.text, c.editor, c.token],
                   api_name="annotate_" + action.replace(" ", "_"))
-    c.load.click(bind(ctx, load_editor), s, c.editor, api_name=False)
+    c.promote.click(_bound_decision(ctx, "promote"), [s, c.editor, c.token],
+                    [s, c.status, c.img, c.text, c.editor, c.token], api_name="annotate_promote"
+                    ).then(show_view, s, c.canvas, api_name=False)
     c.use_promoted.click(bind(ctx, use_promoted), s, shared.editors + [s, shared.supports_md],
                          api_name="annotate_use_promoted")
     c.export.click(bind(ctx, export), s, c.export_file, api_name="annotate_export")

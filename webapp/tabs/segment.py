@@ -9,22 +9,22 @@ import gradio as gr
 
 from core.visual import overlay
 
-from .. import finetune, handlers
+from .. import canvas, finetune, handlers
 from ..events import EMPTY_EDITOR, bind, clear_corrector, owner
 from ..handlers import N_SLOTS, Session, UserError
 from ..uploads import SafeImageEditor
-from . import Shared
+from . import Shared, query_canvas
 
 MAX_WAITING_JOBS = 8  # training jobs running or waiting in our own queue (one runs; the others see their place)
 
 
-def editor(label: str, height: int = 340, elem_id: str | None = None) -> gr.ImageEditor:
+def editor(label: str, height: int = 340, elem_id: str | None = None, visible: bool = True) -> gr.ImageEditor:
     return SafeImageEditor(
         label=label, type="numpy", format="png", transforms=(), sources=("upload", "clipboard"),
         brush=gr.Brush(colors=[("#ff0000", 0.5)], color_mode="fixed", default_size=12),
         eraser=gr.Eraser(default_size=16),
         layers=gr.LayerOptions(allow_additional_layers=False, layers=["Lesion"]),
-        height=height, image_mode="RGBA", elem_id=elem_id)
+        height=height, image_mode="RGBA", elem_id=elem_id, visible=visible)
 
 
 # ------------------------------------------------------------------------------------------ layout
@@ -55,12 +55,13 @@ def _gallery_column(c: SimpleNamespace, thumbs) -> None:
 
 
 def _query_column(c: SimpleNamespace) -> None:
-    c.query_preview = gr.Image(label="Query image", type="numpy", format="png", interactive=False, height=280)
+    # the canvas shows the query; this image is an output of the API's use_as_query only
+    c.query_preview = gr.Image(label="Query image", type="numpy", format="png", interactive=False, visible=False)
     c.query = gr.File(label="Upload a query image (PNG, JPEG, BMP, TIFF, DICOM; up to 4096 px)",
                       file_types=["image", ".dcm", ".dicom"], height=90, elem_id="query-file")
-    c.threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold")
-    c.opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Overlay opacity (space: on/off)",
-                          elem_id="opacity-slider")
+    c.threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold", elem_id="threshold-slider")
+    # the page's opacity is the canvas's own slider (drawn in the browser); this one is the API's
+    c.opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Overlay opacity", visible=False)
     c.per_support = gr.Checkbox(False, label="Heatmaps of each support too (slower)")
     c.no_lesion = gr.Checkbox(False, label="Breast lesions: answer 'no lesion' when the image has none "
                                            "(lesion-presence head; off for other targets)", elem_id="no-lesion-check")
@@ -75,17 +76,18 @@ def _query_column(c: SimpleNamespace) -> None:
         c.adapt_save = gr.Button("Save adapted model", size="sm", scale=1)
 
 
-def _result_column(c: SimpleNamespace) -> None:
-    c.overlay_out = gr.Image(label="Prediction overlay (red; green: ground truth). Click it to refine",
-                             type="numpy", format="jpeg", interactive=False, height=320, elem_id="overlay")
-    with gr.Row():
-        c.click_mode = gr.Radio([("add lesion (+, a)", "+"), ("remove (-, r)", "-"), ("box: 2 corners (b)", "box")],
-                                value="+", label="A click on the overlay...", elem_id="click-mode", scale=3)
-        c.undo_click = gr.Button("Undo click (z)", size="sm", scale=1, elem_id="undo-click")
-        c.clear_clicks = gr.Button("Clear clicks (c)", size="sm", scale=1, elem_id="clear-clicks")
-    c.click_text = gr.Markdown(elem_id="click-status")
-    c.report = gr.Markdown()
-    # the click endpoint for API clients (the page uses the overlay's select event)
+def _result_column(ctx, c: SimpleNamespace) -> None:
+    from .query_canvas import server_functions
+    c.canvas = canvas.component("segment", server_functions(ctx, c.link), "query-canvas")
+    # what the API's endpoints return (scripts); the page shows all of it on the canvas
+    c.overlay_out = gr.Image(label="Prediction overlay", type="numpy", format="jpeg", interactive=False,
+                             visible=False, elem_id="overlay")
+    c.click_mode = gr.Radio([("add lesion", "+"), ("remove", "-"), ("box: 2 corners", "box")], value="+",
+                            label="A click on the overlay...", visible=False)
+    c.undo_click = gr.Button("Undo click", visible=False)
+    c.clear_clicks = gr.Button("Clear clicks", visible=False)
+    c.click_text = gr.Markdown(visible=False)
+    c.report = gr.Markdown(visible=False)
     c.click_x = gr.Number(visible=False, label="click x")
     c.click_y = gr.Number(visible=False, label="click y")
     c.click_btn = gr.Button(visible=False)
@@ -112,8 +114,8 @@ def _maps_and_correction(c: SimpleNamespace) -> None:
     c.add_support = gr.Button("Add corrected query as a support")
 
 
-def layout(ctx, thumbs) -> SimpleNamespace:
-    c = SimpleNamespace()
+def layout(ctx, thumbs, link) -> SimpleNamespace:
+    c = SimpleNamespace(link=link)
     # the action first: reachable without scrolling (supports and query are set below)
     with gr.Row(equal_height=True):
         c.seg_btn = gr.Button("Segment", variant="primary", elem_id="segment-button", scale=1, min_width=160)
@@ -128,8 +130,8 @@ def layout(ctx, thumbs) -> SimpleNamespace:
     with gr.Row():
         with gr.Column(scale=1):
             _query_column(c)
-        with gr.Column(scale=1):
-            _result_column(c)
+        with gr.Column(scale=2):
+            _result_column(ctx, c)
     _maps_and_correction(c)
     return c
 
@@ -236,11 +238,9 @@ def do_segment(ctx, sess: Session, ckpt_name, q, thr, opa, per_sup, no_les, requ
     return result
 
 
-def do_segment_page(ctx, sess: Session, ckpt_name, q, thr, opa, per_sup, no_les, request: gr.Request):
-    """The page's Segment: the same work, and only the overlay, the status line and the state go back (the
-    maps panel asks for its images when it is open)."""
-    out = do_segment(ctx, sess, ckpt_name, q, thr, opa, per_sup, no_les, request)
-    return out[0], out[3], out[4], out[6], out[7]
+def canvas_view(ctx, sess: Session):
+    """The canvas shows the new query (no mask yet)."""
+    return query_canvas.view_json(ctx, sess)
 
 
 def show_maps(ctx, sess: Session):
@@ -264,28 +264,24 @@ def click(ctx, sess: Session, x, y, mode, thr, opa, request):
     return refined(ctx, sess, thr, opa, request)
 
 
-def on_overlay_click(ctx, sess: Session, mode, thr, opa, evt: gr.SelectData, request: gr.Request):
-    return click(ctx, sess, evt.index[0], evt.index[1], mode, thr, opa, request)
-
-
 def on_api_click(ctx, sess: Session, x, y, mode, thr, opa, request: gr.Request):
     return click(ctx, sess, x, y, mode, thr, opa, request)
 
 
 def undo_click(ctx, sess: Session, thr, opa, request: gr.Request):
     sess = copy.copy(sess)
-    if sess.box_corner is not None:
-        sess.box_corner = None
-    elif sess.clicks:
-        sess.clicks = sess.clicks[:-1]
-    elif sess.box is not None:
-        sess.box = None
-    return refined(ctx, sess, thr, opa, request)
+    if handlers.undo(sess) == "redraw":
+        return refined(ctx, sess, thr, opa, request)
+    if sess.query_image is None or sess.mask is None:    # half a box undone, or nothing to undo
+        return gr.skip(), "Nothing to undo.", gr.skip(), sess
+    ov = handlers.render_overlay(sess, handlers.bounded(opa, 0.0, 1.0, "the overlay opacity"),
+                                 handlers.ground_truth(ctx, sess, sess.query_image))
+    return ov, "Undone.", clear_corrector(sess), sess
 
 
 def clear_clicks(ctx, sess: Session, thr, opa, request: gr.Request):
     sess = copy.copy(sess)
-    sess.clicks, sess.box, sess.box_corner = [], None, None
+    sess.clicks, sess.box, sess.box_corner, sess.history = [], None, None, []
     return refined(ctx, sess, thr, opa, request)
 
 
@@ -315,11 +311,6 @@ def cancel(ctx, request: gr.Request):
     return finetune.cancel(owner(ctx, request))
 
 
-def rerender(ctx, sess: Session, thr, opa):
-    img = handlers.rerender(sess, thr, opa, ctx)
-    return img if img is not None else gr.skip()
-
-
 def add_corrected(ctx, sess: Session, corr):
     mask = handlers.corrected_mask(sess, corr)
     if not mask.any():
@@ -343,8 +334,9 @@ def _wire_supports(ctx, c, s: Shared, keys) -> None:
     c.to_slot.click(bind(ctx, put_in_slot), [c.picked, c.slot_choice, s.session],
                     c.editors + c.mask_files + [s.session, c.supports_md, c.slot_choice], api_name="put_in_slot")
     c.to_query.click(bind(ctx, use_as_query), [c.picked, s.session], [c.query_preview, c.query, s.session],
-                     api_name="use_as_query")
-    c.query.upload(bind(ctx, on_query_upload), [c.query, s.session], [c.query_preview, s.session], api_name=False)
+                     api_name="use_as_query").then(bind(ctx, canvas_view), s.session, c.canvas, api_name=False)
+    c.query.upload(bind(ctx, on_query_upload), [c.query, s.session], [c.query_preview, s.session], api_name=False,
+                   ).then(bind(ctx, canvas_view), s.session, c.canvas, api_name=False)
     for i in range(N_SLOTS):
         reg = _slot_handler(ctx, register_slot, i + 1)
         for comp in (c.editors[i], c.mask_files[i]):
@@ -369,12 +361,21 @@ def _slot_handler(ctx, fn, slot):
     return handler
 
 
+# the page's Segment and threshold go to the canvas (its server functions), with the values of these inputs
+SEGMENT_JS = """(ckpt, threshold, per_support, no_lesion) => {
+  if (window.panetCanvas) window.panetCanvas.segment({ckpt, threshold, per_support, no_lesion});
+}"""
+THRESHOLD_JS = "(t) => { if (window.panetCanvas) window.panetCanvas.threshold(t); }"
+
+
 def _wire_segment(ctx, c, s: Shared) -> None:
-    # a new prediction empties the correction editor (a correction of the previous one must not be reused)
-    inputs = [s.session, s.ckpt, c.query, c.threshold, c.opacity, c.per_support, c.no_lesion]
-    c.seg_btn.click(bind(ctx, do_segment_page), inputs, [c.overlay_out, c.report, c.click_text, c.corrector, s.session],
-                    api_name=False, concurrency_limit=2, concurrency_id="segment", trigger_mode="once")
+    c.seg_btn.click(None, [s.ckpt, c.threshold, c.per_support, c.no_lesion], None, js=SEGMENT_JS, api_name=False)
+    c.threshold.release(None, c.threshold, None, js=THRESHOLD_JS, api_name=False)
+    # a canvas answer that replaced the mask empties the correction editor when it held a correction
+    c.canvas.change(bind(ctx, query_canvas.clear_corrector_now), None, c.corrector, api_name=False,
+                    show_progress="hidden")
     # the API for scripts keeps every output (overlay, probability map, heatmaps, report, ...)
+    inputs = [s.session, s.ckpt, c.query, c.threshold, c.opacity, c.per_support, c.no_lesion]
     c.api_segment = gr.Button(visible=False)
     c.api_segment.click(bind(ctx, do_segment), inputs,
                         [c.overlay_out, c.prob_out, c.heat_out, c.report, c.click_text, c.support_thumbs, c.corrector,
@@ -383,8 +384,6 @@ def _wire_segment(ctx, c, s: Shared) -> None:
     c.maps.expand(bind(ctx, show_maps), s.session, maps_out, api_name=False)
     c.maps_btn.click(bind(ctx, show_maps), s.session, maps_out, api_name=False)
     refined_out = [c.overlay_out, c.click_text, c.corrector, s.session]
-    c.overlay_out.select(bind(ctx, on_overlay_click), [s.session, c.click_mode, c.threshold, c.opacity], refined_out,
-                         api_name=False, concurrency_limit=2, show_progress="hidden")   # the click's dot shows at once
     c.click_btn.click(bind(ctx, on_api_click), [s.session, c.click_x, c.click_y, c.click_mode, c.threshold,
                                                 c.opacity], refined_out, api_name="click", concurrency_limit=2)
     c.undo_click.click(bind(ctx, undo_click), [s.session, c.threshold, c.opacity], refined_out,
@@ -392,8 +391,6 @@ def _wire_segment(ctx, c, s: Shared) -> None:
     c.clear_clicks.click(bind(ctx, clear_clicks), [s.session, c.threshold, c.opacity], refined_out,
                          api_name="clear_clicks")
     c.download_btn.click(bind(ctx, downloads), [s.session, c.opacity], c.files_out, api_name="downloads")
-    c.threshold.release(bind(ctx, rerender), [s.session, c.threshold, c.opacity], c.overlay_out, api_name=False)
-    c.opacity.release(bind(ctx, rerender), [s.session, c.threshold, c.opacity], c.overlay_out, api_name=False)
     c.load_corrector.click(bind(ctx, load_corrector), s.session, [c.corrector, s.session], api_name=False)
     c.add_support.click(bind(ctx, add_corrected), [s.session, c.corrector], c.editors + [s.session, c.supports_md],
                         api_name="add_corrected_support")
@@ -410,7 +407,7 @@ def _wire_adapt(ctx, c, s: Shared) -> None:
 def build(ctx, shared: Shared) -> None:
     gallery_items = ctx.thumbnails()
     keys = [k for k, _, _ in gallery_items]
-    c = layout(ctx, [(img, caption) for _, img, caption in gallery_items])
+    c = layout(ctx, [(img, caption) for _, img, caption in gallery_items], canvas.PageLink(shared.session))
     c.picked = gr.State(None)
     shared.editors, shared.mask_files, shared.supports_md, shared.corrector = (c.editors, c.mask_files,
                                                                               c.supports_md, c.corrector)

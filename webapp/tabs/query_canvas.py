@@ -1,0 +1,153 @@
+"""The Segment tab's canvas: its server functions (Segment, click, box, brush correction, undo, clear, a
+new threshold), each answering with only what changed: the mask as a compact PNG, the clicks and box in
+the displayed image's pixels, and a status line. The page draws them (webapp/static/canvas.js)."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+
+import gradio as gr
+
+from core.data.io import DataError, resize_mask
+
+from .. import canvas, handlers
+from ..events import owner
+from ..handlers import Session, UserError
+
+log = logging.getLogger(__name__)
+HEAVY = threading.BoundedSemaphore(2)   # Segments running at once (2 CPU cores), as the queue's limit for /segment
+
+
+def view(ctx, sess: Session, status: str = "", image: bool = False) -> dict:
+    """What the canvas shows of the session: the query (with `image`), its mask, clicks, box, status."""
+    if sess.query_image is None:
+        return {"image": None, "status": status} if image else {"status": status}
+    small, scale = handlers.display_size(sess.query_image)
+    p: dict = {}
+    if image:
+        truth = handlers.ground_truth(ctx, sess, sess.query_image)
+        p.update(image=canvas.jpeg_url(small), w=small.shape[1], h=small.shape[0],
+                 truth=canvas.contour_url(resize_mask(truth, small.shape[:2]) if truth is not None else None),
+                 n=time.time_ns())
+    p["mask"] = canvas.mask_url(resize_mask(sess.mask, small.shape[:2])) if sess.mask is not None else None
+    p["clicks"] = canvas.display_clicks(sess.clicks, scale)
+    p["box"] = canvas.display_box(sess.box, scale)
+    p["status"] = status
+    return p
+
+
+def view_json(ctx, sess: Session) -> str:
+    """The canvas's value after the query changed (a gallery pick, an upload): the new image, no mask."""
+    return json.dumps(view(ctx, sess, "Query ready: press **Segment**." if sess.query_image is not None else "",
+                           image=True))
+
+
+def clear_corrector_now(ctx):
+    """The page's correction editor held a correction of a mask the canvas has replaced: empty it."""
+    from ..events import EMPTY_EDITOR
+    return EMPTY_EDITOR
+
+
+def _answer(fn):
+    """A server function's errors as a message the canvas shows (nothing of the session changes)."""
+    @functools.wraps(fn)
+    def call(args, request: gr.Request = None):
+        try:
+            return fn(canvas.first_arg(args), canvas.calling_request(request))
+        except (UserError, ValueError, DataError) as exc:
+            return {"error": str(exc)}
+        except Exception:      # a bug: logged, and the page says so without details
+            log.exception("canvas call %s failed", fn.__name__)
+            return {"error": "Something went wrong on the server (logged); nothing was changed."}
+    del call.__wrapped__      # Gradio reads this signature (it injects the gr.Request), not fn's
+    return call
+
+
+def server_functions(ctx, link: canvas.PageLink) -> list:
+    """The canvas's calls, bound to the app and to the page's session."""
+
+    def _refined(sess, req, threshold) -> dict:
+        text = handlers.refine_mask(ctx, sess, threshold, owner(ctx, req))
+        return _with_corrector(sess, view(ctx, sess, text))
+
+    @_answer
+    def segment(a, request):
+        with link.session(request) as (sess, req):
+            if sess.query_image is None:
+                raise UserError("no query image: upload one or pick one from the gallery")
+            with HEAVY:
+                out = handlers.segment(ctx, sess, a.get("ckpt"), None, a.get("threshold", 0.5), 0.4,
+                                       owner=owner(ctx, req), per_support_maps=bool(a.get("per_support")),
+                                       no_lesion=bool(a.get("no_lesion")))
+            status = "\n\n".join([out.report] + [f"*{n}*" for n in out.notes]) + f"\n\n*{out.seconds * 1000:.0f} ms*"
+            return _with_corrector(sess, view(ctx, sess, status))
+
+    @_answer
+    def click(a, request):
+        with link.session(request) as (sess, req):
+            mode = a.get("mode")
+            if mode not in ("+", "-"):
+                raise UserError(f"unknown click mode {mode!r}")
+            handlers.add_click(sess, a.get("x"), a.get("y"), mode)
+            return _refined(sess, req, a.get("threshold", 0.5))
+
+    @_answer
+    def box(a, request):
+        with link.session(request) as (sess, req):
+            b = a.get("box")
+            if not (isinstance(b, list) and len(b) == 4):
+                raise UserError("a box needs two corners")
+            sess.box_corner = None
+            handlers.add_click(sess, b[0], b[1], "box")
+            handlers.add_click(sess, b[2], b[3], "box")
+            return _refined(sess, req, a.get("threshold", 0.5))
+
+    @_answer
+    def paint(a, request):
+        with link.session(request) as (sess, req):
+            if sess.query_image is None or sess.mask is None:
+                raise UserError("segment a query first, then correct its mask")
+            small, _ = handlers.display_size(sess.query_image)
+            handlers.paint(sess, canvas.read_mask(a.get("mask"), small.shape[:2]))
+            text = (f"Corrected by hand: lesion on {sess.mask.mean() * 100:.1f}% of the image (z undoes it; "
+                    "downloads, Classify and *Add corrected query as a support* use this mask).")
+            return _with_corrector(sess, {"status": text})      # the page already shows the painted mask
+
+    @_answer
+    def undo(a, request):
+        with link.session(request) as (sess, req):
+            done = handlers.undo(sess)
+            if done == "redraw":
+                return _refined(sess, req, a.get("threshold", 0.5))
+            return view(ctx, sess, "Undone: the mask before the brush correction." if done == "restored"
+                        else "Nothing to undo.")
+
+    @_answer
+    def clear(a, request):
+        with link.session(request) as (sess, req):
+            sess.clicks, sess.box, sess.box_corner, sess.history = [], None, None, []
+            if sess.probability is None:
+                return view(ctx, sess, "")
+            return _refined(sess, req, a.get("threshold", 0.5))
+
+    @_answer
+    def rethreshold(a, request):
+        with link.session(request) as (sess, req):
+            if sess.probability is None:
+                return {"status": ""}
+            handlers.rethreshold(sess, a.get("threshold", 0.5))
+            return view(ctx, sess, f"Threshold {float(a.get('threshold', 0.5)):.2f}: lesion on "
+                                   f"{sess.mask.mean() * 100:.1f}% of the image.")
+
+    return [segment, click, box, paint, undo, clear, rethreshold]
+
+
+def _with_corrector(sess: Session, payload: dict) -> dict:
+    """The page empties its correction editor when it held a correction of the mask just replaced."""
+    if sess.corrector_loaded:
+        sess.corrector_loaded = False
+        payload["clear_corrector"] = True
+    return payload
