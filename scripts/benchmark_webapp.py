@@ -7,7 +7,9 @@ ground-truth masks, or the synthetic phantoms without data), then times Segment 
 client's request to the response with the overlay (alternating between two thresholds, so that no
 call repeats the one before: an immediate repeat is dropped as a double click). Also times click
 refinements (/click). With --browser, Chromium (Playwright) uploads the supports and masks into the
-slots, and the time from a click on Segment to the overlay image being replaced is measured in the page.
+slots, and times in the page, on the interaction canvas: a click on Segment to the mask drawn, a click on
+the canvas to the refined mask drawn, and Enter in the review queue to the next image drawn (each up to the
+animation frame after the canvas drew the server's answer).
 Writes docs/results_webapp.json and docs/results.md.
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    times = []
+    times, server = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
@@ -47,87 +49,81 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             page.wait_for_timeout(800)
             page.locator(f"#mask{k} input[type=file]").set_input_files(str(mask))
             page.locator("#supports-status").get_by_text(f"{k}: ready").wait_for(timeout=60_000)
-        # timed inside the page: the click (capture phase) to the load of the new overlay image, so that the
-        # measuring does not poll the page's main thread
-        page.evaluate("""() => {
-            document.querySelector('#segment-button').addEventListener('click', () => {
-                window.__t0 = performance.now(); window.__t1 = null; }, true);
-            new MutationObserver(() => {
-                const img = document.querySelector('#overlay img');
-                if (img && img.src !== window.__src) {
-                    window.__src = img.src;
-                    const done = () => { if (window.__t0 && !window.__t1) window.__t1 = performance.now(); };
-                    img.complete ? done() : img.addEventListener('load', done, {once: true});
-                }
-            }).observe(document.querySelector('#overlay'), {subtree: true, childList: true, attributes: true});
-        }""")
+        # timed inside the page: from the click (capture phase) to the canvas's next "drawn" signal, which it
+        # gives on the frame after the new mask is drawn (so that the measuring does not poll the page)
+        _watch(page, "#query-canvas", "click", "#segment-button")
+        page.wait_for_function("() => window.panetCanvas !== undefined", timeout=60_000)
         for r in range(repeats + 1):
-            if r:   # the file box shows the last upload: clear it to upload the next query
-                page.locator("#query-file button[aria-label='Clear']").first.click()
-                page.wait_for_timeout(300)
-            page.locator("#query-file input[type=file]").set_input_files(str(queries[r % len(queries)]))
-            page.wait_for_timeout(1500)       # the query is uploaded and decoded before the click
+            page.locator("#query-canvas input.pc-file").set_input_files(str(queries[r % len(queries)]))
+            page.wait_for_timeout(1500)       # the query is uploaded and decoded (and shown) before the click
+            page.evaluate("() => { window.__t0 = null; window.__t1 = null; }")
             page.locator("#segment-button").click()
             page.wait_for_function("() => window.__t1 !== null && window.__t1 !== undefined", timeout=60_000,
                                    polling=100)
             times.append(page.evaluate("() => window.__t1 - window.__t0"))
+            status = page.locator("#query-canvas .pc-status").inner_text()
+            assert "support(s)" in status or "No lesion" in status, status
+            server.append(float(status.split(" ms")[-2].split()[-1]))      # the server's own time, last on the line
         clicks = _time_overlay_clicks(page, 10)
         keys = _time_keyboard_accepts(page, 10)
         browser.close()
     rest = times[1:]
     return {"browser_repeats": len(rest), "browser_median_ms": pct(rest, 50), "browser_p95_ms": pct(rest, 95),
+            "browser_server_median_ms": pct(server[1:], 50), "browser_server_ms": [round(v) for v in server],
+            "browser_ms": [round(v) for v in times],
             "browser_first_ms": round(times[0]), "browser_click_median_ms": pct(clicks, 50),
             "browser_click_p95_ms": pct(clicks, 95), "browser_accept_median_ms": pct(keys, 50),
             "browser_accept_p95_ms": pct(keys, 95), "browser_clicks": len(clicks), "browser_accepts": len(keys)}
 
 
 def _watch(page, target: str, start_event: str, start_selector: str | None) -> None:
-    """In the page: t0 at the start event (capture phase), t1 when `target`'s image is replaced and loaded."""
+    """In the page: t0 at the start event (capture phase), t1 at the next "drawn" signal of the canvas
+    `target` (given on the animation frame after it drew the server's answer)."""
     page.evaluate("""([target, ev, sel]) => {
-        const start = () => { window.__t0 = performance.now(); window.__t1 = null; };
+        const start = (e) => { if (ev !== 'keydown' || e.key === 'Enter') { window.__t0 = performance.now(); window.__t1 = null; } };
         if (sel) document.querySelector(sel).addEventListener(ev, start, true);
-        else document.addEventListener(ev, (e) => { if (e.key === 'Enter') start(); }, true);
-        window.__src = (document.querySelector(target + ' img') || {}).src;
-        new MutationObserver(() => {
-            const img = document.querySelector(target + ' img');
-            if (img && img.src !== window.__src) {
-                window.__src = img.src;
-                const done = () => { if (window.__t0 && !window.__t1) window.__t1 = performance.now(); };
-                img.complete ? done() : img.addEventListener('load', done, {once: true});
-            }
-        }).observe(document.querySelector(target), {subtree: true, childList: true, attributes: true});
+        else document.addEventListener(ev, start, true);
+        document.querySelector(target).addEventListener('panet-drawn', (e) => {
+            if (window.__t0 && !window.__t1) window.__t1 = e.detail.t;
+        });
     }""", [target, start_event, start_selector])
 
 
 def _time_overlay_clicks(page, n: int) -> list[float]:
-    """A click on the overlay (add/remove) to the refined overlay shown."""
-    _watch(page, "#overlay", "click", "#overlay")
+    """A click on the canvas (add/remove) to the refined mask drawn."""
+    _watch(page, "#query-canvas", "pointerdown", "#query-canvas .pc-marks")
     out = []
-    box = page.locator("#overlay img").bounding_box()
+    box = page.locator("#query-canvas .pc-marks").bounding_box()
     for r in range(n):
-        page.locator('#click-mode input[value="%s"]' % ("+" if r % 2 else "-")).click()
+        page.evaluate("document.activeElement && document.activeElement.blur()")
+        page.keyboard.press("a" if r % 2 else "r")
+        page.evaluate("() => { window.__t0 = null; window.__t1 = null; }")
         page.mouse.click(box["x"] + box["width"] * (0.3 + 0.04 * r), box["y"] + box["height"] * 0.5)
         page.wait_for_function("() => window.__t1 !== null && window.__t1 !== undefined", timeout=60_000, polling=50)
         out.append(page.evaluate("() => window.__t1 - window.__t0"))
+        assert "click(s)" in page.locator("#query-canvas .pc-status").inner_text()
     return out
 
 
 def _time_keyboard_accepts(page, n: int) -> list[float]:
-    """In the review queue: Enter (accept) to the next image shown."""
+    """In the review queue: Enter (accept) to the next image drawn on the review canvas."""
     page.get_by_role("tab", name="Annotate a folder").click()
     page.locator("#project-name textarea, #project-name input").first.fill("bench")
     page.get_by_role("button", name="Open / create").click()
-    page.locator("#project-status").get_by_text("unlabelled").wait_for(timeout=60_000)
+    page.locator("#review-canvas .pc-project").get_by_text("unlabelled").wait_for(timeout=60_000)
     page.locator("#propagate-button").click()
     page.locator("#propagate-status").get_by_text("Done:").wait_for(timeout=600_000)
+    page.locator("#review-canvas .pc-project").get_by_text("predicted").wait_for(timeout=60_000)
     page.wait_for_timeout(1000)
-    _watch(page, "#review-image", "keydown", None)
+    _watch(page, "#review-canvas", "keydown", None)
     out = []
-    for _ in range(n):
+    for k in range(n):
         page.evaluate("document.activeElement && document.activeElement.blur()")
+        page.evaluate("() => { window.__t0 = null; window.__t1 = null; }")
         page.keyboard.press("Enter")
         page.wait_for_function("() => window.__t1 !== null && window.__t1 !== undefined", timeout=60_000, polling=50)
         out.append(page.evaluate("() => window.__t1 - window.__t0"))
+        page.locator("#review-canvas .pc-project").get_by_text(f"accepted {k + 1}").wait_for(timeout=30_000)
         page.wait_for_timeout(300)
     return out
 

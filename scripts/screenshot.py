@@ -49,7 +49,7 @@ def main() -> None:
         page.get_by_role("button", name="Use as query").click()
         page.wait_for_timeout(1500)
         page.locator("#segment-button").click()
-        page.locator("#overlay img").wait_for(state="visible", timeout=60_000)
+        page.locator("#query-canvas .pc-status").get_by_text("support(s)").wait_for(timeout=60_000)
         page.wait_for_timeout(2000)
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=args.out, full_page=True)

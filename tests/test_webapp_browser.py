@@ -57,7 +57,7 @@ def test_draw_a_support_mask_and_segment(tmp_path, monkeypatch):
             # the painted slot reaches the server once, on its change event (not with each Segment)
             page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=30_000)
             decoded = decodes[0]
-            page.locator("#query-file input[type=file]").set_input_files(str(tmp_path / "query.png"))
+            page.locator("#query-canvas input.pc-file").set_input_files(str(tmp_path / "query.png"))
             # the canvas shows the query as soon as it is uploaded
             page.wait_for_function("() => window.panetCanvas && window.panetCanvas.state().w > 0", timeout=30_000)
             calls = segments[0]
@@ -97,8 +97,9 @@ def test_draw_a_support_mask_and_segment(tmp_path, monkeypatch):
             page.keyboard.press("z")
             status.get_by_text("0 positive").wait_for(timeout=30_000)
             assert page.evaluate("window.panetCanvas.state().clicks") == 0
-            # a box, dragged with the mouse (drawn while dragging)
-            page.keyboard.press("b")
+            # a box, dragged with the mouse (drawn while dragging); the mode chosen with the mouse too
+            page.locator('#query-canvas button[data-mode="box"]').click()
+            assert page.evaluate("window.panetCanvas.state().mode") == "box"
             page.mouse.move(ob["x"] + ob["width"] * 0.2, ob["y"] + ob["height"] * 0.2)
             page.mouse.down()
             page.mouse.move(ob["x"] + ob["width"] * 0.7, ob["y"] + ob["height"] * 0.7, steps=5)

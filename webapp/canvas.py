@@ -45,6 +45,7 @@ CSS = """
 .pc-status { margin-top: 6px; min-height: 1.4em; line-height: 1.4; }
 .pc-status.pc-error { color: #b91c1c; }
 .pc-project { margin-bottom: 6px; }
+.pc-upload { font-size: 13px; }
 """
 
 _STAGE = ('<div class="pc-stage"><img class="pc-img" alt="image" draggable="false"/>'
@@ -59,6 +60,8 @@ SEGMENT_HTML = (
     '<button data-mode="box" title="b">Box (b)</button><button data-mode="brush" title="p">Brush (p)</button>'
     '<button data-mode="erase" title="e">Eraser (e)</button><button data-act="undo" title="z">Undo (z)</button>'
     '<button data-act="clear" title="c">Clear (c)</button>' + _VIEW + '</div>'
+    '<div class="pc-toolbar"><label class="pc-upload">Query image (PNG, JPEG, BMP, TIFF, DICOM; up to 4096 px): '
+    '<input class="pc-file" type="file" accept="image/*,.dcm,.dicom"/></label></div>'
     '<div class="pc-empty">Upload a query or pick one from the gallery: it appears here, then <b>Segment</b>. '
     'Click to add (green) or remove (red), drag a box, or paint with the brush.</div>'
     + _STAGE + '<div class="pc-status"></div></div>')

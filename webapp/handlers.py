@@ -104,6 +104,10 @@ def set_query(session: Session, image: np.ndarray | None, spacing_mm=None) -> No
     """The session's query: kept downscaled to QUERY_SIDE (a 4000 px upload costs ~3 MB, not ~130 MB, for
     the session's lifetime); its own size (and pixel spacing, when the file has one) is remembered."""
     session.spacing_mm = tuple(spacing_mm) if spacing_mm else None
+    # the last result was of the previous query: a new query starts without it
+    session.probability = session.base_probability = session.mask = None
+    session.corrected, session.tiles = False, []
+    session.clicks, session.box, session.box_corner, session.history = [], None, None, []
     if image is None:
         session.query_image, session.query_size = None, None
         return

@@ -116,7 +116,6 @@
     redraw();
     const img = q(".pc-img");
     if ("image" in p && p.image && img && img.decode) await img.decode().catch(() => {});   // shown, not only set
-    if (p.clear_corrector) trigger("change");      // the page's correction editor held a correction of the old mask
     drawn();
   };
   const call = (name, ...args) => {
@@ -197,9 +196,12 @@
     }
     // review decisions: an edited mask is stored as a correction (the mask the person saw and kept)
     const args = {action: name, token: st.token};
+    if (name === "save" && !st.painted) {
+      say("Nothing corrected yet: paint with the brush (p) or erase (e) first, or Accept (Enter) the mask as it is.", true);
+      return;
+    }
     if (name === "save" || (name === "accept" && st.painted)) {
-      if (!st.maskCanvas) { say("Paint the lesion first (brush), or choose No lesion.", true); return; }
-      args.action = "correct"; args.mask = st.maskCanvas.toDataURL("image/png");
+      args.action = "correct"; args.mask = (st.maskCanvas || newMaskCanvas()).toDataURL("image/png");
     }
     call("decide", args);
   };
@@ -209,6 +211,18 @@
     if (b.dataset.mode) setMode(b.dataset.mode);
     else if (b.dataset.act === "toggle") toggle();
     else if (b.dataset.act) act(b.dataset.act);
+  });
+  // the query chosen here goes up as a file (Gradio's upload) and is read by the canvas's own call: no queued
+  // event (each queued event makes Gradio's image editors export and upload their layers again)
+  element.addEventListener("change", async (ev) => {
+    if (!ev.target.classList.contains("pc-file") || !ev.target.files || !ev.target.files.length) return;
+    const file = ev.target.files[0];
+    say("Uploading " + file.name + "...", false);
+    try {
+      const up = await upload(file);
+      await call("set_query", {path: up.path, name: file.name});
+    } catch (e) { say("The upload failed: " + e, true); }
+    ev.target.value = "";
   });
   element.addEventListener("input", (ev) => {
     if (ev.target.classList.contains("pc-opacity")) { st.opacity = parseFloat(ev.target.value); drawMask(); }

@@ -8,10 +8,12 @@ import json
 import logging
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr
 
 from core.data.io import DataError, resize_mask
+from core.io import inside
 
 from .. import canvas, handlers
 from ..events import owner
@@ -43,12 +45,6 @@ def view_json(ctx, sess: Session) -> str:
     """The canvas's value after the query changed (a gallery pick, an upload): the new image, no mask."""
     return json.dumps(view(ctx, sess, "Query ready: press **Segment**." if sess.query_image is not None else "",
                            image=True))
-
-
-def clear_corrector_now(ctx):
-    """The page's correction editor held a correction of a mask the canvas has replaced: empty it."""
-    from ..events import EMPTY_EDITOR
-    return EMPTY_EDITOR
 
 
 def _answer(fn):
@@ -84,6 +80,23 @@ def server_functions(ctx, link: canvas.PageLink) -> list:
                                        no_lesion=bool(a.get("no_lesion")))
             status = "\n\n".join([out.report] + [f"*{n}*" for n in out.notes]) + f"\n\n*{out.seconds * 1000:.0f} ms*"
             return _with_corrector(sess, view(ctx, sess, status))
+
+    @_answer
+    def set_query(a, request):
+        """A query uploaded through the canvas (Gradio's upload folder, which is the app's cache): read and
+        checked like any upload, shown at once; its embedding starts in the background."""
+        path = a.get("path")
+        if not isinstance(path, str) or not path or not inside(path, ctx.cache_dir) or not Path(path).is_file():
+            raise UserError("the query upload was not found: upload it again")
+        with link.session(request) as (sess, _req):
+            notes: list[str] = []
+            meta: dict = {}
+            image = handlers.read_upload(path, "query image", notes, meta)
+            handlers.set_query(sess, image, meta.get("spacing_mm"))
+            sess.query_key, sess.query_file = None, path
+            ctx.prefetch_embedding(sess.query_image)
+            name = str(a.get("name") or "")[:80]
+            return view(ctx, sess, " ".join([f"Query {name} ready: press **Segment**."] + notes), image=True)
 
     @_answer
     def click(a, request):
@@ -142,12 +155,11 @@ def server_functions(ctx, link: canvas.PageLink) -> list:
             return view(ctx, sess, f"Threshold {float(a.get('threshold', 0.5)):.2f}: lesion on "
                                    f"{sess.mask.mean() * 100:.1f}% of the image.")
 
-    return [segment, click, box, paint, undo, clear, rethreshold]
+    return [set_query, segment, click, box, paint, undo, clear, rethreshold]
 
 
 def _with_corrector(sess: Session, payload: dict) -> dict:
-    """The page empties its correction editor when it held a correction of the mask just replaced."""
-    if sess.corrector_loaded:
-        sess.corrector_loaded = False
-        payload["clear_corrector"] = True
+    """A correction loaded into the API's correction editor was of the mask just replaced: it no longer
+    counts (add_corrected and Classify then read the session's mask)."""
+    sess.corrector_loaded = False
     return payload

@@ -57,8 +57,9 @@ def _gallery_column(c: SimpleNamespace, thumbs) -> None:
 def _query_column(c: SimpleNamespace) -> None:
     # the canvas shows the query; this image is an output of the API's use_as_query only
     c.query_preview = gr.Image(label="Query image", type="numpy", format="png", interactive=False, visible=False)
+    # the page uploads its query on the canvas (no queued event); this is the API's query input
     c.query = gr.File(label="Upload a query image (PNG, JPEG, BMP, TIFF, DICOM; up to 4096 px)",
-                      file_types=["image", ".dcm", ".dicom"], height=90, elem_id="query-file")
+                      file_types=["image", ".dcm", ".dicom"], height=90, elem_id="query-file", visible=False)
     c.threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold", elem_id="threshold-slider")
     # the page's opacity is the canvas's own slider (drawn in the browser); this one is the API's
     c.opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Overlay opacity", visible=False)
@@ -108,10 +109,11 @@ def _maps_and_correction(c: SimpleNamespace) -> None:
         c.download_btn = gr.Button("Prepare downloads", size="sm", scale=0, min_width=180)
         c.files_out = gr.File(label="Downloads: mask PNG (query size), overlay, heatmaps", file_count="multiple",
                               interactive=False)
-    gr.Markdown("### 3. Correct and reuse")
-    c.load_corrector = gr.Button("Correct this prediction with the brush", size="sm")
-    c.corrector = editor("Correct the prediction (paint / erase), then reuse it", 320)
-    c.add_support = gr.Button("Add corrected query as a support")
+    gr.Markdown("### 3. Reuse: correct the mask on the canvas (brush p, eraser e), then")
+    c.add_support = gr.Button("Add the query with this mask as a support", elem_id="add-support-button")
+    # the API's correction (scripts send an editor value); the page corrects on the canvas
+    c.load_corrector = gr.Button(visible=False)
+    c.corrector = editor("Correct the prediction (paint / erase), then reuse it", 320, visible=False)
 
 
 def layout(ctx, thumbs, link) -> SimpleNamespace:
@@ -371,9 +373,6 @@ THRESHOLD_JS = "(t) => { if (window.panetCanvas) window.panetCanvas.threshold(t)
 def _wire_segment(ctx, c, s: Shared) -> None:
     c.seg_btn.click(None, [s.ckpt, c.threshold, c.per_support, c.no_lesion], None, js=SEGMENT_JS, api_name=False)
     c.threshold.release(None, c.threshold, None, js=THRESHOLD_JS, api_name=False)
-    # a canvas answer that replaced the mask empties the correction editor when it held a correction
-    c.canvas.change(bind(ctx, query_canvas.clear_corrector_now), None, c.corrector, api_name=False,
-                    show_progress="hidden")
     # the API for scripts keeps every output (overlay, probability map, heatmaps, report, ...)
     inputs = [s.session, s.ckpt, c.query, c.threshold, c.opacity, c.per_support, c.no_lesion]
     c.api_segment = gr.Button(visible=False)
@@ -391,7 +390,7 @@ def _wire_segment(ctx, c, s: Shared) -> None:
     c.clear_clicks.click(bind(ctx, clear_clicks), [s.session, c.threshold, c.opacity], refined_out,
                          api_name="clear_clicks")
     c.download_btn.click(bind(ctx, downloads), [s.session, c.opacity], c.files_out, api_name="downloads")
-    c.load_corrector.click(bind(ctx, load_corrector), s.session, [c.corrector, s.session], api_name=False)
+    c.load_corrector.click(bind(ctx, load_corrector), s.session, [c.corrector, s.session], api_name="load_corrector")
     c.add_support.click(bind(ctx, add_corrected), [s.session, c.corrector], c.editors + [s.session, c.supports_md],
                         api_name="add_corrected_support")
 
