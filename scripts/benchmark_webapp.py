@@ -54,8 +54,10 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
         _watch(page, "#query-canvas", "click", "#segment-button")
         page.wait_for_function("() => window.panetCanvas !== undefined", timeout=60_000)
         for r in range(repeats + 1):
+            # a query never seen before each time (nothing cached for it), shown on the canvas; a person takes a
+            # moment before pressing Segment, in which its LiteMedSAM embedding is computed in the background
             page.locator("#query-canvas input.pc-file").set_input_files(str(queries[r % len(queries)]))
-            page.wait_for_timeout(1500)       # the query is uploaded and decoded (and shown) before the click
+            page.wait_for_timeout(1500)
             page.evaluate("() => { window.__t0 = null; window.__t1 = null; }")
             page.locator("#segment-button").click()
             page.wait_for_function("() => window.__t1 !== null && window.__t1 !== undefined", timeout=60_000,
@@ -143,7 +145,6 @@ def main() -> None:
     from core.data.sets import default_data_dir
     from core.data.split import load_split
     from core.evaluation.report import DOCS, save_result
-    from core.phantom import demo_set
     from webapp.context import AppConfig, AppContext
     from webapp.ui import build_app, launch_options
 
@@ -152,9 +153,10 @@ def main() -> None:
     if data:
         found = {s.rel_path: s for s in discover(data).samples}
         test = [n for n in load_split()["test"] if not n.startswith("normal")]
-        pairs = [load_pair(found[n]) for n in test[: args.shots + 2]]
+        pairs = [load_pair(found[n]) for n in test[: args.shots + max(2, args.browser_repeats + 1)]]
     else:
-        pairs = [(ph.image, ph.mask) for ph in demo_set(args.shots + 2)]
+        from core.phantom import make_phantom
+        pairs = [(ph.image, ph.mask) for ph in (make_phantom(k) for k in range(args.shots + max(2, args.browser_repeats + 1)))]
     editors, files = [], []
     for i, (img, mask) in enumerate(pairs[: args.shots]):
         layer = np.zeros((*mask.shape, 4), np.uint8)
@@ -172,7 +174,7 @@ def main() -> None:
         queries.append(tmp / f"q{j}.png")
     scans = tmp / "scans"            # a folder to annotate (the keyboard timing in the review queue)
     scans.mkdir()
-    for j, (q, _) in enumerate(pairs):
+    for j, (q, _) in enumerate(pairs[: args.shots + 2]):
         for k in range(4):     # four different images from each (identical files would share one URL)
             Image.fromarray(np.ascontiguousarray(np.flip(q, axis=(1,) if k == 1 else (0,) if k == 2 else (0, 1))
                                                  if k else q)).save(scans / f"scan{j}_{k}.png")

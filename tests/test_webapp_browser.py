@@ -161,6 +161,13 @@ def test_first_use_segment_in_view_and_gallery_picks_fill_the_next_slot(tmp_path
                 page.locator("#supports-status").get_by_text(f"{k + 1}: ready").wait_for(timeout=30_000)
             status = page.locator("#supports-status").inner_text()
             assert all(f"{k}: ready" in status for k in (1, 2, 3)), status
+            # a fourth pick as the query: the canvas shows it (the canvas's own call)
+            before = page.locator("#picked-text").inner_text()
+            page.locator("#gallery img").nth(3).click()
+            sync_api.expect(page.locator("#picked-text")).not_to_have_text(before, timeout=30_000)
+            page.get_by_role("button", name="Use as query").click()
+            page.wait_for_function("() => window.panetCanvas && window.panetCanvas.state().w > 0", timeout=30_000)
+            assert "Press Segment" in page.locator("#query-canvas .pc-status").inner_text()
             browser.close()
     finally:
         demo.close()

@@ -194,6 +194,11 @@ class PageLink:
                 self._locks.put(sh, lock)
             return lock
 
+    def read(self, request, state: gr.State):
+        """The calling page's value of another of its gr.State components (read only)."""
+        sh = self.session_hash(request)
+        return self.raw(request).scope["app"].state_holder[sh][state._id]
+
     @contextmanager
     def session(self, request):
         """`with link.session(request) as (sess, req):` the page's session (a copy) and the call as a

@@ -248,6 +248,7 @@
   const api = {
     segment: (s) => { if (!st.busy) { thresholdValue = s.threshold; return call("segment", s); } },
     threshold: (t) => { thresholdValue = t; if (st.image) return call("rethreshold", {threshold: t}); },
+    usePicked: () => call("use_picked", {}),
     state: () => ({mode: st.mode, clicks: st.clicks.length, box: st.box, shown: st.shown, painted: st.painted,
                    drawn: st.drawn, busy: st.busy, token: st.token, w: st.w, h: st.h}),
     setMode, toggle, act,

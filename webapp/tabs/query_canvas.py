@@ -62,12 +62,13 @@ def _answer(fn):
     return call
 
 
-def server_functions(ctx, link: canvas.PageLink) -> list:
-    """The canvas's calls, bound to the app and to the page's session."""
+def server_functions(ctx, link: canvas.PageLink, picked=None) -> list:
+    """The canvas's calls, bound to the app and to the page's session (`picked`: the page's gallery pick)."""
+    return _query_calls(ctx, link, picked) + _edit_calls(ctx, link)
 
-    def _refined(sess, req, threshold) -> dict:
-        text = handlers.refine_mask(ctx, sess, threshold, owner(ctx, req))
-        return _with_corrector(sess, view(ctx, sess, text))
+
+def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
+    """A new query (uploaded on the canvas, or picked in the gallery) and Segment."""
 
     @_answer
     def segment(a, request):
@@ -97,6 +98,28 @@ def server_functions(ctx, link: canvas.PageLink) -> list:
             ctx.prefetch_embedding(sess.query_image)
             name = str(a.get("name") or "")[:80]
             return view(ctx, sess, " ".join([f"Query {name} ready: press **Segment**."] + notes), image=True)
+
+    @_answer
+    def use_picked(a, request):
+        """The image picked in the gallery becomes the query (shown at once, no queued event)."""
+        key = link.read(request, picked) if picked is not None else None
+        if not key or key not in ctx.gallery:
+            raise UserError("select an image in the gallery first")
+        with link.session(request) as (sess, _req):
+            sess.query_key, sess.query_file = key, None
+            handlers.set_query(sess, ctx.item(key).image)
+            ctx.prefetch_embedding(sess.query_image)
+            return view(ctx, sess, f"Query: **{ctx.gallery[key].caption}**. Press **Segment**.", image=True)
+
+    return [set_query, use_picked, segment]
+
+
+def _edit_calls(ctx, link: canvas.PageLink) -> list:
+    """Clicks, a box, a brush correction, undo, clear, a new threshold: each answers with the new mask."""
+
+    def _refined(sess, req, threshold) -> dict:
+        text = handlers.refine_mask(ctx, sess, threshold, owner(ctx, req))
+        return _with_corrector(sess, view(ctx, sess, text))
 
     @_answer
     def click(a, request):
@@ -155,7 +178,7 @@ def server_functions(ctx, link: canvas.PageLink) -> list:
             return view(ctx, sess, f"Threshold {float(a.get('threshold', 0.5)):.2f}: lesion on "
                                    f"{sess.mask.mean() * 100:.1f}% of the image.")
 
-    return [set_query, segment, click, box, paint, undo, clear, rethreshold]
+    return [click, box, paint, undo, clear, rethreshold]
 
 
 def _with_corrector(sess: Session, payload: dict) -> dict:

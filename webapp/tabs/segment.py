@@ -13,7 +13,7 @@ from .. import canvas, finetune, handlers
 from ..events import EMPTY_EDITOR, bind, clear_corrector, owner
 from ..handlers import N_SLOTS, Session, UserError
 from ..uploads import SafeImageEditor
-from . import Shared, query_canvas
+from . import Shared
 
 MAX_WAITING_JOBS = 8  # training jobs running or waiting in our own queue (one runs; the others see their place)
 
@@ -79,7 +79,7 @@ def _query_column(c: SimpleNamespace) -> None:
 
 def _result_column(ctx, c: SimpleNamespace) -> None:
     from .query_canvas import server_functions
-    c.canvas = canvas.component("segment", server_functions(ctx, c.link), "query-canvas")
+    c.canvas = canvas.component("segment", server_functions(ctx, c.link, c.picked), "query-canvas")
     # what the API's endpoints return (scripts); the page shows all of it on the canvas
     c.overlay_out = gr.Image(label="Prediction overlay", type="numpy", format="jpeg", interactive=False,
                              visible=False, elem_id="overlay")
@@ -117,7 +117,7 @@ def _maps_and_correction(c: SimpleNamespace) -> None:
 
 
 def layout(ctx, thumbs, link) -> SimpleNamespace:
-    c = SimpleNamespace(link=link)
+    c = SimpleNamespace(link=link, picked=gr.State(None))    # picked: the gallery key selected last
     # the action first: reachable without scrolling (supports and query are set below)
     with gr.Row(equal_height=True):
         c.seg_btn = gr.Button("Segment", variant="primary", elem_id="segment-button", scale=1, min_width=160)
@@ -168,19 +168,6 @@ def use_as_query(ctx, key, sess: Session):
     handlers.set_query(sess, ctx.item(key).image)
     ctx.prefetch_embedding(sess.query_image)
     return sess.query_image, None, sess
-
-
-def on_query_upload(ctx, path, sess: Session):
-    sess = copy.copy(sess)
-    notes: list[str] = []
-    meta: dict = {}
-    image = handlers.read_upload(path, "query image", notes, meta) if path else None
-    handlers.set_query(sess, image, meta.get("spacing_mm"))
-    ctx.prefetch_embedding(sess.query_image)
-    for note in notes:
-        gr.Warning(note)
-    sess.query_key, sess.query_file = None, str(path) if path else None
-    return sess.query_image, sess
 
 
 def register_slot(ctx, slot, sess: Session, value, mask_file):
@@ -238,11 +225,6 @@ def do_segment(ctx, sess: Session, ckpt_name, q, thr, opa, per_sup, no_les, requ
               "", sthumbs, clear_corrector(sess), sess)
     handlers.SEGMENT_GUARD.remember(who, key, result[:5] + (gr.skip(), gr.skip(), sess))
     return result
-
-
-def canvas_view(ctx, sess: Session):
-    """The canvas shows the new query (no mask yet)."""
-    return query_canvas.view_json(ctx, sess)
 
 
 def show_maps(ctx, sess: Session):
@@ -335,10 +317,12 @@ def _wire_supports(ctx, c, s: Shared, keys) -> None:
     c.gallery.select(_picker(ctx, keys), None, [c.picked, c.picked_text], api_name=False)
     c.to_slot.click(bind(ctx, put_in_slot), [c.picked, c.slot_choice, s.session],
                     c.editors + c.mask_files + [s.session, c.supports_md, c.slot_choice], api_name="put_in_slot")
-    c.to_query.click(bind(ctx, use_as_query), [c.picked, s.session], [c.query_preview, c.query, s.session],
-                     api_name="use_as_query").then(bind(ctx, canvas_view), s.session, c.canvas, api_name=False)
-    c.query.upload(bind(ctx, on_query_upload), [c.query, s.session], [c.query_preview, s.session], api_name=False,
-                   ).then(bind(ctx, canvas_view), s.session, c.canvas, api_name=False)
+    # the page's "Use as query" is the canvas's own call (no queued event); the API keeps its endpoint
+    c.to_query.click(None, None, None, js="() => { if (window.panetCanvas) window.panetCanvas.usePicked(); }",
+                     api_name=False)
+    c.api_to_query = gr.Button(visible=False)
+    c.api_to_query.click(bind(ctx, use_as_query), [c.picked, s.session], [c.query_preview, c.query, s.session],
+                         api_name="use_as_query")
     for i in range(N_SLOTS):
         reg = _slot_handler(ctx, register_slot, i + 1)
         for comp in (c.editors[i], c.mask_files[i]):
@@ -407,7 +391,6 @@ def build(ctx, shared: Shared) -> None:
     gallery_items = ctx.thumbnails()
     keys = [k for k, _, _ in gallery_items]
     c = layout(ctx, [(img, caption) for _, img, caption in gallery_items], canvas.PageLink(shared.session))
-    c.picked = gr.State(None)
     shared.editors, shared.mask_files, shared.supports_md, shared.corrector = (c.editors, c.mask_files,
                                                                               c.supports_md, c.corrector)
     _wire_supports(ctx, c, shared, keys)
