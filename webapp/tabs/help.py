@@ -10,16 +10,18 @@ HELP = """### How to use it
    dataset images bring their ground-truth mask). Paint the tumour with the brush (the eraser removes paint), or
    upload a mask PNG instead (white = lesion; it must have the image's size). Each slot is read once, when it
    changes: the line under the slots says which are ready. 1 support works; 3-5 work better.
-2. **Query.** Upload an image or pick one in the gallery (*Use as query*), then press **Segment**. The red
-   overlay is the prediction; a green contour is the ground truth when the query comes from the data folder.
-   The heatmaps show how similar each part of the query is to the lesion (foreground) and tissue (background)
-   prototypes of the supports: bright = similar (tick the box for each support's own maps).
-3. **Refine with a box or clicks.** Click on the overlay: *box* (two opposite corners) around the target, *add
-   lesion (+)* where it was missed, *remove (-)* where it is not. The boundary is then drawn by **LiteMedSAM**, a
+2. **Query.** Choose a file on the canvas (*Query image*) or pick one in the gallery (*Use as query*): it shows on
+   the canvas at once. Press **Segment**. The red overlay is the prediction, drawn in your browser (opacity slider,
+   *Overlay* or space to hide it); a green contour is the ground truth when the query comes from the data folder.
+   The heatmaps (panel below) show how similar each part of the query is to the lesion (foreground) and tissue
+   (background) prototypes of the supports: bright = similar (tick the box for each support's own maps).
+3. **Refine on the canvas.** *Add* (a) where the lesion was missed, *Remove* (r) where it is not, *Box* (b): drag
+   a box around the target. Your click or box shows at once; the boundary is then drawn by **LiteMedSAM**, a
    medical foundation model, from your box and clicks and the supports' map (the query is encoded once, in the
-   background, when it arrives: each click then takes tens of ms). *Undo click*, *Clear clicks*. *Prepare
-   downloads* writes the mask at the query's size, the overlay and the heatmaps.
-4. **Correct and reuse.** *Correct this prediction with the brush*, fix it, then *Add corrected query as a support*.
+   background, when it arrives: each click then takes tens of ms). *Brush* (p) and *Eraser* (e) correct the mask
+   by hand. *Undo* (z) takes back the last click, box or brush stroke; *Clear* (c) the clicks and box. *Prepare
+   downloads* writes the mask at the query's size, the overlay and the heatmaps. Press **?** for every key.
+4. **Reuse.** *Add the query with this mask as a support* (the mask as you corrected it on the canvas).
 5. **Classify** runs the lesion classifier on the query and its (corrected) mask, and shows the mask it was given.
 6. **Adapt to these supports** (under Segment) fine-tunes a private copy of the model on your supports for the
    seconds you choose (GPU when present); Segment then uses it for exactly these supports, in your session only.
