@@ -4,8 +4,6 @@ browser (a page's call is a request naming its session hash, as Gradio's compone
 from __future__ import annotations
 
 import base64
-import json
-
 import cv2
 import numpy as np
 import pytest
@@ -206,7 +204,7 @@ def test_the_query_view_carries_the_image_once_and_the_truth_contour(tmp_path):
     key = next(iter(ctx.gallery))
     sess.query_key = key
     handlers.set_query(sess, ctx.item(key).image)
-    view = json.loads(query_canvas.view_json(ctx, sess))
+    view = query_canvas.view(ctx, sess, "", image=True)
     small, _ = handlers.display_size(sess.query_image)
     assert (view["h"], view["w"]) == small.shape[:2] and view["image"].startswith("data:image/jpeg;base64,")
     assert view["mask"] is None and view["truth"].startswith("data:image/png")   # the phantom's ground truth

@@ -225,7 +225,8 @@ def _webapp_section(web) -> list[str]:
         if "browser_server_median_ms" in web:
             L.append(f"The server's own time of the page's Segment (PANet++ on 5 supports, LiteMedSAM's redraw, the "
                      f"PNG): median {web['browser_server_median_ms']} ms; the rest is the request, the drawing and the "
-                     f"browser sharing the 2 cores. First Segment in the page (models loading): {web['browser_first_ms']} ms.")
+                     f"browser sharing the 2 cores. The page's first Segment (not counted above): {web['browser_first_ms']} ms.")
+            L.append("")
     L.append(f"- Through the app's API (gradio_client, the queue; request to response with the overlay image), "
              f"{web['repeats']} Segment calls: median **{web['median_ms']} ms**, 95th percentile "
              f"**{web.get('p95_ms', 'n/a')} ms** (first call, which loads the model: {web['first_ms']} ms).")

@@ -1,10 +1,9 @@
-"""The Segment tab's canvas: its server functions (Segment, click, box, brush correction, undo, clear, a
-new threshold), each answering with only what changed: the mask as a compact PNG, the clicks and box in
+"""The Segment tab's canvas: its server functions (a new query, Segment, click, box, brush correction, undo,
+clear, a new threshold), each answering with only what changed: the mask as a compact PNG, the clicks and box in
 the displayed image's pixels, and a status line. The page draws them (webapp/static/canvas.js)."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
@@ -39,12 +38,6 @@ def view(ctx, sess: Session, status: str = "", image: bool = False) -> dict:
     p["box"] = canvas.display_box(sess.box, scale)
     p["status"] = status
     return p
-
-
-def view_json(ctx, sess: Session) -> str:
-    """The canvas's value after the query changed (a gallery pick, an upload): the new image, no mask."""
-    return json.dumps(view(ctx, sess, "Query ready: press **Segment**." if sess.query_image is not None else "",
-                           image=True))
 
 
 def _answer(fn):
