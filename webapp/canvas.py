@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
+import logging
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,10 +22,10 @@ import gradio as gr
 import numpy as np
 
 from core.cache import LRU
-from core.data.io import resize_mask
 
 from .handlers import Session, UserError
 
+log = logging.getLogger(__name__)
 SCRIPT = (Path(__file__).parent / "static" / "canvas.js").read_text()
 MAX_MASK_BYTES = 2 * 2**20        # a painted mask sent back by the page (a 640 px PNG is a few kB)
 PNG_PREFIX = "data:image/png;base64,"
@@ -144,10 +146,6 @@ def display_clicks(clicks, scale: float) -> list:
     return [[x * scale, y * scale, bool(p)] for x, y, p in clicks]
 
 
-def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return resize_mask(mask, size) if mask.shape != tuple(size) else mask
-
-
 # ---------------------------------------------------------------------------------- the page's session
 class PageLink:
     """A server function's way to the calling page's session: the page's session hash (sent with the
@@ -209,6 +207,23 @@ class PageLink:
             sess: Session = copy.copy(holder[self.state._id])
             yield sess, self.gradio_request(request, sh)
             holder[self.state._id] = sess
+
+
+def answer(fn):
+    """A canvas server function `fn(args: dict, request)` as Gradio calls it: the page's single argument,
+    the call's request, and a mistake the user can fix (or a bug, logged) answered as {"error": message}
+    for the canvas to show; the session is stored back only when `fn` succeeds (PageLink.session)."""
+    @functools.wraps(fn)
+    def call(args, request: gr.Request = None):
+        try:
+            return fn(first_arg(args), calling_request(request))
+        except (UserError, ValueError) as exc:      # DataError is a ValueError
+            return {"error": str(exc)}
+        except Exception:
+            log.exception("canvas call %s failed", fn.__name__)
+            return {"error": "Something went wrong on the server (logged); nothing was changed."}
+    del call.__wrapped__      # Gradio reads this signature (it injects the request), not fn's
+    return call
 
 
 def first_arg(args) -> dict:

@@ -107,7 +107,7 @@ def set_query(session: Session, image: np.ndarray | None, spacing_mm=None) -> No
     # the last result was of the previous query: a new query starts without it
     session.probability = session.base_probability = session.mask = None
     session.corrected, session.tiles = False, []
-    session.clicks, session.box, session.box_corner, session.history = [], None, None, []
+    clear_prompts(session)
     if image is None:
         session.query_image, session.query_size = None, None
         return
@@ -308,7 +308,7 @@ def register_slot(session: Session, slot: int, value, mask_file) -> None:
             raise
     supports[i] = _downscaled(*pair) if pair is not None else None   # kept small: the model works at 256 px
     session.supports, session.slot_notes = supports, notes
-    session.clicks, session.box, session.box_corner = [], None, None
+    clear_prompts(session)
 
 
 def next_free_slot(session: Session, after: int) -> int:
@@ -454,8 +454,8 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     session.query_image, session.probability, session.mask, session.corrected = q_img, prob16, res.mask, False
     session.base_probability = prob16
     redrawn = auto_redraw(ctx, session, q_img, res.mask)
-    session.clicks, session.box, session.box_corner, session.checkpoint = [], None, None, checkpoint_name
-    session.history = []
+    session.checkpoint = checkpoint_name
+    clear_prompts(session)
     truth = ground_truth(ctx, session, q_img)
     ov = render_overlay(session, opacity, truth)
     if not res.lesion_present:
@@ -592,6 +592,11 @@ def refine_mask(ctx: AppContext, session: Session, threshold: float, owner: str 
 
 
 MAX_HISTORY = 30      # undo steps a session keeps (a painted mask is kept packed: 1 bit per pixel)
+
+
+def clear_prompts(session: Session) -> None:
+    """No clicks, no box (nor half of one), nothing to undo: a new query, new supports, a new Segment, Clear."""
+    session.clicks, session.box, session.box_corner, session.history = [], None, None, []
 
 
 def _remember(session: Session, kind: str, previous) -> None:

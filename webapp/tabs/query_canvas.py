@@ -3,22 +3,17 @@ clear, a new threshold), each answering with only what changed: the mask as a co
 the displayed image's pixels, and a status line. The page draws them (webapp/static/canvas.js)."""
 from __future__ import annotations
 
-import functools
-import logging
 import threading
 import time
 from pathlib import Path
 
-import gradio as gr
-
-from core.data.io import DataError, resize_mask
+from core.data.io import resize_mask
 from core.io import inside
 
 from .. import canvas, handlers
 from ..events import owner
 from ..handlers import Session, UserError
 
-log = logging.getLogger(__name__)
 HEAVY = threading.BoundedSemaphore(2)   # Segments running at once (2 CPU cores), as the queue's limit for /segment
 
 
@@ -40,21 +35,6 @@ def view(ctx, sess: Session, status: str = "", image: bool = False) -> dict:
     return p
 
 
-def _answer(fn):
-    """A server function's errors as a message the canvas shows (nothing of the session changes)."""
-    @functools.wraps(fn)
-    def call(args, request: gr.Request = None):
-        try:
-            return fn(canvas.first_arg(args), canvas.calling_request(request))
-        except (UserError, ValueError, DataError) as exc:
-            return {"error": str(exc)}
-        except Exception:      # a bug: logged, and the page says so without details
-            log.exception("canvas call %s failed", fn.__name__)
-            return {"error": "Something went wrong on the server (logged); nothing was changed."}
-    del call.__wrapped__      # Gradio reads this signature (it injects the gr.Request), not fn's
-    return call
-
-
 def server_functions(ctx, link: canvas.PageLink, picked=None) -> list:
     """The canvas's calls, bound to the app and to the page's session (`picked`: the page's gallery pick)."""
     return _query_calls(ctx, link, picked) + _edit_calls(ctx, link)
@@ -63,7 +43,7 @@ def server_functions(ctx, link: canvas.PageLink, picked=None) -> list:
 def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
     """A new query (uploaded on the canvas, or picked in the gallery) and Segment."""
 
-    @_answer
+    @canvas.answer
     def segment(a, request):
         with link.session(request) as (sess, req):
             if sess.query_image is None:
@@ -75,7 +55,7 @@ def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
             status = "\n\n".join([out.report] + [f"*{n}*" for n in out.notes]) + f"\n\n*{out.seconds * 1000:.0f} ms*"
             return _with_corrector(sess, view(ctx, sess, status))
 
-    @_answer
+    @canvas.answer
     def set_query(a, request):
         """A query uploaded through the canvas (Gradio's upload folder, which is the app's cache): read and
         checked like any upload, shown at once; its embedding starts in the background."""
@@ -92,7 +72,7 @@ def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
             name = str(a.get("name") or "")[:80]
             return view(ctx, sess, " ".join([f"Query {name} ready: press **Segment**."] + notes), image=True)
 
-    @_answer
+    @canvas.answer
     def use_picked(a, request):
         """The image picked in the gallery becomes the query (shown at once, no queued event)."""
         key = link.read(request, picked) if picked is not None else None
@@ -114,7 +94,7 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
         text = handlers.refine_mask(ctx, sess, threshold, owner(ctx, req))
         return _with_corrector(sess, view(ctx, sess, text))
 
-    @_answer
+    @canvas.answer
     def click(a, request):
         with link.session(request) as (sess, req):
             mode = a.get("mode")
@@ -123,7 +103,7 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
             handlers.add_click(sess, a.get("x"), a.get("y"), mode)
             return _refined(sess, req, a.get("threshold", 0.5))
 
-    @_answer
+    @canvas.answer
     def box(a, request):
         with link.session(request) as (sess, req):
             b = a.get("box")
@@ -134,7 +114,7 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
             handlers.add_click(sess, b[2], b[3], "box")
             return _refined(sess, req, a.get("threshold", 0.5))
 
-    @_answer
+    @canvas.answer
     def paint(a, request):
         with link.session(request) as (sess, req):
             if sess.query_image is None or sess.mask is None:
@@ -145,7 +125,7 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
                     "downloads, Classify and *Add corrected query as a support* use this mask).")
             return _with_corrector(sess, {"status": text})      # the page already shows the painted mask
 
-    @_answer
+    @canvas.answer
     def undo(a, request):
         with link.session(request) as (sess, req):
             done = handlers.undo(sess)
@@ -154,15 +134,15 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
             return view(ctx, sess, "Undone: the mask before the brush correction." if done == "restored"
                         else "Nothing to undo.")
 
-    @_answer
+    @canvas.answer
     def clear(a, request):
         with link.session(request) as (sess, req):
-            sess.clicks, sess.box, sess.box_corner, sess.history = [], None, None, []
+            handlers.clear_prompts(sess)
             if sess.probability is None:
                 return view(ctx, sess, "")
             return _refined(sess, req, a.get("threshold", 0.5))
 
-    @_answer
+    @canvas.answer
     def rethreshold(a, request):
         with link.session(request) as (sess, req):
             if sess.probability is None:

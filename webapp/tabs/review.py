@@ -9,8 +9,6 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from core.data.errors import DataError
-
 from .. import annotate, canvas, handlers, jobs, shortcuts
 from ..context import owner_tag
 from ..events import EMPTY_EDITOR, bind, owner
@@ -192,22 +190,18 @@ def canvas_view(ctx, sess: Session, request: gr.Request):
 
 
 def server_functions(ctx, link: canvas.PageLink) -> list:
-    def decide(args, request: gr.Request = None):
+    @canvas.answer
+    def decide(a, request):
         """The review canvas's decisions and moves (Enter, n, s, arrows, u, Save correction)."""
-        a = canvas.first_arg(args)
-        request = canvas.calling_request(request)
         action = a.get("action")
         if action not in DECISIONS + ("undo", "next", "back"):
-            return {"error": f"unknown action {action!r}"}
-        try:
-            with link.session(request) as (sess, req):
-                if not isinstance(a.get("token"), str) or (action in DECISIONS and not a.get("token")):
-                    raise UserError("no image under review: open a project first")
-                store, v = _decide(ctx, action, sess, a["token"], req, painted=a.get("mask") if action == "correct"
-                                   else None)
-                return canvas_payload(store, v)
-        except (UserError, ValueError, DataError) as exc:
-            return {"error": str(exc)}
+            raise UserError(f"unknown action {action!r}")
+        with link.session(request) as (sess, req):
+            if not isinstance(a.get("token"), str) or (action in DECISIONS and not a.get("token")):
+                raise UserError("no image under review: open a project first")
+            store, v = _decide(ctx, action, sess, a["token"], req,
+                               painted=a.get("mask") if action == "correct" else None)
+            return canvas_payload(store, v)
     return [decide]
 
 

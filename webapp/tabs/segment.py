@@ -265,7 +265,7 @@ def undo_click(ctx, sess: Session, thr, opa, request: gr.Request):
 
 def clear_clicks(ctx, sess: Session, thr, opa, request: gr.Request):
     sess = copy.copy(sess)
-    sess.clicks, sess.box, sess.box_corner, sess.history = [], None, None, []
+    handlers.clear_prompts(sess)
     return refined(ctx, sess, thr, opa, request)
 
 
