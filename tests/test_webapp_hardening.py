@@ -253,7 +253,7 @@ def test_bad_numbers_get_a_message_naming_the_field(app, field, value, message):
 @pytest.mark.parametrize("x, y", [(float("nan"), 10.0), (10.0, float("inf")), ("left", 3)])
 def test_non_finite_click_coordinates_and_opacity_are_refused(x, y):
     """Finding 6 (JSON cannot carry NaN, so the handlers are called directly, as the page's events do)."""
-    from webapp.handlers import Session, UserError, add_click, rerender
+    from webapp.handlers import Session, UserError, add_click, refine
 
     sess = Session()
     sess.query_image = make_phantom(1).image
@@ -263,7 +263,7 @@ def test_non_finite_click_coordinates_and_opacity_are_refused(x, y):
         add_click(sess, x, y, "+")
     assert sess.clicks == []
     with pytest.raises(UserError, match="opacity"):
-        rerender(sess, 0.5, float("nan"), None)
+        refine(None, sess, 0.5, float("nan"))
 
 
 def test_bad_support_files_are_named_at_their_slot(app):

@@ -115,6 +115,24 @@ def set_query(session: Session, image: np.ndarray | None, spacing_mm=None) -> No
     session.query_image = fit_side(image, QUERY_SIDE)[0]
 
 
+def query_from_file(session: Session, path, notes: list) -> None:
+    """An uploaded query file (checked by read_upload) becomes the session's query; `notes` gets what the
+    reading converted."""
+    meta: dict = {}
+    image = read_upload(path, "query image", notes, meta)
+    set_query(session, image, meta.get("spacing_mm"))
+    session.query_key, session.query_file = None, str(path)
+
+
+def query_from_gallery(ctx: AppContext, session: Session, key) -> None:
+    """The gallery image `key` becomes the session's query; its LiteMedSAM embedding starts in the background."""
+    if not key or key not in ctx.gallery:
+        raise UserError("select an image in the gallery first")
+    session.query_key, session.query_file = key, None
+    set_query(session, ctx.item(key).image)
+    ctx.prefetch_embedding(session.query_image)
+
+
 def keep_pair(pairs: list, image: np.ndarray, mask: np.ndarray) -> list:
     """`pairs` plus (image, mask), downscaled to KEPT_PAIR_SIDE, at most MAX_EXTRA_PAIRS (oldest out):
     a session's memory stays bounded however often it adds a corrected query."""
@@ -429,12 +447,9 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     opacity = bounded(opacity, 0.0, 1.0, "the overlay opacity")
     supports = session_supports(session)
     notes: list[str] = []
-    if query is not None and str(query) != session.query_file:   # a new upload (the page, or an API call)
-        meta: dict = {}
-        image = read_upload(query, "query image", notes, meta)
-        set_query(session, image, meta.get("spacing_mm"))
+    if query is not None and str(query) != session.query_file:   # a new upload (an API call)
+        query_from_file(session, query, notes)
         q_img = session.query_image
-        session.query_key, session.query_file = None, str(query)
     elif session.query_image is not None:  # decoded at upload, or picked from the gallery
         q_img = session.query_image
     else:
@@ -688,15 +703,6 @@ def rethreshold(session: Session, threshold: float) -> None:
     threshold = bounded(threshold, 0.01, 0.99, "the threshold")
     if session.probability is not None and not session.corrected:
         session.mask = session.probability > threshold
-
-
-def rerender(session: Session, threshold: float, opacity: float, ctx: AppContext):
-    """New threshold/opacity without running the model again."""
-    if session.probability is None:
-        return None
-    rethreshold(session, threshold)
-    opacity = bounded(opacity, 0.0, 1.0, "the overlay opacity")
-    return render_overlay(session, opacity, ground_truth(ctx, session, session.query_image))
 
 
 def downloads(ctx: AppContext, session: Session, opacity: float) -> list[str]:

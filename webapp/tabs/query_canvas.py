@@ -64,10 +64,7 @@ def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
             raise UserError("the query upload was not found: upload it again")
         with link.session(request) as (sess, _req):
             notes: list[str] = []
-            meta: dict = {}
-            image = handlers.read_upload(path, "query image", notes, meta)
-            handlers.set_query(sess, image, meta.get("spacing_mm"))
-            sess.query_key, sess.query_file = None, path
+            handlers.query_from_file(sess, path, notes)
             ctx.prefetch_embedding(sess.query_image)
             name = str(a.get("name") or "")[:80]
             return view(ctx, sess, " ".join([f"Query {name} ready: press **Segment**."] + notes), image=True)
@@ -76,12 +73,8 @@ def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
     def use_picked(a, request):
         """The image picked in the gallery becomes the query (shown at once, no queued event)."""
         key = link.read(request, picked) if picked is not None else None
-        if not key or key not in ctx.gallery:
-            raise UserError("select an image in the gallery first")
         with link.session(request) as (sess, _req):
-            sess.query_key, sess.query_file = key, None
-            handlers.set_query(sess, ctx.item(key).image)
-            ctx.prefetch_embedding(sess.query_image)
+            handlers.query_from_gallery(ctx, sess, key)
             return view(ctx, sess, f"Query: **{ctx.gallery[key].caption}**. Press **Segment**.", image=True)
 
     return [set_query, use_picked, segment]

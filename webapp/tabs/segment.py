@@ -161,12 +161,8 @@ def put_in_slot(ctx, key, slot, sess: Session):
 
 
 def use_as_query(ctx, key, sess: Session):
-    if not key:
-        raise UserError("select an image in the gallery first")
     sess = copy.copy(sess)
-    sess.query_key, sess.query_file = key, None
-    handlers.set_query(sess, ctx.item(key).image)
-    ctx.prefetch_embedding(sess.query_image)
+    handlers.query_from_gallery(ctx, sess, key)
     return sess.query_image, None, sess
 
 
