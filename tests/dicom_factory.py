@@ -100,3 +100,35 @@ def disc_frames(n: int = 6, h: int = 120, w: int = 160, r: int = 18, step: int =
         frames.append(img.astype(np.uint8))
         masks.append(m)
     return np.stack(frames), np.stack(masks)
+
+
+# Issue 27: what a careless export carries beyond the usual tags: nested sequences, free text, private tags.
+MARKERS = ("MARK-OTHER-ID-4411", "MARK-HISTORY Jane Roe 12 Elm Street", "MARK-PHYS-OF-RECORD", "MARK-READER",
+           "MARK-OCCUPATION", "MARK-ISSUER", "MARK-REQ-SERVICE", "MARK-PRIVATE", "MARK-NESTED-ID")
+
+
+def plant_markers(path: Path) -> Path:
+    """Add every MARKERS value to an existing DICOM file, some of them nested two sequences deep."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(path)
+    other = Dataset()
+    other.PatientID = MARKERS[0]
+    other.TypeOfPatientID = "TEXT"
+    ds.OtherPatientIDsSequence = [other]
+    ds.AdditionalPatientHistory = MARKERS[1]
+    ds.PhysiciansOfRecord = MARKERS[2]
+    ds.NameOfPhysiciansReadingStudy = MARKERS[3]
+    ds.Occupation = MARKERS[4]
+    ds.IssuerOfPatientID = MARKERS[5]
+    ds.RequestingService = MARKERS[6]
+    block = ds.private_block(0x0011, "PANET TEST", create=True)
+    block.add_new(0x01, "LO", MARKERS[7])
+    inner = Dataset()
+    inner.PatientID = MARKERS[8]
+    outer = Dataset()
+    outer.ReferencedPatientSequence = [inner]
+    ds.RequestAttributesSequence = [outer]
+    ds.save_as(path, enforce_file_format=True)
+    return path

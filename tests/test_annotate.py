@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from core.annotate.propagate import export, propagate, uncertainty
-from core.annotate.store import ProjectStore
+from core.annotate.store import ProjectStore, StoreError
 from core.data.io import DataError
 from core.phantom import make_phantom
 from tests.conftest import save_tiny_panet
@@ -98,16 +98,22 @@ def test_a_crash_mid_change_leaves_the_database_consistent(folder, tmp_path, mon
                     raise sqlite3.OperationalError("disk I/O error (simulated crash)")
                 return self.c.execute(sql, *a)
 
+            @property
+            def in_transaction(self):
+                return self.c.in_transaction
+
             def close(self):
                 self.c.close()
         return Boom(con)
 
     monkeypatch.setattr(store, "_connect", failing)
-    with pytest.raises(sqlite3.OperationalError):
+    masks_before = sorted(p.name for p in store.masks_dir.iterdir())
+    with pytest.raises(StoreError, match="nothing was saved"):
         store.record(name, "accepted", np.zeros((80, 100), bool))
     monkeypatch.undo()
     fresh = ProjectStore(tmp_path / "out", "p")
     assert fresh.row(name)["status"] == "predicted" and fresh.row(name)["version"] == 1
+    assert sorted(p.name for p in store.masks_dir.iterdir()) == masks_before, "no orphan mask file is left"
     assert [h["version"] for h in fresh.history(name)] == [1], "the half-done change left no version row"
     assert fresh.mask(name).all(), "the current mask is the last committed one"
 

@@ -68,7 +68,11 @@ def test_annotate_export_a_folder_of_dicom_with_a_loop(study):
     import pydicom
     seg = pydicom.dcmread(study / "ex" / "dicom_seg" / "single_seg.dcm")
     src = pydicom.dcmread(study / "imgs" / "single.dcm")
-    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    from core.data.dicom import hashed_uid
+    # the reference survives de-identification as the source's UID hashed the same way (PS3.15 "U")
+    ref = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+    assert ref == hashed_uid(src.SOPInstanceUID) and ref != src.SOPInstanceUID
+    assert seg.PatientIdentityRemoved == "YES"
     no_phi_in(study / "ex")
     no_phi_in(out)       # the project's database and masks
 
@@ -81,3 +85,34 @@ def test_predict_on_a_folder_of_dicom(study):
     assert all(r["study_key"].startswith("study-") and not r["error"] for r in rows)
     assert (study / "pred" / "loop_f0003_mask.png").exists()
     no_phi_in(study / "pred")
+
+
+def test_one_odd_file_never_stops_a_folder_and_no_planted_marker_leaves(study):
+    """Issue 27: an odd header among good files (annotate and export exit 0, name it, export the rest), and
+    markers planted in nested sequences, free text and private tags appear nowhere in the outputs."""
+    import pydicom
+
+    from tests.dicom_factory import MARKERS, plant_markers
+
+    plant_markers(study / "imgs" / "single.dcm")
+    odd = make_dicom(study / "imgs" / "odd.dcm", disc_frames(1)[0][0])
+    ds = pydicom.dcmread(odd)
+    ds.add(pydicom.DataElement(0x00280008, "LO", "abc"))    # NumberOfFrames = "abc"
+    ds.save_as(odd)
+    out = study / "out"
+    r = run("annotate", "--images", str(study / "imgs"), "--support", str(study / "sup.dcm"), str(study / "sup_mask.png"),
+            "--project", "odd", "--checkpoint", str(study / "p"), "--output", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    assert any(e.startswith("odd.dcm: an odd DICOM header") for e in summary["errors"]), summary
+    r = run("export", "--project", "odd", "--out", str(study / "ex"), "--output", str(out), "--all", "--dicom-seg")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    assert summary["exported"] == 5 and "odd.dcm" in summary["left_out_unreadable"], summary
+    assert summary["dicom_seg"] == 1
+    for folder in (study / "ex", out):
+        for f in folder.rglob("*"):
+            if f.is_file():
+                data = f.read_bytes()
+                for m in MARKERS:
+                    assert m.encode() not in data, f"{m} leaked into {f.name}"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.annotate.propagate import export, propagate
+from core.annotate.propagate import export, propagate, reason_of
 from core.annotate.store import DONE, ProjectStore
 from core.checkpoint import CheckpointError
 from core.data.io import DataError, read_image
@@ -113,9 +113,9 @@ def view(store: ProjectStore, rel_path: str | None, who: str = "") -> ReviewView
         try:
             img = read_image(store.image_path(rel_path))
             break
-        except DataError:
-            store.mark_unreadable(rel_path, who=who)
-            notes.append(f"{rel_path} could not be read (not a readable image): marked unreadable and left out "
+        except DataError as exc:
+            store.mark_unreadable(rel_path, who=who, reason=reason_of(exc))
+            notes.append(f"{rel_path} could not be read ({reason_of(exc)}): marked unreadable and left out "
                          "of the review.")
             rel_path = next_image(store)
     note = (" " + " ".join(notes)) if notes else ""

@@ -60,10 +60,10 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
             break
         try:
             img = read_image(store.image_path(r["rel_path"]))
-        except DataError:
+        except DataError as exc:
             # named by its place in the project, never by a server path; it leaves the review queue
-            errors.append(f"{r['rel_path']}: not a readable image")
-            store.mark_unreadable(r["rel_path"], who=who)
+            errors.append(f"{r['rel_path']}: {reason_of(exc)}")
+            store.mark_unreadable(r["rel_path"], who=who, reason=reason_of(exc))
             continue
         res = seg.predict(img, supports, heatmaps=False, presence=presence, owner=owner)
         mask = res.mask
@@ -91,6 +91,12 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
                          "seconds_left": (len(todo) - done) * el / done})
     return {"predicted": done, "to_do": len(todo), "errors": errors, "seconds": time.time() - t0,
             "stopped": done + len(errors) < len(todo), **({"abrupt": abrupt} if temporal else {})}
+
+
+def reason_of(exc: Exception) -> str:
+    """Why a file could not be read, without the file's name or path (the caller names it by its place
+    in the project): readers' messages are 'name: reason'."""
+    return str(exc).split(": ", 1)[-1][:200] or "not a readable image"
 
 
 def _previous_frame(rel_path: str) -> str | None:
@@ -150,8 +156,13 @@ def export(store: ProjectStore, out_dir: str | Path, statuses=DONE, dicom_seg: b
         w = csv.writer(f)
         w.writerow(["file", "status", "lesion_area_px", "lesion_area_mm2", "longest_diameter_px",
                     "longest_diameter_mm", "study_key", "uncertainty", "lesion_score", "who", "when"])
+        left_out = {}
         for i, r in enumerate(rows, 1):
-            stem, dst, (height, width), info = _export_image(store, r["rel_path"], out)
+            try:
+                stem, dst, (height, width), info = _export_image(store, r["rel_path"], out)
+            except DataError as exc:       # one file that became unreadable never stops an export
+                left_out[r["rel_path"]] = reason_of(exc)
+                continue
             mask = store.mask(r["rel_path"])
             if mask is None:
                 mask = np.zeros((height, width), bool)
@@ -180,7 +191,9 @@ def export(store: ProjectStore, out_dir: str | Path, statuses=DONE, dicom_seg: b
         written, skipped = write_segmentations(store, seg_sources, out / "dicom_seg")
         seg_note = {"dicom_seg": len(written), "dicom_seg_left_out": skipped}
     (out / "annotations.json").write_text(json.dumps(coco))
-    return {"exported": len(rows), "out": str(out), **seg_note}
+    unreadable = {**store.unreadable(), **left_out}
+    return {"exported": len(rows) - len(left_out), "out": str(out), **seg_note,
+            **({"left_out_unreadable": unreadable} if unreadable else {})}
 
 
 def uncertainty_ranking(seg, qset, shots: int = 5, seed: int = 5) -> dict:

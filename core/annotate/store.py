@@ -38,10 +38,32 @@ CREATE TABLE IF NOT EXISTS images (
 CREATE TABLE IF NOT EXISTS versions (
     id INTEGER PRIMARY KEY, image_id INTEGER NOT NULL REFERENCES images(id), version INTEGER NOT NULL,
     status TEXT NOT NULL, mask_file TEXT, uncertainty REAL, lesion_score REAL, support_key TEXT, model TEXT,
-    who TEXT, at REAL NOT NULL, UNIQUE (image_id, version));
+    who TEXT, at REAL NOT NULL, note TEXT, UNIQUE (image_id, version));
 CREATE TABLE IF NOT EXISTS supports (
     id INTEGER PRIMARY KEY, rel_path TEXT UNIQUE NOT NULL, added REAL NOT NULL);
 """
+
+
+class StoreError(DataError):
+    """The project's storage failed (disk full, read-only, locked): said in plain words, nothing saved."""
+
+
+def _plain(exc: BaseException) -> Exception:
+    """SQLite's and the file system's errors as a message a person can act on."""
+    import errno
+
+    text = str(exc).lower()
+    if isinstance(exc, StoreError):
+        return exc
+    if "full" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+        return StoreError("the disk is full: nothing was saved (free some space, then try again)")
+    if "readonly" in text or "read-only" in text or getattr(exc, "errno", None) in (errno.EROFS, errno.EACCES):
+        return StoreError("the project's folder cannot be written to: nothing was saved")
+    if "locked" in text or "busy" in text:
+        return StoreError("the project is busy (another process is writing): nothing was saved, try again")
+    if isinstance(exc, sqlite3.OperationalError):
+        return StoreError(f"the project's database failed ({exc}): nothing was saved")
+    return exc if isinstance(exc, Exception) else StoreError(str(exc))
 
 
 def safe_project_name(name: str) -> str:
@@ -70,8 +92,38 @@ class ProjectStore:
         self.masks_dir = self.dir / "masks"
         self.masks_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / "project.sqlite"
-        with self._connect() as con:
+        con = self._connect()
+        try:
             con.executescript(SCHEMA)
+            if "note" not in {r["name"] for r in con.execute("PRAGMA table_info(versions)")}:
+                con.execute("ALTER TABLE versions ADD COLUMN note TEXT")   # projects made before issue 27
+        except sqlite3.OperationalError as exc:
+            raise _plain(exc) from exc
+        finally:
+            con.close()
+        self.swept = self.sweep()
+
+    def sweep(self, min_age_s: float = 60.0) -> dict:
+        """Remove what a crash (kill -9, power loss) can leave: temporary mask files, and mask files that no
+        version references. Only files older than `min_age_s`: a writer in another process may have renamed
+        its mask into place and not yet committed the row that names it."""
+        now = time.time()
+        con = self._connect()
+        try:
+            used = {r[0] for r in con.execute("SELECT mask_file FROM versions WHERE mask_file IS NOT NULL")}
+        finally:
+            con.close()
+        removed = {"tmp": 0, "orphan": 0}
+        for f in self.masks_dir.iterdir():
+            try:
+                old = now - f.stat().st_mtime > min_age_s
+            except OSError:
+                continue
+            kind = "tmp" if f.name.endswith(".tmp") else ("orphan" if f.name not in used else None)
+            if kind and old and f.is_file():
+                f.unlink(missing_ok=True)
+                removed[kind] += 1
+        return removed
 
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> sqlite3.Connection:
@@ -89,8 +141,11 @@ class ProjectStore:
             con.execute("BEGIN IMMEDIATE")
             yield con
             con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
+        except BaseException as exc:
+            if con.in_transaction:     # SQLite ends the transaction itself on some errors (disk full)
+                con.execute("ROLLBACK")
+            if isinstance(exc, (sqlite3.OperationalError, OSError)):
+                raise _plain(exc) from exc
             raise
         finally:
             con.close()
@@ -187,16 +242,18 @@ class ProjectStore:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, self.masks_dir / name)
-        except BaseException:
+        except BaseException as exc:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise _plain(exc) from exc
             raise
         return name
 
     def record(self, rel_path: str, status: str, mask: np.ndarray | None = None, who: str = "", model: str = "",
                uncertainty: float | None = None, lesion_score: float | None = None, support_key: str = "",
                only_if_not_done: bool = False, image_id: int | None = None,
-               seen_version: int | None = None) -> int | None:
+               seen_version: int | None = None, note: str = "") -> int | None:
         """One change of one image, in one transaction: the mask file first, then the version row and the
         image row. only_if_not_done: skip (return None) if a person has decided on this image meanwhile.
         image_id / seen_version (a person's decision): refused with StaleDecision unless `rel_path` is that
@@ -207,9 +264,20 @@ class ProjectStore:
         if image_id is not None and int(image_id) != r["id"]:
             raise StaleDecision(f"{rel_path}: this decision names another image; nothing was saved")
         mask_file = self._write_mask(r["id"], mask) if mask is not None else None
+        try:
+            return self._commit(r["id"], rel_path, status, mask_file, dict(
+                uncertainty=uncertainty, lesion_score=lesion_score, support_key=support_key, model=model, who=who,
+                note=note or None), only_if_not_done, seen_version)
+        except BaseException:
+            if mask_file:          # nothing was committed: the file would be an orphan
+                (self.masks_dir / mask_file).unlink(missing_ok=True)
+            raise
+
+    def _commit(self, image_id: int, rel_path: str, status: str, mask_file: str | None, fields: dict,
+                only_if_not_done: bool, seen_version: int | None) -> int | None:
         now = time.time()
         with self._tx() as con:
-            cur = con.execute("SELECT version, status FROM images WHERE id = ?", (r["id"],)).fetchone()
+            cur = con.execute("SELECT version, status FROM images WHERE id = ?", (image_id,)).fetchone()
             stale = seen_version is not None and int(seen_version) != cur["version"]
             if (only_if_not_done and cur["status"] in DONE) or stale:
                 if mask_file:
@@ -219,12 +287,15 @@ class ProjectStore:
                                         f"{seen_version}); nothing was saved: look at it again")
                 return None
             version = cur["version"] + 1     # read inside the write transaction: no other writer between
+            f = fields
             con.execute("INSERT INTO versions (image_id, version, status, mask_file, uncertainty, lesion_score, "
-                        "support_key, model, who, at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (r["id"], version, status, mask_file, uncertainty, lesion_score, support_key, model, who, now))
+                        "support_key, model, who, at, note) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        (image_id, version, status, mask_file, f["uncertainty"], f["lesion_score"], f["support_key"],
+                         f["model"], f["who"], now, f["note"]))
             con.execute("UPDATE images SET status=?, version=?, uncertainty=?, lesion_score=?, support_key=?, model=?, "
                         "who=?, updated=? WHERE id=?",
-                        (status, version, uncertainty, lesion_score, support_key, model, who, now, r["id"]))
+                        (status, version, f["uncertainty"], f["lesion_score"], f["support_key"], f["model"], f["who"],
+                         now, image_id))
         return version
 
     def current(self, rel_path: str) -> dict:
@@ -263,10 +334,21 @@ class ProjectStore:
             raise DataError(f"unknown decision {action!r}")
         return self.record(rel_path, status, mask, who=who, image_id=image_id, seen_version=seen_version)
 
-    def mark_unreadable(self, rel_path: str, who: str = "") -> None:
-        """An image that cannot be decoded leaves the review queue (it keeps its history)."""
+    def mark_unreadable(self, rel_path: str, who: str = "", reason: str = "") -> None:
+        """An image that cannot be decoded leaves the review queue (it keeps its history); `reason` is kept
+        with the version (named by the image's place in the project, never a server path)."""
         if self.row(rel_path)["status"] != "unreadable":
-            self.record(rel_path, "unreadable", None, who=who)
+            self.record(rel_path, "unreadable", None, who=who, note=reason)
+
+    def unreadable(self) -> dict[str, str]:
+        """{image: why it could not be read} for every image marked unreadable."""
+        con = self._connect()
+        try:
+            return {r["rel_path"]: r["note"] or "not a readable image" for r in con.execute(
+                "SELECT i.rel_path, v.note FROM images i LEFT JOIN versions v ON v.image_id = i.id AND "
+                "v.version = i.version WHERE i.status = 'unreadable' ORDER BY i.rel_path")}
+        finally:
+            con.close()
 
     def undo(self, rel_path: str, who: str = "") -> int:
         """Go back to the version before the current one (as a new version: history is never rewritten)."""

@@ -14,7 +14,11 @@
   pixel); otherwise `PixelSpacing` when present; otherwise none (areas then stay in pixels).
 - **Privacy**: nothing identifying leaves this module. A frame comes with a `DicomInfo` that holds only
   sizes, spacing and a de-identified study key (a salted hash of the Study Instance UID); `deidentified`
-  returns a copy of a dataset with the identifying tags replaced (for DICOM SEG export).
+  builds a new dataset from an allow-list with hashed UIDs (for DICOM SEG export; the profile is stated
+  at `KEEP_ATTRIBUTES` and in docs/dicom.md).
+- **Bounded reading**: a deflated dataset is inflated in a stream under a cap, large header values are
+  never read, and the declared pixel data is checked against what is stored; an odd header is a
+  DataError for that file only.
 """
 from __future__ import annotations
 
@@ -31,19 +35,13 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 MAX_FRAMES = 2000
 PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
 STUDY_KEY_SALT = b"panet-studio/deid/v1"
-# identifying attributes replaced or removed before anything leaves (DICOM PS3.15 basic profile, the
-# subset an ultrasound file carries)
-PHI_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge",
-            "OtherPatientIDs", "OtherPatientNames", "PatientAddress", "PatientTelephoneNumbers",
-            "AccessionNumber", "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
-            "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "StationName",
-            "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "StudyTime", "SeriesTime",
-            "AcquisitionTime", "ContentTime", "AcquisitionDateTime", "StudyID", "DeviceSerialNumber",
-            "RequestingPhysician", "StudyDescription", "SeriesDescription", "PatientComments")
-
-
-TYPE2_EMPTY = ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
-               "ReferringPhysicianName", "StudyID")
+# Bounded reading (issue 27): header elements over HEADER_DEFER bytes are never read into memory, a
+# deflated dataset is inflated in a stream and refused past MAX_INFLATED, and the pixel data a header
+# declares (rows x columns x frames x bytes per sample) is checked against what the file stores before
+# any pixel is decoded.
+HEADER_DEFER = 64 * 1024
+MAX_INFLATED = 256 * 1024 * 1024
+MAX_PIXEL_BYTES = 1024 * 1024 * 1024   # one file's declared pixel data, all frames (a 2000-frame 720p loop)
 
 
 @dataclass(frozen=True)
@@ -117,62 +115,180 @@ def _source(src):
     return str(split_frame(src)[0])
 
 
+def _inflate_capped(fp, name: str, cap: int = MAX_INFLATED) -> bytes:
+    """The raw-deflate stream from `fp` inflated chunk by chunk; refused as soon as it passes `cap`."""
+    import zlib
+
+    d = zlib.decompressobj(-zlib.MAX_WBITS)
+    out, size = [], 0
+    while True:
+        chunk = fp.read(1 << 16)
+        if not chunk:
+            break
+        while chunk:
+            part = d.decompress(chunk, cap + 1 - size)
+            size += len(part)
+            out.append(part)
+            if size > cap:
+                raise DataError(f"{name}: the deflated DICOM data inflates to more than {cap // 2**20} MB: refused "
+                                "(a decompression bomb, or a file too large to read here)")
+            chunk = d.unconsumed_tail
+    try:
+        out.append(d.flush())
+    except zlib.error as exc:
+        raise DataError(f"{name}: damaged deflated DICOM data") from exc
+    return b"".join(out)
+
+
+def open_dataset(src, name: str):
+    """A file object pydicom can read without surprises: the file (or bytes) itself, or, for the deflated
+    transfer syntax, the dataset inflated under MAX_INFLATED and re-wrapped as explicit VR little endian.
+    pydicom would otherwise inflate the whole dataset in one call before any check."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.filewriter import write_file_meta_info
+
+    fp = (io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview))
+          else open(split_frame(src)[0], "rb"))  # noqa: SIM115 (returned open to the caller, closed on error)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+        deflated = meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian
+        if not deflated:
+            fp.seek(0)
+            return fp
+        body = _inflate_capped(fp, name)
+        fp.close()
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
+        fp.close()
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{name}: not a readable DICOM file") from exc
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    out = io.BytesIO()
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=False)
+    out.write(body)
+    out.seek(0)
+    return out
+
+
+def _stored_frames(ds, frame_bytes: int, encapsulated: bool) -> int | None:
+    """How many frames the pixel data really holds (None: no pixel data)."""
+    elem = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
+    if elem is None:
+        return None
+    value = elem.value     # None when deferred (a large native pixel data): its length says what is stored
+    if not encapsulated:
+        length = int(elem.length) if value is None else len(value)
+        return length // max(1, frame_bytes)
+    from pydicom.encaps import parse_basic_offsets, parse_fragments
+
+    buf = io.BytesIO(value if value is not None else b"")
+    offsets = parse_basic_offsets(buf)
+    n_fragments, _ = parse_fragments(buf)
+    return len(offsets) if offsets else n_fragments
+
+
+def _int(ds, keyword: str, default: int) -> int:
+    """A header integer; a multi-valued or non-numeric value is an odd header (DataError by the caller)."""
+    v = getattr(ds, keyword, None)
+    if v is None or v == "":
+        return default
+    return int(str(v).strip())
+
+
+def _positive_finite(values) -> tuple[float, float] | None:
+    import math
+
+    v = tuple(float(x) for x in values)
+    return v if len(v) == 2 and all(math.isfinite(x) and x > 0 for x in v) else None
+
+
 def study_key(ds) -> str:
     uid = str(getattr(ds, "StudyInstanceUID", "") or getattr(ds, "SOPInstanceUID", "") or "unknown")
     return "study-" + hashlib.sha256(STUDY_KEY_SALT + uid.encode()).hexdigest()[:12]
 
 
+def _region_box(r) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of one 2-D tissue region; None for another kind of region or an odd entry."""
+    try:
+        if _int(r, "RegionSpatialFormat", 1) != 1:
+            return None   # 1 = 2D tissue; M-mode, spectral Doppler, waveforms are not images to outline
+        x0, y0 = _int(r, "RegionLocationMinX0", 0), _int(r, "RegionLocationMinY0", 0)
+        x1, y1 = _int(r, "RegionLocationMaxX1", -1) + 1, _int(r, "RegionLocationMaxY1", -1) + 1
+    except (AttributeError, TypeError, ValueError):
+        return None      # multi-valued or non-numeric: this region is ignored, the file still reads
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
 def _region(ds) -> tuple[tuple[int, int, int, int] | None, tuple[float, float] | None]:
     """The largest 2-D tissue region of the ultrasound region sequence and its mm per pixel."""
-    best, area = None, 0
-    for r in getattr(ds, "SequenceOfUltrasoundRegions", []) or []:
-        try:
-            x0, y0 = int(r.RegionLocationMinX0), int(r.RegionLocationMinY0)
-            x1, y1 = int(r.RegionLocationMaxX1) + 1, int(r.RegionLocationMaxY1) + 1
-        except (AttributeError, TypeError, ValueError):
-            continue
-        if int(getattr(r, "RegionSpatialFormat", 1)) != 1 or x1 <= x0 or y1 <= y0:
-            continue   # 1 = 2D tissue; M-mode, spectral Doppler, waveforms are not images to outline
-        if (x1 - x0) * (y1 - y0) > area:
-            best, area = r, (x1 - x0) * (y1 - y0)
+    best, box, area = None, None, 0
+    try:
+        regions = list(getattr(ds, "SequenceOfUltrasoundRegions", []) or [])
+    except (TypeError, ValueError):
+        regions = []
+    for r in regions:
+        b = _region_box(r)
+        if b is not None and (b[2] - b[0]) * (b[3] - b[1]) > area:
+            best, box, area = r, b, (b[2] - b[0]) * (b[3] - b[1])
     if best is None:
         return None, None
-    box = (int(best.RegionLocationMinX0), int(best.RegionLocationMinY0), int(best.RegionLocationMaxX1) + 1,
-           int(best.RegionLocationMaxY1) + 1)
-    spacing = None
     units_cm = 3
-    if int(getattr(best, "PhysicalUnitsXDirection", 0)) == units_cm and int(getattr(best, "PhysicalUnitsYDirection", 0)) == units_cm:
-        dx, dy = abs(float(best.PhysicalDeltaX)), abs(float(best.PhysicalDeltaY))
-        if dx > 0 and dy > 0:
-            spacing = (dy * 10.0, dx * 10.0)
-    return box, spacing
+    try:
+        if _int(best, "PhysicalUnitsXDirection", 0) == units_cm and _int(best, "PhysicalUnitsYDirection", 0) == units_cm:
+            return box, _positive_finite((abs(float(best.PhysicalDeltaY)) * 10.0, abs(float(best.PhysicalDeltaX)) * 10.0))
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return box, None
 
 
 def read_header(src, name: str = "image"):
-    """(dataset without pixel data, DicomInfo): every check that needs no pixel decoded."""
+    """(dataset without pixel values, DicomInfo): every check that needs no pixel decoded. Any header this
+    cannot make sense of (a non-numeric frame count, a multi-valued size...) is a DataError naming the
+    file, so that one odd file is marked unreadable and never stops a folder."""
     import pydicom
     from pydicom.errors import InvalidDicomError
+
+    fp = open_dataset(src, name)
+    try:
+        ds = pydicom.dcmread(fp, defer_size=HEADER_DEFER)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{name}: not a readable DICOM file") from exc
+    finally:
+        fp.close()
+    try:
+        return ds, _header_info(ds, name)
+    except DataError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError, IndexError) as exc:
+        raise DataError(f"{name}: an odd DICOM header ({type(exc).__name__}: {str(exc)[:80]})") from exc
+
+
+def _header_info(ds, name: str) -> DicomInfo:
     from pydicom.pixels import get_decoder
 
-    try:
-        ds = pydicom.dcmread(_source(src), stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-        raise DataError(f"{name}: not a readable DICOM file") from exc
-    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
-    if not rows or not cols:
+    rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+    if rows <= 0 or cols <= 0:
         raise DataError(f"{name}: a DICOM file without an image (no Rows/Columns)")
     if max(rows, cols) > MAX_SIDE:
         raise DataError(f"{name}: image too large ({cols}x{rows} px, limit {MAX_SIDE})")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if not 1 <= frames <= MAX_FRAMES:
-        raise DataError(f"{name}: {frames} frames (at most {MAX_FRAMES} are read)")
-    bits, spp = int(getattr(ds, "BitsAllocated", 8)), int(getattr(ds, "SamplesPerPixel", 1))
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    declared = _int(ds, "NumberOfFrames", 1)
+    if not 1 <= declared <= MAX_FRAMES:
+        raise DataError(f"{name}: {declared} frames (at most {MAX_FRAMES} are read)")
+    bits, spp = _int(ds, "BitsAllocated", 8), _int(ds, "SamplesPerPixel", 1)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip()
     if bits not in (8, 16) or spp not in (1, 3):
         raise DataError(f"{name}: {bits}-bit data with {spp} samples per pixel is not supported (8 or 16 bits, "
                         "1 or 3 samples)")
     if photometric not in PHOTOMETRIC:
         raise DataError(f"{name}: photometric interpretation {photometric} is not supported ({', '.join(PHOTOMETRIC)})")
+    frame_bytes = rows * cols * spp * bits // 8
+    if frame_bytes * declared > MAX_PIXEL_BYTES:
+        raise DataError(f"{name}: declares {frame_bytes * declared / 2**20:.0f} MB of pixel data "
+                        f"(limit {MAX_PIXEL_BYTES // 2**20} MB)")
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is None:
         raise DataError(f"{name}: no transfer syntax in the file meta information")
@@ -183,6 +299,10 @@ def read_header(src, name: str = "image"):
     if not available:
         raise DataError(f"{name}: transfer syntax {getattr(ts, 'name', ts)} ({ts}) cannot be decoded here "
                         "(supported: uncompressed, RLE, JPEG baseline/lossless, JPEG-LS, JPEG 2000)")
+    stored = _stored_frames(ds, frame_bytes, ts.is_compressed)
+    if stored is None or stored < 1:
+        raise DataError(f"{name}: no pixel data (or less than one frame of it)")
+    frames = min(declared, stored)    # what is stored, never more than what is declared
     region, spacing = _region(ds)
     if region is not None:
         x0, y0, x1, y1 = region
@@ -191,12 +311,10 @@ def read_header(src, name: str = "image"):
             region, spacing = None, None
     if spacing is None and getattr(ds, "PixelSpacing", None) is not None:
         try:
-            sp = [float(v) for v in ds.PixelSpacing]
-            spacing = (sp[0], sp[1]) if len(sp) == 2 and min(sp) > 0 else None
+            spacing = _positive_finite(ds.PixelSpacing)
         except (TypeError, ValueError):
             spacing = None
-    info = DicomInfo(frames, rows, cols, photometric, str(ts), spacing, region, study_key(ds))
-    return ds, info
+    return DicomInfo(frames, rows, cols, photometric, str(ts), spacing, region, study_key(ds))
 
 
 def _to_uint8(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
@@ -235,35 +353,91 @@ def read_frame(src, index: int | None = None, name: str | None = None) -> tuple[
     k = 0 if index is None else int(index)
     if not 0 <= k < info.frames:
         raise DataError(f"{name}: frame {k} does not exist (the file has {info.frames})")
+    multi = _int(ds, "NumberOfFrames", 1) > 1
+    fp = open_dataset(src, name)      # a deflated file: inflated under the cap again, never by pydicom
     try:
-        arr = pixel_array(_source(src), index=k if info.frames > 1 else None)
+        arr = pixel_array(fp, index=k if multi else None)
+        if arr.ndim == 4 or (arr.ndim == 3 and spp_is_one(info)):   # a stack, not one frame
+            arr = arr[0]
+        rgb = _to_uint8(arr, ds, info.photometric)
     except Exception as exc:   # a decoder failing on damaged data raises many types
         raise DataError(f"{name}: the pixel data could not be decoded (truncated or damaged file)") from exc
-    if arr.ndim == 4 or (arr.ndim == 3 and info.frames > 1 and arr.shape[0] == info.frames):
-        arr = arr[0]
-    rgb = _to_uint8(arr, ds, info.photometric)
+    finally:
+        fp.close()
     if info.region is not None:
         x0, y0, x1, y1 = info.region
         rgb = np.ascontiguousarray(rgb[y0:y1, x0:x1])
     return rgb, info
 
 
+def spp_is_one(info: DicomInfo) -> bool:
+    return not info.photometric.startswith(("RGB", "YBR"))
+
+
 def frame_count(path: str | Path) -> int:
     return read_header(path, Path(str(path)).name)[1].frames
 
 
+# De-identification (issue 27). A derived object (the DICOM SEG) is built from a *new* dataset holding only
+# the attributes below: what highdicom needs to describe and reference the source image and its geometry.
+# Every other attribute is left out, which is the "X" (remove) action of the DICOM PS3.15 Annex E Basic
+# Application Level Confidentiality Profile for every attribute it lists, and stricter for those it
+# does not list (private tags, free text, nested sequences): an allow-list, not a block-list, so that a tag
+# nobody thought of cannot leak. UIDs are replaced by salted hashes ("U" action, consistent: the same
+# source UID always maps to the same new UID), so a SEG still matches a source de-identified the same way.
+# Options of the profile applied: none (no Retain UIDs, no Retain Device Identity, no Retain Dates).
+KEEP_ATTRIBUTES = ("SOPClassUID", "Modality", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation",
+                   "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration",
+                   "NumberOfFrames", "PixelSpacing", "ImagerPixelSpacing", "LossyImageCompression")
+HASHED_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+DEID_METHOD = "PS3.15 E.1 Basic Application Level Confidentiality Profile (allow-list); UIDs salted-hashed"
+
+
+def hashed_uid(uid: str) -> str:
+    """A UID that replaces `uid` everywhere the project writes it: '2.25.' + a 128-bit salted hash, the UUID
+    form of PS3.5 B.2 (deterministic: the same source UID always gives the same new UID)."""
+    digest = hashlib.sha256(STUDY_KEY_SALT + b"/uid/" + str(uid).encode()).digest()[:16]
+    return "2.25." + str(int.from_bytes(digest, "big"))
+
+
+def mark_deidentified(ds) -> None:
+    """Patient Identity Removed and the method, as PS3.15 E.1.1 asks of a de-identified object."""
+    from pydicom.dataset import Dataset
+    from pydicom.sr.codedict import codes
+
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = DEID_METHOD
+    code = Dataset()
+    c = codes.DCM.BasicApplicationConfidentialityProfile
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = c.value, c.scheme_designator, c.meaning
+    ds.DeidentificationMethodCodeSequence = [code]
+
+
 def deidentified(ds, key: str | None = None):
-    """A copy of `ds` with the identifying attributes replaced (name and ID by the study key) or removed;
-    UIDs are kept so that a DICOM SEG can reference its source."""
-    out = ds.copy()
+    """A new dataset with only KEEP_ATTRIBUTES of `ds`, hashed UIDs, the study key as patient name and ID,
+    empty type-2 attributes, and the pixel data (highdicom reads the source's pixel description)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
     key = key or study_key(ds)
-    for tag in PHI_TAGS:
-        if tag in out:
-            delattr(out, tag)
-    for tag in TYPE2_EMPTY:        # attributes a derived object must carry, empty when unknown
-        setattr(out, tag, "")
+    out = Dataset()
+    for name in KEEP_ATTRIBUTES:
+        if name in ds:
+            out[name] = ds[name]
+    for name in HASHED_UIDS:
+        if name in ds:
+            setattr(out, name, hashed_uid(getattr(ds, name)))
+    if "PixelData" in ds:
+        out["PixelData"] = ds["PixelData"]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = out.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+    out.file_meta = meta
+    for tag in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+                "ReferringPhysicianName"):
+        setattr(out, tag, "")       # type 2: present, empty
+    out.StudyID = ""
     out.PatientName = key + "^"     # one name component, marked as such
     out.PatientID = key
-    out.PatientIdentityRemoved = "YES"
-    out.DeidentificationMethod = "PANet++ Studio: PS3.15 basic subset, salted study key"
+    mark_deidentified(out)
     return out

@@ -1,7 +1,9 @@
 """DICOM SEG export (highdicom) for masks drawn on DICOM sources: one binary Segmentation per source
 file, referencing the source instance, its frames in the source's full frame (a mask made on the cropped
 ultrasound region is put back where the region was). Built from a de-identified copy of the source
-header: the SEG carries the study key, never the patient's name, ID, dates or institution.
+header built from an allow-list (`core.data.dicom.deidentified`: PS3.15 Annex E basic profile, hashed
+UIDs): the SEG carries the study key, and nothing of the source's patient, physicians, dates, free text,
+private tags or sequences.
 
 Multi-frame sources (cine loops) are left out, with the reason in the export summary: highdicom builds a
 SEG of a multi-frame source only when the source has a patient coordinate system (plane positions), which
@@ -12,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dicom import deidentified, read_header
+from .errors import DataError
+from .dicom import deidentified, mark_deidentified, open_dataset, read_header
 
 SOFTWARE = "PANet++ Studio"
 
@@ -27,7 +30,11 @@ def segmentation(source_path: str | Path, masks: list[tuple[int | None, np.ndarr
     if info.frames > 1:
         raise NotImplementedError(f"{Path(source_path).name}: a multi-frame source (highdicom needs a patient "
                                   "coordinate system for those; ultrasound has none)")
-    full = pydicom.dcmread(str(source_path))            # highdicom reads the source's pixel attributes
+    fp = open_dataset(source_path, Path(source_path).name)   # deflated: inflated under the cap
+    try:
+        full = pydicom.dcmread(fp)                      # highdicom reads the source's pixel attributes
+    finally:
+        fp.close()
     src = deidentified(full, info.study_key)
     arr = np.zeros((1, info.rows, info.columns), np.uint8)
     x0, y0 = (info.region[0], info.region[1]) if info.region else (0, 0)
@@ -41,11 +48,13 @@ def segmentation(source_path: str | Path, masks: list[tuple[int | None, np.ndarr
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name=SOFTWARE, version="1", family=codes.DCM.ArtificialIntelligence))
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=[src], pixel_array=arr[0],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[desc],
         series_instance_uid=hd.UID(), series_number=100, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer=SOFTWARE, manufacturer_model_name=SOFTWARE, software_versions="1", device_serial_number="0")
+    mark_deidentified(seg)
+    return seg
 
 
 def write_segmentations(store, sources: dict[str, list], out_dir: Path) -> tuple[list[Path], list[str]]:
@@ -57,7 +66,7 @@ def write_segmentations(store, sources: dict[str, list], out_dir: Path) -> tuple
     for rel, masks in sources.items():
         try:
             seg = segmentation(store.image_path(rel), masks)
-        except NotImplementedError as exc:
+        except (NotImplementedError, DataError) as exc:   # one odd file never stops the export
             skipped.append(str(exc))
             continue
         target = out_dir / (rel.replace("/", "__").rsplit(".", 1)[0] + "_seg.dcm")

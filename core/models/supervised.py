@@ -127,3 +127,45 @@ class LesionClassifier(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+class ImageClassifier(nn.Module):
+    """timm classifier on the image alone (3 channels): benign / malignant / normal.
+
+    Issue 28: a plain CNN fine-tuned end to end on the image beat every mask-fed variant at the presence
+    decision (an empty or wrong predicted mask no longer decides "normal"). `config.extra["input"]` is
+    "image" so that a loader can tell it from the 4-channel LesionClassifier."""
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        if config.backbone not in CLASSIFIER_BACKBONES:
+            raise ValueError(f"classifier backbone must be one of {CLASSIFIER_BACKBONES}")
+        config.extra = {**config.extra, "input": "image"}
+        self.config = config
+        s = BACKBONES[config.backbone]
+        self.model = timm.create_model(s.timm_name, pretrained=False, num_classes=len(config.classes), drop_rate=0.2)
+        head = self.model.default_cfg.get("classifier", "classifier")
+        config.weights_loaded = load_imagenet(self.model, config.backbone, config.weights, skip_prefixes=(head,))
+        self.register_buffer("mean", torch.tensor(s.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(s.std).view(1, 3, 1, 1), persistent=False)
+        self.bgr = s.bgr
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image (B, 3, H, W) in [0, 1] -> logits (B, n_classes)."""
+        x = (image - self.mean) / self.std
+        return self.model(x.flip(1) if self.bgr else x)
+
+    @torch.inference_mode()
+    def predict(self, image: torch.Tensor, tta: bool = True) -> torch.Tensor:
+        """Eval mode, temperature applied, mean of the image and its left-right mirror -> probabilities."""
+        self.eval()
+        s = self.config.image_size
+        if tuple(image.shape[-2:]) != (s, s):
+            image = torch.nn.functional.interpolate(image, size=(s, s), mode="bilinear", align_corners=False)
+        logits = self(image)
+        if tta:
+            logits = (logits + self(image.flip(-1))) / 2
+        return torch.softmax(logits / self.config.temperature, 1)
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)

@@ -41,7 +41,8 @@ def fit(model: torch.nn.Module, cfg: SupervisedTrainConfig, n_train: int,
         step: Callable[[np.ndarray, np.random.Generator], tuple[torch.Tensor, float]],
         validate: Callable[[], float], save_best: Callable[[float, int, float], None], title: str,
         progress: bool = True,
-        metric_name: str = "Dice", val_name: str = "validation Dice", job=None) -> dict:
+        metric_name: str = "Dice", val_name: str = "validation Dice", job=None,
+        resume_path: str | None = None) -> dict:
     """Mini-batch training on the shared engine. `step(indices, rng)` returns (loss, a training
     metric); higher validate() is better; save_best is called on each improvement."""
     from .engine import BestCheckpoint, CsvLogger, EarlyStopping, Engine, Progress
@@ -74,7 +75,10 @@ def fit(model: torch.nn.Module, cfg: SupervisedTrainConfig, n_train: int,
                  BestCheckpoint(lambda e, m: save_best(m["val_dice"], e.state.epoch, e.state.seconds)),
                  EarlyStopping(cfg.patience)]
     engine = Engine(model, opt, step_fn, epochs=cfg.epochs, steps_per_epoch=per_epoch, validate_fn=validate_fn,
-                    callbacks=callbacks, job=job, scheduler=sched, monitor="val_dice")
+                    callbacks=callbacks, job=job, scheduler=sched, monitor="val_dice",
+                    resume_path=resume_path)
+    if resume_path:
+        engine.restore()
     summary = engine.run()
     try:
         plot_curves(steps_csv, epochs_csv, str(save_path) + ".curves.png", title, step_key="step", smooth=20,

@@ -1,0 +1,152 @@
+"""Issue 28: the image-level lesion classifier, trained end to end on the CPU (the GPU when present).
+
+Data from two sites: BUSI's training split (benign / malignant / normal) and BUS-BRA's training part
+(benign / malignant, biopsy-proven). Selection on the validation parts only (BUSI val: 3-class macro AUC;
+BUS-BRA val: benign-vs-malignant AUC; their mean). Ultrasound augmentation: the shared geometric and
+intensity transforms (speckle, gain, gamma), plus a random depth crop (the bottom of the image cut off and
+the rest stretched back, as when the sonographer changes the depth). Temperature fitted on the
+validation parts. Resumable (`<save_path>.resume.pt`), one CSV row per epoch, a progress bar.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import checkpoint
+from ..data.dataset import AugmentConfig, ImageSet, augment, to_tensor
+from ..metrics import auc, classification_metrics
+from ..models.supervised import CLASSES, ClassifierConfig, ImageClassifier
+from .supervised import SupervisedTrainConfig, fit, fit_temperature
+
+log = logging.getLogger(__name__)
+
+US_AUGMENT = AugmentConfig(hflip=0.5, rotate_deg=10.0, scale=(0.85, 1.15), translate=0.08, brightness=0.2,
+                           contrast=0.25, gamma=(0.7, 1.4), speckle=0.15, blur=0.1)
+
+
+def busbra_labels(set_dir: str | Path) -> dict[str, str]:
+    """BUS-BRA's `labels.csv`: image id -> 'benign' / 'malignant' (biopsy-proven)."""
+    with open(Path(set_dir) / "labels.csv", newline="") as f:
+        return {r["id"]: r["pathology"].strip().lower() for r in csv.DictReader(f)}
+
+
+def labelled(data: ImageSet, labels: dict[str, str] | None = None) -> np.ndarray:
+    """Class index per image: from the class folder (BUSI) or from `labels` keyed by file stem."""
+    out = []
+    for s in data.samples:
+        name = s.label if labels is None else labels.get(Path(s.rel_path).stem)
+        if name not in CLASSES:
+            raise ValueError(f"{s.rel_path}: no class label (got {name!r})")
+        out.append(CLASSES.index(name))
+    return np.array(out)
+
+
+def depth_crop(image: np.ndarray, rng: np.random.Generator, max_cut: float = 0.2) -> np.ndarray:
+    """Cut up to `max_cut` of the image's depth (its bottom) and stretch the rest back."""
+    h, w = image.shape[:2]
+    keep = int(round(h * (1 - rng.uniform(0, max_cut))))
+    return cv2.resize(np.ascontiguousarray(image[:keep]), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def image_batch(images: np.ndarray, idx, rng: np.random.Generator | None) -> torch.Tensor:
+    out = []
+    for i in idx:
+        img = images[i]
+        if rng is not None:
+            img, _ = augment(img, np.zeros(img.shape[:2], bool), rng, US_AUGMENT)
+            if rng.random() < 0.5:
+                img = depth_crop(img, rng)
+        out.append(to_tensor(np.ascontiguousarray(img)))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def logits_of(model: ImageClassifier, images: np.ndarray, device, batch_size: int = 32, tta: bool = True) -> torch.Tensor:
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = image_batch(images, range(i, min(len(images), i + batch_size)), None).to(device)
+        z = model(x)
+        if tta:
+            z = (z + model(x.flip(-1))) / 2
+        out.append(z.cpu())
+    return torch.cat(out)
+
+
+def malignancy_score(probs: np.ndarray) -> np.ndarray:
+    """p(malignant | lesion): the benign-vs-malignant score used on BUS-BRA."""
+    b, m = CLASSES.index("benign"), CLASSES.index("malignant")
+    return probs[:, m] / np.maximum(probs[:, m] + probs[:, b], 1e-9)
+
+
+def validation_score(probs_busi: np.ndarray, y_busi: np.ndarray, probs_bb: np.ndarray, y_bb: np.ndarray) -> dict:
+    busi = classification_metrics(probs_busi, y_busi, CLASSES)["macro_auc"]
+    bb = auc(malignancy_score(probs_bb), y_bb == CLASSES.index("malignant")) if len(y_bb) else float("nan")
+    parts = [v for v in (busi, bb) if v == v]
+    return {"busi_macro_auc": busi, "busbra_auc": bb, "score": float(np.mean(parts)) if parts else 0.0}
+
+
+def train_image_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConfig, train: dict, val: dict,
+                           data_info: dict, progress: bool = True, job=None) -> dict:
+    """train/val: {"busi": (ImageSet, labels), "busbra": (ImageSet, labels)} ("busbra" may be absent)."""
+    from ..device import pick_device
+
+    device = pick_device(cfg.device)
+    model = ImageClassifier(model_cfg).to(device)
+    images = np.concatenate([s.images for s, _ in train.values()])
+    y = np.concatenate([l for _, l in train.values()])
+    counts = np.bincount(y, minlength=len(CLASSES)).astype(np.float64)
+    weights = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(CLASSES), dtype=torch.float32, device=device)
+    (vb, yb) = val["busi"]
+    vbb, ybb = val.get("busbra", (None, np.zeros(0, int)))
+
+    def step(idx, rng):
+        x = image_batch(images, idx, rng if cfg.augment else None).to(device)
+        logits = model(x)
+        t = torch.as_tensor(y[idx], device=device)
+        return F.cross_entropy(logits, t, weight=weights, label_smoothing=0.05), float((logits.argmax(1) == t).float().mean())
+
+    def val_logits():
+        zb = logits_of(model, vb.images, device)
+        zbb = logits_of(model, vbb.images, device) if vbb is not None else torch.zeros(0, len(CLASSES))
+        return zb, zbb
+
+    def validate():
+        zb, zbb = val_logits()
+        return validation_score(torch.softmax(zb, 1).numpy(), yb, torch.softmax(zbb, 1).numpy(), ybb)["score"]
+
+    def save_best(score, epoch, seconds):
+        zb, zbb = val_logits()
+        z = torch.cat([zb, zbb])
+        t = torch.as_tensor(np.concatenate([yb, ybb]))
+        model.config.temperature = fit_temperature(z, t)
+        probs_b = torch.softmax(zb / model.config.temperature, 1).numpy()
+        m = classification_metrics(probs_b, yb, CLASSES)
+        checkpoint.save(cfg.save_path, model.state_dict(), {
+            "kind": "classifier", "model": model.config_dict(), "train": asdict(cfg), "data": data_info,
+            "val_score": score, "val_accuracy": m["accuracy"], "val_macro_auc": m["macro_auc"],
+            "epoch": epoch, "train_seconds": seconds, "selected_by": "mean of BUSI val macro AUC and BUS-BRA val AUC",
+            "augment": asdict(US_AUGMENT) | {"depth_crop": 0.2}})
+
+    return fit(model, cfg, len(images), step, validate, save_best, f"image classifier / {model_cfg.backbone}",
+               progress, metric_name="accuracy (train) / AUC (val)", val_name="validation AUC", job=job,
+               resume_path=str(cfg.save_path) + ".resume.pt")
+
+
+def load_image_classifier(path: str | Path, device="cpu") -> ImageClassifier:
+    meta = checkpoint.load_meta(path)
+    checkpoint.expect_kind(meta, "classifier", path)
+    cfg = ClassifierConfig(**{k: v for k, v in meta["model"].items() if k in ClassifierConfig.__dataclass_fields__})
+    cfg.classes = tuple(cfg.classes)
+    temperature = cfg.temperature
+    model = ImageClassifier(cfg)
+    model.config.temperature = temperature
+    model.load_state_dict(checkpoint.load_weights(path))
+    return model.to(device).eval()
