@@ -33,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    # nothing leaves the machine unless the user asks: Gradio's usage analytics off (issue 27)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     from webapp.context import AppContext, config_from_env

@@ -7,6 +7,8 @@ HTTP API (gradio_client): a 10000 x 10000 PNG (a small file) as a support editor
 three layers; many layers; 20 "add corrected query as a support" calls with a 4000 x 4000 query;
 `clients` x `calls` concurrent identical Segment calls; a download of a saved checkpoint by URL. Server
 memory is this process's resident set size. Writes docs/results_hardening.json and docs/results.md.
+Then the DICOM cases of issue 27 (scripts/probe_dicom.py: a deflate bomb, planted markers, an odd header
+among good files, declared vs stored frames) against the CLI and the app.
 """
 from __future__ import annotations
 
@@ -133,6 +135,9 @@ def main() -> None:
     res["files_outside_output_folder"] = [str(p) for p in Path(tempfile.gettempdir(), "gradio").rglob("*")
                                           if p.is_file() and p.stat().st_mtime >= started][:5]
     finish(res, demo, DOCS / "results_hardening.json")
+    import probe_dicom       # issue 27: the DICOM cases, against the CLI and a fresh app
+
+    probe_dicom.main()
 
 
 if __name__ == "__main__":

@@ -132,3 +132,46 @@ def plant_markers(path: Path) -> Path:
     ds.RequestAttributesSequence = [outer]
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def deflated_file(path, pixel_bytes: int, rows: int = 512, cols: int = 512, frames: int = 1) -> None:
+    """A DICOM in the deflated transfer syntax whose pixel data is `pixel_bytes` zeros, compressed as a
+    stream (a 1 GB payload makes a file of about 1 MB)."""
+    import io
+    import struct
+    import zlib
+
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.Modality = "US"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    body = pydicom.filebase.DicomBytesIO()
+    body.is_implicit_VR, body.is_little_endian = False, True
+    pydicom.filewriter.write_dataset(body, ds)   # explicit VR little endian, as the deflated syntax holds
+    raw = body.getvalue()
+    # the pixel data element written by hand: (7FE0,0010) OB, 4-byte length
+    raw += struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\0\0" + struct.pack("<I", pixel_bytes)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [comp.compress(raw)]
+    chunk = bytes(1 << 24)
+    left = pixel_bytes
+    while left:
+        n = min(left, len(chunk))
+        parts.append(comp.compress(chunk[:n]))
+        left -= n
+    parts.append(comp.flush())
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    out = io.BytesIO()
+    out.write(b"\0" * 128 + b"DICM")
+    pydicom.filewriter.write_file_meta_info(out, meta, enforce_standard=True)
+    path.write_bytes(out.getvalue() + b"".join(parts))

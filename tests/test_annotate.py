@@ -319,3 +319,49 @@ def test_a_folder_of_links_annotates_and_exports(folder, tmp_path, seg):
     assert export(store, tmp_path / "ex", ("predicted",))["exported"] == 2
     with pytest.raises(DataError, match="outside the project's folder"):
         store.image_path("../scans/img0.png")
+
+
+def test_disk_full_is_said_plainly_and_nothing_is_saved(folder, tmp_path, monkeypatch):
+    """Issue 27: SQLite refusing to grow (a real SQLITE_FULL through max_page_count) gives a plain message,
+    not 'cannot rollback - no transaction is active', and leaves no mask file behind."""
+    store = ProjectStore(tmp_path / "out", "p")
+    store.add_folder(folder)
+    name = store.rows()[0]["rel_path"]
+    real = store._connect
+
+    def full():
+        con = real()
+        pages = con.execute("PRAGMA page_count").fetchone()[0]
+        con.execute(f"PRAGMA max_page_count = {pages}")
+        return con
+
+    monkeypatch.setattr(store, "_connect", full)
+    before = sorted(p.name for p in store.masks_dir.iterdir())
+    big = np.random.default_rng(0).random((80, 100)) > 0.5
+    with pytest.raises(StoreError, match="the disk is full: nothing was saved"):
+        for _ in range(200):      # the versions table grows until the database may not
+            store.record(name, "predicted", big, model="x" * 2000)
+    monkeypatch.undo()
+    fresh = ProjectStore(tmp_path / "out", "p")
+    used = {v["mask_file"] for v in fresh.history(name)}
+    assert {p.name for p in store.masks_dir.iterdir()} - set(before) <= used, "no orphan mask file"
+
+
+def test_startup_sweeps_what_a_crash_left(folder, tmp_path):
+    import os
+    import time as _time
+
+    store = ProjectStore(tmp_path / "out", "p")
+    store.add_folder(folder)
+    name = store.rows()[0]["rel_path"]
+    store.record(name, "predicted", np.ones((80, 100), bool))
+    kept = store.current(name)["mask_file"]
+    old = _time.time() - 3600
+    for stray in (".1_abc.png.x.tmp", "1_deadbeef0000.png"):
+        (store.masks_dir / stray).write_bytes(b"\0")        # a kill -9 mid-write, an uncommitted mask
+        os.utime(store.masks_dir / stray, (old, old))
+    (store.masks_dir / "1_fresh0000000.png").write_bytes(b"\0")  # another process may commit it any moment
+    fresh = ProjectStore(tmp_path / "out", "p")
+    assert fresh.swept == {"tmp": 1, "orphan": 1}
+    assert sorted(p.name for p in store.masks_dir.iterdir()) == sorted([kept, "1_fresh0000000.png"])
+    assert fresh.mask(name).all()

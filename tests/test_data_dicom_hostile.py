@@ -4,11 +4,9 @@ carries nothing of the source but what an allow-list keeps (every element walked
 from __future__ import annotations
 
 import io
-import struct
 import subprocess
 import sys
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -16,50 +14,13 @@ import pytest
 pytest.importorskip("pydicom")
 
 import pydicom  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 
 from core.data.dicom import frame_refs, hashed_uid, read_frame, read_header  # noqa: E402
 from core.data.errors import DataError  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
-from tests.dicom_factory import MARKERS, PHI, make_dicom, plant_markers  # noqa: E402
+from tests.dicom_factory import MARKERS, PHI, deflated_file, make_dicom, plant_markers  # noqa: E402
 
 GREY = (np.arange(64 * 80).reshape(64, 80) % 251).astype(np.uint8)
-
-
-def deflated_file(path, pixel_bytes: int, rows: int = 512, cols: int = 512, frames: int = 1) -> None:
-    """A DICOM in the deflated transfer syntax whose pixel data is `pixel_bytes` zeros, compressed as a
-    stream (a 1 GB payload makes a file of about 1 MB)."""
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
-    ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    ds.Modality = "US"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    body = pydicom.filebase.DicomBytesIO()
-    body.is_implicit_VR, body.is_little_endian = False, True
-    pydicom.filewriter.write_dataset(body, ds)   # explicit VR little endian, as the deflated syntax holds
-    raw = body.getvalue()
-    # the pixel data element written by hand: (7FE0,0010) OB, 4-byte length
-    raw += struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\0\0" + struct.pack("<I", pixel_bytes)
-    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    parts = [comp.compress(raw)]
-    chunk = bytes(1 << 24)
-    left = pixel_bytes
-    while left:
-        n = min(left, len(chunk))
-        parts.append(comp.compress(chunk[:n]))
-        left -= n
-    parts.append(comp.flush())
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
-    out = io.BytesIO()
-    out.write(b"\0" * 128 + b"DICM")
-    pydicom.filewriter.write_file_meta_info(out, meta, enforce_standard=True)
-    path.write_bytes(out.getvalue() + b"".join(parts))
 
 
 def test_deflate_bomb_is_refused_within_seconds_under_2_gb(tmp_path):

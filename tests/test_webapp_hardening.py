@@ -338,3 +338,56 @@ def test_session_supports_are_kept_downscaled():
     set_slot_pair(s, 2, big, mask)
     img, m = s.supports[1]
     assert max(img.shape[:2]) == KEPT_PAIR_SIDE and m.shape == img.shape[:2] and m.any()
+
+
+def _post(url: str, body_chunks, headers: dict) -> tuple[int, bytes]:
+    """POST, sending the body in chunks and stopping when the server has answered (a refusing server
+    closes the connection before a huge body is sent: the client sees the answer, not a broken pipe)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    con = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    con.putrequest("POST", u.path)
+    for k, v in headers.items():
+        con.putheader(k, v)
+    con.endheaders()
+    chunked = headers.get("Transfer-Encoding") == "chunked"
+    try:
+        for c in body_chunks:
+            con.send((f"{len(c):x}\r\n".encode() + c + b"\r\n") if chunked else c)
+        if chunked:
+            con.send(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    r = con.getresponse()
+    out = r.status, r.read()
+    con.close()
+    return out
+
+
+def test_a_huge_body_is_refused_before_it_is_parsed(app):
+    """Issue 27: by Content-Length, and by the streamed byte count when the client sends none."""
+    import resource
+
+    client, _, _ = app
+    url = client.src.rstrip("/") + "/gradio_api/component_server"
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def chunks():
+        yield b'{"data": "'
+        for _ in range(50):
+            yield b"x" * 2**20
+    status, text = _post(url, chunks(), {"Content-Type": "application/json", "Content-Length": str(50 * 2**20 + 10)})
+    assert status == 413 and b"over the limit" in text
+    status, text = _post(url, chunks(), {"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    assert status == 413, "no Content-Length: counted as it streams"
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 200, f"the server's peak grew by {grown_mb:.0f} MB"
+    status, _ = _post(url, [b'{"session_hash": "x"}'], {"Content-Type": "application/json", "Content-Length": "21"})
+    assert status != 413, "a small body still goes through"
+
+
+def test_analytics_are_off(app):
+    client, _, _ = app
+    with urllib.request.urlopen(client.src.rstrip("/") + "/config", timeout=30) as r:
+        assert json.loads(r.read())["analytics_enabled"] is False

@@ -171,7 +171,8 @@ def read_upload(path, what: str, notes: list | None = None, info: dict | None = 
         with Image.open(p) as im:
             mode = im.mode
     except DataError as exc:
-        raise UserError(f"{what}: {_short(exc, p)}") from exc
+        text = _short(exc, p)
+        raise UserError(text if text.startswith(f"{what}: ") else f"{what}: {text}") from exc
     if mode not in ("L", "RGB", "1") and notes is not None:
         notes.append(f"{what}: {mode} image converted to 8-bit RGB")
     return image

@@ -46,7 +46,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     gradio_fixes.apply()
     ctx.use_own_cache()      # Gradio's uploads and results go to the app's cache folder, set before any component
     ttl = int(ctx.config.cache_ttl)
-    with gr.Blocks(title="PANet++ Studio", delete_cache=(max(60, ttl // 4), ttl)) as demo:
+    # analytics off: a medical tool sends nothing out unless the user asks (issue 27)
+    with gr.Blocks(title="PANet++ Studio", delete_cache=(max(60, ttl // 4), ttl), analytics_enabled=False) as demo:
         session = gr.State(Session(), time_to_live=SESSION_TTL)
         # the user key, kept (encrypted) in the browser: the same user after a reload or a restart
         user_key = gr.BrowserState("", storage_key="panet_user", secret=ctx.browser_secret())
@@ -77,4 +78,7 @@ def launch_options(ctx: AppContext) -> dict:
     page's keyboard shortcuts (Gradio 6 takes `head` at launch)."""
     from core.io import MAX_UPLOAD_BYTES
 
-    return {"max_file_size": MAX_UPLOAD_BYTES, "blocked_paths": [str(ctx.saved_dir)], "head": shortcuts.head()}
+    from .limits import app_kwargs
+
+    return {"max_file_size": MAX_UPLOAD_BYTES, "blocked_paths": [str(ctx.saved_dir)], "head": shortcuts.head(),
+            "app_kwargs": app_kwargs()}

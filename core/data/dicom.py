@@ -115,12 +115,12 @@ def _source(src):
     return str(split_frame(src)[0])
 
 
-def _inflate_capped(fp, name: str, cap: int = MAX_INFLATED) -> bytes:
-    """The raw-deflate stream from `fp` inflated chunk by chunk; refused as soon as it passes `cap`."""
+def _inflate_capped(fp, out, name: str, cap: int = MAX_INFLATED) -> None:
+    """The raw-deflate stream from `fp` inflated chunk by chunk into `out`; refused as soon as it passes `cap`."""
     import zlib
 
     d = zlib.decompressobj(-zlib.MAX_WBITS)
-    out, size = [], 0
+    size = 0
     while True:
         chunk = fp.read(1 << 16)
         if not chunk:
@@ -128,16 +128,15 @@ def _inflate_capped(fp, name: str, cap: int = MAX_INFLATED) -> bytes:
         while chunk:
             part = d.decompress(chunk, cap + 1 - size)
             size += len(part)
-            out.append(part)
             if size > cap:
                 raise DataError(f"{name}: the deflated DICOM data inflates to more than {cap // 2**20} MB: refused "
                                 "(a decompression bomb, or a file too large to read here)")
+            out.write(part)
             chunk = d.unconsumed_tail
     try:
-        out.append(d.flush())
+        out.write(d.flush())
     except zlib.error as exc:
         raise DataError(f"{name}: damaged deflated DICOM data") from exc
-    return b"".join(out)
 
 
 def open_dataset(src, name: str):
@@ -158,18 +157,21 @@ def open_dataset(src, name: str):
         if not deflated:
             fp.seek(0)
             return fp
-        body = _inflate_capped(fp, name)
+        meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        out = io.BytesIO()     # in memory, one buffer written as it inflates (never a temporary file)
+        out.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(out, meta, enforce_standard=False)
+        try:
+            _inflate_capped(fp, out, name)
+        except BaseException:
+            out.close()
+            raise
         fp.close()
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
         fp.close()
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{name}: not a readable DICOM file") from exc
-    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    out = io.BytesIO()
-    out.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(out, meta, enforce_standard=False)
-    out.write(body)
     out.seek(0)
     return out
 

@@ -126,6 +126,7 @@ def render() -> Path:
     L += _clicks_section(_load("results_clicks.json"), _load("selection_clicks_val.json"))
     L += _presence_section(_load("results_presence.json"))
     L += _hardening_section(_load("results_hardening.json"))
+    L += _dicom_hardening_section(_load("results_hardening_dicom.json"))
     L += _delineate_section(_load("results_delineate.json"), _load("selection_delineate_val.json"),
                             _load("results_promptable_latency.json"))
     L += _auto_section(_load("results_auto.json"))
@@ -414,6 +415,27 @@ def _hardening_section(h) -> list[str]:
             f"failed** ({c['seconds']} s). A saved checkpoint fetched by URL: HTTP "
             f"{h['saved_checkpoint_by_url_http_status']}. Files written under the system temp folder's `gradio/`: "
             f"{len(h['files_outside_output_folder'])}.", ""]
+
+
+def _dicom_hardening_section(d) -> list[str]:
+    if not d:
+        return []
+    f, b = d["folder"], d["bomb"]
+    return ["", "## Hostile DICOM files (issue 27)", "",
+            "Reproduce: `python scripts/probe_dicom.py` (also run by `scripts/probe_hardening.py`).", "",
+            "| case | outcome |", "|---|---|",
+            f"| deflate bomb ({b['bomb_file_kb']} KB inflating to {b['bomb_inflates_to_mb']} MB), CLI `segment` | exit "
+            f"{b['cli_exit']} in {b['cli_seconds']} s, peak RSS {b['cli_peak_rss_mb']} MB: {b['cli_message']} |",
+            f"| the same bomb as the app's query | {b['app_seconds']} s, server RSS {b['app_rss_delta_mb']:+d} MB, "
+            f"peak {b['app_peak_growth_mb']:+d} MB: {b['app_outcome']} |",
+            f"| a folder of {f['files_in_folder']} DICOM files, one with NumberOfFrames=\"abc\": `annotate` | exit "
+            f"{f['annotate_exit']}; named: {'; '.join(e for e in (f['annotate_errors'] or []) if 'odd' in e)} |",
+            f"| `export --all --dicom-seg` | exit {f['export_exit']}; {f['exported']} images exported, "
+            f"{f['dicom_seg_written']} SEG written; left out: {', '.join(sorted(f['export_left_out'] or {}))} |",
+            f"| a loop that declares 2000 frames and stores 6 | {f['declared_2000_stored_6_frames_registered']} frames "
+            "registered |",
+            f"| {f['planted_markers']} identifying markers planted (nested sequences, free text, a private tag) | "
+            f"{len(f['marker_hits'])} found anywhere under the project or the export |", ""]
 
 
 def _delineate_rows(rows) -> list[str]:
