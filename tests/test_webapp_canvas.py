@@ -4,6 +4,7 @@ browser (a page's call is a request naming its session hash, as Gradio's compone
 from __future__ import annotations
 
 import base64
+import copy
 import cv2
 import numpy as np
 import pytest
@@ -230,3 +231,79 @@ def test_a_query_uploaded_on_the_canvas_is_read_only_from_the_apps_upload_folder
     trunc = ctx.cache_dir / "upload" / "bad.png"
     trunc.write_bytes(inside.read_bytes()[:200])
     assert "error" in fns["set_query"]({"path": str(trunc)}, req)
+
+
+def test_a_propagation_that_ends_keeps_what_the_canvas_did_meanwhile(tmp_path):
+    """Issue 26, case 1: the propagation wrote back the whole page state it copied when it started, so a
+    query uploaded and segmented on the canvas meanwhile was lost. Now it changes only the review's
+    fields, on the page's session as it is when it ends, and hands Gradio no stale copy."""
+    from webapp.tabs import review
+
+    ctx, app, link, Call = _review_app(tmp_path)
+    start = Session(project="p")
+    ph = make_phantom(4)
+    handlers.set_slot_pair(start, 1, ph.image, ph.mask)
+    app.state_holder["page-1"][_State._id] = start
+    outputs = []
+    for out in review.propagate(ctx, link, start, "tiny_panet", False, False, False, Call()):
+        if not outputs:     # the propagation runs; the canvas gets a query and its Segment result
+            now = copy.copy(_session(app, "page-1"))
+            now.query_image, now.mask = make_phantom(5).image, make_phantom(5).mask
+            app.state_holder["page-1"][_State._id] = now
+        outputs.append(out)
+    assert not isinstance(outputs[-1][-1], Session), "no stale copy handed back to Gradio"
+    after = _session(app, "page-1")
+    assert after.query_image is not None and after.mask is not None and after.mask.any(), "the canvas's work is kept"
+    assert after.review_path is not None and after.review_token, "the review shows the propagated project"
+    assert start.review_path is None, "the copy given at the start is never changed"
+
+
+def _review_app(tmp_path, page="page-1"):
+    """A context with a data folder of three phantoms, a page's state holder, and a call on that page."""
+    from tests.test_webapp import make_checkpoints
+    from webapp.context import AppConfig, AppContext
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        Image.fromarray(make_phantom(i + 1).image).save(data / f"img{i}.png")
+    make_checkpoints(tmp_path / "ckpt")
+    ctx = AppContext(AppConfig(data_dir=data, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out",
+                               promptable=False, single_user=True))
+    app, link = _App(), canvas.PageLink(_State())
+
+    class Call:           # a queued event's gr.Request, as far as the handlers read it
+        session_hash, username, cookies = page, None, {}
+        scope = {"app": app}
+    return ctx, app, link, Call
+
+
+def test_undo_in_a_tab_that_decided_nothing_is_refused(tmp_path):
+    """Issue 26, case 4: two review tabs of one user; tab B decided nothing, so its undo must not revert
+    tab A's decision."""
+    from webapp import annotate
+    from webapp.tabs import review
+
+    ctx, app, link, Call = _review_app(tmp_path)
+    store = annotate.open_project(ctx, "p", "local")
+    first = store.rows()[0]["rel_path"]
+    store.record(first, "predicted", make_phantom(1).mask)
+    tab_a, tab_b = Session(project="p"), Session(project="p")
+    review.show(ctx, tab_a, store, first, Call())
+    review.show(ctx, tab_b, store, first, Call())
+    review._decide(ctx, "accept", tab_a, tab_a.review_token, Call())
+    assert store.row(first)["status"] == "accepted"
+    with pytest.raises(UserError, match="nothing to undo"):
+        review._decide(ctx, "undo", tab_b, "", Call())
+    assert store.row(first)["status"] == "accepted", "tab A's decision stands"
+    tab_c = Session(project="p")                       # a tab that decided, then another tab changed it
+    review.show(ctx, tab_c, store, store.rows()[1]["rel_path"], Call())
+    store.record(store.rows()[1]["rel_path"], "predicted", make_phantom(2).mask)
+    review.show(ctx, tab_c, store, store.rows()[1]["rel_path"], Call())
+    review._decide(ctx, "no lesion", tab_c, tab_c.review_token, Call())
+    second = tab_c.last_decided
+    review.show(ctx, tab_a, store, second, Call())
+    review._decide(ctx, "skip", tab_a, tab_a.review_token, Call())     # another tab changes it afterwards
+    with pytest.raises(UserError, match="changed after this tab decided it"):
+        review._decide(ctx, "undo", tab_c, "", Call())
+    review._decide(ctx, "undo", tab_a, "", Call())     # the tab that decided last may undo its own

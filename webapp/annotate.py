@@ -145,8 +145,9 @@ def parse_token(token) -> tuple[int, int]:
 
 
 def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, token: str, corrector=None,
-           painted=None) -> None:
+           painted=None) -> int | None:
     """A decision on exactly the image the person saw: `token` (image id and version shown) must match.
+    Returns the version the decision made (None for promote).
     A correction comes from the correction editor (`corrector`) or the canvas (`painted`: a PNG data URL
     at the size the image was shown)."""
     if not rel_path:
@@ -160,11 +161,12 @@ def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, t
                 mask = _correction(store, rel_path, corrector, painted)
                 if not mask.any():
                     raise UserError("the correction is empty: paint the lesion, or choose No lesion")
-            store.decide(rel_path, action, image_id, version, who=who, mask=mask)
+            return store.decide(rel_path, action, image_id, version, who=who, mask=mask)
         elif action == "undo":
-            store.undo(rel_path, who=who)
+            return store.undo(rel_path, who=who)
         elif action == "promote":
             store.promote(rel_path)
+            return None
         else:
             raise UserError(f"unknown action {action}")
     except DataError as exc:

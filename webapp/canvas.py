@@ -209,6 +209,21 @@ class PageLink:
             holder[self.state._id] = sess
 
 
+    @contextmanager
+    def current(self, request: gr.Request):
+        """For a queued event that ran long (a propagation): `with link.current(request) as sess:` the page's
+        session as it is *now* (a copy), stored back under the page's lock when the block ends. The event
+        changes only the fields it owns on it, never writing back the copy it was given when it started."""
+        sh = getattr(request, "session_hash", None)
+        if not isinstance(sh, str) or not sh:
+            raise UserError("this page has no session: reload it")
+        holder = self.raw(request).scope["app"].state_holder[sh]
+        with self._lock(sh):
+            sess: Session = copy.copy(holder[self.state._id])
+            yield sess
+            holder[self.state._id] = sess
+
+
 def answer(fn):
     """A canvas server function `fn(args: dict, request)` as Gradio calls it: the page's single argument,
     the call's request, and a mistake the user can fix (or a bug, logged) answered as {"error": message}

@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -121,6 +122,28 @@ class AppContext:
         not in the system temp folder. Gradio reads GRADIO_TEMP_DIR when each component is created, so
         this runs before the page is built."""
         os.environ["GRADIO_TEMP_DIR"] = str(self.cache_dir)
+
+    @functools.cached_property
+    def pages(self):
+        """Which identity owns which page (webapp/pages.py)."""
+        from .pages import PageRegistry
+
+        return PageRegistry()
+
+    @functools.cached_property
+    def identities(self):
+        """Signs the identity cookie with a key made here, kept in the output folder (never served)."""
+        from .pages import Identities
+
+        p = self.config.output_dir / ".identity_secret"
+        try:
+            key = p.read_text().strip()
+        except OSError:
+            key = secrets.token_hex(32)
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key)
+        return Identities(key.encode(), self.config.single_user)
 
     def browser_secret(self) -> str:
         """The key that encrypts the user key kept in the browser (gr.BrowserState): kept in the output
@@ -378,21 +401,25 @@ class AppContext:
                 self._models[key] = Delineator(fs, sam)
             return self._models[key]
 
-    def prefetch_embedding(self, image: np.ndarray | None) -> None:
+    @functools.cached_property
+    def embedding_pool(self):
+        """One worker (the CPU has 2 cores; a Segment needs the other) and at most 4 waiting queries."""
+        from .background import LatestWins
+
+        return LatestWins(workers=1, max_pending=4, name="embedding")
+
+    def prefetch_embedding(self, image: np.ndarray | None, page: str = "") -> None:
         """Compute LiteMedSAM's embedding of a new query in the background (a box or a click then waits
-        only for the decoder)."""
+        only for the decoder). The bounded pool runs it: a page's newer query replaces its waiting one."""
         if image is None or not self.config.promptable:
             return
 
         def work():
-            try:
-                sam = self.promptable_model()
-                if sam is not None:
-                    sam.embed(image)
-            except Exception as exc:   # a prefetch failing only costs time later
-                log.warning("embedding prefetch failed: %s", exc)
+            sam = self.promptable_model()
+            if sam is not None:
+                sam.embed(image)
 
-        threading.Thread(target=work, daemon=True).start()
+        self.embedding_pool.submit(page or f"anonymous-{id(image)}", work)
 
     def pipeline(self) -> SupervisedPipeline:
         with self._lock:

@@ -56,6 +56,7 @@ class Session:
     review_path: str | None = None        # the image under review
     review_token: str = ""                # its "image_id:version" as shown (a decision must name it)
     last_decided: str | None = None       # the image decided last (Promote applies to it once the view moved on)
+    last_decided_version: int = 0         # the version this page's decision made (undo only while it is current)
     corrector_loaded: bool = False        # the correction editor holds a correction of the current prediction
     thumbs_for: list | None = None        # the supports whose thumbnails the page shows (not sent again)
     history: list = field(default_factory=list)  # ("click" | "box" | "paint", what undo restores), newest last

@@ -67,8 +67,14 @@ async def _refuse(send, limit: int, status: int = 413, text: bytes | None = None
     await send({"type": "http.response.body", "body": body})
 
 
-def app_kwargs() -> dict:
-    """FastAPI keyword arguments for `demo.launch(app_kwargs=...)`."""
+def app_kwargs(ctx=None) -> dict:
+    """FastAPI keyword arguments for `demo.launch(app_kwargs=...)`: the body limit first (outermost), then
+    the page gate (webapp/pages.py: identity cookie, a session only for its owner)."""
     from starlette.middleware import Middleware
 
-    return {"middleware": [Middleware(BodyLimit)]}
+    from .pages import PageGate
+
+    middleware = [Middleware(BodyLimit)]
+    if ctx is not None:
+        middleware.append(Middleware(PageGate, registry=ctx.pages, identities=ctx.identities))
+    return {"middleware": middleware}

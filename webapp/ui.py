@@ -36,8 +36,22 @@ def refresh_checkpoints(ctx, current, request: gr.Request):
 
 
 def forget(ctx, request: gr.Request):
-    """A closed tab's adapted model copies are dropped (memory stays bounded)."""
+    """A closed tab's adapted model copies are dropped (memory stays bounded); its page leaves the registry."""
     ctx.forget_session(owner(ctx, request))
+    ctx.pages.forget(request.session_hash)
+
+
+def open_page(ctx, request: gr.Request):
+    """A page load: the page's session belongs to the identity that loaded it (webapp/pages.py)."""
+    from .pages import auth_user
+
+    raw = getattr(request, "request", None)
+    cookies = dict(getattr(raw, "cookies", {}) or {})
+    user = getattr(request, "username", None) or auth_user(raw.scope.get("app") if raw is not None else None, cookies)
+    try:
+        ctx.pages.register(request.session_hash, ctx.identities.of(cookies, user))
+    except PermissionError as exc:
+        raise gr.Error(str(exc), duration=None) from None
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:
@@ -65,6 +79,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 tab.build(ctx, shared)
         refresh.click(bind(ctx, refresh_checkpoints), ckpt, ckpt, api_name="refresh_checkpoints")
         demo.load(None, user_key, user_key, js=NEW_KEY_JS, queue=False, show_progress="hidden")
+        # the page's session is created by its load, for the identity that loaded it (and by nothing else)
+        demo.load(bind(ctx, open_page), None, None, queue=False, show_progress="hidden", api_name="open_page")
         # the menu lists this user's saved checkpoints whenever it is opened (also after a reload)
         ckpt.focus(bind(ctx, refresh_checkpoints), ckpt, ckpt, api_name=False, show_progress="hidden")
         demo.unload(bind(ctx, forget))
@@ -81,4 +97,4 @@ def launch_options(ctx: AppContext) -> dict:
     from .limits import app_kwargs
 
     return {"max_file_size": MAX_UPLOAD_BYTES, "blocked_paths": [str(ctx.saved_dir)], "head": shortcuts.head(),
-            "app_kwargs": app_kwargs()}
+            "app_kwargs": app_kwargs(ctx)}

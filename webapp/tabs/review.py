@@ -103,7 +103,8 @@ def go_to_frame(ctx, sess: Session, k, request: gr.Request):
     return sess, v.image, v.text, v.token
 
 
-def propagate(ctx, sess: Session, ckpt_name, use_presence, use_sam=False, temporal=False, request: gr.Request = None):
+def propagate(ctx, link: canvas.PageLink, sess: Session, ckpt_name, use_presence, use_sam=False, temporal=False,
+              request: gr.Request = None):
     store = store_of(ctx, sess, request)
     supports = handlers.session_supports(sess)
     calib = annotate.presence_decision(ctx) if use_presence else None
@@ -116,19 +117,37 @@ def propagate(ctx, sess: Session, ckpt_name, use_presence, use_sam=False, tempor
                                              delineate_with=sam, temporal=bool(temporal)):
             yield line, gr.skip(), gr.skip(), gr.skip(), gr.skip()
     # the review shows the most uncertain image with its new prediction (what was shown before may have
-    # changed: a decision on it would be refused)
-    sess = copy.copy(sess)
-    v = show(ctx, sess, store, annotate.next_image(store), request)
-    yield line, v.image, v.text, v.token, sess
+    # changed: a decision on it would be refused). Written on the page's session as it is now: the canvas
+    # may have changed it while the propagation ran (issue 26), and the copy taken at the start is stale.
+    with link.current(request) as now:
+        v = show(ctx, now, store, annotate.next_image(store), request)
+    yield line, v.image, v.text, v.token, gr.skip()
+
+
+def _propagate_on(link: canvas.PageLink):
+    def fn(ctx, sess: Session, ckpt_name, use_presence, use_sam=False, temporal=False, request: gr.Request = None):
+        yield from propagate(ctx, link, sess, ckpt_name, use_presence, use_sam, temporal, request)
+    return fn
 
 
 def _target(store, sess: Session, action: str) -> str | None:
     target = sess.review_path
     if action == "promote" and target and store.row(target)["status"] not in ("accepted", "corrected"):
         target = sess.last_decided or target
-    if action == "undo":          # undo the last decision, and show that image again
-        target = sess.last_decided or target
+    if action == "undo":          # undo this page's last decision, and show that image again
+        target = sess.last_decided
     return target
+
+
+def _check_undo(store, sess: Session) -> None:
+    """Undo reverts only this page's own last decision, and only while nobody changed that image since
+    (another tab of the same user, another person, a propagation): else it is refused, nothing changed."""
+    if not sess.last_decided:
+        raise UserError("nothing to undo: this tab has not decided anything yet (nothing was changed)")
+    now = store.row(sess.last_decided)["version"]
+    if now != sess.last_decided_version:
+        raise UserError(f"{sess.last_decided} changed after this tab decided it (version {now}, this tab made "
+                        f"{sess.last_decided_version}): nothing was undone")
 
 
 def _next_shown(store, sess: Session, action: str, target):
@@ -162,10 +181,12 @@ def _decide(ctx, action: str, sess: Session, token, request, corr=None, painted=
     if action in DECISIONS and token != sess.review_token:
         raise UserError("the page and the review are out of step: open the project again (nothing was saved)")
     target = _target(store, sess, action)
+    if action == "undo":
+        _check_undo(store, sess)
     if action not in ("next", "back"):
-        annotate.decide(store, target, action, owner(ctx, request), token, corr, painted=painted)
+        made = annotate.decide(store, target, action, owner(ctx, request), token, corr, painted=painted)
     if action in DECISIONS:
-        sess.last_decided = target
+        sess.last_decided, sess.last_decided_version = target, int(made or 0)
     return store, show(ctx, sess, store, _next_shown(store, sess, action, target), request)
 
 
@@ -244,7 +265,7 @@ def build(ctx, shared: Shared) -> None:
                                                 ).then(show_view, s, c.canvas, api_name=False)
     c.frame.release(bind(ctx, go_to_frame), [s, c.frame], [s, c.img, c.text, c.token], api_name="annotate_frame"
                     ).then(show_view, s, c.canvas, api_name=False)
-    c.prop_btn.click(bind(ctx, propagate), [s, shared.ckpt, c.presence, c.delineate, c.temporal],
+    c.prop_btn.click(bind(ctx, _propagate_on(c.link)), [s, shared.ckpt, c.presence, c.delineate, c.temporal],
                      [c.prop_status, c.img, c.text, c.token, s], api_name="annotate_propagate",
                      concurrency_limit=1, concurrency_id="propagate").then(show_view, s, c.canvas, api_name=False)
     c.prop_cancel.click(bind(ctx, cancel), None, c.prop_status, api_name="annotate_stop")
