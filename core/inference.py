@@ -329,6 +329,20 @@ class SupervisedPipeline:
         return isinstance(self.classifier, LesionProbe)
 
     @property
+    def is_image(self) -> bool:
+        """The image-level classifier (issue 28): its p(normal) is the presence decision."""
+        from .models.supervised import ImageClassifier
+        return isinstance(self.classifier, ImageClassifier)
+
+    def _points(self) -> dict:
+        return getattr(self.classifier, "decision_points", None) or {"presence_threshold": 0.5,
+                                                                     "malignant_threshold": 0.5}
+
+    def image_probabilities(self, image) -> np.ndarray:
+        img = as_image(image)
+        return self.classifier.predict(to_tensor(img)[None].to(self.device))[0].cpu().numpy()
+
+    @property
     def classes(self) -> list[str]:
         if self.classifier is None:
             raise DataError("no classifier checkpoint loaded")
@@ -341,8 +355,13 @@ class SupervisedPipeline:
         return self._sam
 
     def presence(self, image) -> tuple[float, bool]:
-        """(p(lesion), lesion present?) from the probe's presence head; (1, True) for the CNN classifier,
-        which has no presence decision of its own."""
+        """(p(lesion), lesion present?) from the probe's presence head or the image classifier's
+        1 - p(normal) against its decision point (chosen on validation parts to miss at most 2% of
+        lesions); (1, True) for the 4-channel CNN, which has no presence decision of its own."""
+        if self.is_image:
+            probs = self.image_probabilities(image)
+            p = float(1.0 - probs[list(self.classifier.config.classes).index("normal")])
+            return p, p >= self._points()["presence_threshold"]
         if not self.is_probe:
             return 1.0, True
         p = self.classifier.lesion_probability(self.sam(), as_image(image))
@@ -366,6 +385,8 @@ class SupervisedPipeline:
         check_mask_matches(img, m)
         if self.is_probe:
             return self._classify_probe(img, m, presence or self.presence(img))
+        if self.is_image:
+            return self._classify_image(img, m, presence or self.presence(img))
         size = self.classifier.config.image_size
         x = to_tensor(resize_image(img, size))[None].to(self.device)
         mt = torch.from_numpy(resize_mask(m, size)).float()[None, None].to(self.device)
@@ -373,6 +394,18 @@ class SupervisedPipeline:
         classes = list(self.classifier.config.classes)
         k = int(p.argmax())
         return ClassResult(classes[k], float(p[k]), {c: float(v) for c, v in zip(classes, p)}, m, float(m.mean()))
+
+    def _classify_image(self, img: np.ndarray, m: np.ndarray, presence: tuple[float, bool]) -> ClassResult:
+        """The image classifier: every probability (calibrated, flip TTA); the label from the decision points."""
+        classes = list(self.classifier.config.classes)
+        probs = self.image_probabilities(img)
+        out = {c: float(v) for c, v in zip(classes, probs)}
+        p_lesion, present = presence
+        if not present:
+            return ClassResult("normal", 1 - p_lesion, out, np.zeros_like(m), 0.0, p_lesion, False)
+        p_mal = out["malignant"] / max(out["malignant"] + out["benign"], 1e-9)
+        label = "malignant" if p_mal >= self._points()["malignant_threshold"] else "benign"
+        return ClassResult(label, max(p_mal, 1 - p_mal), out, m, float(m.mean()), p_lesion, True)
 
     def _classify_probe(self, img: np.ndarray, m: np.ndarray, presence: tuple[float, bool]) -> ClassResult:
         p_lesion, present = presence
@@ -405,7 +438,7 @@ def presence_check(cls_path: str | Path | None = None, device: str = "cpu"):
     --no-lesion`. Raises CheckpointError when the classifier has no presence head."""
     path = cls_path or checkpoint.default_checkpoint("classifier")
     pipe = SupervisedPipeline(None, path, device)
-    if not pipe.is_probe:
-        raise checkpoint.CheckpointError(f"{Path(path).name}: this classifier has no lesion-presence head "
-                                         "(the LiteMedSAM lesion probe has one)")
+    if not (pipe.is_probe or pipe.is_image):
+        raise checkpoint.CheckpointError(f"{Path(path).name}: this classifier has no lesion-presence decision "
+                                         "(the image classifier and the LiteMedSAM lesion probe have one)")
     return pipe.presence

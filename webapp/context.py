@@ -435,10 +435,10 @@ class AppContext:
             return self._models["pipeline"]
 
     def presence_check(self):
-        """The lesion probe's presence decision (image -> (p(lesion), present?)), the one `predict` and
+        """The classifier's presence decision (image -> (p(lesion), present?)), the one `predict` and
         `annotate --no-lesion` use; a UserError-worthy CheckpointError when the classifier has none."""
         pipe = self.pipeline()
-        if not pipe.is_probe:
+        if not (pipe.is_probe or pipe.is_image):
             raise checkpoint.CheckpointError("the installed classifier has no lesion-presence head")
         return pipe.presence
 

@@ -23,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=0, help="first N images of each part (smoke runs)")
     p.add_argument("--save-path", default="runs/image_classifier")
     p.set_defaults(func=train_image_cls_cmd)
+    register_evaluation(sub)
 
 
 def _parts(args) -> tuple[dict, dict, dict]:
@@ -64,4 +65,88 @@ def train_image_cls_cmd(args) -> int:
                                 seed=args.seed, device=args.device, save_path=args.save_path)
     mcfg = ClassifierConfig(backbone=args.backbone, image_size=args.img_size)
     print(json.dumps(train_image_classifier(mcfg, cfg, train, val, info), indent=2))
+    return 0
+
+
+def register_evaluation(sub) -> None:
+    p = sub.add_parser("evaluate-image-cls",
+                       help="choose the image classifier's decision points on the val parts, then read the test parts once")
+    p.add_argument("--cls-model", required=True)
+    p.add_argument("--data", default=None, help="BUSI folder (default $BUSI_DIR)")
+    p.add_argument("--multidomain", default=None)
+    p.add_argument("--max-missed", type=float, default=0.02, help="share of val lesions the presence decision may miss")
+    p.add_argument("--no-test", action="store_true", help="val only (selection): the test parts stay unread")
+    p.add_argument("--write-points", action="store_true", help="store the decision points in the checkpoint's JSON")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="JSON of the metrics (a reliability diagram PNG beside it)")
+    p.set_defaults(func=evaluate_image_cls_cmd)
+
+
+def _probs(model, data):
+    import torch
+
+    from ..training.image_classifier import logits_of
+
+    z = logits_of(model, data.images, "cpu")
+    return torch.softmax(z / model.config.temperature, 1).numpy()
+
+
+def evaluate_image_cls_cmd(args) -> int:
+    import time
+
+    import numpy as np
+    import torch
+
+    from ..data.multidomain import default_multidomain_dir, domain_set
+    from ..data.sets import data_dir, split_sets
+    from ..evaluation import image_classifier as ev
+    from ..evaluation.report import DOCS
+    from ..io import atomic_write
+    from ..training.image_classifier import busbra_labels, labelled, load_image_classifier
+
+    torch.set_num_threads(args.threads)
+    model = load_image_classifier(args.cls_model)
+    size = model.config.image_size
+    root = Path(args.multidomain) if args.multidomain else default_multidomain_dir()
+    labels = busbra_labels(root / "busbra_breast")
+    parts = ("val",) if args.no_test else ("val", "test")
+    busi = split_sets(data_dir(args.data), parts, size)
+    bb = {p: domain_set(root, "busbra_breast", p, size) for p in parts}
+    probs = {f"{name}_{p}": (_probs(model, s), labelled(s, lab))
+             for name, sets, lab in (("busi", busi, None), ("busbra", bb, labels)) for p, s in sets.items()}
+    val_p = np.concatenate([probs["busi_val"][0], probs["busbra_val"][0]])
+    val_y = np.concatenate([probs["busi_val"][1], probs["busbra_val"][1]])
+    points = ev.decision_points(val_p, val_y, args.max_missed)
+    result = {"checkpoint": Path(args.cls_model).name, "decision_points": points,
+              "parts": {k: ev.part_metrics(p, y, points) for k, (p, y) in probs.items()}}
+    if not args.no_test:
+        result["test_reads"] = ev.record_test_read(DOCS / "image_classifier_test_reads.json",
+                                                   Path(args.cls_model).name, ["busi_test", "busbra_test"])
+        t = time.perf_counter()
+        imgs = busi["test"].images[:20]
+        for im in imgs:
+            from ..data.dataset import to_tensor
+            model.predict(to_tensor(im)[None])
+        result["seconds_per_image_2_threads"] = (time.perf_counter() - t) / len(imgs)
+    if args.write_points:
+        from .. import checkpoint
+
+        _, json_path = checkpoint.paths(args.cls_model)
+        meta = json.loads(json_path.read_text())
+        meta["decision_points"] = points
+        atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+        if not args.no_test:
+            from ..evaluation.external import plot_reliability
+
+            p, y = probs["busbra_test"]
+            les = y != ev.N
+            plot_reliability(ev.p_malignant(p[les]), y[les] == ev.M, Path(args.out).with_suffix(".busbra_reliability.png"),
+                             "BUS-BRA test: p(malignant | lesion)")
+            p, y = probs["busi_test"]
+            plot_reliability(ev.p_lesion(p), y != ev.N, Path(args.out).with_suffix(".busi_presence_reliability.png"),
+                             "BUSI test: p(lesion)")
     return 0

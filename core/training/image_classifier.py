@@ -141,12 +141,9 @@ def train_image_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConf
 
 
 def load_image_classifier(path: str | Path, device="cpu") -> ImageClassifier:
-    meta = checkpoint.load_meta(path)
-    checkpoint.expect_kind(meta, "classifier", path)
-    cfg = ClassifierConfig(**{k: v for k, v in meta["model"].items() if k in ClassifierConfig.__dataclass_fields__})
-    cfg.classes = tuple(cfg.classes)
-    temperature = cfg.temperature
-    model = ImageClassifier(cfg)
-    model.config.temperature = temperature
-    model.load_state_dict(checkpoint.load_weights(path))
-    return model.to(device).eval()
+    from ..models.loading import load_classifier
+
+    model = load_classifier(path, device)
+    if not isinstance(model, ImageClassifier):
+        raise checkpoint.CheckpointError(f"{Path(path).name}: not an image-level classifier")
+    return model

@@ -1,0 +1,36 @@
+"""Decision points of the image classifier (core/evaluation/image_classifier.py), on hand-made inputs."""
+from __future__ import annotations
+
+import numpy as np
+
+from core.evaluation import image_classifier as ev
+
+
+def test_presence_threshold_misses_at_most_the_allowed_share_of_lesions():
+    score = np.linspace(0.01, 1.0, 100)         # 100 lesions with p(lesion) 0.01 ... 1.0
+    lesion = np.ones(100, bool)
+    t = ev.presence_threshold(score, lesion, max_missed=0.02)
+    assert (score < t).sum() == 2 and (score >= t).sum() == 98
+
+
+def test_kind_threshold_maximises_balanced_accuracy():
+    score = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.7])
+    malignant = np.array([False, False, False, True, True, True])
+    t = ev.kind_threshold(score, malignant)
+    assert 0.3 < t <= 0.35
+
+
+def test_decide_says_normal_below_presence_then_the_kind():
+    probs = np.array([[0.1, 0.1, 0.8],      # benign, malignant, normal
+                      [0.7, 0.2, 0.1],
+                      [0.2, 0.7, 0.1]])
+    points = {"presence_threshold": 0.5, "malignant_threshold": 0.5}
+    assert ev.decide(probs, points).tolist() == [ev.N, ev.B, ev.M]
+
+
+def test_part_metrics_count_normals_called_lesion_and_lesions_called_normal():
+    probs = np.array([[0.1, 0.1, 0.8], [0.6, 0.1, 0.3], [0.7, 0.2, 0.1], [0.3, 0.1, 0.6]])
+    y = np.array([ev.N, ev.N, ev.B, ev.M])
+    m = ev.part_metrics(probs, y, {"presence_threshold": 0.5, "malignant_threshold": 0.5})
+    assert m["normal_called_lesion"] == 0.5 and m["lesions_called_normal"] == 0.5
+    assert m["confusion_matrix"][ev.N][ev.B] == 1

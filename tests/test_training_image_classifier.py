@@ -1,0 +1,52 @@
+"""The image-level classifier (issue 28): a tiny training run, a checkpoint that loads without unpickling,
+and the pipeline's answer with every probability and the presence decision."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from core.data.dataset import ImageSet
+from core.data.discover import Sample
+from core.inference import SupervisedPipeline
+from core.models.supervised import CLASSES, ClassifierConfig
+from core.training.image_classifier import depth_crop, load_image_classifier, train_image_classifier
+from core.training.supervised import SupervisedTrainConfig
+
+
+def _set(n: int, seed: int, labels) -> tuple[ImageSet, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(0, 255, (n, 64, 64, 3), dtype=np.uint8)
+    y = np.array([i % len(labels) for i in range(n)])
+    for i, k in enumerate(y):               # a learnable cue: brightness by class
+        imgs[i] = np.clip(imgs[i] // 3 + 80 * labels[k], 0, 255)
+    samples = [Sample(None, (), f"x{i}.png", CLASSES[labels[k]]) for i, k in enumerate(y)]
+    return ImageSet(samples, imgs, np.zeros((n, 64, 64), bool), list(range(n))), np.array([labels[k] for k in y])
+
+
+def test_depth_crop_keeps_the_size_and_the_top(tmp_path):
+    img = np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3)
+    out = depth_crop(img, np.random.default_rng(0))
+    assert out.shape == img.shape
+
+
+def test_a_tiny_run_saves_a_checkpoint_the_pipeline_answers_with(tmp_path):
+    torch.manual_seed(0)
+    train = {"busi": _set(12, 0, [0, 1, 2]), "busbra": _set(8, 1, [0, 1])}
+    val = {"busi": _set(6, 2, [0, 1, 2]), "busbra": _set(4, 3, [0, 1])}
+    cfg = SupervisedTrainConfig(epochs=1, batch_size=4, save_path=str(tmp_path / "cls"), device="cpu")
+    summary = train_image_classifier(ClassifierConfig(image_size=64, weights="random"), cfg, train, val, {},
+                                     progress=False)
+    assert summary["status"] == "finished"
+    model = load_image_classifier(tmp_path / "cls")
+    assert model.config.extra["input"] == "image" and model.config.temperature > 0
+    pipe = SupervisedPipeline(None, tmp_path / "cls")
+    assert pipe.is_image
+    img = train["busi"][0].images[0]
+    p, present = pipe.presence(img)
+    res = pipe.classify(img, np.zeros(img.shape[:2], bool), (p, present))
+    assert set(res.probabilities) == set(CLASSES) and abs(sum(res.probabilities.values()) - 1) < 1e-4
+    assert res.lesion_probability == p
+    model.decision_points = {"presence_threshold": 1.01, "malignant_threshold": 0.5}   # nothing is a lesion
+    pipe.classifier = model
+    res = pipe.classify(img, np.ones(img.shape[:2], bool))
+    assert res.label == "normal" and not res.lesion_present and not res.mask.any()
