@@ -328,3 +328,25 @@ def apply_rule(rule: AutoRule, panet_mask: np.ndarray, candidate, side: int) -> 
         return panet_mask, False
     mask, iou, agree = candidate
     return (mask, True) if rule.trusts(iou, agree, side) else (panet_mask, False)
+
+
+@dataclass
+class SupportsMask:
+    """`segment_from_supports`'s answer: the mask to show, PANet++'s own result, whether LiteMedSAM redrew it."""
+    mask: np.ndarray
+    result: object                 # the FewShotSegmenter result (probability, heatmaps, lesion score...)
+    redrawn: bool = False
+    iou: float | None = None       # LiteMedSAM's predicted IoU of its redraw (None: not tried)
+
+
+def segment_from_supports(fewshot, query: np.ndarray, supports, *, sam: PromptableSegmenter | None = None,
+                          presence=None, threshold: float = 0.5, side: int | None = None, rule: AutoRule = AutoRule(),
+                          **predict_kwargs) -> SupportsMask:
+    """The one rule for an automatic mask from supports (issue 26), used by the page, `segment`, propagation
+    and cine loops: PANet++ finds the target; where `presence` says "no lesion", the mask is empty; else
+    LiteMedSAM (when given) redraws PANet++'s largest component where `rule` trusts it."""
+    res = fewshot.predict(query, supports, threshold=threshold, presence=presence, **predict_kwargs)
+    if sam is None or not res.mask.any() or not getattr(res, "lesion_present", True):
+        return SupportsMask(res.mask, res)
+    mask, used, iou = auto_mask(sam, query, res.mask, side=side, rule=rule)
+    return SupportsMask(mask, res, used, iou)

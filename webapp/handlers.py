@@ -459,8 +459,13 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     try:
         presence = ctx.presence_check() if no_lesion else None
         model = ctx.fewshot(checkpoint_name, owner)
-        res = model.predict(q_img, supports, threshold=threshold, owner=owner, agreement=True,
-                            per_support_maps=per_support_maps, presence=presence)
+        from core.delineate import segment_from_supports
+
+        # the one rule (PANet++, presence, LiteMedSAM's redraw where trusted), as the CLI and propagation
+        out = segment_from_supports(model, q_img, supports, sam=ctx.promptable_model(), presence=presence,
+                                    threshold=threshold, side=max(session.query_size) if session.query_size else None,
+                                    owner=owner, agreement=True, per_support_maps=per_support_maps)
+        res = out.result
         adapted, agreement = res.adapted, res.agreement
     except CheckpointError as exc:
         raise UserError(f"checkpoint could not be loaded: {_hide_dirs(ctx, exc)}") from exc
@@ -470,7 +475,7 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     prob16 = res.probability.astype(np.float16)
     session.query_image, session.probability, session.mask, session.corrected = q_img, prob16, res.mask, False
     session.base_probability = prob16
-    redrawn = auto_redraw(ctx, session, q_img, res.mask)
+    redrawn = redraw_note(session, out)
     session.checkpoint = checkpoint_name
     clear_prompts(session)
     truth = ground_truth(ctx, session, q_img)
@@ -530,21 +535,14 @@ def physical_size(session: Session) -> str:
     return f", {s['area_mm2']:.1f} mm², longest diameter {s['diameter_mm']:.1f} mm"
 
 
-def auto_redraw(ctx: AppContext, session: Session, image: np.ndarray, panet_mask: np.ndarray) -> str:
-    """LiteMedSAM redraws PANet++'s mask where the shipped rule trusts it (core.delineate.AutoRule, chosen on
-    validation parts); the session's mask becomes the result. Returns a note for the report ("" if kept)."""
-    sam = ctx.promptable_model()
-    if sam is None or not panet_mask.any():
+def redraw_note(session: Session, out) -> str:
+    """The session shows LiteMedSAM's redraw where the rule trusted it; a note for the report ("" if not tried)."""
+    if out.iou is None:
         return ""
-    from core.delineate import auto_mask
-
-    side = max(session.query_size) if session.query_size else None
-    mask, used, iou_pred = auto_mask(sam, image, panet_mask, side=side)
-    if not used:
-        return (f" Boundary: PANet++'s (LiteMedSAM's redraw not trusted here, predicted IoU {iou_pred:.2f})."
-                if iou_pred is not None else "")
-    session.mask, session.probability = mask, mask.astype(np.float16)
-    return f" Boundary drawn by **LiteMedSAM** from PANet++'s box (predicted IoU {iou_pred:.2f})."
+    if not out.redrawn:
+        return f" Boundary: PANet++'s (LiteMedSAM's redraw not trusted here, predicted IoU {out.iou:.2f})."
+    session.mask, session.probability = out.mask, out.mask.astype(np.float16)
+    return f" Boundary drawn by **LiteMedSAM** from PANet++'s box (predicted IoU {out.iou:.2f})."
 
 
 def render_overlay(session: Session, opacity: float, truth=None) -> np.ndarray:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..delineate import auto_mask, mask_box, widen_box
+from ..delineate import mask_box, segment_from_supports, widen_box
 from ..metrics import iou
 
 ABRUPT_IOU = 0.5
@@ -73,13 +73,14 @@ def propagate_loop(frames, seg, supports, known: dict[int, np.ndarray] | None = 
         if t in known:
             mask, logits = np.asarray(known[t], bool), None
         else:
-            panet = seg.predict(img, supports, heatmaps=False, threshold=threshold).mask
-            if temporal and prev is not None and prev.any():
-                mask, logits = temporal_mask(panet, prev, img, sam, prev_logits)
-            elif sam is not None:
-                mask, logits = auto_mask(sam, img, panet)[0], None
+            follow = temporal and prev is not None and prev.any()
+            # the one rule (core.delineate.segment_from_supports); a frame after a known mask follows it instead
+            found = segment_from_supports(seg, img, supports, sam=None if follow else sam, heatmaps=False,
+                                          threshold=threshold)
+            if follow:
+                mask, logits = temporal_mask(found.mask, prev, img, sam, prev_logits)
             else:
-                mask, logits = panet, None
+                mask, logits = found.mask, None
         j = None if prev is None else float(iou(mask, prev, empty="one"))
         r = FrameResult(mask, j, j is not None and j < abrupt_iou, time.perf_counter() - t0, logits)
         out.append(r)

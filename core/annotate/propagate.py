@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ..delineate import segment_from_supports
 from ..data.dicom import frame_order, frame_stem, split_frame
 from ..metrics import fmt_or_blank as _num, lesion_size
 from ..data.io import DataError, read_image
@@ -65,21 +66,21 @@ def propagate(store: ProjectStore, seg, supports, support_key: str, model_name: 
             errors.append(f"{r['rel_path']}: {reason_of(exc)}")
             store.mark_unreadable(r["rel_path"], who=who, reason=reason_of(exc))
             continue
-        res = seg.predict(img, supports, heatmaps=False, presence=presence, owner=owner)
-        mask = res.mask
         prev_ref = _previous_frame(r["rel_path"]) if temporal else None
         prev = store.mask(prev_ref) if prev_ref is not None and _known(store, prev_ref) else None
-        if prev is not None and prev.any() and prev.shape == mask.shape and getattr(res, "lesion_present", True):
+        follow = prev is not None and prev.any() and prev.shape == img.shape[:2]
+        # the one rule (PANet++, presence, LiteMedSAM's redraw where trusted); a loop's frame follows the
+        # previous frame's mask instead of the redraw
+        out = segment_from_supports(seg, img, supports, sam=None if follow else delineate_with, presence=presence,
+                                    heatmaps=False, owner=owner)
+        res, mask = out.result, out.mask
+        if follow and getattr(res, "lesion_present", True):
             from .cine import ABRUPT_IOU, temporal_mask
             from ..metrics import iou
 
             mask, prev_logits[r["rel_path"]] = temporal_mask(mask, prev, img, delineate_with, prev_logits.get(prev_ref))
             if iou(mask, prev, empty="one") < ABRUPT_IOU:
                 abrupt.append(r["rel_path"])
-        elif delineate_with is not None and mask.any():     # LiteMedSAM redraws it where the shipped rule trusts it
-            from ..delineate import auto_mask
-
-            mask = auto_mask(delineate_with, img, mask)[0]
         store.record(r["rel_path"], "predicted", mask, who=who,
                      model=model_name + ("+litemedsam" if delineate_with is not None else ""),
                      uncertainty=uncertainty(res.probability), lesion_score=res.lesion_score,

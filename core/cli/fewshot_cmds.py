@@ -300,14 +300,13 @@ def _segment_one(seg, q, supports, clicks, args, delineator, sam):
                                        threshold=args.threshold, delineator=delineator)
         print(f"delineated by LiteMedSAM (predicted IoU {d.iou:.2f})" if d and d.iou is not None else "delineated")
         return type("R", (), {"mask": mask, "heatmaps": {}}), False
-    res = seg.predict(q, None if supports else [], threshold=args.threshold, heatmaps=bool(args.heatmap),
-                      clicks=clicks, box=args.box)
-    used = False
-    if sam is not None and res.mask.any():   # the automatic redraw, where the shipped rule trusts it
-        from ..delineate import auto_mask
+    from ..delineate import segment_from_supports
 
-        res.mask, used, _ = auto_mask(sam, as_image(q), res.mask)
-    return res, used
+    # the automatic redraw where the shipped rule trusts it (the one rule: core.delineate.segment_from_supports)
+    out = segment_from_supports(seg, as_image(q), None if supports else [], sam=sam, threshold=args.threshold,
+                                heatmaps=bool(args.heatmap), clicks=clicks, box=args.box)
+    out.result.mask = out.mask
+    return out.result, out.redrawn
 
 
 def _check_segment_args(args, queries) -> tuple[list, list[str]]:
