@@ -151,3 +151,29 @@ def test_a_cine_loop_project_has_a_scrubber(tmp_path):
     assert annotate.loop_frames(annotate.open_project(ctx, "cine", ctx.owner(None))) == [f"loop.dcm#{k}" for k in range(5)]
     sess, _, text, _ = review.go_to_frame(ctx, sess, 3, None)
     assert "loop.dcm#3" in text and sess.review_path == "loop.dcm#3"
+
+
+def test_one_odd_dicom_in_the_data_folder_never_blocks_open(tmp_path):
+    """Issue 27: NumberOfFrames="abc" in one file made Open fail for every project on the folder. Now the
+    project opens, the odd file is one image that is marked unreadable, with its reason, when reached."""
+    pydicom = pytest.importorskip("pydicom")
+    from tests.dicom_factory import make_dicom
+    from webapp import annotate
+    from webapp.context import AppConfig, AppContext
+
+    data = tmp_path / "scans"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(make_phantom(40 + i, size=(90, 120)).image).save(data / f"scan{i}.png")
+    odd = make_dicom(data / "odd.dcm", make_phantom(42, size=(90, 120)).image[..., 0])
+    ds = pydicom.dcmread(odd)
+    ds.add(pydicom.DataElement(0x00280008, "LO", "abc"))
+    ds.save_as(odd)
+    ctx = AppContext(AppConfig(data_dir=data, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out",
+                               single_user=True, promptable=False))
+    for name in ("first", "second"):
+        store = annotate.open_project(ctx, name, "local")
+        assert len(store.rows()) == 3
+    v = annotate.view(store, "odd.dcm")
+    assert v.rel_path != "odd.dcm"
+    assert "odd DICOM header" in store.unreadable()["odd.dcm"]

@@ -78,6 +78,8 @@ def register_evaluation(sub) -> None:
     p.add_argument("--no-test", action="store_true", help="val only (selection): the test parts stay unread")
     p.add_argument("--write-points", action="store_true", help="store the decision points in the checkpoint's JSON")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--busbra-all", action="store_true",
+                   help="also score every BUS-BRA image (only for a model trained with --no-busbra: it never saw them)")
     p.add_argument("--out", default=None, help="JSON of the metrics (a reliability diagram PNG beside it)")
     p.set_defaults(func=evaluate_image_cls_cmd)
 
@@ -114,6 +116,12 @@ def evaluate_image_cls_cmd(args) -> int:
     bb = {p: domain_set(root, "busbra_breast", p, size) for p in parts}
     probs = {f"{name}_{p}": (_probs(model, s), labelled(s, lab))
              for name, sets, lab in (("busi", busi, None), ("busbra", bb, labels)) for p, s in sets.items()}
+    if args.busbra_all:
+        meta = json.loads(Path(str(args.cls_model) + ".json").read_text())
+        if meta.get("data", {}).get("busbra"):
+            raise ValueError("--busbra-all: this model was trained on BUS-BRA's training part")
+        whole = domain_set(root, "busbra_breast", "all", size)
+        probs["busbra_all"] = (_probs(model, whole), labelled(whole, labels))
     val_p = np.concatenate([probs["busi_val"][0], probs["busbra_val"][0]])
     val_y = np.concatenate([probs["busi_val"][1], probs["busbra_val"][1]])
     points = ev.decision_points(val_p, val_y, args.max_missed)

@@ -127,6 +127,8 @@ def render() -> Path:
     L += _presence_section(_load("results_presence.json"))
     L += _hardening_section(_load("results_hardening.json"))
     L += _dicom_hardening_section(_load("results_hardening_dicom.json"))
+    L += _pages_section(_load("results_pages.json"))
+    L += _image_classifier_section(_load("results_image_classifier.json"), _load("results_image_classifier_busi_only.json"))
     L += _delineate_section(_load("results_delineate.json"), _load("selection_delineate_val.json"),
                             _load("results_promptable_latency.json"))
     L += _auto_section(_load("results_auto.json"))
@@ -415,6 +417,55 @@ def _hardening_section(h) -> list[str]:
             f"failed** ({c['seconds']} s). A saved checkpoint fetched by URL: HTTP "
             f"{h['saved_checkpoint_by_url_http_status']}. Files written under the system temp folder's `gradio/`: "
             f"{len(h['files_outside_output_folder'])}.", ""]
+
+
+def _image_classifier_section(r, busi_only) -> list[str]:
+    if not r:
+        return []
+    t, b, p = r["parts"]["busi_test"], r["parts"]["busbra_test"], r["decision_points"]
+    rows = [("BUSI test 3-class accuracy", t["accuracy"], ">= 0.85", t["accuracy"] >= 0.85),
+            ("BUSI test macro AUC", t["macro_auc"], ">= 0.93", t["macro_auc"] >= 0.93),
+            ("BUSI test normal images called lesion", t["normal_called_lesion"], "<= 0.15", t["normal_called_lesion"] <= 0.15),
+            ("BUSI test lesions called normal", t["lesions_called_normal"], "<= 0.03", t["lesions_called_normal"] <= 0.03),
+            ("BUS-BRA test benign vs malignant AUC", b["benign_malignant_auc"], ">= 0.85", b["benign_malignant_auc"] >= 0.85),
+            ("BUSI test ECE (top label)", t["ece_top_label"], "<= 0.05", t["ece_top_label"] <= 0.05),
+            ("BUS-BRA test ECE (p(malignant | lesion))", b["benign_malignant_ece"], "<= 0.05", b["benign_malignant_ece"] <= 0.05)]
+    if busi_only:
+        a = busi_only["parts"]["busbra_all"]["benign_malignant_auc"]
+        rows.append(("never saw BUS-BRA, all of BUS-BRA: AUC", a, ">= 0.80", a >= 0.80))
+    cm = t["confusion_matrix"]
+    return ["", "## Image-level lesion classifier (issue 28)", "",
+            f"Checkpoint `{r['checkpoint']}` (EfficientNet-Lite0, image only, {r.get('image_size', 256)} px, BUSI train + "
+            "BUS-BRA train, flip TTA, temperature fitted on val). Decision points chosen on the validation parts only: "
+            f"p(lesion) >= {p['presence_threshold']:.3f} (misses at most {p['max_missed_lesions']:.0%} of the "
+            f"{p['n_val_lesions']} validation lesions), p(malignant | lesion) >= {p['malignant_threshold']:.3f} "
+            f"(balanced accuracy). Test parts read {r.get('test_reads', '?')} time(s) in all "
+            "(`docs/image_classifier_test_reads.json`). Reproduce: `python -m core train-image-cls --epochs 14 "
+            "--img-size 256 --threads 2 --save-path runs/image_cls_lite0_256`, then `python -m core evaluate-image-cls "
+            "--cls-model runs/image_cls_lite0_256 --out docs/results_image_classifier.json`.", "",
+            "| figure | measured | target | |", "|---|---|---|---|",
+            *[f"| {n} | {v:.3f} | {tg} | {'met' if ok else '**missed**'} |" for n, v, tg, ok in rows], "",
+            f"BUSI test confusion matrix (rows true benign / malignant / normal): {cm}. "
+            f"Per image on 2 CPU threads: {r.get('seconds_per_image_2_threads', float('nan')) * 1000:.0f} ms "
+            "(the classifier alone, flip TTA).", ""]
+
+
+def _pages_section(r) -> list[str]:
+    if not r:
+        return []
+    q, o = r["2_fast_queries"], r["3_other_identity"]
+    return ["", "## A page's state and its owner (issue 26, cases 2-3)", "",
+            "Reproduce: `python scripts/probe_pages.py` (a multi-user app, LiteMedSAM "
+            f"{'on' if r['promptable'] else 'off'}, plain HTTP clients with cookie jars of their own).", "",
+            "| case | measured | target |", "|---|---|---|",
+            f"| {q['calls']} set_query calls on one page as fast as possible ({q['seconds_to_send']} s) | server RSS "
+            f"{q['rss_growth_mb']:+d} MB once idle; threads {q['threads_before']} -> {q['threads_during']}; "
+            f"{q['embeddings_run']} embeddings run, {q['dropped_as_stale']} dropped as stale | <= +300 MB |",
+            f"| a call naming another browser's page / with no cookie | HTTP {o['another_browser_http']} / "
+            f"{o['no_cookie_http']} | refused, nothing changed |",
+            f"| {o['fresh_hash_calls']} calls with fresh session hashes ({o['seconds']} s) | answers {o['answers']}; "
+            f"Gradio sessions created: {o['gradio_sessions_created']}; peak RSS {o['peak_rss_growth_mb']:+d} MB; "
+            f"the real page still works: {o['real_page_still_works']} | nothing created, nobody evicted |", ""]
 
 
 def _dicom_hardening_section(d) -> list[str]:
