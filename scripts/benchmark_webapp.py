@@ -70,6 +70,8 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             status = page.locator("#query-canvas .pc-status").inner_text()
             assert "support(s)" in status or "No lesion" in status, status
             server.append(float(status.split(" ms")[-2].split()[-1]))      # the server's own time, last on the line
+        soon = _time_segment_as_soon_as_shown(page, queries, 8)
+        after = _time_segment_after_slot_change(page, files, queries, 5)
         clicks = _time_overlay_clicks(page, 10)
         keys = _time_keyboard_accepts(page, 10)
         browser.close()
@@ -79,7 +81,12 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             "browser_ms": [round(v) for v in times],
             "browser_first_ms": round(times[0]), "browser_click_median_ms": pct(clicks, 50),
             "browser_click_p95_ms": pct(clicks, 95), "browser_accept_median_ms": pct(keys, 50),
-            "browser_accept_p95_ms": pct(keys, 95), "browser_clicks": len(clicks), "browser_accepts": len(keys)}
+            "browser_accept_p95_ms": pct(keys, 95), "browser_clicks": len(clicks), "browser_accepts": len(keys),
+            "segment_as_soon_as_shown_p50_ms": pct(soon[0], 50), "segment_as_soon_as_shown_p95_ms": pct(soon[0], 95),
+            "segment_as_soon_as_shown_redraw_p50_ms": pct(soon[1], 50) if soon[1] else None,
+            "segment_as_soon_as_shown_n": len(soon[0]),
+            "segment_after_slot_change_p50_ms": pct(after, 50), "segment_after_slot_change_p95_ms": pct(after, 95),
+            "segment_after_slot_change_n": len(after)}
 
 
 def _watch(page, target: str, start_event: str, start_selector: str | None) -> None:
@@ -93,6 +100,51 @@ def _watch(page, target: str, start_event: str, start_selector: str | None) -> N
             if (window.__t0 && !window.__t1) window.__t1 = e.detail.t;
         });
     }""", [target, start_event, start_selector])
+
+
+def _time_segment_as_soon_as_shown(page, queries: list[Path], n: int) -> tuple[list[float], list[float]]:
+    """A new query, Segment clicked the moment the canvas says the query is ready (its LiteMedSAM embedding
+    has only just started): to the first mask drawn, and to LiteMedSAM's redraw drawn when it follows."""
+    first, redraw = [], []
+    for r in range(n):
+        page.locator("#query-canvas input.pc-file").set_input_files(str(queries[(r + 7) % len(queries)]))
+        page.locator("#query-canvas .pc-status").get_by_text("ready: press").wait_for(timeout=60_000)
+        page.evaluate("""() => { window.__t0 = null; window.__t1 = null; window.__t2 = null;
+            const c = document.querySelector('#query-canvas');
+            const second = (e) => { if (window.__t1 && e.detail.t > window.__t1) { window.__t2 = e.detail.t;
+                c.removeEventListener('panet-drawn', second); } };
+            c.addEventListener('panet-drawn', second); }""")
+        page.locator("#segment-button").click()
+        page.wait_for_function("() => window.__t1 !== null && window.__t1 !== undefined", timeout=60_000, polling=50)
+        first.append(page.evaluate("() => window.__t1 - window.__t0"))
+        status = page.locator("#query-canvas .pc-status").inner_text()
+        if "follows" in status:
+            page.wait_for_function("() => window.__t2 !== null", timeout=60_000, polling=50)
+            redraw.append(page.evaluate("() => window.__t2 - window.__t0"))
+        page.wait_for_timeout(300)
+    return first, redraw
+
+
+def _time_segment_after_slot_change(page, files, queries, n: int) -> list[float]:
+    """Support slot 1 changed (a new image and mask, until the slot says ready), then Segment at once."""
+    out = []
+    for r in range(n):
+        img, mask = files[(r + 1) % len(files)]
+        page.get_by_role("tab", name="Support 1", exact=True).click()
+        page.locator("#support1 input[type=file]").first.set_input_files(str(img))
+        try:      # the slot says it changed (no mask yet) before its new mask arrives
+            page.locator("#supports-status").get_by_text("1: ready").wait_for(state="hidden", timeout=30_000)
+        except Exception:
+            pass
+        page.wait_for_timeout(800)
+        page.locator("#mask1 input[type=file]").set_input_files(str(mask))
+        page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=60_000)
+        page.evaluate("() => { window.__t0 = null; window.__t1 = null; }")
+        page.locator("#segment-button").click()
+        page.wait_for_function("() => window.__t1 !== null && window.__t1 !== undefined", timeout=60_000, polling=50)
+        out.append(page.evaluate("() => window.__t1 - window.__t0"))
+        page.wait_for_timeout(500)
+    return out
 
 
 def _time_overlay_clicks(page, n: int) -> list[float]:

@@ -139,3 +139,30 @@ def test_unavailable_model_is_said_once_and_the_old_refinement_works(monkeypatch
     mask, d, res = delineate.refine_prediction(seg, p.image, [(make_phantom(2).image, make_phantom(2).mask)],
                                                box=(10, 10, 60, 60), delineator=None)
     assert d is None and not mask[:, 61:].any(), "PANet++'s own box refinement: nothing outside the box"
+
+
+def test_an_image_being_embedded_is_waited_for_not_encoded_twice(sam):
+    """Issue 26: Segment right after an upload used to run a second encoder pass beside the page's
+    background prefetch; now it waits for that pass."""
+    import threading
+
+    img, _ = disc_image(seed=7)
+    img = img.copy()
+    img[0, 0] = (img[0, 0] + 1) % 255       # not in the cache yet
+    real, passes = sam._compute, []
+
+    def counted(image, key):
+        passes.append(key)
+        return real(image, key)
+
+    sam._compute = counted
+    try:
+        out = []
+        threads = [threading.Thread(target=lambda: out.append(sam.embed(img))) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sam._compute = real
+    assert len(passes) == 1 and len(out) == 3 and all(o is out[0] for o in out)

@@ -307,3 +307,32 @@ def test_undo_in_a_tab_that_decided_nothing_is_refused(tmp_path):
     with pytest.raises(UserError, match="changed after this tab decided it"):
         review._decide(ctx, "undo", tab_c, "", Call())
     review._decide(ctx, "undo", tab_a, "", Call())     # the tab that decided last may undo its own
+
+
+def test_segment_before_the_query_is_encoded_shows_panets_mask_then_the_redraw(tmp_path):
+    """Issue 26: Segment clicked as soon as the query shows answers with PANet++'s mask at once and asks
+    the page to fetch LiteMedSAM's redraw next, instead of waiting for the query's encoder pass."""
+    from tests.test_webapp import make_checkpoints
+    from webapp.context import AppConfig, AppContext
+    from webapp.tabs import query_canvas
+
+    make_checkpoints(tmp_path / "ckpt")
+    ctx = AppContext(AppConfig(data_dir=None, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out"))
+    sam = ctx.promptable_model()
+    if sam is None:
+        pytest.skip("LiteMedSAM is not installed")
+    fns = {f.__name__: f for f in query_canvas.server_functions(ctx, canvas.PageLink(_State()))}
+    app = _App()
+    _ready(ctx, app, "page-r")
+    req = _Request(app, "page-r")
+    query = _session(app, "page-r").query_image
+    assert not sam.has_embedding(query)
+    out = fns["segment"]({"ckpt": "tiny_panet", "threshold": 0.02}, req)
+    assert "error" not in out and out["mask"] is not None, out
+    assert out.get("follow") == "redraw" and "follows" in out["status"]
+    out = fns["redraw"]({}, req)
+    assert "LiteMedSAM" in out["status_more"] and out["mask"] is not None
+    assert not _session(app, "page-r").redraw_pending and sam.has_embedding(query)
+    assert fns["redraw"]({}, req) == {}, "nothing more to redraw"
+    out = fns["segment"]({"ckpt": "tiny_panet", "threshold": 0.03}, req)   # now encoded: redrawn in the answer
+    assert "follow" not in out

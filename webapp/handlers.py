@@ -60,6 +60,7 @@ class Session:
     corrector_loaded: bool = False        # the correction editor holds a correction of the current prediction
     thumbs_for: list | None = None        # the supports whose thumbnails the page shows (not sent again)
     history: list = field(default_factory=list)  # ("click" | "box" | "paint", what undo restores), newest last
+    redraw_pending: bool = False          # Segment answered with PANet++'s mask; LiteMedSAM's redraw follows
 
 
 def bounded(value, lo: float, hi: float, what: str, integer: bool = False) -> float:
@@ -441,7 +442,8 @@ class SegmentOutput:
 
 
 def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold: float, opacity: float,
-            owner: str = "", per_support_maps: bool = False, no_lesion: bool = False) -> SegmentOutput:
+            owner: str = "", per_support_maps: bool = False, no_lesion: bool = False,
+            defer_redraw: bool = False) -> SegmentOutput:
     """Segment the session's query from the session's registered supports (nothing re-decoded).
     no_lesion: breast lesions; the lesion probe's presence head may answer "no lesion" (an empty mask)."""
     t0 = time.perf_counter()
@@ -461,8 +463,12 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
         model = ctx.fewshot(checkpoint_name, owner)
         from core.delineate import segment_from_supports
 
-        # the one rule (PANet++, presence, LiteMedSAM's redraw where trusted), as the CLI and propagation
-        out = segment_from_supports(model, q_img, supports, sam=ctx.promptable_model(), presence=presence,
+        # the one rule (PANet++, presence, LiteMedSAM's redraw where trusted), as the CLI and propagation.
+        # defer_redraw (the canvas): when the query's embedding is not ready yet, answer with PANet++'s mask
+        # now and let the page ask for the redraw next (`redraw_later`), instead of waiting for the encoder
+        sam = ctx.promptable_model()
+        later = defer_redraw and sam is not None and not sam.has_embedding(q_img)
+        out = segment_from_supports(model, q_img, supports, sam=None if later else sam, presence=presence,
                                     threshold=threshold, side=max(session.query_size) if session.query_size else None,
                                     owner=owner, agreement=True, per_support_maps=per_support_maps)
         res = out.result
@@ -476,6 +482,9 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     session.query_image, session.probability, session.mask, session.corrected = q_img, prob16, res.mask, False
     session.base_probability = prob16
     redrawn = redraw_note(session, out)
+    session.redraw_pending = later and res.mask.any() and res.lesion_present
+    if session.redraw_pending:
+        redrawn = " Boundary: PANet++'s for now; LiteMedSAM's redraw follows as soon as the query is encoded."
     session.checkpoint = checkpoint_name
     clear_prompts(session)
     truth = ground_truth(ctx, session, q_img)
@@ -533,6 +542,22 @@ def physical_size(session: Session) -> str:
     sy, sx = session.spacing_mm
     s = lesion_size(session.mask, (sy * scale, sx * scale))    # the kept query may be downscaled
     return f", {s['area_mm2']:.1f} mm², longest diameter {s['diameter_mm']:.1f} mm"
+
+
+def redraw_later(ctx: AppContext, session: Session) -> str:
+    """The redraw a Segment deferred (the page asks for it right after): LiteMedSAM redraws PANet++'s mask
+    where the rule trusts it, once the query's embedding is there. Returns the note ("" if none was due)."""
+    if not session.redraw_pending or session.mask is None or session.query_image is None:
+        return ""
+    session.redraw_pending = False
+    sam = ctx.promptable_model()
+    if sam is None:
+        return ""
+    from core.delineate import SupportsMask, auto_mask
+
+    side = max(session.query_size) if session.query_size else None
+    mask, used, iou = auto_mask(sam, session.query_image, session.mask, side=side)
+    return redraw_note(session, SupportsMask(mask, None, used, iou))
 
 
 def redraw_note(session: Session, out) -> str:

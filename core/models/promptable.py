@@ -131,6 +131,8 @@ class PromptableSegmenter:
         self.device = torch.device(device)
         self.model = load_lite_medsam(str(self.device))
         self.cache = EmbeddingCache(cache_size)
+        self._inflight: dict[str, threading.Event] = {}
+        self._inflight_lock = threading.Lock()
         self._onnx = None
         want_onnx = encoder == "onnx" or (encoder == "auto" and self.device.type == "cpu")
         if want_onnx:
@@ -144,12 +146,36 @@ class PromptableSegmenter:
         self.encoder = "onnx" if self._onnx is not None else "torch"
 
     # ------------------------------------------------------------------ encoder
-    @torch.inference_mode()
+    def has_embedding(self, image: np.ndarray) -> bool:
+        """Whether `image`'s embedding is ready (a box, a click or the redraw would not wait for the encoder)."""
+        return self.cache.key(image, self.encoder) in self.cache
+
     def embed(self, image: np.ndarray) -> Embedding:
+        """The image's embedding, computed once: a cache hit; or, while another thread (the page's background
+        prefetch) is computing the same image, a wait for its result instead of a second, concurrent pass
+        (on 2 cores two passes at once take longer than one after the other)."""
         key = self.cache.key(image, self.encoder)
-        hit = self.cache.get(key)
-        if hit is not None:
-            return hit
+        while True:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit
+            with self._inflight_lock:
+                event = self._inflight.get(key)
+                mine = event is None
+                if mine:
+                    event = self._inflight[key] = threading.Event()
+            if not mine:
+                event.wait()
+                continue          # the other pass put it in the cache (or failed: compute it here)
+            try:
+                return self._compute(image, key)
+            finally:
+                with self._inflight_lock:
+                    self._inflight.pop(key, None)
+                event.set()
+
+    @torch.inference_mode()
+    def _compute(self, image: np.ndarray, key: str) -> Embedding:
         t0 = time.perf_counter()
         x, scale, resized = preprocess(image)
         if self._onnx is not None:

@@ -112,11 +112,14 @@
     if ("box" in p) st.box = p.box || null;
     if ("token" in p) st.token = p.token || "";
     if ("status" in p) say(p.status, false);
+    if (p.status_more) { const s = q(".pc-status"); if (s) s.innerHTML += " " + md(p.status_more); }
     if ("project" in p && p.project) { const ps = q(".pc-project"); if (ps) ps.innerHTML = md(p.project); }
     redraw();
     const img = q(".pc-img");
     if ("image" in p && p.image && img && img.decode) await img.decode().catch(() => {});   // shown, not only set
     drawn();
+    // a Segment answered before the query was encoded: PANet++'s mask is shown, LiteMedSAM's redraw follows
+    if (p.follow) call(p.follow, {});
   };
   const call = (name, ...args) => {
     // calls of one page go out one after the other (a click after a Segment refines the new mask)

@@ -51,9 +51,24 @@ def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
             with HEAVY:
                 out = handlers.segment(ctx, sess, a.get("ckpt"), None, a.get("threshold", 0.5), 0.4,
                                        owner=owner(ctx, req), per_support_maps=bool(a.get("per_support")),
-                                       no_lesion=bool(a.get("no_lesion")))
+                                       no_lesion=bool(a.get("no_lesion")), defer_redraw=True)
             status = "\n\n".join([out.report] + [f"*{n}*" for n in out.notes]) + f"\n\n*{out.seconds * 1000:.0f} ms*"
-            return _with_corrector(sess, view(ctx, sess, status))
+            answer = _with_corrector(sess, view(ctx, sess, status))
+            if sess.redraw_pending:
+                answer["follow"] = "redraw"      # the page asks for LiteMedSAM's redraw next
+            return answer
+
+    @canvas.answer
+    def redraw(a, request):
+        """LiteMedSAM's redraw that a Segment deferred (its query was not encoded yet): the mask and a note."""
+        with link.session(request) as (sess, _req):
+            t0 = time.perf_counter()
+            note = handlers.redraw_later(ctx, sess)
+            if not note:
+                return {}
+            small, _ = handlers.display_size(sess.query_image)
+            return {"mask": canvas.mask_url(resize_mask(sess.mask, small.shape[:2])),
+                    "status_more": note.strip() + f" *({(time.perf_counter() - t0) * 1000:.0f} ms)*"}
 
     @canvas.answer
     def set_query(a, request):
@@ -77,7 +92,7 @@ def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
             handlers.query_from_gallery(ctx, sess, key)
             return view(ctx, sess, f"Query: **{ctx.gallery[key].caption}**. Press **Segment**.", image=True)
 
-    return [set_query, use_picked, segment]
+    return [set_query, use_picked, segment, redraw]
 
 
 def _edit_calls(ctx, link: canvas.PageLink) -> list:
