@@ -15,6 +15,7 @@ Writes docs/results_webapp.json and docs/results.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -132,10 +133,8 @@ def _time_segment_after_slot_change(page, files, queries, n: int) -> list[float]
         img, mask = files[(r + 1) % len(files)]
         page.get_by_role("tab", name="Support 1", exact=True).click()
         page.locator("#support1 input[type=file]").first.set_input_files(str(img))
-        try:      # the slot says it changed (no mask yet) before its new mask arrives
+        with contextlib.suppress(Exception):   # the slot says it changed (no mask yet) before its new mask arrives
             page.locator("#supports-status").get_by_text("1: ready").wait_for(state="hidden", timeout=30_000)
-        except Exception:
-            pass
         page.wait_for_timeout(800)
         page.locator("#mask1 input[type=file]").set_input_files(str(mask))
         page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=60_000)
