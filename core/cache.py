@@ -13,7 +13,36 @@ class LRU:
         self.capacity = capacity
         self._items: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        self._inflight: dict = {}
         self.hits = self.misses = 0
+
+    def get_or_compute(self, key, compute):
+        """The item for `key`, computed by `compute()` at most once at a time: a caller that finds another
+        thread computing the same key (a background prefetch, say) waits for its result instead of running
+        a second, concurrent pass (on 2 cores, two passes at once take longer than one after the other).
+        If that computation fails, the waiting caller computes it itself."""
+        while True:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    self.hits += 1
+                    return self._items[key]
+                event = self._inflight.get(key)
+                mine = event is None
+                if mine:
+                    self.misses += 1
+                    event = self._inflight[key] = threading.Event()
+            if not mine:
+                event.wait()
+                continue
+            try:
+                value = compute()
+                self.put(key, value)
+                return value
+            finally:
+                with self._lock:
+                    self._inflight.pop(key, None)
+                event.set()
 
     def get(self, key, default=None):
         with self._lock:

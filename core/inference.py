@@ -131,15 +131,16 @@ class FewShotSegmenter:
         """Prepare the supports once: (prototypes, model, support images, masks, cache key)."""
         imgs, msks, key = self._prepare_supports(supports)
         model, cache_key = self._model_for(key, owner)
-        protos = self._cache.get(cache_key)
-        if protos is not None:
+        if cache_key in self._cache:
             self.cache_hits += 1
-        else:
+
+        def compute():
             try:
-                protos = model.prototypes(imgs, msks)
+                return model.prototypes(imgs, msks)
             except EmptySupportMask as exc:
                 raise DataError(str(exc)) from exc
-            self._cache.put(cache_key, protos)
+        # computed once even when a background prefetch (a slot just changed) is computing the same set
+        protos = self._cache.get_or_compute(cache_key, compute)
         self._protos, self._cache_key, self._model_for_protos = protos, key, model
         return protos, model, imgs, msks, cache_key
 
@@ -175,11 +176,7 @@ class FewShotSegmenter:
     def _agreement_for(self, cache_key, model, imgs, msks) -> list[float]:
         from .training.adapt import leave_one_out_dice
 
-        hit = self._agreement.get(cache_key)
-        if hit is None:
-            hit = leave_one_out_dice(model, imgs, msks)
-            self._agreement.put(cache_key, hit)
-        return hit
+        return self._agreement.get_or_compute(cache_key, lambda: leave_one_out_dice(model, imgs, msks))
 
     def clear(self) -> None:
         """Forget every cached prototype set, agreement score, query feature and adapted copy."""

@@ -131,8 +131,6 @@ class PromptableSegmenter:
         self.device = torch.device(device)
         self.model = load_lite_medsam(str(self.device))
         self.cache = EmbeddingCache(cache_size)
-        self._inflight: dict[str, threading.Event] = {}
-        self._inflight_lock = threading.Lock()
         self._onnx = None
         want_onnx = encoder == "onnx" or (encoder == "auto" and self.device.type == "cpu")
         if want_onnx:
@@ -155,24 +153,7 @@ class PromptableSegmenter:
         prefetch) is computing the same image, a wait for its result instead of a second, concurrent pass
         (on 2 cores two passes at once take longer than one after the other)."""
         key = self.cache.key(image, self.encoder)
-        while True:
-            hit = self.cache.get(key)
-            if hit is not None:
-                return hit
-            with self._inflight_lock:
-                event = self._inflight.get(key)
-                mine = event is None
-                if mine:
-                    event = self._inflight[key] = threading.Event()
-            if not mine:
-                event.wait()
-                continue          # the other pass put it in the cache (or failed: compute it here)
-            try:
-                return self._compute(image, key)
-            finally:
-                with self._inflight_lock:
-                    self._inflight.pop(key, None)
-                event.set()
+        return self.cache.get_or_compute(key, lambda: self._compute(image, key))
 
     @torch.inference_mode()
     def _compute(self, image: np.ndarray, key: str) -> Embedding:
@@ -182,10 +163,8 @@ class PromptableSegmenter:
             feats = torch.from_numpy(self._onnx(x))
         else:
             feats = self.model.image_encoder(torch.from_numpy(x).to(self.device))
-        emb = Embedding(feats.to(self.device), scale, resized, tuple(np.asarray(image).shape[:2]),
-                        time.perf_counter() - t0)
-        self.cache.put(key, emb)
-        return emb
+        return Embedding(feats.to(self.device), scale, resized, tuple(np.asarray(image).shape[:2]),
+                         time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ prompts
     @torch.inference_mode()
