@@ -336,3 +336,17 @@ def test_segment_before_the_query_is_encoded_shows_panets_mask_then_the_redraw(t
     assert fns["redraw"]({}, req) == {}, "nothing more to redraw"
     out = fns["segment"]({"ckpt": "tiny_panet", "threshold": 0.03}, req)   # now encoded: redrawn in the answer
     assert "follow" not in out
+
+
+def test_undo_of_the_only_click_and_clear_come_back_to_the_segment_result(canvas_app):
+    ctx, fns, app = canvas_app
+    _ready(ctx, app, "page-u")
+    req = _Request(app, "page-u")
+    fns["segment"]({"ckpt": "tiny_panet", "threshold": 0.3}, req)
+    shown = _session(app, "page-u").mask.copy()
+    fns["click"]({"x": 30, "y": 30, "mode": "-", "threshold": 0.3}, req)
+    out = fns["undo"]({"threshold": 0.3}, req)
+    assert "Segment result" in out["status"] and np.array_equal(_session(app, "page-u").mask, shown)
+    fns["click"]({"x": 60, "y": 40, "mode": "+", "threshold": 0.3}, req)
+    out = fns["clear"]({"threshold": 0.3}, req)
+    assert "Segment result" in out["status"] and np.array_equal(_session(app, "page-u").mask, shown)

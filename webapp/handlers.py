@@ -61,6 +61,7 @@ class Session:
     thumbs_for: list | None = None        # the supports whose thumbnails the page shows (not sent again)
     history: list = field(default_factory=list)  # ("click" | "box" | "paint", what undo restores), newest last
     redraw_pending: bool = False          # Segment answered with PANet++'s mask; LiteMedSAM's redraw follows
+    result_mask: np.ndarray | None = None # what Segment showed (after the redraw): Undo and Clear come back to it
 
 
 def bounded(value, lo: float, hi: float, what: str, integer: bool = False) -> float:
@@ -107,8 +108,8 @@ def set_query(session: Session, image: np.ndarray | None, spacing_mm=None) -> No
     the session's lifetime); its own size (and pixel spacing, when the file has one) is remembered."""
     session.spacing_mm = tuple(spacing_mm) if spacing_mm else None
     # the last result was of the previous query: a new query starts without it
-    session.probability = session.base_probability = session.mask = None
-    session.corrected, session.tiles = False, []
+    session.probability = session.base_probability = session.mask = session.result_mask = None
+    session.corrected, session.tiles, session.redraw_pending = False, [], False
     clear_prompts(session)
     if image is None:
         session.query_image, session.query_size = None, None
@@ -482,6 +483,7 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     session.query_image, session.probability, session.mask, session.corrected = q_img, prob16, res.mask, False
     session.base_probability = prob16
     redrawn = redraw_note(session, out)
+    session.result_mask = session.mask
     session.redraw_pending = later and res.mask.any() and res.lesion_present
     if session.redraw_pending:
         redrawn = " Boundary: PANet++'s for now; LiteMedSAM's redraw follows as soon as the query is encoded."
@@ -557,7 +559,9 @@ def redraw_later(ctx: AppContext, session: Session) -> str:
 
     side = max(session.query_size) if session.query_size else None
     mask, used, iou = auto_mask(sam, session.query_image, session.mask, side=side)
-    return redraw_note(session, SupportsMask(mask, None, used, iou))
+    note = redraw_note(session, SupportsMask(mask, None, used, iou))
+    session.result_mask = session.mask
+    return note
 
 
 def redraw_note(session: Session, out) -> str:
@@ -603,6 +607,11 @@ def refine_mask(ctx: AppContext, session: Session, threshold: float, owner: str 
     if session.query_image is None or session.probability is None:
         raise UserError("segment a query first, then click on the overlay")
     threshold = bounded(threshold, 0.01, 0.99, "the threshold")
+    if not session.clicks and session.box is None and session.result_mask is not None:
+        # no prompt left (Undo of the only click, Clear): back to what Segment showed, not PANet++'s raw map
+        session.mask, session.corrected = session.result_mask, False
+        session.probability = session.mask.astype(np.float16)
+        return "No clicks or box: the Segment result."
     t0 = time.perf_counter()
     by = "PANet++"
     try:
