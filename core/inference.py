@@ -339,6 +339,19 @@ class SupervisedPipeline:
         img = as_image(image)
         return self.classifier.predict(to_tensor(img)[None].to(self.device))[0].cpu().numpy()
 
+    def _combined_presence(self, image, p_lesion: float, points: dict) -> float:
+        from .models.presence import logistic_score, presence_features, segmenter_evidence
+
+        if self.segmenter is None:      # the presence decision needs the segmenter it was chosen with
+            self.segmenter = load_segmenter(checkpoint.default_checkpoint("segmenter"), self.device)
+        img = as_image(image)
+        s = self.segmenter.config.image_size
+        with torch.no_grad():
+            logits = self.segmenter.predict(to_tensor(resize_image(img, s))[None].to(self.device))
+        prob = torch.sigmoid(logits[0, 0]).cpu().numpy()
+        x = presence_features(np.array([p_lesion]), segmenter_evidence(prob)[None])
+        return float(logistic_score(points["presence_weights"], x)[0])
+
     @property
     def classes(self) -> list[str]:
         if self.classifier is None:
@@ -358,7 +371,10 @@ class SupervisedPipeline:
         if self.is_image:
             probs = self.image_probabilities(image)
             p = float(1.0 - probs[list(self.classifier.config.classes).index("normal")])
-            return p, p >= self._points()["presence_threshold"]
+            points = self._points()
+            if points.get("presence") == "combined":     # the segmenter's evidence joins (chosen on val parts)
+                p = self._combined_presence(image, p, points)
+            return p, p >= points["presence_threshold"]
         if not self.is_probe:
             return 1.0, True
         p = self.classifier.lesion_probability(self.sam(), as_image(image))

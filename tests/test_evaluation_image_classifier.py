@@ -34,3 +34,26 @@ def test_part_metrics_count_normals_called_lesion_and_lesions_called_normal():
     m = ev.part_metrics(probs, y, {"presence_threshold": 0.5, "malignant_threshold": 0.5})
     assert m["normal_called_lesion"] == 0.5 and m["lesions_called_normal"] == 0.5
     assert m["confusion_matrix"][ev.N][ev.B] == 1
+
+
+def test_the_combiner_learns_a_cue_the_classifier_misses_and_scores_out_of_fold():
+    rng = np.random.default_rng(0)
+    n = 200
+    lesion = rng.random(n) < 0.6
+    p_les = np.clip(0.5 + rng.normal(0, 0.2, n), 0.01, 0.99)          # the classifier knows nothing here
+    evidence = np.column_stack([np.where(lesion, 0.9, 0.3) + rng.normal(0, 0.05, n),
+                                np.where(lesion, 0.02, 0.0), np.where(lesion, 0.03, 0.0)])
+    x = ev.presence_features(p_les, evidence)
+    oof = ev.out_of_fold(x, lesion.astype(float), np.arange(n))
+    from core.metrics import auc
+    assert auc(oof, lesion) > 0.95 and abs(auc(x[:, 0], lesion) - 0.5) < 0.15
+    w = ev.fit_logistic(x, lesion.astype(float))
+    assert ev.logistic_score(w, x[lesion]).mean() > ev.logistic_score(w, x[~lesion]).mean()
+
+
+def test_segmenter_evidence_of_an_empty_and_a_blob_map():
+    prob = np.zeros((40, 40))
+    assert ev.segmenter_evidence(prob).tolist() == [0.0, 0.0, 0.0]
+    prob[10:20, 10:20] = 0.9
+    m, mass, area = ev.segmenter_evidence(prob)
+    assert m == 0.9 and abs(area - 100 / 1600) < 1e-9 and abs(mass - 90 / 1600) < 1e-9

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import auc, classification_metrics
+from ..models.presence import logistic_score, presence_features, segmenter_evidence  # noqa: F401 (re-exported)
 from ..models.supervised import CLASSES
 
 B, M, N = (CLASSES.index(c) for c in ("benign", "malignant", "normal"))
@@ -55,9 +56,11 @@ def decision_points(probs: np.ndarray, y: np.ndarray, max_missed: float = 0.02) 
             "n_val": int(len(y)), "n_val_lesions": int(lesion.sum())}
 
 
-def decide(probs: np.ndarray, points: dict) -> np.ndarray:
-    """3-class labels from the decision points: normal below the presence threshold, else the kind."""
-    present = p_lesion(probs) >= points["presence_threshold"]
+def decide(probs: np.ndarray, points: dict, presence: np.ndarray | None = None) -> np.ndarray:
+    """3-class labels from the decision points: normal where the presence score (the classifier's
+    p(lesion), or the combined score when given) is below its threshold, else the kind."""
+    score = p_lesion(probs) if presence is None else presence
+    present = score >= points["presence_threshold"]
     kind = np.where(p_malignant(probs) >= points["malignant_threshold"], M, B)
     return np.where(present, kind, N)
 
@@ -76,9 +79,9 @@ def binary_ece(score: np.ndarray, positive: np.ndarray, n_bins: int = 10) -> flo
     return float(e)
 
 
-def part_metrics(probs: np.ndarray, y: np.ndarray, points: dict) -> dict:
+def part_metrics(probs: np.ndarray, y: np.ndarray, points: dict, presence: np.ndarray | None = None) -> dict:
     """What a user sees on one part: the decided labels, the ranking quality, the calibration."""
-    pred = decide(probs, points)
+    pred = decide(probs, points, presence)
     lesion, normal = y != N, y == N
     out = {"n": int(len(y)), "n_normal": int(normal.sum()), "n_lesion": int(lesion.sum())}
     if normal.any():
@@ -90,7 +93,8 @@ def part_metrics(probs: np.ndarray, y: np.ndarray, points: dict) -> dict:
                    balanced_accuracy=float(np.mean([(pred[y == c] == c).mean() for c in range(3) if (y == c).any()])),
                    normal_called_lesion=float((pred[normal] != N).mean()),
                    confusion_matrix=cm.tolist(), ece_top_label=top_label_ece(probs, y),
-                   presence_auc=auc(p_lesion(probs), lesion))
+                   presence_auc=auc(p_lesion(probs) if presence is None else presence, lesion),
+                   classifier_presence_auc=auc(p_lesion(probs), lesion))
     out["lesions_called_normal"] = float((pred[lesion] == N).mean()) if lesion.any() else None
     mal = y[lesion] == M
     score = p_malignant(probs[lesion])
@@ -107,3 +111,43 @@ def record_test_read(path: Path, checkpoint_name: str, parts: list[str]) -> int:
     reads.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": checkpoint_name, "parts": parts})
     path.write_text(json.dumps(reads, indent=1))
     return len(reads)
+
+
+# ---------------------------------------------------------------------------------- segmenter evidence
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 200) -> np.ndarray:
+    """L2-regularised logistic regression on standardised features, class-balanced: weights (mean, std,
+    coefficients, bias) as one flat array for `logistic_score`."""
+    import torch
+
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xt = torch.tensor((x - mu) / sd, dtype=torch.float64)
+    yt = torch.tensor(y, dtype=torch.float64)
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    pos = max(float(y.mean()), 1e-3)
+    weight = torch.where(yt > 0.5, 0.5 / pos, 0.5 / max(1 - pos, 1e-3))
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        z = xt @ w + b
+        loss = (weight * torch.nn.functional.binary_cross_entropy_with_logits(z, yt, reduction="none")).mean()
+        loss = loss + l2 * (w ** 2).sum() / len(y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return np.concatenate([mu, sd, w.detach().numpy(), b.detach().numpy()])
+
+
+def out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Each validation image scored by a combiner fitted on the other folds (whole groups per fold)."""
+    rng = np.random.default_rng(seed)
+    uniq = rng.permutation(np.unique(groups))
+    fold_of = {g: i % folds for i, g in enumerate(uniq)}
+    f = np.array([fold_of[g] for g in groups])
+    out = np.zeros(len(y))
+    for k in range(folds):
+        test = f == k
+        out[test] = logistic_score(fit_logistic(x[~test], y[~test]), x[test])
+    return out

@@ -1,0 +1,34 @@
+"""The combined presence decision's scoring (issue 28): the image classifier's p(lesion) joined with the
+segmenter's own evidence by a logistic combiner fitted on validation parts (`core.evaluation.image_classifier`).
+Pure numpy: the pipeline (`core.inference`) scores with the stored weights."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def segmenter_evidence(prob: np.ndarray) -> np.ndarray:
+    """[max probability, probability mass of the largest component (share of the image), its area share]
+    of the segmenter's lesion probability map: what the segmenter itself says about a lesion being there."""
+    import cv2
+
+    fg = prob > 0.5
+    if not fg.any():
+        return np.array([float(prob.max()), 0.0, 0.0])
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), 8)
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    part = lab == k
+    return np.array([float(prob.max()), float(prob[part].sum() / prob.size), float(part.mean())])
+
+
+def presence_features(p_les: np.ndarray, evidence: np.ndarray) -> np.ndarray:
+    """The combined presence decision's inputs: logit p(lesion), then the segmenter's evidence (area terms
+    on a square-root scale: small lesions count)."""
+    z = np.log(np.clip(p_les, 1e-6, 1 - 1e-6) / np.clip(1 - p_les, 1e-6, 1))
+    return np.column_stack([z, evidence[:, 0], np.sqrt(evidence[:, 1]), np.sqrt(evidence[:, 2])])
+
+
+def logistic_score(params, x: np.ndarray) -> np.ndarray:
+    params = np.asarray(params, float)
+    k = x.shape[1]
+    mu, sd, w, b = params[:k], params[k:2 * k], params[2 * k:3 * k], params[3 * k]
+    return 1 / (1 + np.exp(-(((x - mu) / sd) @ w + b)))
