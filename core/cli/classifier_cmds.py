@@ -22,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="first N images of each part (smoke runs)")
     p.add_argument("--save-path", default="runs/image_classifier")
+    p.add_argument("--crops", type=float, default=0.0,
+                   help="share of training lesion images that also give a lesion-free crop labelled normal")
     p.set_defaults(func=train_image_cls_cmd)
     register_evaluation(sub)
 
@@ -64,7 +66,7 @@ def train_image_cls_cmd(args) -> int:
     cfg = SupervisedTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
                                 seed=args.seed, device=args.device, save_path=args.save_path)
     mcfg = ClassifierConfig(backbone=args.backbone, image_size=args.img_size)
-    print(json.dumps(train_image_classifier(mcfg, cfg, train, val, info), indent=2))
+    print(json.dumps(train_image_classifier(mcfg, cfg, train, val, info, crops_share=args.crops), indent=2))
     return 0
 
 

@@ -55,6 +55,32 @@ def depth_crop(image: np.ndarray, rng: np.random.Generator, max_cut: float = 0.2
     return cv2.resize(np.ascontiguousarray(image[:keep]), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def lesion_free_crops(data: ImageSet, size: int, rng: np.random.Generator, share: float = 0.35,
+                      min_side: float = 0.45, max_side: float = 0.7, tries: int = 30) -> np.ndarray:
+    """Extra "normal" evidence from lesion images: for a random `share` of them, one square crop of the
+    full-resolution image (side `min_side`-`max_side` of the shorter side) that does not touch the lesion's
+    bounding box widened by 10% of the image, resized to `size`. Images whose lesion leaves no such crop
+    give none. Teaches "tissue without a lesion" on every site, including BUS-BRA, which has no normal scans."""
+    from ..data.dataset import load_pair, resize_image
+
+    out = []
+    for i in np.flatnonzero(rng.random(len(data)) < share):
+        if not data.has_lesion(int(i)):
+            continue
+        img, mask = load_pair(data.samples[int(i)])
+        h, w = mask.shape
+        ys, xs = np.nonzero(mask)
+        m = 0.1 * max(h, w)
+        y0, y1, x0, x1 = ys.min() - m, ys.max() + m, xs.min() - m, xs.max() + m
+        for _ in range(tries):
+            side = int(min(h, w) * rng.uniform(min_side, max_side))
+            cy, cx = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            if cy + side <= y0 or cy >= y1 or cx + side <= x0 or cx >= x1:
+                out.append(resize_image(np.ascontiguousarray(img[cy:cy + side, cx:cx + side]), size))
+                break
+    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+
 def image_batch(images: np.ndarray, idx, rng: np.random.Generator | None) -> torch.Tensor:
     out = []
     for i in idx:
@@ -94,14 +120,22 @@ def validation_score(probs_busi: np.ndarray, y_busi: np.ndarray, probs_bb: np.nd
 
 
 def train_image_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConfig, train: dict, val: dict,
-                           data_info: dict, progress: bool = True, job=None) -> dict:
-    """train/val: {"busi": (ImageSet, labels), "busbra": (ImageSet, labels)} ("busbra" may be absent)."""
+                           data_info: dict, progress: bool = True, job=None, crops_share: float = 0.0) -> dict:
+    """train/val: {"busi": (ImageSet, labels), "busbra": (ImageSet, labels)} ("busbra" may be absent).
+    crops_share > 0: lesion-free crops of that share of the training lesion images join as "normal"."""
     from ..device import pick_device
 
     device = pick_device(cfg.device)
     model = ImageClassifier(model_cfg).to(device)
     images = np.concatenate([s.images for s, _ in train.values()])
     y = np.concatenate([l for _, l in train.values()])
+    if crops_share > 0:
+        rng = np.random.default_rng(cfg.seed + 1)
+        crops = [lesion_free_crops(s, model_cfg.image_size, rng, crops_share) for s, _ in train.values()]
+        data_info = {**data_info, "lesion_free_crops": {k: len(c) for k, c in zip(train, crops)},
+                     "lesion_free_crops_share": crops_share}
+        images = np.concatenate([images, *crops])
+        y = np.concatenate([y, np.full(sum(len(c) for c in crops), CLASSES.index("normal"))])
     counts = np.bincount(y, minlength=len(CLASSES)).astype(np.float64)
     weights = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(CLASSES), dtype=torch.float32, device=device)
     (vb, yb) = val["busi"]
