@@ -50,3 +50,24 @@ def test_a_tiny_run_saves_a_checkpoint_the_pipeline_answers_with(tmp_path):
     pipe.classifier = model
     res = pipe.classify(img, np.ones(img.shape[:2], bool))
     assert res.label == "normal" and not res.lesion_present and not res.mask.any()
+
+
+def test_lesion_free_crops_avoid_the_lesion(tmp_path):
+    from PIL import Image
+
+    from core.data.sets import folder_set
+    from core.training.image_classifier import lesion_free_crops
+
+    root = tmp_path / "busi" / "benign"
+    root.mkdir(parents=True)
+    for i, (y0, y1) in enumerate([(10, 30), (0, 200)]):      # a small lesion at the top; one filling everything
+        img = np.full((200, 200, 3), 90, np.uint8)
+        mask = np.zeros((200, 200), np.uint8)
+        mask[y0:y1, 10:190 if i else 40] = 255
+        img[mask > 0] = 250                                   # the lesion is bright: a crop must not show it
+        Image.fromarray(img).save(root / f"b ({i}).png")
+        Image.fromarray(mask).save(root / f"b ({i})_mask.png")
+    data = folder_set(tmp_path / "busi", 64, progress=False)
+    crops = lesion_free_crops(data, 64, np.random.default_rng(0), share=1.0)
+    assert crops.shape == (1, 64, 64, 3), "one crop from the small lesion's image, none from the other"
+    assert crops.max() < 200, "no lesion pixel in the crop"
