@@ -339,6 +339,21 @@ class SupervisedPipeline:
         img = as_image(image)
         return self.classifier.predict(to_tensor(img)[None].to(self.device))[0].cpu().numpy()
 
+    def presence_threshold(self) -> float | None:
+        """The threshold the presence decision compares p(lesion) with (None: no presence decision)."""
+        if self.is_image:
+            return float(self._points()["presence_threshold"])
+        return float(self.classifier.threshold) if self.is_probe else None
+
+    def explain(self, image, label: str) -> np.ndarray | None:
+        """Grad-CAM of `label` on the image ([0, 1] map at the image's size): what the image classifier looked
+        at; None for the other classifiers."""
+        if not self.is_image:
+            return None
+        img = as_image(image)
+        k = list(self.classifier.config.classes).index(label)
+        return self.classifier.grad_cam(to_tensor(img)[None].to(self.device), k).cpu().numpy()
+
     def _combined_presence(self, image, p_lesion: float, points: dict) -> float:
         from .models.presence import logistic_score, presence_features, segmenter_evidence
 

@@ -812,12 +812,32 @@ def classify(ctx: AppContext, session: Session, corrector) -> tuple[dict, str, n
     except DataError as exc:
         raise UserError(str(exc)) from exc
     src = "your corrected mask" if session.corrected else "the predicted mask"
+    cam = pipe.explain(session.query_image, res.label)
     if not res.lesion_present:
         text = (f"**No lesion** (p(lesion) {res.lesion_probability:.2f}, below the presence threshold "
-                f"{pipe.classifier.threshold:.2f}): class normal, the mask is emptied. Research tool: not a diagnosis.")
-        return res.probabilities, text, overlay(session.query_image, res.mask, 0.45)
+                f"{pipe.presence_threshold():.2f}): class normal, the mask is emptied. Research tool: not a diagnosis.")
+        return res.probabilities, text + _cam_note(cam), _cam_or_overlay(session.query_image, res.mask, cam)
     lesion = "" if res.lesion_probability is None else f"p(lesion) {res.lesion_probability:.2f}; "
     text = (f"**Predicted class: {res.label} ({res.confidence:.2f} confidence)**, {lesion}from the query and {src} "
             f"(shown beside: {mask.mean() * 100:.1f}% of the image"
             + ("; an empty mask" if not mask.any() else "") + "). Research tool: not a diagnosis.")
-    return res.probabilities, text, overlay(session.query_image, mask, 0.45)
+    return res.probabilities, text + _cam_note(cam), _cam_or_overlay(session.query_image, mask, cam)
+
+
+def _cam_note(cam) -> str:
+    return "" if cam is None else (" The picture shows where the classifier looked for its answer (Grad-CAM: "
+                                   "bright = weighed most), with the mask's outline.")
+
+
+def _cam_or_overlay(image: np.ndarray, mask: np.ndarray, cam) -> np.ndarray:
+    """The image classifier's Grad-CAM blended on the query with the mask's outline; else the mask overlay."""
+    if cam is None:
+        return overlay(image, mask, 0.45)
+    from core.visual import colorize
+
+    heat = colorize(cam, 0.0, 1.0, "inferno")
+    out = (0.55 * image.astype(np.float32) + 0.45 * heat.astype(np.float32)).astype(np.uint8)
+    if mask is not None and mask.any():
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (40, 220, 40), max(1, round(max(mask.shape) / 300)))
+    return out

@@ -167,5 +167,20 @@ class ImageClassifier(nn.Module):
             logits = (logits + self(image.flip(-1))) / 2
         return torch.softmax(logits / self.config.temperature, 1)
 
+    def grad_cam(self, image: torch.Tensor, target: int) -> torch.Tensor:
+        """Grad-CAM of class `target` for one image (1, 3, H, W) in [0, 1]: the last feature map weighted by
+        the class score's mean gradient, positive part, scaled to [0, 1], at the image's size (H, W)."""
+        self.eval()
+        s = self.config.image_size
+        x = torch.nn.functional.interpolate(image, size=(s, s), mode="bilinear", align_corners=False)
+        x = (x - self.mean) / self.std
+        with torch.enable_grad():
+            feats = self.model.forward_features(x.flip(1) if self.bgr else x).detach().requires_grad_(True)
+            score = self.model.forward_head(feats)[0, target]
+            (grad,) = torch.autograd.grad(score, feats)
+        cam = torch.relu((grad.mean((2, 3), keepdim=True) * feats).sum(1, keepdim=True)).detach()
+        cam = torch.nn.functional.interpolate(cam, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
+        return (cam / cam.max().clamp_min(1e-8))[0, 0]
+
     def config_dict(self) -> dict:
         return asdict(self.config)

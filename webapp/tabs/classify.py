@@ -24,7 +24,8 @@ def build(ctx, shared: Shared) -> None:
     btn = gr.Button("Classify query", variant="primary", elem_id="classify-button")
     with gr.Row():
         label_out = gr.Label(num_top_classes=3, label="Class probabilities")
-        shown = gr.Image(label="What the classifier was given: the query and this mask (red)", type="numpy",
+        shown = gr.Image(label="What the classifier was given (the query and this mask), or, for the image "
+                               "classifier, where it looked (Grad-CAM) with the mask's outline", type="numpy",
                          format="png", interactive=False, height=280)
     text = gr.Markdown(elem_id="classify-text")
     btn.click(bind(ctx, classify), [shared.session, shared.corrector], [label_out, text, shown], api_name="classify")
