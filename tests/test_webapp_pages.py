@@ -256,3 +256,30 @@ def test_a_slot_change_starts_the_supports_prototypes_in_the_background(tmp_path
     hits = fs.cache_hits
     fs.predict(make_phantom(3).image, supports, heatmaps=False, agreement=True)
     assert fs.cache_hits == hits + 1
+
+
+def test_the_gate_keeps_a_requests_other_cookies():
+    import asyncio
+
+    from webapp.pages import Identities, PageGate, PageRegistry, _cookies
+
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen.update(_cookies(scope))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent = []
+
+    async def send(m):
+        sent.append(m)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    gate = PageGate(app, PageRegistry(), Identities(b"k", single_user=False))
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"cookie", b"access-token-x=abc; panet_user=u")]}
+    asyncio.run(gate(scope, receive, send))
+    assert seen["access-token-x"] == "abc" and seen["panet_user"] == "u" and "panet_id" in seen
+    assert any(k == b"set-cookie" and b"HttpOnly" in v for k, v in sent[0]["headers"])

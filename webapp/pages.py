@@ -147,9 +147,13 @@ class PageGate:
         fresh = None
         if not self.identities.verify(_cookies(scope).get(ID_COOKIE)):
             fresh = self.identities.sign(secrets.token_hex(16))
-            # this request already counts as that identity (the first page load carries no cookie yet)
-            headers = [h for h in scope.get("headers") or [] if h[0] != b"cookie"]
-            scope = dict(scope, headers=headers + [(b"cookie", f"{ID_COOKIE}={fresh}".encode())])
+            # this request already counts as that identity (the first page load carries no cookie yet); the
+            # request's other cookies (a login's access token, the user key) are kept
+            headers = list(scope.get("headers") or [])
+            others = b"; ".join(v for k, v in headers if k == b"cookie")
+            mine = f"{ID_COOKIE}={fresh}".encode()
+            headers = [h for h in headers if h[0] != b"cookie"] + [(b"cookie", others + b"; " + mine if others else mine)]
+            scope = dict(scope, headers=headers)
 
         async def with_cookie(message):
             if fresh and message["type"] == "http.response.start":
