@@ -47,7 +47,7 @@ def test_a_tiny_run_saves_a_checkpoint_the_pipeline_answers_with(tmp_path):
     assert set(res.probabilities) == set(CLASSES) and abs(sum(res.probabilities.values()) - 1) < 1e-4
     assert res.lesion_probability == p
     cam = pipe.explain(img, res.label)
-    assert cam.shape == img.shape[:2] and 0 <= cam.min() and cam.max() <= 1 + 1e-6, "Grad-CAM at the image's size"
+    assert cam.shape == img.shape[:2] and cam.min() >= 0 and cam.max() <= 1 + 1e-6, "Grad-CAM at the image's size"
     assert pipe.presence_threshold() == 0.5, "no decision points yet: the plain 0.5"
     model.decision_points = {"presence_threshold": 1.01, "malignant_threshold": 0.5}   # nothing is a lesion
     pipe.classifier = model
