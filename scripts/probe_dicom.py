@@ -104,9 +104,12 @@ def bomb_cases(tmp: Path) -> dict:
     save_tiny_panet(tmp)
     r, secs, peak = cli("segment", "--checkpoint", str(tmp / "p"), "--support", str(sup), str(tmp / "s_mask.png"),
                         "--query", str(bomb), "--out", str(tmp / "o.png"))
+    _, base_secs, base_peak = cli("segment", "--checkpoint", str(tmp / "p"), "--support", str(sup),
+                                  str(tmp / "s_mask.png"), "--query", str(sup), "--out", str(tmp / "o2.png"))
     return {"bomb_file_kb": round(bomb.stat().st_size / 1024), "bomb_inflates_to_mb": 1024,
             "cli_exit": r.returncode, "cli_message": last_line(r.stderr), "cli_seconds": round(secs, 1),
-            "cli_peak_rss_mb": round(peak)}
+            "cli_peak_rss_mb": round(peak), "cli_baseline_seconds": round(base_secs, 1),
+            "cli_baseline_peak_rss_mb": round(base_peak)}
 
 
 def app_bomb(tmp: Path, bomb: Path) -> dict:
