@@ -224,6 +224,16 @@ def _webapp_section(web) -> list[str]:
                   f"| Enter (accept) in the review queue -> next image drawn | {web['browser_accepts']} | "
                   f"**{web['browser_accept_median_ms']} ms** | {web['browser_accept_p95_ms']} ms | p50 <= 300 | "
                   f"{_verdict(web['browser_accept_median_ms'], 300)} |"]
+        if "segment_as_soon_as_shown_p50_ms" in web:      # issue 26's cold paths
+            redraw = web.get("segment_as_soon_as_shown_redraw_p50_ms")
+            L += [f"| Segment clicked the moment a new query shows -> first mask drawn (PANet++'s; LiteMedSAM's "
+                  f"redraw drawn at p50 {redraw if redraw is not None else 'n/a'} ms) | {web['segment_as_soon_as_shown_n']} | "
+                  f"**{web['segment_as_soon_as_shown_p50_ms']} ms** | {web['segment_as_soon_as_shown_p95_ms']} ms | "
+                  f"p50 <= 300 (issue 26) | {_verdict(web['segment_as_soon_as_shown_p50_ms'], 300)} |",
+                  f"| support slot 1 changed (image + mask, until it says ready), then Segment -> mask drawn | "
+                  f"{web['segment_after_slot_change_n']} | **{web['segment_after_slot_change_p50_ms']} ms** | "
+                  f"{web['segment_after_slot_change_p95_ms']} ms | p50 <= 300 (issue 26) | "
+                  f"{_verdict(web['segment_after_slot_change_p50_ms'], 300)} |"]
         L.append("")
         if "browser_server_median_ms" in web:
             L.append(f"The server's own time of the page's Segment (PANet++ on 5 supports, LiteMedSAM's redraw, the "
