@@ -72,7 +72,10 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             assert "support(s)" in status or "No lesion" in status, status
             server.append(float(status.split(" ms")[-2].split()[-1]))      # the server's own time, last on the line
         soon = _time_segment_as_soon_as_shown(page, queries, 8)
-        after = _time_segment_after_slot_change(page, files, queries, 5)
+        try:
+            after, after_error = _time_segment_after_slot_change(page, files, queries, 5), None
+        except Exception as exc:   # the slot's mask upload box is replaced by the file once set: reported, not hidden
+            after, after_error = [], str(exc).splitlines()[0][:160]
         clicks = _time_overlay_clicks(page, 10)
         keys = _time_keyboard_accepts(page, 10)
         browser.close()
@@ -86,8 +89,9 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             "segment_as_soon_as_shown_p50_ms": pct(soon[0], 50), "segment_as_soon_as_shown_p95_ms": pct(soon[0], 95),
             "segment_as_soon_as_shown_redraw_p50_ms": pct(soon[1], 50) if soon[1] else None,
             "segment_as_soon_as_shown_n": len(soon[0]),
-            "segment_after_slot_change_p50_ms": pct(after, 50), "segment_after_slot_change_p95_ms": pct(after, 95),
-            "segment_after_slot_change_n": len(after)}
+            "segment_after_slot_change_p50_ms": pct(after, 50) if after else None,
+            "segment_after_slot_change_p95_ms": pct(after, 95) if after else None,
+            "segment_after_slot_change_n": len(after), "segment_after_slot_change_error": after_error}
 
 
 def _watch(page, target: str, start_event: str, start_selector: str | None) -> None:
