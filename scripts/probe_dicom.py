@@ -27,9 +27,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 def cli(*args) -> tuple[subprocess.CompletedProcess, float, float]:
     """(result, seconds, the child's peak RSS in MB) of `python -m core ...` in a fresh process."""
-    code = ("import resource, runpy, sys\nsys.argv = ['core'] + sys.argv[1:]\ntry:\n    runpy.run_module('core', "
-            "run_name='__main__')\nfinally:\n    sys.stderr.write('\\nPEAK_KB %d\\n' % "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    # the child's own peak (VmHWM starts afresh at exec; ru_maxrss would carry this probe's own peak)
+    code = ("import runpy, sys\nsys.argv = ['core'] + sys.argv[1:]\ntry:\n    runpy.run_module('core', "
+            "run_name='__main__')\nfinally:\n    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]"
+            "\n    sys.stderr.write('\\nPEAK_KB %s\\n' % hwm[0].split()[1])\n")
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
     peak = [int(line.split()[1]) for line in r.stderr.splitlines() if line.startswith("PEAK_KB")]
