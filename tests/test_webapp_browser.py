@@ -41,21 +41,29 @@ def test_draw_a_support_mask_and_segment(tmp_path, monkeypatch):
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
             page = browser.new_page(viewport={"width": 1400, "height": 1700})
             page.goto(demo.local_url)
+            page.wait_for_function("() => window.panetCanvas !== undefined", timeout=60_000)   # the page is up
+            page.wait_for_timeout(1000)
             with page.expect_file_chooser() as chooser:
                 page.locator("#support1").get_by_text("Upload an image").click()
             chooser.value.set_files(str(tmp_path / "support.png"))
             canvas = page.locator("#support1 canvas").first
-            page.wait_for_timeout(1500)  # the editor draws the image, then activates the brush
-            box = canvas.bounding_box()
-            assert box and box["width"] > 50
-            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-            page.mouse.move(cx - 30, cy)
-            page.mouse.down()
-            for dx in range(-30, 31, 5):
-                page.mouse.move(cx + dx, cy + (dx % 10), steps=2)
-            page.mouse.up()
-            # the painted slot reaches the server once, on its change event (not with each Segment)
-            page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=30_000)
+            for attempt in range(4):     # the editor activates its brush a moment after it drew the image
+                page.wait_for_timeout(1500 * (attempt + 1))
+                box = canvas.bounding_box()
+                assert box and box["width"] > 50
+                cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+                page.mouse.move(cx - 30, cy)
+                page.mouse.down()
+                for dx in range(-30, 31, 5):
+                    page.mouse.move(cx + dx, cy + (dx % 10), steps=2)
+                page.mouse.up()
+                # the painted slot reaches the server once, on its change event (not with each Segment)
+                try:
+                    page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=10_000)
+                    break
+                except sync_api.TimeoutError:
+                    continue
+            page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=10_000)
             decoded = decodes[0]
             page.locator("#query-canvas input.pc-file").set_input_files(str(tmp_path / "query.png"))
             # the canvas shows the query as soon as it is uploaded
@@ -93,10 +101,12 @@ def test_draw_a_support_mask_and_segment(tmp_path, monkeypatch):
             status.get_by_text("1 positive").wait_for(timeout=30_000)
             page.wait_for_function(idle, timeout=30_000)
             assert page.evaluate(mask_png) != before, "the click changed the mask"
-            # undo (z): the click goes, the mask is redrawn without it
+            # undo (z): the click goes, and with no click left the Segment result is back (issue 26)
             page.keyboard.press("z")
-            status.get_by_text("0 positive").wait_for(timeout=30_000)
+            status.get_by_text("the Segment result").wait_for(timeout=30_000)
             assert page.evaluate("window.panetCanvas.state().clicks") == 0
+            page.wait_for_function(idle, timeout=30_000)
+            assert page.evaluate(mask_png) == before, "the mask Segment showed, not PANet++'s raw map"
             # a box, dragged with the mouse (drawn while dragging); the mode chosen with the mouse too
             page.locator('#query-canvas button[data-mode="box"]').click()
             assert page.evaluate("window.panetCanvas.state().mode") == "box"

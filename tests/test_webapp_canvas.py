@@ -326,6 +326,7 @@ def test_segment_before_the_query_is_encoded_shows_panets_mask_then_the_redraw(t
     _ready(ctx, app, "page-r")
     req = _Request(app, "page-r")
     query = _session(app, "page-r").query_image
+    query[:4, :4] = (17, 99, 3)          # a query no earlier test encoded (LiteMedSAM is shared in the process)
     assert not sam.has_embedding(query)
     out = fns["segment"]({"ckpt": "tiny_panet", "threshold": 0.02}, req)
     assert "error" not in out and out["mask"] is not None, out

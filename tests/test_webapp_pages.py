@@ -238,26 +238,6 @@ def test_sixty_fast_queries_add_at_most_300_mb(multi):
     assert grown <= 300, f"60 queries added {grown:.0f} MB"
 
 
-def test_a_slot_change_starts_the_supports_prototypes_in_the_background(tmp_path):
-    from core.phantom import make_phantom
-    from tests.test_webapp import make_checkpoints
-    from webapp.context import AppConfig, AppContext
-
-    make_checkpoints(tmp_path / "ckpt")
-    ctx = AppContext(AppConfig(data_dir=None, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out",
-                               promptable=False))
-    supports = [(make_phantom(k).image, make_phantom(k).mask) for k in (1, 2)]
-    ctx.prefetch_supports(supports, "tiny_panet")
-    assert ctx.embedding_pool.wait_idle(120)
-    time.sleep(0.5)
-    fs = ctx.fewshot("tiny_panet")
-    key = (fs.support_key(supports), None)
-    assert key in fs._cache and key in fs._agreement, "Segment then finds them ready"
-    hits = fs.cache_hits
-    fs.predict(make_phantom(3).image, supports, heatmaps=False, agreement=True)
-    assert fs.cache_hits == hits + 1
-
-
 def test_the_gate_keeps_a_requests_other_cookies():
     import asyncio
 

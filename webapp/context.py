@@ -421,21 +421,6 @@ class AppContext:
 
         self.embedding_pool.submit(page or f"anonymous-{id(image)}", work)
 
-    def prefetch_supports(self, supports, checkpoint_name: str | None = None) -> None:
-        """A support slot changed: compute the supports' prototypes (and their agreement, k >= 2) in the
-        background, so that the next Segment finds them ready (it waits for this pass, never runs a second)."""
-        if not supports:
-            return
-        name = checkpoint_name or self.default_checkpoint("panet")
-
-        def work():
-            fs = self.fewshot(name, "")
-            fs.set_supports(supports)
-            if len(supports) >= 2:
-                fs.support_agreement(supports)
-
-        self.embedding_pool.submit(f"supports:{id(supports)}", work)
-
     def pipeline(self) -> SupervisedPipeline:
         with self._lock:
             if "pipeline" not in self._models:

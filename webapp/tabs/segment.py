@@ -156,18 +156,8 @@ def put_in_slot(ctx, key, slot, sess: Session):
     handlers.set_slot_pair(sess, int(slot), it.image, mask)
     if mask is None:
         gr.Warning("this image has no lesion mask: paint the tumour before segmenting")
-    _prefetch(ctx, sess)
     # the next pick goes to the next free slot (not over this one)
     return out + [sess, handlers.supports_status(sess), handlers.next_free_slot(sess, int(slot))]
-
-
-def _prefetch(ctx, sess: Session) -> None:
-    """The supports as they are now: their prototypes start in the background (webapp/background.py)."""
-    try:
-        supports = handlers.session_supports(sess)
-    except (UserError, ValueError):
-        return
-    ctx.prefetch_supports(supports, sess.checkpoint)
 
 
 def use_as_query(ctx, key, sess: Session):
@@ -183,7 +173,6 @@ def register_slot(ctx, slot, sess: Session, value, mask_file):
         handlers.register_slot(sess, slot, value, mask_file)
     except (UserError, ValueError) as exc:
         gr.Warning(str(exc))
-    _prefetch(ctx, sess)
     return sess, handlers.supports_status(sess)
 
 
@@ -202,7 +191,6 @@ def set_supports(ctx, sess: Session, *rest):
             handlers.clear_slot(sess, i + 1)
             continue
         handlers.register_slot(sess, i + 1, eds[i], mfs[i])
-    _prefetch(ctx, sess)
     return sess, handlers.supports_status(sess)
 
 
