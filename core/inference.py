@@ -359,12 +359,7 @@ class SupervisedPipeline:
 
         if self.segmenter is None:      # the presence decision needs the segmenter it was chosen with
             self.segmenter = load_segmenter(checkpoint.default_checkpoint("segmenter"), self.device)
-        img = as_image(image)
-        s = self.segmenter.config.image_size
-        with torch.no_grad():
-            logits = self.segmenter.predict(to_tensor(resize_image(img, s))[None].to(self.device))
-        prob = torch.sigmoid(logits[0, 0]).cpu().numpy()
-        x = presence_features(np.array([p_lesion]), segmenter_evidence(prob)[None])
+        x = presence_features(np.array([p_lesion]), segmenter_evidence(self.probability_map(image))[None])
         return float(logistic_score(points["presence_weights"], x)[0])
 
     @property
@@ -394,6 +389,13 @@ class SupervisedPipeline:
             return 1.0, True
         p = self.classifier.lesion_probability(self.sam(), as_image(image))
         return p, p >= self.classifier.threshold
+
+    @torch.no_grad()
+    def probability_map(self, image) -> np.ndarray:
+        """The segmenter's lesion probability at its working size (the presence evidence reads this)."""
+        s = self.segmenter.config.image_size
+        logits = self.segmenter.predict(to_tensor(resize_image(as_image(image), s))[None].to(self.device))
+        return torch.sigmoid(logits[0, 0]).cpu().numpy()
 
     @torch.no_grad()
     def segment(self, image) -> np.ndarray:

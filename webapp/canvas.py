@@ -175,13 +175,10 @@ class PageLink:
     def gradio_request(request, session_hash: str) -> gr.Request:
         """The call as a gr.Request (what AppContext.owner reads): the signed-in user when the app has a
         login, else the browser's user-key cookie."""
+        from .pages import auth_user
+
         request = PageLink.raw(request)
-        app = request.scope.get("app")
-        user = None
-        if getattr(app, "auth", None):
-            cid = getattr(app, "cookie_id", "")
-            token = request.cookies.get(f"access-token-{cid}") or request.cookies.get(f"access-token-unsecure-{cid}")
-            user = getattr(app, "tokens", {}).get(token)
+        user = auth_user(request.scope.get("app"), request.cookies)
         return gr.Request(request=request, username=user, session_hash=session_hash)
 
     def _lock(self, sh: str) -> threading.Lock:

@@ -114,7 +114,7 @@ def _combined_presence(args, probs: dict, sets: dict, points: dict, val_y) -> di
     feats = {}
     for name, parts in sets.items():
         for part, data in parts.items():
-            ev_rows = [ev.segmenter_evidence(_seg_prob(pipe, im)) for im in data.images]
+            ev_rows = [ev.segmenter_evidence(pipe.probability_map(im)) for im in data.images]
             feats[f"{name}_{part}"] = ev.presence_features(ev.p_lesion(probs[f"{name}_{part}"][0]), np.array(ev_rows))
     x = np.concatenate([feats["busi_val"], feats["busbra_val"]])
     groups = np.array([f"busi{g}" for g in sets["busi"]["val"].groups] + [f"bb{g}" for g in sets["busbra"]["val"].groups])
@@ -130,16 +130,6 @@ def _combined_presence(args, probs: dict, sets: dict, points: dict, val_y) -> di
     points.update(presence="combined", presence_weights=[float(v) for v in w],
                   presence_threshold=ev.presence_threshold(oof, lesion > 0.5, args.max_missed))
     return {k: ev.logistic_score(w, f) for k, f in feats.items()}
-
-
-def _seg_prob(pipe, image):
-    """The segmenter's lesion probability map of an image."""
-    import torch
-
-    from ..data.dataset import to_tensor
-
-    logits = pipe.segmenter.predict(to_tensor(image)[None], image.shape[:2])
-    return torch.sigmoid(logits[0, 0]).numpy()
 
 
 def evaluate_image_cls_cmd(args) -> int:
@@ -166,8 +156,9 @@ def evaluate_image_cls_cmd(args) -> int:
     probs = {f"{name}_{p}": (_probs(model, s), labelled(s, lab))
              for name, sets, lab in (("busi", busi, None), ("busbra", bb, labels)) for p, s in sets.items()}
     if args.busbra_all:
-        meta = json.loads(Path(str(args.cls_model) + ".json").read_text())
-        if meta.get("data", {}).get("busbra"):
+        from .. import checkpoint
+
+        if checkpoint.load_meta(args.cls_model).get("data", {}).get("busbra"):
             raise ValueError("--busbra-all: this model was trained on BUS-BRA's training part")
         whole = domain_set(root, "busbra_breast", "all", size)
         probs["busbra_all"] = (_probs(model, whole), labelled(whole, labels))
