@@ -92,6 +92,34 @@ def count_calls(monkeypatch, module, name: str) -> list:
     return calls
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster for the session. Skipped where the server is not installed, except in
+    CI, where a missing server fails (scripts/test.sh installs it)."""
+    from tests.postgres import Cluster
+
+    try:
+        cluster = Cluster()
+    except RuntimeError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    yield cluster
+    from core.annotate import db
+    for url in list(db._engines):
+        if url.startswith("postgresql"):
+            db.dispose(url)
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request):
+    """None (the embedded SQLite file of each project) or a fresh PostgreSQL database: store tests run on both."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").new_database()
+
+
 # test kinds (pytest -m): `server` launches the Gradio app, `browser` drives Chromium, `slow` runs the CLI
 # in subprocesses or trains; `pytest -m "not slow and not server and not browser"` is the fast subset
 _MODULE_MARKS = {"test_webapp.py": ("server",), "test_webapp_hardening.py": ("server",),

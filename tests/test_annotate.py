@@ -77,49 +77,34 @@ def test_project_lifecycle_and_restart(folder, tmp_path, seg):
     assert Image.open(found[0].mask_paths[0]).size == (100, 80)
 
 
-def test_a_crash_mid_change_leaves_the_database_consistent(folder, tmp_path, monkeypatch):
-    store = ProjectStore(tmp_path / "out", "p")
+def test_a_crash_mid_change_leaves_the_database_consistent(folder, tmp_path, db_url):
+    """The database fails between the version row and the image row: nothing of the change is kept."""
+    import sqlalchemy as sa
+
+    store = ProjectStore(tmp_path / "out", "p", db_url=db_url)
     store.add_folder(folder)
     name = store.rows()[0]["rel_path"]
     store.record(name, "predicted", np.ones((80, 100), bool))
-    import sqlite3
 
-    real_connect = store._connect
+    def crash(conn, cursor, statement, *a):
+        if statement.lstrip().upper().startswith("UPDATE IMAGES"):
+            raise OSError(5, "disk I/O error (simulated crash)")
 
-    def failing():
-        con = real_connect()
-
-        class Boom:
-            def __init__(self, c):
-                self.c = c
-
-            def execute(self, sql, *a):
-                if sql.startswith("UPDATE images"):
-                    raise sqlite3.OperationalError("disk I/O error (simulated crash)")
-                return self.c.execute(sql, *a)
-
-            @property
-            def in_transaction(self):
-                return self.c.in_transaction
-
-            def close(self):
-                self.c.close()
-        return Boom(con)
-
-    monkeypatch.setattr(store, "_connect", failing)
-    masks_before = sorted(p.name for p in store.masks_dir.iterdir())
-    with pytest.raises(StoreError, match="nothing was saved"):
-        store.record(name, "accepted", np.zeros((80, 100), bool))
-    monkeypatch.undo()
-    fresh = ProjectStore(tmp_path / "out", "p")
+    sa.event.listen(store.engine, "before_cursor_execute", crash)
+    try:
+        with pytest.raises(StoreError, match="nothing was saved"):
+            store.record(name, "accepted", np.zeros((80, 100), bool))
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", crash)
+    fresh = ProjectStore(tmp_path / "out", "p", db_url=db_url)
     assert fresh.row(name)["status"] == "predicted" and fresh.row(name)["version"] == 1
-    assert sorted(p.name for p in store.masks_dir.iterdir()) == masks_before, "no orphan mask file is left"
     assert [h["version"] for h in fresh.history(name)] == [1], "the half-done change left no version row"
     assert fresh.mask(name).all(), "the current mask is the last committed one"
 
 
-def test_two_writers_on_one_project(folder, tmp_path):
-    a, b = ProjectStore(tmp_path / "out", "shared"), ProjectStore(tmp_path / "out", "shared")
+def test_two_writers_on_one_project(folder, tmp_path, db_url):
+    a = ProjectStore(tmp_path / "out", "shared", db_url=db_url)
+    b = ProjectStore(tmp_path / "out", "shared", db_url=db_url)
     a.add_folder(folder)
     name = a.rows()[0]["rel_path"]
     errors = []
@@ -139,7 +124,7 @@ def test_two_writers_on_one_project(folder, tmp_path):
     assert not errors
     hist = a.history(name)
     assert [h["version"] for h in hist] == list(range(1, 21)), "every change of both writers, none lost"
-    assert all((a.masks_dir / h["mask_file"]).exists() for h in hist)
+    assert all(a._mask_of(h).shape == (80, 100) for h in hist), "every version has its mask"
 
 
 def test_uncertainty_is_high_where_the_model_hesitates():
@@ -232,7 +217,7 @@ def test_kill_9_in_the_middle_of_a_propagation_leaves_a_consistent_project(tmp_p
     rows = store.rows()
     predicted = [r for r in rows if r["status"] == "predicted"]
     assert 3 <= len(predicted) < 60, "killed in the middle"
-    for r in predicted:                  # every committed change points to a complete mask file
+    for r in predicted:                  # every committed change has its complete mask
         assert store.mask(r["rel_path"]).shape == (200, 260)
     assert all(r["version"] == 0 for r in rows if r["status"] == "unlabelled")
 
@@ -321,47 +306,84 @@ def test_a_folder_of_links_annotates_and_exports(folder, tmp_path, seg):
         store.image_path("../scans/img0.png")
 
 
-def test_disk_full_is_said_plainly_and_nothing_is_saved(folder, tmp_path, monkeypatch):
+def test_disk_full_is_said_plainly_and_nothing_is_saved(folder, tmp_path):
     """Issue 27: SQLite refusing to grow (a real SQLITE_FULL through max_page_count) gives a plain message,
-    not 'cannot rollback - no transaction is active', and leaves no mask file behind."""
+    not 'cannot rollback - no transaction is active', and keeps every committed version."""
+    import sqlalchemy as sa
+
     store = ProjectStore(tmp_path / "out", "p")
     store.add_folder(folder)
     name = store.rows()[0]["rel_path"]
-    real = store._connect
 
-    def full():
-        con = real()
-        pages = con.execute("PRAGMA page_count").fetchone()[0]
-        con.execute(f"PRAGMA max_page_count = {pages}")
-        return con
+    def full(dbapi_con, _record):
+        pages = dbapi_con.execute("PRAGMA page_count").fetchone()[0]
+        dbapi_con.execute(f"PRAGMA max_page_count = {pages}")
 
-    monkeypatch.setattr(store, "_connect", full)
-    before = sorted(p.name for p in store.masks_dir.iterdir())
+    sa.event.listen(store.engine, "connect", full)
     big = np.random.default_rng(0).random((80, 100)) > 0.5
-    with pytest.raises(StoreError, match="the disk is full: nothing was saved"):
-        for _ in range(200):      # the versions table grows until the database may not
-            store.record(name, "predicted", big, model="x" * 2000)
-    monkeypatch.undo()
+    saved = 0
+    try:
+        with pytest.raises(StoreError, match="the disk is full: nothing was saved"):
+            for _ in range(200):      # the versions table grows until the database may not
+                store.record(name, "predicted", big, model="x" * 2000)
+                saved += 1
+    finally:
+        sa.event.remove(store.engine, "connect", full)
     fresh = ProjectStore(tmp_path / "out", "p")
-    used = {v["mask_file"] for v in fresh.history(name)}
-    assert {p.name for p in store.masks_dir.iterdir()} - set(before) <= used, "no orphan mask file"
+    assert len(fresh.history(name)) == saved == fresh.row(name)["version"]
+    if saved:
+        np.testing.assert_array_equal(fresh.mask(name), big)
 
 
-def test_startup_sweeps_what_a_crash_left(folder, tmp_path):
+def test_a_project_made_before_alembic_keeps_opening(folder, tmp_path):
+    """A project file of the issue-27 schema (masks as files, no Alembic) is adopted as it is: its images,
+    history and masks are there, new masks go into the database, and a crash's leftovers are swept."""
     import os
+    import sqlite3
     import time as _time
 
-    store = ProjectStore(tmp_path / "out", "p")
-    store.add_folder(folder)
-    name = store.rows()[0]["rel_path"]
-    store.record(name, "predicted", np.ones((80, 100), bool))
-    kept = store.current(name)["mask_file"]
+    d = tmp_path / "out" / "projects" / "old"
+    (d / "masks").mkdir(parents=True)
+    con = sqlite3.connect(d / "project.sqlite")
+    con.executescript(OLD_SCHEMA)
+    con.execute("INSERT INTO meta VALUES ('image_dir', ?)", (json.dumps(str(folder.resolve())),))
+    con.execute("INSERT INTO images (rel_path, status, version, who) VALUES ('img0.png', 'accepted', 1, 'ann')")
+    con.execute("INSERT INTO images (rel_path) VALUES ('img1.png')")
+    con.execute("INSERT INTO versions (image_id, version, status, mask_file, who, at) "
+                "VALUES (1, 1, 'accepted', '1_aaaa.png', 'ann', 1.0)")
+    con.execute("INSERT INTO supports (rel_path, added) VALUES ('img0.png', 1.0)")
+    con.commit()
+    con.close()
+    old_mask = np.zeros((80, 100), bool)
+    old_mask[5:20, 5:30] = True
+    Image.fromarray(old_mask.astype(np.uint8) * 255).save(d / "masks" / "1_aaaa.png")
     old = _time.time() - 3600
     for stray in (".1_abc.png.x.tmp", "1_deadbeef0000.png"):
-        (store.masks_dir / stray).write_bytes(b"\0")        # a kill -9 mid-write, an uncommitted mask
-        os.utime(store.masks_dir / stray, (old, old))
-    (store.masks_dir / "1_fresh0000000.png").write_bytes(b"\0")  # another process may commit it any moment
-    fresh = ProjectStore(tmp_path / "out", "p")
-    assert fresh.swept == {"tmp": 1, "orphan": 1}
-    assert sorted(p.name for p in store.masks_dir.iterdir()) == sorted([kept, "1_fresh0000000.png"])
-    assert fresh.mask(name).all()
+        (d / "masks" / stray).write_bytes(b"\0")        # a kill -9 mid-write, an uncommitted mask
+        os.utime(d / "masks" / stray, (old, old))
+    (d / "masks" / "1_fresh0000000.png").write_bytes(b"\0")  # another process may commit it any moment
+
+    store = ProjectStore(tmp_path / "out", "old")
+    assert store.swept == {"tmp": 1, "orphan": 1}
+    assert sorted(p.name for p in (d / "masks").iterdir()) == ["1_aaaa.png", "1_fresh0000000.png"]
+    assert store.image_dir == folder.resolve() and store.counts() == {"accepted": 1, "unlabelled": 1}
+    np.testing.assert_array_equal(store.mask("img0.png"), old_mask)
+    assert store.project_supports() == ["img0.png"] and store.row("img0.png")["who"] == "ann"
+    assert store.add_folder(folder) == 4, "the rest of the folder joins"
+    store.record("img1.png", "predicted", old_mask)
+    assert store.current("img1.png")["mask_png"] and not store.current("img1.png")["mask_file"]
+    assert store.undo("img0.png") == 2 and store.mask("img0.png") is None
+
+
+OLD_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY, rel_path TEXT UNIQUE NOT NULL, status TEXT NOT NULL DEFAULT 'unlabelled',
+    version INTEGER NOT NULL DEFAULT 0, uncertainty REAL, lesion_score REAL, support_key TEXT,
+    model TEXT, who TEXT, updated REAL);
+CREATE TABLE versions (
+    id INTEGER PRIMARY KEY, image_id INTEGER NOT NULL REFERENCES images(id), version INTEGER NOT NULL,
+    status TEXT NOT NULL, mask_file TEXT, uncertainty REAL, lesion_score REAL, support_key TEXT, model TEXT,
+    who TEXT, at REAL NOT NULL, note TEXT, UNIQUE (image_id, version));
+CREATE TABLE supports (id INTEGER PRIMARY KEY, rel_path TEXT UNIQUE NOT NULL, added REAL NOT NULL);
+"""

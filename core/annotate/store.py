@@ -1,55 +1,51 @@
-"""Annotation projects: a folder of images, each with a status and a mask history, in SQLite.
+"""Annotation projects: a folder of images, each with a status and a mask history, in a database.
 
-A project lives in `<output>/projects/<name>/`: `project.sqlite` (WAL mode, one transaction per change)
-and `masks/` (one PNG per mask version, at the image's size). A mask file is written completely
-(temporary name + rename) before the row that points to it is committed, so after a crash or a
-`kill -9` a change is either fully there or not at all (an unreferenced mask file may remain; it is
-never read). Images are read in place from their folder, which must lie inside the allowed data root;
-they are never copied or modified. Several processes (the CLI, two browser sessions) can use one
-project: SQLite serialises the writers (busy timeout) and WAL lets readers go on.
+Two engines behind one interface (`core.annotate.db`): SQLite, embedded, one file per project in
+`<output>/projects/[users/<namespace>/]<name>/project.sqlite` (the default: nothing to set up), or a
+PostgreSQL server database that many app processes and the CLI share (`--db postgresql://...` or
+`PANET_DB`). The schema is Alembic's; a project made before it keeps opening (adopted on first open).
+
+Masks are PNG bytes in the database, in the same transaction as the version row that names them: a change is
+all there or not at all after a crash or a `kill -9`, and every app process on every host reaches every mask
+without a shared file system (a mask is a few kB). Projects made before issue 30 kept masks as files in
+`masks/`; those versions are still read from there. Images are read in place from their folder, which must lie
+inside the allowed data root; they are never copied or modified.
+
+Team work (members and roles, leases, reviews, overlap opinions, the event log) is in `team.py`.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
-import sqlite3
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import sqlalchemy as sa
 from PIL import Image
 
 from ..data.dicom import frame_refs
 from ..data.io import IMAGE_SUFFIXES, DataError
 from ..io import inside as _inside
+from . import db
+from .db import events, images, projects, supports, versions
+from .team import TeamMixin
 
 STATUSES = ("unlabelled", "predicted", "accepted", "corrected", "no lesion", "skipped", "unreadable")
 DONE = ("accepted", "corrected", "no lesion")       # a person decided: propagation leaves these alone
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY, rel_path TEXT UNIQUE NOT NULL, status TEXT NOT NULL DEFAULT 'unlabelled',
-    version INTEGER NOT NULL DEFAULT 0, uncertainty REAL, lesion_score REAL, support_key TEXT,
-    model TEXT, who TEXT, updated REAL);
-CREATE TABLE IF NOT EXISTS versions (
-    id INTEGER PRIMARY KEY, image_id INTEGER NOT NULL REFERENCES images(id), version INTEGER NOT NULL,
-    status TEXT NOT NULL, mask_file TEXT, uncertainty REAL, lesion_score REAL, support_key TEXT, model TEXT,
-    who TEXT, at REAL NOT NULL, note TEXT, UNIQUE (image_id, version));
-CREATE TABLE IF NOT EXISTS supports (
-    id INTEGER PRIMARY KEY, rel_path TEXT UNIQUE NOT NULL, added REAL NOT NULL);
-"""
+QUEUE = ("predicted", "skipped", "unlabelled")       # awaiting a person's decision
 
 
 class StoreError(DataError):
-    """The project's storage failed (disk full, read-only, locked): said in plain words, nothing saved."""
+    """The project's storage failed (disk full, read-only, locked, server gone): said in plain words,
+    nothing saved."""
 
 
 def _plain(exc: BaseException) -> Exception:
-    """SQLite's and the file system's errors as a message a person can act on."""
+    """The database's and the file system's errors as a message a person can act on."""
     import errno
 
     text = str(exc).lower()
@@ -61,8 +57,12 @@ def _plain(exc: BaseException) -> Exception:
         return StoreError("the project's folder cannot be written to: nothing was saved")
     if "locked" in text or "busy" in text:
         return StoreError("the project is busy (another process is writing): nothing was saved, try again")
-    if isinstance(exc, sqlite3.OperationalError):
-        return StoreError(f"the project's database failed ({exc}): nothing was saved")
+    if "connection" in text and ("refused" in text or "failed" in text or "closed" in text):
+        return StoreError("the project's database server cannot be reached: nothing was saved, try again")
+    if isinstance(exc, OSError):
+        return StoreError(f"the project's storage failed ({exc.strerror or exc}): nothing was saved")
+    if isinstance(exc, sa.exc.DBAPIError):
+        return StoreError(f"the project's database failed ({getattr(exc, 'orig', exc)}): nothing was saved")
     return exc if isinstance(exc, Exception) else StoreError(str(exc))
 
 
@@ -74,46 +74,103 @@ def safe_project_name(name: str) -> str:
 
 
 class StaleDecision(DataError):
-    """A decision for an image that is not the one named, or that changed since the person saw it."""
+    """A decision for an image that is not the one named, that changed since the person saw it, or that
+    another annotator now holds."""
 
 
-class ProjectStore:
-    """`namespace`: the owner's folder under projects/ (the web app gives each user one, so two users'
-    projects of the same name never meet); None for the CLI and a single-user install."""
+def png_bytes(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255).save(buf, format="PNG")
+    return buf.getvalue()
 
-    def __init__(self, output_dir: str | Path, name: str, namespace: str | None = None):
+
+def from_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data))) > 0
+
+
+def project_dir(output_dir: str | Path, name: str, namespace: str | None = None) -> Path:
+    base = Path(output_dir) / "projects"
+    if namespace is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", namespace):
+            raise DataError("bad project namespace")
+        base = base / "users" / namespace
+    return base / safe_project_name(name)
+
+
+def project_names(output_dir: str | Path, namespace: str | None = None, db_url: str | None = None,
+                  user: str | None = None) -> list[str]:
+    """The projects a user may open: on a server database, those they are a member of (all of them for the
+    single local user, `user` None); embedded, the project folders of their namespace."""
+    if db_url:
+        from .db import members
+        engine = db.engine_for(db_url)
+        q = sa.select(projects.c.name).order_by(projects.c.name)
+        if user is not None:
+            q = q.join(members, members.c.project_id == projects.c.id).where(members.c.user == user)
+        with engine.connect() as con:
+            return [r[0] for r in con.execute(q)]
+    base = project_dir(output_dir, "x", namespace).parent
+    return sorted(p.name for p in base.glob("*/project.sqlite")) if base.is_dir() else []
+
+
+class ProjectStore(TeamMixin):
+    """One project. `namespace`: the owner's folder under projects/ for the embedded engine (the web app gives
+    each user one; None for the CLI and a single-user install). `db_url`: a server database shared by every
+    process (None: the embedded SQLite file). `user`: who acts (None: the single local user, who may do
+    everything); a named user must be a member, except the one who creates the project (its owner).
+    `create=False` refuses a project that does not exist yet."""
+
+    def __init__(self, output_dir: str | Path, name: str, namespace: str | None = None, db_url: str | None = None,
+                 user: str | None = None, create: bool = True):
         self.name = safe_project_name(name)
-        base = Path(output_dir) / "projects"
-        if namespace is not None:
-            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", namespace):
-                raise DataError("bad project namespace")
-            base = base / "users" / namespace
-        self.dir = base / self.name
-        self.masks_dir = self.dir / "masks"
-        self.masks_dir.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.dir / "project.sqlite"
-        con = self._connect()
+        self.user = user
+        self.dir = project_dir(output_dir, name, namespace)
+        self.masks_dir = self.dir / "masks"          # mask files of projects made before issue 30
+        self.server = bool(db_url)
+        if not self.server:
+            if not create and not (self.dir / "project.sqlite").exists():
+                raise DataError(f"no project named {self.name}")
+            self.dir.mkdir(parents=True, exist_ok=True)
+            db_url = f"sqlite:///{(self.dir / 'project.sqlite').resolve()}"
+        self.db_url = db_url
         try:
-            con.executescript(SCHEMA)
-            if "note" not in {r["name"] for r in con.execute("PRAGMA table_info(versions)")}:
-                con.execute("ALTER TABLE versions ADD COLUMN note TEXT")   # projects made before issue 27
-        except sqlite3.OperationalError as exc:
+            self.engine = db.engine_for(db_url)
+            self.project_id = self._open_project(create)
+        except sa.exc.SQLAlchemyError as exc:
             raise _plain(exc) from exc
-        finally:
-            con.close()
         self.swept = self.sweep()
+        self._check_member()
+
+    def _open_project(self, create: bool) -> int:
+        now = time.time()
+        with self._tx() as con:
+            if not self.server:     # one project per file: adopted from a file made before issue 30
+                row = con.execute(sa.select(projects.c.id, projects.c.name)).first()
+                if row is not None and row.name != self.name:
+                    con.execute(projects.update().where(projects.c.id == row.id).values(name=self.name))
+            row = con.execute(sa.select(projects.c.id).where(projects.c.name == self.name)).first()
+            if row is not None:
+                return row.id
+            if not create:
+                raise DataError(f"no project named {self.name}")
+            pid = con.execute(projects.insert().values(name=self.name, owner=self.user or "", created=now)
+                              .returning(projects.c.id)).scalar_one()
+            if self.user:
+                from .db import members
+                con.execute(members.insert().values(project_id=pid, user=self.user, role="owner", added=now))
+                con.execute(events.insert().values(project_id=pid, who=self.user, at=now, action="member",
+                                                   detail=json.dumps({"user": self.user, "role": "owner"})))
+            return pid
 
     def sweep(self, min_age_s: float = 60.0) -> dict:
-        """Remove what a crash (kill -9, power loss) can leave: temporary mask files, and mask files that no
-        version references. Only files older than `min_age_s`: a writer in another process may have renamed
-        its mask into place and not yet committed the row that names it."""
-        now = time.time()
-        con = self._connect()
-        try:
-            used = {r[0] for r in con.execute("SELECT mask_file FROM versions WHERE mask_file IS NOT NULL")}
-        finally:
-            con.close()
+        """Remove what a crash could leave in the mask folder of a project made before issue 30: temporary
+        files, and mask files no version references (only files older than `min_age_s`)."""
         removed = {"tmp": 0, "orphan": 0}
+        if not self.masks_dir.is_dir():
+            return removed
+        with self._read() as con:
+            used = {r[0] for r in con.execute(sa.select(versions.c.mask_file).where(versions.c.mask_file.is_not(None)))}
+        now = time.time()
         for f in self.masks_dir.iterdir():
             try:
                 old = now - f.stat().st_mtime > min_age_s
@@ -126,36 +183,31 @@ class ProjectStore:
         return removed
 
     # ------------------------------------------------------------------ plumbing
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=FULL")
-        con.execute("PRAGMA foreign_keys=ON")
-        con.row_factory = sqlite3.Row
-        return con
-
     @contextmanager
     def _tx(self):
-        con = self._connect()
+        """One transaction (SQLite: BEGIN IMMEDIATE, the writer's lock taken at once); storage errors become
+        StoreError, and nothing of the transaction is kept."""
         try:
-            con.execute("BEGIN IMMEDIATE")
-            yield con
-            con.execute("COMMIT")
-        except BaseException as exc:
-            if con.in_transaction:     # SQLite ends the transaction itself on some errors (disk full)
-                con.execute("ROLLBACK")
-            if isinstance(exc, (sqlite3.OperationalError, OSError)):
-                raise _plain(exc) from exc
-            raise
-        finally:
-            con.close()
+            with self.engine.begin() as con:
+                yield con
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            raise _plain(exc) from exc
+
+    @contextmanager
+    def _read(self):
+        try:
+            with self.engine.connect() as con:
+                yield con
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            raise _plain(exc) from exc
+
+    def _images(self):
+        return images.c.project_id == self.project_id
 
     def meta(self) -> dict:
-        con = self._connect()
-        try:
-            return {r["key"]: json.loads(r["value"]) for r in con.execute("SELECT key, value FROM meta")}
-        finally:
-            con.close()
+        with self._read() as con:
+            p = con.execute(sa.select(projects).where(projects.c.id == self.project_id)).mappings().one()
+        return {k: p[k] for k in ("image_dir", "created", "owner", "overlap") if p[k] is not None}
 
     # ------------------------------------------------------------------ images
     def add_folder(self, folder: str | Path, data_root: str | Path | None = None) -> int:
@@ -175,14 +227,17 @@ class ProjectStore:
             raise DataError(f"{folder.name}: no images (PNG, JPEG, BMP, TIFF, DICOM)")
         refs = []
         for p in files:
-            rel = str(p.relative_to(folder))
-            refs += [(r,) for r in frame_refs(p, rel)]  # a cine loop: one image per frame
+            refs += frame_refs(p, str(p.relative_to(folder)))  # a cine loop: one image per frame
+        overlap = float(self.meta().get("overlap") or 0)
         with self._tx() as con:
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('image_dir', ?)", (json.dumps(str(folder.resolve())),))
-            con.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (json.dumps(time.time()),))
-            before = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-            con.executemany("INSERT OR IGNORE INTO images (rel_path) VALUES (?)", refs)
-            return con.execute("SELECT COUNT(*) FROM images").fetchone()[0] - before
+            con.execute(projects.update().where(projects.c.id == self.project_id)
+                        .values(image_dir=str(folder.resolve())))
+            have = {r[0] for r in con.execute(sa.select(images.c.rel_path).where(self._images()))}
+            new = [r for r in refs if r not in have]
+            if new:
+                con.execute(images.insert(), [{"project_id": self.project_id, "rel_path": r,
+                                               "overlap": in_overlap(r, overlap)} for r in new])
+            return len(new)
 
     @property
     def image_dir(self) -> Path:
@@ -201,121 +256,103 @@ class ProjectStore:
             raise DataError("refusing a path outside the project's folder")
         return p
 
-    def rows(self, statuses=None, order: str = "rel_path") -> list[dict]:
-        sql = "SELECT * FROM images"
-        args: tuple = ()
+    def rows(self, statuses=None, order: str = "rel_path", reviewed_only: bool = False,
+             annotator: str | None = None) -> list[dict]:
+        q = sa.select(images).where(self._images())
         if statuses:
-            sql += f" WHERE status IN ({','.join('?' * len(statuses))})"
-            args = tuple(statuses)
-        sql += {"rel_path": " ORDER BY rel_path",
-                "uncertainty": " ORDER BY uncertainty IS NULL, uncertainty DESC, rel_path"}[order]
-        con = self._connect()
-        try:
-            return [dict(r) for r in con.execute(sql, args)]
-        finally:
-            con.close()
+            q = q.where(images.c.status.in_(tuple(statuses)))
+        if reviewed_only:
+            q = q.where(images.c.review == "approved")
+        if annotator is not None:
+            q = q.where(images.c.who == annotator)
+        q = q.order_by(images.c.rel_path) if order == "rel_path" else q.order_by(
+            images.c.uncertainty.is_(None), images.c.uncertainty.desc(), images.c.rel_path)
+        with self._read() as con:
+            return [dict(r) for r in con.execute(q).mappings()]
 
-    def row(self, rel_path: str) -> dict:
-        con = self._connect()
-        try:
-            r = con.execute("SELECT * FROM images WHERE rel_path = ?", (rel_path,)).fetchone()
-        finally:
-            con.close()
+    def row(self, rel_path: str, con=None) -> dict:
+        q = sa.select(images).where(self._images(), images.c.rel_path == rel_path)
+        if con is not None:
+            r = con.execute(q.with_for_update()).mappings().first()
+        else:
+            with self._read() as c:
+                r = c.execute(q).mappings().first()
         if r is None:
             raise DataError(f"{rel_path}: not in project {self.name}")
         return dict(r)
 
     def review_queue(self) -> list[dict]:
         """Images awaiting a person's decision, the most uncertain first."""
-        return self.rows(("predicted", "skipped", "unlabelled"), order="uncertainty")
+        return self.rows(QUEUE, order="uncertainty")
 
     # ------------------------------------------------------------------ changes
-    def _write_mask(self, image_id: int, mask: np.ndarray) -> str:
-        """A new mask file with a name of its own (two writers never share one), complete before it is named."""
-        import uuid
-
-        name = f"{image_id}_{uuid.uuid4().hex[:12]}.png"
-        fd, tmp = tempfile.mkstemp(dir=self.masks_dir, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255).save(tmp, format="PNG")
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.masks_dir / name)
-        except BaseException as exc:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise _plain(exc) from exc
-            raise
-        return name
-
     def record(self, rel_path: str, status: str, mask: np.ndarray | None = None, who: str = "", model: str = "",
                uncertainty: float | None = None, lesion_score: float | None = None, support_key: str = "",
                only_if_not_done: bool = False, image_id: int | None = None,
                seen_version: int | None = None, note: str = "") -> int | None:
-        """One change of one image, in one transaction: the mask file first, then the version row and the
+        """One change of one image, in one transaction: the version row (with its mask's PNG bytes) and the
         image row. only_if_not_done: skip (return None) if a person has decided on this image meanwhile.
         image_id / seen_version (a person's decision): refused with StaleDecision unless `rel_path` is that
-        image and its current version is the one the person saw. Returns the new version number."""
+        image, its current version is the one the person saw, and no other annotator holds it now.
+        Returns the new version number."""
         if status not in STATUSES:
             raise DataError(f"unknown status {status!r}")
-        r = self.row(rel_path)
-        if image_id is not None and int(image_id) != r["id"]:
-            raise StaleDecision(f"{rel_path}: this decision names another image; nothing was saved")
-        mask_file = self._write_mask(r["id"], mask) if mask is not None else None
-        try:
-            return self._commit(r["id"], rel_path, status, mask_file, dict(
-                uncertainty=uncertainty, lesion_score=lesion_score, support_key=support_key, model=model, who=who,
-                note=note or None), only_if_not_done, seen_version)
-        except BaseException:
-            if mask_file:          # nothing was committed: the file would be an orphan
-                (self.masks_dir / mask_file).unlink(missing_ok=True)
-            raise
-
-    def _commit(self, image_id: int, rel_path: str, status: str, mask_file: str | None, fields: dict,
-                only_if_not_done: bool, seen_version: int | None) -> int | None:
-        now = time.time()
+        png = png_bytes(mask) if mask is not None else None
+        fields = dict(uncertainty=uncertainty, lesion_score=lesion_score, support_key=support_key, model=model,
+                      who=who, note=note or None)
         with self._tx() as con:
-            cur = con.execute("SELECT version, status FROM images WHERE id = ?", (image_id,)).fetchone()
-            stale = seen_version is not None and int(seen_version) != cur["version"]
-            if (only_if_not_done and cur["status"] in DONE) or stale:
-                if mask_file:
-                    os.unlink(self.masks_dir / mask_file)
-                if stale:
-                    raise StaleDecision(f"{rel_path} changed since it was shown (version {cur['version']}, you saw "
-                                        f"{seen_version}); nothing was saved: look at it again")
+            cur = self.row(rel_path, con)
+            if image_id is not None and int(image_id) != cur["id"]:
+                raise StaleDecision(f"{rel_path}: this decision names another image; nothing was saved")
+            if seen_version is not None:
+                self._check_decision(cur, rel_path, int(seen_version), who)
+            if only_if_not_done and cur["status"] in DONE:
                 return None
-            version = cur["version"] + 1     # read inside the write transaction: no other writer between
-            f = fields
-            con.execute("INSERT INTO versions (image_id, version, status, mask_file, uncertainty, lesion_score, "
-                        "support_key, model, who, at, note) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                        (image_id, version, status, mask_file, f["uncertainty"], f["lesion_score"], f["support_key"],
-                         f["model"], f["who"], now, f["note"]))
-            con.execute("UPDATE images SET status=?, version=?, uncertainty=?, lesion_score=?, support_key=?, model=?, "
-                        "who=?, updated=? WHERE id=?",
-                        (status, version, f["uncertainty"], f["lesion_score"], f["support_key"], f["model"], f["who"],
-                         now, image_id))
+            return self._commit(con, cur, status, png, fields, person=seen_version is not None)
+
+    def _commit(self, con, cur: dict, status: str, png: bytes | None, f: dict, person: bool) -> int:
+        now = time.time()
+        version = cur["version"] + 1     # read under the row's lock (SQLite: the writer's lock)
+        con.execute(versions.insert().values(image_id=cur["id"], version=version, status=status, mask_png=png,
+                                             at=now, **f))
+        values = dict(status=status, version=version, updated=now, **{k: v for k, v in f.items() if k != "note"})
+        if person:      # a person's decision ends their lease and waits for a reviewer again
+            values.update(lease_holder=None, lease_until=None, review=None, review_note=None, reviewer=None)
+        con.execute(images.update().where(images.c.id == cur["id"]).values(**values))
+        if person or status == "unreadable" or f["note"] == "undo":
+            con.execute(events.insert().values(project_id=self.project_id, image_id=cur["id"], version=version,
+                                               who=f["who"] or "", at=now, action=f["note"] if f["note"] == "undo"
+                                               else status, detail=None))
+        if person and cur["overlap"] and f["who"]:
+            self._opinion(con, cur["id"], f["who"], status, png, now)
         return version
 
     def current(self, rel_path: str) -> dict:
-        """The image's current version row (mask_file None: no mask, e.g. unlabelled or no lesion)."""
+        """The image's current version row (no mask: e.g. unlabelled or no lesion)."""
         r = self.row(rel_path)
-        con = self._connect()
-        try:
-            v = con.execute("SELECT * FROM versions WHERE image_id=? AND version=?", (r["id"], r["version"])).fetchone()
-        finally:
-            con.close()
-        return dict(v) if v else {"status": r["status"], "mask_file": None, "version": 0}
+        with self._read() as con:
+            v = con.execute(sa.select(versions).where(versions.c.image_id == r["id"],
+                                                      versions.c.version == r["version"])).mappings().first()
+        return dict(v) if v else {"status": r["status"], "mask_file": None, "mask_png": None, "version": 0}
+
+    def _mask_of(self, v: dict | None) -> np.ndarray | None:
+        if not v:
+            return None
+        if v.get("mask_png") is not None:
+            return from_png(v["mask_png"])
+        if v.get("mask_file"):
+            return np.asarray(Image.open(self.masks_dir / v["mask_file"])) > 0
+        return None
 
     def mask(self, rel_path: str) -> np.ndarray | None:
-        f = self.current(rel_path).get("mask_file")
-        return np.asarray(Image.open(self.masks_dir / f)) > 0 if f else None
+        return self._mask_of(self.current(rel_path))
 
     def decide(self, rel_path: str, action: str, image_id: int, seen_version: int, who: str = "",
                mask: np.ndarray | None = None) -> int:
         """A person's decision on the image they saw (`image_id` at `seen_version`): accept, no lesion, skip
         or correct (with `mask`). Accept needs a mask to accept: an image without a prediction is refused."""
+        self._require("annotator")
+        who = who or self.user or ""
         current = self.mask(rel_path)
         if action == "accept":
             if current is None or self.row(rel_path)["status"] in ("unlabelled", "unreadable", "no lesion"):
@@ -332,6 +369,8 @@ class ProjectStore:
             status = "corrected"
         else:
             raise DataError(f"unknown decision {action!r}")
+        if self._second_opinion(rel_path, who):
+            return self.give_opinion(rel_path, status, mask, who, image_id, seen_version)
         return self.record(rel_path, status, mask, who=who, image_id=image_id, seen_version=seen_version)
 
     def mark_unreadable(self, rel_path: str, who: str = "", reason: str = "") -> None:
@@ -342,39 +381,32 @@ class ProjectStore:
 
     def unreadable(self) -> dict[str, str]:
         """{image: why it could not be read} for every image marked unreadable."""
-        con = self._connect()
-        try:
-            return {r["rel_path"]: r["note"] or "not a readable image" for r in con.execute(
-                "SELECT i.rel_path, v.note FROM images i LEFT JOIN versions v ON v.image_id = i.id AND "
-                "v.version = i.version WHERE i.status = 'unreadable' ORDER BY i.rel_path")}
-        finally:
-            con.close()
+        q = (sa.select(images.c.rel_path, versions.c.note)
+             .select_from(images.outerjoin(versions, sa.and_(versions.c.image_id == images.c.id,
+                                                             versions.c.version == images.c.version)))
+             .where(self._images(), images.c.status == "unreadable").order_by(images.c.rel_path))
+        with self._read() as con:
+            return {r.rel_path: r.note or "not a readable image" for r in con.execute(q)}
 
     def undo(self, rel_path: str, who: str = "") -> int:
         """Go back to the version before the current one (as a new version: history is never rewritten)."""
         r = self.row(rel_path)
         if r["version"] == 0:
             raise DataError(f"{rel_path}: nothing to undo")
-        con = self._connect()
-        try:
-            prev = con.execute("SELECT * FROM versions WHERE image_id=? AND version=?",
-                               (r["id"], r["version"] - 1)).fetchone()
-        finally:
-            con.close()
-        status = prev["status"] if prev else "unlabelled"
-        mask = np.asarray(Image.open(self.masks_dir / prev["mask_file"])) > 0 if prev and prev["mask_file"] else None
-        return self.record(rel_path, status, mask, who=who, model=(prev["model"] if prev else "") or "",
-                           uncertainty=prev["uncertainty"] if prev else None,
-                           lesion_score=prev["lesion_score"] if prev else None,
-                           support_key=(prev["support_key"] if prev else "") or "")
+        with self._read() as con:
+            prev = con.execute(sa.select(versions).where(versions.c.image_id == r["id"],
+                                                         versions.c.version == r["version"] - 1)).mappings().first()
+        prev = dict(prev) if prev else {}
+        return self.record(rel_path, prev.get("status", "unlabelled"), self._mask_of(prev), who=who,
+                           model=prev.get("model") or "", uncertainty=prev.get("uncertainty"),
+                           lesion_score=prev.get("lesion_score"), support_key=prev.get("support_key") or "",
+                           note="undo")
 
     def history(self, rel_path: str) -> list[dict]:
         r = self.row(rel_path)
-        con = self._connect()
-        try:
-            return [dict(v) for v in con.execute("SELECT * FROM versions WHERE image_id=? ORDER BY version", (r["id"],))]
-        finally:
-            con.close()
+        with self._read() as con:
+            return [dict(v) for v in con.execute(sa.select(versions).where(versions.c.image_id == r["id"])
+                                                 .order_by(versions.c.version)).mappings()]
 
     # ------------------------------------------------------------------ supports
     def promote(self, rel_path: str) -> None:
@@ -383,18 +415,30 @@ class ProjectStore:
         if r["status"] not in ("accepted", "corrected"):
             raise DataError(f"{rel_path}: only an accepted or corrected image can become a support")
         with self._tx() as con:
-            con.execute("INSERT OR IGNORE INTO supports (rel_path, added) VALUES (?, ?)", (rel_path, time.time()))
+            have = con.execute(sa.select(supports.c.id).where(supports.c.project_id == self.project_id,
+                                                              supports.c.rel_path == rel_path)).first()
+            if have is None:
+                con.execute(supports.insert().values(project_id=self.project_id, rel_path=rel_path,
+                                                     added=time.time()))
 
     def project_supports(self) -> list[str]:
-        con = self._connect()
-        try:
-            return [r["rel_path"] for r in con.execute("SELECT rel_path FROM supports ORDER BY id")]
-        finally:
-            con.close()
+        with self._read() as con:
+            return [r[0] for r in con.execute(sa.select(supports.c.rel_path).where(
+                supports.c.project_id == self.project_id).order_by(supports.c.id))]
 
     def counts(self) -> dict[str, int]:
-        con = self._connect()
-        try:
-            return {r["status"]: r["n"] for r in con.execute("SELECT status, COUNT(*) AS n FROM images GROUP BY status")}
-        finally:
-            con.close()
+        with self._read() as con:
+            return {r.status: r.n for r in con.execute(
+                sa.select(images.c.status, sa.func.count().label("n")).where(self._images())
+                .group_by(images.c.status))}
+
+
+def in_overlap(rel_path: str, share: float) -> bool:
+    """Whether an image belongs to the overlap sample (labelled by two annotators): a fixed hash of its name,
+    so every process and every re-run agrees."""
+    import hashlib
+
+    if share <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(rel_path.encode()).digest()[:8], "big") / 2 ** 64
+    return h < share
