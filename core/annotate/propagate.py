@@ -139,24 +139,28 @@ def _export_image(store: ProjectStore, rel_path: str, out: Path):
     return stem, dst, (height, width), {}
 
 
-def export(store: ProjectStore, out_dir: str | Path, statuses=DONE, dicom_seg: bool = False) -> dict:
+def export(store: ProjectStore, out_dir: str | Path, statuses=DONE, dicom_seg: bool = False,
+           reviewed_only: bool = False, annotator: str | None = None) -> dict:
     """Masks (PNG at each image's size) for images with `statuses`, a CSV manifest, COCO JSON (polygons
     from OpenCV contours), laid out as images/ + masks/ so that `train-seg --images-dir/--masks-dir`
     trains on it directly (images are linked, or copied where links are impossible; DICOM frames are
-    written as PNG). dicom_seg=True also writes a DICOM SEG per DICOM source (de-identified; highdicom)."""
+    written as PNG). dicom_seg=True also writes a DICOM SEG per DICOM source (de-identified; highdicom).
+    reviewed_only: only decisions a reviewer approved; annotator: only that person's decisions. The manifest
+    records who decided each mask and who reviewed it."""
     import cv2
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
-    rows = store.rows(statuses)
+    rows = store.rows(statuses, reviewed_only=reviewed_only, annotator=annotator)
     coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "lesion"}],
             "info": {"project": store.name, "exported": time.strftime("%Y-%m-%dT%H:%M:%S")}}
     seg_sources: dict[str, list] = {}
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["file", "status", "lesion_area_px", "lesion_area_mm2", "longest_diameter_px",
-                    "longest_diameter_mm", "study_key", "uncertainty", "lesion_score", "who", "when"])
+                    "longest_diameter_mm", "study_key", "uncertainty", "lesion_score", "who", "when", "review",
+                    "reviewer"])
         left_out = {}
         for i, r in enumerate(rows, 1):
             try:
@@ -173,7 +177,8 @@ def export(store: ProjectStore, out_dir: str | Path, statuses=DONE, dicom_seg: b
                         _num(size["diameter_mm"]), info.get("study_key", ""),
                         "" if r["uncertainty"] is None else f"{r['uncertainty']:.4f}",
                         "" if r["lesion_score"] is None else f"{r['lesion_score']:.4f}", r["who"] or "",
-                        time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r["updated"] or 0))])
+                        time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r["updated"] or 0)),
+                        r.get("review") or "", r.get("reviewer") or ""])
             if dicom_seg and "study_key" in info:
                 seg_sources.setdefault(split_frame(r["rel_path"])[0].as_posix(), []).append(
                     (split_frame(r["rel_path"])[1], mask))

@@ -1,0 +1,156 @@
+"""Team projects on both engines: members and roles, leases (one image to one annotator at a time), a
+reviewer's pass, the overlap sample's agreement report, the event log, export filters."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.annotate.propagate import export
+from core.annotate.store import ProjectStore, StaleDecision, project_names
+from core.data.io import DataError
+from core.phantom import make_phantom
+
+
+@pytest.fixture
+def folder(tmp_path):
+    d = tmp_path / "data" / "scans"
+    d.mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(make_phantom(i, size=(40, 50)).image).save(d / f"img{i}.png")
+    return d
+
+
+def team(tmp_path, folder, db_url, **roles):
+    """The owner's store with the folder added and `roles` (user -> role) as members."""
+    owner = ProjectStore(tmp_path / "out", "team", db_url=db_url, user="olga")
+    owner.add_folder(folder)
+    for user, role in roles.items():
+        owner.add_member(user, role)
+    return owner
+
+
+def as_user(tmp_path, db_url, user):
+    return ProjectStore(tmp_path / "out", "team", db_url=db_url, user=user, create=False)
+
+
+def square(k=0):
+    m = np.zeros((40, 50), bool)
+    m[5 + k:20 + k, 10:30] = True
+    return m
+
+
+def test_members_roles_and_who_sees_what(tmp_path, folder, db_url):
+    owner = team(tmp_path, folder, db_url, ann="annotator", rev="reviewer")
+    assert owner.members() == {"ann": "annotator", "olga": "owner", "rev": "reviewer"}
+    with pytest.raises(DataError, match="not a member"):
+        as_user(tmp_path, db_url, "mallory")
+    ann = as_user(tmp_path, db_url, "ann")
+    with pytest.raises(DataError, match="needs an owner"):
+        ann.add_member("mallory", "owner")
+    with pytest.raises(DataError, match="needs a reviewer"):
+        ann.review("img0.png", "approve")
+    if db_url:   # a server database: each user sees the projects they belong to, and nothing else
+        ProjectStore(tmp_path / "out", "private", db_url=db_url, user="someone")
+        assert project_names(tmp_path / "out", db_url=db_url, user="ann") == ["team"]
+        assert project_names(tmp_path / "out", db_url=db_url, user="someone") == ["private"]
+        assert project_names(tmp_path / "out", db_url=db_url) == ["private", "team"]   # the local admin
+    assert [e["action"] for e in owner.events()] == ["member"] * 3
+
+
+def test_two_annotators_never_hold_the_same_image(tmp_path, folder, db_url):
+    team(tmp_path, folder, db_url, a="annotator", b="annotator")
+    stores = {u: as_user(tmp_path, db_url, u) for u in ("a", "b")}
+    got, errors = {"a": [], "b": []}, []
+
+    def work(user):
+        s = stores[user]
+        try:
+            while (r := s.claim()) is not None:
+                got[user].append(r["rel_path"])
+                time.sleep(0.05)          # a person looks at the image
+                s.decide(r["rel_path"], "no lesion", r["id"], r["version"])
+        except Exception as exc:    # counted below
+            errors.append(exc)
+
+    ts = [threading.Thread(target=work, args=(u,)) for u in stores]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    assert sorted(got["a"] + got["b"]) == [f"img{i}.png" for i in range(8)], "each image to exactly one"
+    assert got["a"] and got["b"], "both worked"
+    assert {e["who"] for e in stores["a"].events() if e["action"] == "no lesion"} == {"a", "b"}
+
+
+def test_an_expired_lease_is_taken_over_and_the_late_decision_refused(tmp_path, folder, db_url):
+    team(tmp_path, folder, db_url, a="annotator", b="annotator")
+    a, b = as_user(tmp_path, db_url, "a"), as_user(tmp_path, db_url, "b")
+    first = a.claim(lease_s=0.3)
+    assert first["lease_holder"] == "a" and first["lease_until"] > time.time()
+    assert b.claim()["rel_path"] != first["rel_path"], "held: b gets another image"
+    with pytest.raises(StaleDecision, match="held by a"):
+        b.decide(first["rel_path"], "no lesion", first["id"], first["version"])
+    time.sleep(0.4)
+    b.release(b.leases()[0]["rel_path"] if b.leases()[0]["holder"] == "b" else b.leases()[1]["rel_path"])
+    taken = b.claim()
+    assert taken["rel_path"] == first["rel_path"], "the expired lease is taken over"
+    assert any(x["holder"] == "a" and x["expired"] is False for x in a.leases()) is False
+    with pytest.raises(StaleDecision, match="held by b now"):
+        a.decide(first["rel_path"], "no lesion", first["id"], first["version"])
+    assert a.row(first["rel_path"])["status"] == "unlabelled", "the late decision wrote nothing"
+    with pytest.raises(StaleDecision, match="held by b"):
+        a.renew(first["rel_path"])
+    b.decide(taken["rel_path"], "no lesion", taken["id"], taken["version"])
+    assert a.row(first["rel_path"])["who"] == "b"
+
+
+def test_a_reviewer_sends_a_decision_back_and_the_annotator_sees_it(tmp_path, folder, db_url):
+    team(tmp_path, folder, db_url, ann="annotator", rev="reviewer")
+    ann, rev = as_user(tmp_path, db_url, "ann"), as_user(tmp_path, db_url, "rev")
+    r = ann.claim()
+    ann.decide(r["rel_path"], "correct", r["id"], r["version"], mask=square())
+    with pytest.raises(DataError, match="say why"):
+        rev.review(r["rel_path"], "send back")
+    assert [p["rel_path"] for p in rev.review_pending()] == [r["rel_path"]]
+    rev.review(r["rel_path"], "send back", "the margin misses the posterior shadow", seen_version=1)
+    back = ann.sent_back()
+    assert back == [{"rel_path": r["rel_path"], "review_note": "the margin misses the posterior shadow",
+                     "reviewer": "rev", "version": 1}]
+    again = ann.claim()
+    assert again["rel_path"] == r["rel_path"], "sent back comes first"
+    ann.decide(again["rel_path"], "correct", again["id"], again["version"], mask=square(3))
+    assert ann.sent_back() == [] and rev.review_pending()[0]["rel_path"] == r["rel_path"]
+    rev.review(r["rel_path"], "approve")
+    progress = rev.progress()
+    assert progress["ann"]["decided"] == 1 and progress["ann"]["approved"] == 1
+    actions = [e["action"] for e in rev.events(r["rel_path"])]
+    assert actions == ["corrected", "review send back", "corrected", "review approve"]
+    out = export(rev, tmp_path / "ex", reviewed_only=True)
+    assert out["exported"] == 1
+    import csv
+    row = next(csv.DictReader(open(tmp_path / "ex" / "manifest.csv")))
+    assert row["who"] == "ann" and row["reviewer"] == "rev" and row["review"] == "approved"
+    assert export(rev, tmp_path / "ex2", annotator="nobody")["exported"] == 0
+
+
+def test_the_overlap_sample_is_labelled_twice_and_compared(tmp_path, folder, db_url):
+    owner = team(tmp_path, folder, db_url, a="annotator", b="annotator")
+    n = owner.set_overlap(0.5)
+    assert 0 < n < 8
+    a, b = as_user(tmp_path, db_url, "a"), as_user(tmp_path, db_url, "b")
+    for s, k in ((a, 0), (b, 2)):
+        while (r := s.claim()) is not None:
+            s.decide(r["rel_path"], "correct", r["id"], r["version"], mask=square(k))
+    rep = owner.agreement()
+    assert rep["images"] == n, "every overlap image was labelled by both"
+    expected = 2 * (13 * 20) / (15 * 20 * 2)       # two 15-row squares shifted by 2 rows
+    assert rep["per_pair"]["a / b"]["n"] == n
+    assert rep["per_pair"]["a / b"]["mean_dice"] == pytest.approx(expected)
+    overlap = {r["rel_path"] for r in owner.rows() if r["overlap"]}
+    assert {p["rel_path"] for p in rep["per_image"]} == overlap
+    assert all(r["version"] == 1 for r in owner.rows()), "a second opinion never replaces the first decision"
