@@ -123,7 +123,8 @@ def db_url(request):
 # test kinds (pytest -m): `server` launches the Gradio app, `browser` drives Chromium, `slow` runs the CLI
 # in subprocesses or trains; `pytest -m "not slow and not server and not browser"` is the fast subset
 _MODULE_MARKS = {"test_webapp.py": ("server",), "test_webapp_hardening.py": ("server",),
-                 "test_webapp_annotate.py": ("server",), "test_webapp_browser.py": ("server", "browser"),
+                 "test_webapp_annotate.py": ("server",),
+                 "test_webapp_team.py": ("server",), "test_webapp_browser.py": ("server", "browser"),
                  "test_webapp_annotate_browser.py": ("server", "browser"), "test_cli.py": ("slow",),
                  "test_cli_dicom.py": ("slow",), "test_training_ddp.py": ("slow",), "test_training.py": ("slow",)}
 

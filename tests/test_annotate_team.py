@@ -154,3 +154,88 @@ def test_the_overlap_sample_is_labelled_twice_and_compared(tmp_path, folder, db_
     overlap = {r["rel_path"] for r in owner.rows() if r["overlap"]}
     assert {p["rel_path"] for p in rep["per_image"]} == overlap
     assert all(r["version"] == 1 for r in owner.rows()), "a second opinion never replaces the first decision"
+
+
+def _cli_setup(tmp_path, n, size=(40, 50)):
+    from tests.conftest import save_tiny_panet
+
+    d = tmp_path / f"scans{n}"
+    d.mkdir()
+    for i in range(n):
+        Image.fromarray(make_phantom(i, size=size).image).save(d / f"img{i:03d}.png")
+    save_tiny_panet(tmp_path, image_size=128)
+    s = make_phantom(99)
+    Image.fromarray(s.image).save(tmp_path / "s.png")
+    Image.fromarray(s.mask.astype(np.uint8) * 255).save(tmp_path / "sm.png")
+    return d
+
+
+def _cli(tmp_path, *args):
+    import sys
+
+    from tests.conftest import ROOT
+    return [sys.executable, "-m", "core", *args, "--output", str(tmp_path / "out")], ROOT
+
+
+def _annotate_cmd(tmp_path, images, project, url):
+    return _cli(tmp_path, "annotate", "--images", str(images), "--support", str(tmp_path / "s.png"),
+                str(tmp_path / "sm.png"), "--project", project, "--checkpoint", str(tmp_path / "p"), "--db", url)
+
+
+@pytest.mark.slow
+def test_annotate_and_export_on_postgresql_two_runs_at_once(tmp_path, postgres):
+    """12 images in, 12 masks out; two `annotate` runs at once into two projects of one database."""
+    import json
+    import subprocess
+
+    url = postgres.new_database()
+    images = _cli_setup(tmp_path, 12)
+    procs = [subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd, cwd in (_annotate_cmd(tmp_path, images, p, url) for p in ("one", "two"))]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+        assert json.loads(out[out.index("{"):])["status"] == {"predicted": 12}
+    cmd, cwd = _cli(tmp_path, "export", "--project", "one", "--out", str(tmp_path / "ex"), "--all", "--db", url)
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "ex" / "masks").glob("*_mask.png"))) == 12
+    assert not (tmp_path / "out" / "projects").exists() or not list((tmp_path / "out" / "projects").rglob("*.sqlite"))
+
+
+@pytest.mark.slow
+def test_kill_9_during_annotate_on_postgresql_then_again(tmp_path, postgres):
+    """kill -9 in the middle of `annotate` of 30 images, then the same command: it completes, and the export
+    holds each image exactly once."""
+    import csv
+    import os
+    import signal
+    import subprocess
+
+    import psycopg
+
+    url = postgres.new_database()
+    images = _cli_setup(tmp_path, 30, size=(200, 260))
+    cmd, cwd = _annotate_cmd(tmp_path, images, "k", url)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, n = time.time() + 300, 0
+    while time.time() < deadline and n < 3:
+        try:
+            with psycopg.connect(url) as con:
+                n = con.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
+        except psycopg.Error:
+            pass           # the schema is not there yet
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with psycopg.connect(url) as con:
+        landed = con.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
+    assert 3 <= landed < 30, "killed in the middle"
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cmd, cwd = _cli(tmp_path, "export", "--project", "k", "--out", str(tmp_path / "ex"), "--all", "--db", url)
+    assert subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600).returncode == 0
+    files = [row["file"] for row in csv.DictReader(open(tmp_path / "ex" / "manifest.csv"))]
+    assert sorted(files) == [f"img{i:03d}.png" for i in range(30)], "each image exactly once"
+    with psycopg.connect(url) as con:
+        assert con.execute("SELECT COUNT(*) FROM versions").fetchone()[0] == 30, "no image predicted twice"

@@ -23,18 +23,39 @@ def open_project(ctx: AppContext, name: str, owner: str) -> ProjectStore:
     if ctx.config.data_dir is None:
         raise UserError("no data folder configured: start the app with --data DIR (the folder to annotate)")
     try:
-        store = ProjectStore(ctx.config.output_dir, name, namespace=ctx.project_namespace(owner))
+        if ctx.config.db_url:      # a team server: projects are shared by membership among signed-in users
+            store = ProjectStore(ctx.config.output_dir, name, db_url=ctx.config.db_url, user=team_user(owner))
+        else:
+            store = ProjectStore(ctx.config.output_dir, name, namespace=ctx.project_namespace(owner))
         store.add_folder(ctx.config.data_dir, ctx.config.data_dir)
     except DataError as exc:
         raise UserError(str(exc)) from exc
     return store
 
 
+def team_user(owner: str) -> str | None:
+    """The member name a page acts as on a team server: the signed-in user (None: the single local user,
+    who owns every project). A browser without sign-in cannot join a team."""
+    from .context import LOCAL_USER
+
+    if owner == LOCAL_USER:
+        return None
+    if owner.startswith("user:"):
+        return owner[5:]
+    raise UserError("team projects need sign-in: start the app with --auth-file (name:password lines)")
+
+
 def status_text(store: ProjectStore) -> str:
     c = store.counts()
     total = sum(c.values())
     parts = ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
-    return f"**Project {store.name}**: {total} images ({parts}); supports promoted: {len(store.project_supports())}."
+    text = f"**Project {store.name}**: {total} images ({parts}); supports promoted: {len(store.project_supports())}."
+    progress = store.progress() if store.user is not None or store.server else {}
+    if progress:
+        text += " Per annotator: " + "; ".join(
+            f"{who or 'local'} {p['decided']} decided ({p['approved']} approved, {p['sent_back']} sent back, "
+            f"{p['opinions']} overlap opinions{', holding 1' if p['holding'] else ''})" for who, p in progress.items()) + "."
+    return text
 
 
 def presence_decision(ctx):
@@ -89,7 +110,11 @@ def run_propagation(ctx: AppContext, store: ProjectStore, checkpoint_name, suppo
 
 
 def next_image(store: ProjectStore, after: str | None = None) -> str | None:
-    """The first image of the review queue (the most uncertain), `after` excluded."""
+    """The first image of the review queue (the most uncertain), `after` excluded. A signed-in member gets
+    the next image nobody else holds, leased to them (sent back to them first)."""
+    if store.user is not None:
+        r = store.claim(exclude=after)
+        return r["rel_path"] if r else None
     q = [r["rel_path"] for r in store.review_queue() if r["rel_path"] != after]
     return q[0] if q else None
 
@@ -131,6 +156,12 @@ def view(store: ProjectStore, rel_path: str | None, who: str = "") -> ReviewView
                                                                    else " (below the threshold: no lesion predicted)")
     if mask is None and r["status"] in ("unlabelled", "skipped"):
         unc += "; no prediction yet: propagate, correct with the brush, or choose No lesion"
+    if r["lease_holder"] and store.user is not None:
+        import time
+        unc += (f"; held by {r['lease_holder']} until {time.strftime('%H:%M:%S', time.localtime(r['lease_until']))}"
+                " (renewed by each Next)")
+    if r["review"] == "sent back":
+        unc += f"; **sent back by {r['reviewer']}**: {r['review_note']}"
     return ReviewView(rel_path, overlay(small, m, 0.4),
                       f"**{rel_path}**: {r['status']}{unc} (version {r['version']}).{note}",
                       f"{r['id']}:{r['version']}", small, m)
@@ -152,7 +183,7 @@ def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, t
     at the size the image was shown)."""
     if not rel_path:
         raise UserError("open a project and pick an image first")
-    who = owner_tag(owner)
+    who = store.user or owner_tag(owner)
     try:
         if action in ("accept", "no lesion", "skip", "correct"):
             image_id, version = parse_token(token)

@@ -68,6 +68,10 @@ class AppConfig:
     # is the same user, who owns every project, saved checkpoint and job it made (the CLI's projects too)
     single_user: bool = False
     promptable: bool = True              # boxes and clicks through LiteMedSAM when it is installed
+    # a team server database (postgresql://...): projects are shared by membership among signed-in users
+    # and every app process on it agrees; None: each project is a SQLite file under output_dir
+    db_url: str | None = None
+    lease_s: float = 300.0               # how long a team member holds an image before another may take it
 
 
 def owner_tag(owner: str) -> str:
@@ -469,6 +473,8 @@ def config_from_env(**overrides) -> AppConfig:
         data_dir=Path(env_data) if env_data else default_data_dir(),
         checkpoints_dir=Path(os.environ.get("PANET_CHECKPOINTS", ROOT / "checkpoints")),
         output_dir=Path(os.environ.get("PANET_OUTPUT", ROOT / "outputs")),
+        db_url=os.environ.get("PANET_DB") or None,
+        lease_s=float(os.environ.get("PANET_LEASE_S", 300)),
     )
     for k, v in overrides.items():
         if v is not None:

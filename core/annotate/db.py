@@ -90,6 +90,11 @@ opinions = sa.Table(
     sa.Column("at", sa.Float, nullable=False),
     sa.UniqueConstraint("image_id", "who", name="uq_opinions_image_who"))
 
+def plain(row) -> dict:
+    """A result row as a dict of plain str keys (SQLAlchemy's are a str subclass that JSON encoders refuse)."""
+    return {str(k): v for k, v in row.items()}
+
+
 _engines: dict[str, sa.Engine] = {}
 _lock = threading.Lock()
 

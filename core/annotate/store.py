@@ -15,7 +15,6 @@ Team work (members and roles, leases, reviews, overlap opinions, the event log) 
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -31,12 +30,10 @@ from ..data.dicom import frame_refs
 from ..data.io import IMAGE_SUFFIXES, DataError
 from ..io import inside as _inside
 from . import db
-from .db import events, images, projects, supports, versions
+from .db import events, images, plain, projects, supports, versions
+from .records import DONE, QUEUE, STATUSES, StaleDecision, from_png, in_overlap, png_bytes  # noqa: F401 (re-exported)
 from .team import TeamMixin
 
-STATUSES = ("unlabelled", "predicted", "accepted", "corrected", "no lesion", "skipped", "unreadable")
-DONE = ("accepted", "corrected", "no lesion")       # a person decided: propagation leaves these alone
-QUEUE = ("predicted", "skipped", "unlabelled")       # awaiting a person's decision
 
 
 class StoreError(DataError):
@@ -71,21 +68,6 @@ def safe_project_name(name: str) -> str:
     if not slug:
         raise DataError("a project needs a name (letters, digits, _ or -)")
     return slug
-
-
-class StaleDecision(DataError):
-    """A decision for an image that is not the one named, that changed since the person saw it, or that
-    another annotator now holds."""
-
-
-def png_bytes(mask: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def from_png(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data))) > 0
 
 
 def project_dir(output_dir: str | Path, name: str, namespace: str | None = None) -> Path:
@@ -268,7 +250,7 @@ class ProjectStore(TeamMixin):
         q = q.order_by(images.c.rel_path) if order == "rel_path" else q.order_by(
             images.c.uncertainty.is_(None), images.c.uncertainty.desc(), images.c.rel_path)
         with self._read() as con:
-            return [dict(r) for r in con.execute(q).mappings()]
+            return [plain(r) for r in con.execute(q).mappings()]
 
     def row(self, rel_path: str, con=None) -> dict:
         q = sa.select(images).where(self._images(), images.c.rel_path == rel_path)
@@ -279,7 +261,7 @@ class ProjectStore(TeamMixin):
                 r = c.execute(q).mappings().first()
         if r is None:
             raise DataError(f"{rel_path}: not in project {self.name}")
-        return dict(r)
+        return plain(r)
 
     def review_queue(self) -> list[dict]:
         """Images awaiting a person's decision, the most uncertain first."""
@@ -333,7 +315,7 @@ class ProjectStore(TeamMixin):
         with self._read() as con:
             v = con.execute(sa.select(versions).where(versions.c.image_id == r["id"],
                                                       versions.c.version == r["version"])).mappings().first()
-        return dict(v) if v else {"status": r["status"], "mask_file": None, "mask_png": None, "version": 0}
+        return plain(v) if v else {"status": r["status"], "mask_file": None, "mask_png": None, "version": 0}
 
     def _mask_of(self, v: dict | None) -> np.ndarray | None:
         if not v:
@@ -396,7 +378,7 @@ class ProjectStore(TeamMixin):
         with self._read() as con:
             prev = con.execute(sa.select(versions).where(versions.c.image_id == r["id"],
                                                          versions.c.version == r["version"] - 1)).mappings().first()
-        prev = dict(prev) if prev else {}
+        prev = plain(prev) if prev else {}
         return self.record(rel_path, prev.get("status", "unlabelled"), self._mask_of(prev), who=who,
                            model=prev.get("model") or "", uncertainty=prev.get("uncertainty"),
                            lesion_score=prev.get("lesion_score"), support_key=prev.get("support_key") or "",
@@ -405,7 +387,7 @@ class ProjectStore(TeamMixin):
     def history(self, rel_path: str) -> list[dict]:
         r = self.row(rel_path)
         with self._read() as con:
-            return [dict(v) for v in con.execute(sa.select(versions).where(versions.c.image_id == r["id"])
+            return [plain(v) for v in con.execute(sa.select(versions).where(versions.c.image_id == r["id"])
                                                  .order_by(versions.c.version)).mappings()]
 
     # ------------------------------------------------------------------ supports
@@ -432,13 +414,3 @@ class ProjectStore(TeamMixin):
                 sa.select(images.c.status, sa.func.count().label("n")).where(self._images())
                 .group_by(images.c.status))}
 
-
-def in_overlap(rel_path: str, share: float) -> bool:
-    """Whether an image belongs to the overlap sample (labelled by two annotators): a fixed hash of its name,
-    so every process and every re-run agrees."""
-    import hashlib
-
-    if share <= 0:
-        return False
-    h = int.from_bytes(hashlib.sha256(rel_path.encode()).digest()[:8], "big") / 2 ** 64
-    return h < share

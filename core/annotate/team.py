@@ -15,7 +15,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from ..data.io import DataError
-from .db import events, images, members, opinions
+from .db import events, images, members, opinions, plain
+from .records import DONE, QUEUE, StaleDecision, from_png, in_overlap, png_bytes
 
 ROLES = ("annotator", "reviewer", "owner")
 LEASE_S = 300.0
@@ -64,7 +65,6 @@ class TeamMixin:
     def set_overlap(self, share: float) -> int:
         """The share of images (0-1) two annotators label independently (for the agreement report)."""
         from .db import projects
-        from .store import in_overlap
 
         if not 0 <= share <= 1:
             raise DataError("the overlap share is between 0 and 1")
@@ -88,7 +88,7 @@ class TeamMixin:
         if rel_path is not None:
             q = q.where(images.c.rel_path == rel_path)
         with self._read() as con:
-            return [dict(r) for r in con.execute(q.order_by(events.c.id)).mappings()]
+            return [plain(r) for r in con.execute(q.order_by(events.c.id)).mappings()]
 
     # ------------------------------------------------------------------ leases
     def _free_for(self, user: str, now: float):
@@ -97,7 +97,6 @@ class TeamMixin:
     def _wanted(self, user: str, now: float):
         """Images this annotator should see, in order: sent back to them, awaiting a first decision, and the
         overlap sample's images another annotator decided and they have not."""
-        from .store import DONE, QUEUE
 
         mine = sa.select(opinions.c.id).where(opinions.c.image_id == images.c.id, opinions.c.who == user).exists()
         n_opinions = sa.select(sa.func.count()).where(opinions.c.image_id == images.c.id).scalar_subquery()
@@ -109,18 +108,21 @@ class TeamMixin:
             base.where(images.c.overlap.is_(True), images.c.status.in_(DONE), images.c.who != user, ~mine,
                        n_opinions < 2).order_by(images.c.rel_path)]
 
-    def claim(self, user: str | None = None, lease_s: float = LEASE_S) -> dict | None:
+    def claim(self, user: str | None = None, lease_s: float = LEASE_S, exclude: str | None = None) -> dict | None:
         """The next image for `user` that nobody else holds, leased to them for `lease_s` seconds (the image
-        they already hold, renewed, if it still waits for them). Their other leases end. None: nothing left."""
+        they already hold, renewed, if it still waits for them; `exclude`: not this one, e.g. just skipped).
+        Their other leases end. None: nothing left."""
         self._require("annotator")
         user = user or self.user or ""
         now = time.time()
         with self._tx() as con:
             candidates = []
             for q in self._wanted(user, now):
-                candidates += [dict(r) for r in con.execute(q.limit(25)).mappings()]
+                candidates += [plain(r) for r in con.execute(q.limit(25)).mappings()]
             candidates.sort(key=lambda r: r["lease_holder"] != user or (r["lease_until"] or 0) < now)  # held first
             for r in candidates:
+                if r["rel_path"] == exclude:
+                    continue
                 got = con.execute(images.update().where(images.c.id == r["id"], self._free_for(user, now))
                                   .values(lease_holder=user, lease_until=now + lease_s)).rowcount
                 if got == 1:
@@ -159,7 +161,6 @@ class TeamMixin:
                  "expired": (r.lease_until or 0) < now} for r in rows]
 
     def _check_decision(self, cur: dict, rel_path: str, seen_version: int, who: str) -> None:
-        from .store import StaleDecision
 
         if cur["lease_holder"] not in (None, who) and (cur["lease_until"] or 0) >= time.time():
             raise _held(rel_path, cur)
@@ -169,7 +170,6 @@ class TeamMixin:
 
     # ------------------------------------------------------------------ overlap opinions
     def _second_opinion(self, rel_path: str, who: str) -> bool:
-        from .store import DONE
 
         r = self.row(rel_path)
         if not (r["overlap"] and r["status"] in DONE and who and r["who"] and r["who"] != who):
@@ -181,7 +181,6 @@ class TeamMixin:
     def give_opinion(self, rel_path: str, status: str, mask, who: str, image_id: int, seen_version: int) -> int:
         """A second annotator's decision on an overlap image: kept for the agreement report; the image's
         current mask (the first decision) stays. Returns the image's version (unchanged)."""
-        from .store import StaleDecision, png_bytes
 
         png = png_bytes(mask) if mask is not None else None
         with self._tx() as con:
@@ -203,7 +202,6 @@ class TeamMixin:
         opinions agree fully: Dice 1)."""
         from itertools import combinations
 
-        from .store import from_png
 
         q = (sa.select(images.c.rel_path, opinions.c.who, opinions.c.mask_png)
              .select_from(opinions.join(images, images.c.id == opinions.c.image_id))
@@ -227,7 +225,6 @@ class TeamMixin:
     def review(self, rel_path: str, verdict: str, note: str = "", seen_version: int | None = None) -> None:
         """A reviewer approves an annotator's decision, or sends it back with a note (it returns to the top of
         that annotator's queue)."""
-        from .store import DONE, StaleDecision
 
         if verdict not in ("approve", "send back"):
             raise DataError("a review approves or sends back")
@@ -253,23 +250,21 @@ class TeamMixin:
         """What reviewers sent back to `user`, with their notes."""
         user = user or self.user or ""
         with self._read() as con:
-            return [dict(r) for r in con.execute(
+            return [plain(r) for r in con.execute(
                 sa.select(images.c.rel_path, images.c.review_note, images.c.reviewer, images.c.version)
                 .where(self._images(), images.c.review == "sent back", images.c.who == user)
                 .order_by(images.c.updated)).mappings()]
 
     def review_pending(self) -> list[dict]:
         """Decisions no reviewer has looked at (or that came back corrected), oldest first."""
-        from .store import DONE
 
         with self._read() as con:
-            return [dict(r) for r in con.execute(
+            return [plain(r) for r in con.execute(
                 sa.select(images).where(self._images(), images.c.status.in_(DONE), images.c.review.is_(None))
                 .order_by(images.c.updated)).mappings()]
 
     def progress(self) -> dict[str, dict]:
         """Per annotator: images decided (current decisions), approved, sent back, overlap opinions, holding."""
-        from .store import DONE
 
         out: dict[str, dict] = {}
         with self._read() as con:
@@ -292,7 +287,6 @@ class TeamMixin:
 
 
 def _held(rel_path: str, cur: dict):
-    from .store import StaleDecision
 
     left = max(0, (cur["lease_until"] or 0) - time.time())
     return StaleDecision(f"{rel_path} is held by {cur['lease_holder']} now (their lease ends in {left:.0f} s; yours "

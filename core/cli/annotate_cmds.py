@@ -11,6 +11,20 @@ def _output(args) -> Path:
     return Path(args.output or os.environ.get("PANET_OUTPUT") or Path(__file__).resolve().parents[2] / "outputs")
 
 
+def _db_args(p) -> None:
+    p.add_argument("--db", default=os.environ.get("PANET_DB") or None,
+                   help="a team server database, postgresql://user@host:port/db (default $PANET_DB; unset: the "
+                        "project's own SQLite file under --output)")
+    p.add_argument("--user", default=os.environ.get("PANET_USER") or None,
+                   help="who acts (a member of the project; default $PANET_USER; unset: the single local user)")
+
+
+def _store(args, create: bool = True):
+    from ..annotate.store import ProjectStore
+
+    return ProjectStore(_output(args), args.project, db_url=args.db, user=args.user, create=create)
+
+
 def register(sub) -> None:
     p = sub.add_parser("annotate", help="propagate 1-5 supports over a folder of images into an annotation project")
     p.add_argument("--images", required=True, help="folder of images (read in place, never modified)")
@@ -33,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--cls-model", dest="cls_model", default=None,
                    help="with --no-lesion: the lesion probe checkpoint (default: the shipped classifier)")
     p.add_argument("--report", default=None, help="JSON of the run's speed (docs/results_propagation.json renders results.md)")
+    _db_args(p)
     p.set_defaults(func=annotate_cmd)
 
     p = sub.add_parser("export", help="an annotation project as images/ + masks/ + manifest.csv + COCO JSON")
@@ -42,7 +57,24 @@ def register(sub) -> None:
     p.add_argument("--all", action="store_true", help="also images no person has decided on (predicted masks)")
     p.add_argument("--dicom-seg", dest="dicom_seg", action="store_true",
                    help="also a DICOM SEG per single-frame DICOM source (de-identified, references the source)")
+    p.add_argument("--reviewed-only", dest="reviewed_only", action="store_true",
+                   help="only decisions a reviewer approved")
+    p.add_argument("--annotator", default=None, help="only this annotator's decisions")
+    _db_args(p)
     p.set_defaults(func=export_cmd)
+
+    p = sub.add_parser("team", help="a team project: members and roles, the overlap share, progress, agreement, "
+                                    "the event log")
+    p.add_argument("--project", required=True)
+    p.add_argument("--output", default=None, help="the app's output folder (default $PANET_OUTPUT or ./outputs)")
+    p.add_argument("--add", nargs=2, action="append", metavar=("NAME", "ROLE"), default=[],
+                   help="add a member: ROLE is annotator, reviewer or owner (repeatable; the owner's right)")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="share of images (0-1) two annotators label independently, for the agreement report")
+    p.add_argument("--agreement", action="store_true", help="Dice between annotators on the overlap sample")
+    p.add_argument("--events", action="store_true", help="the append-only log of decisions and reviews")
+    _db_args(p)
+    p.set_defaults(func=team_cmd)
 
     p = sub.add_parser("evaluate-uncertainty", help="does the review queue's uncertainty score rank errors? "
                                                     "(BUSI test: Spearman with 1 - Dice)")
@@ -57,12 +89,11 @@ def annotate_cmd(args) -> int:
     from tqdm import tqdm
 
     from ..annotate.propagate import propagate
-    from ..annotate.store import ProjectStore
     from ..device import pick_device
     from ..inference import FewShotSegmenter
     from .fewshot_cmds import default_checkpoint
 
-    store = ProjectStore(_output(args), args.project)
+    store = _store(args)
     new = store.add_folder(args.images, args.data_root)
     ck = args.checkpoint or str(default_checkpoint())
     seg = FewShotSegmenter(ck, str(pick_device(args.device)))
@@ -90,7 +121,8 @@ def annotate_cmd(args) -> int:
         from ..inference import presence_check
         presence = presence_check(args.cls_model, device=str(pick_device(args.device)))
     summary = propagate(store, seg, supports, key, Path(ck).name, on_progress=tick, delineate_with=sam,
-                        presence=presence, temporal=args.temporal)
+                        presence=presence, temporal=args.temporal,
+                        **({"who": f"propagation ({args.user})"} if args.user else {}))
     bar.close()
     if args.report:
         import sys
@@ -108,12 +140,9 @@ def annotate_cmd(args) -> int:
 
 def export_cmd(args) -> int:
     from ..annotate.propagate import export
-    from ..annotate.store import DONE, STATUSES, ProjectStore
+    from ..annotate.store import DONE, STATUSES
 
-    store_dir = _output(args) / "projects"
-    if not (store_dir / args.project / "project.sqlite").exists():
-        raise FileNotFoundError(f"no project named {args.project}")
-    store = ProjectStore(_output(args), args.project)
+    store = _store(args, create=False)
     wanted = tuple(st for st in STATUSES if st != "unreadable") if args.all else DONE
     left = {st: n for st, n in store.counts().items() if st not in wanted}
     if left:
@@ -121,7 +150,24 @@ def export_cmd(args) -> int:
         note = "" if args.all else (": only images a person decided on are exported; --all also exports the "
                                     "predicted masks no person has checked")
         print(f"{sum(left.values())} image(s) left out ({why}){note}", file=sys.stderr)
-    print(json.dumps(export(store, args.out, wanted, dicom_seg=args.dicom_seg), indent=2))
+    print(json.dumps(export(store, args.out, wanted, dicom_seg=args.dicom_seg, reviewed_only=args.reviewed_only,
+                            annotator=args.annotator), indent=2))
+    return 0
+
+
+def team_cmd(args) -> int:
+    store = _store(args, create=bool(args.add))
+    for name, role in args.add:
+        store.add_member(name, role)
+    out = {"project": store.name, "members": store.members(), "progress": store.progress(),
+           "leases": store.leases(), "status": store.counts()}
+    if args.overlap is not None:
+        out["overlap_images"] = store.set_overlap(args.overlap)
+    if args.agreement:
+        out["agreement"] = store.agreement()
+    if args.events:
+        out["events"] = store.events()
+    print(json.dumps(out, indent=2, default=str))
     return 0
 
 
