@@ -70,8 +70,12 @@ def test_propagate_review_and_export(annot_app, tmp_path):
         names = z.namelist()
     assert "ward_7/manifest.csv" in names and "ward_7/annotations.json" in names
     assert sum(n.startswith("ward_7/masks/") and n.endswith("_mask.png") for n in names) == 2
-    store_masks = list((ctx.config.output_dir / "projects").rglob("ward_7/masks/*.png"))
-    assert store_masks and all(np.asarray(Image.open(p)).ndim == 2 for p in store_masks)
+    from core.annotate.store import ProjectStore
+    stores = [ProjectStore(ctx.config.output_dir, "ward_7", namespace=p.parent.parent.name)
+              for p in (ctx.config.output_dir / "projects").rglob("ward_7/project.sqlite")]
+    store = next(s for s in stores if "accepted" in s.counts())      # this client's (the other's has none)
+    decided = [r["rel_path"] for r in store.rows(("accepted",))]
+    assert decided and all(store.mask(r).ndim == 2 for r in decided)
 
 
 def test_accept_without_a_prediction_is_refused_and_saves_nothing(annot_app):
@@ -177,3 +181,22 @@ def test_one_odd_dicom_in_the_data_folder_never_blocks_open(tmp_path):
     v = annotate.view(store, "odd.dcm")
     assert v.rel_path != "odd.dcm"
     assert "odd DICOM header" in store.unreadable()["odd.dcm"]
+
+
+def test_the_reviewers_pass_approves_or_sends_back_the_decision_shown(annot_app):
+    from gradio_client.exceptions import AppError
+
+    client, files, ctx = annot_app
+    set_supports(client, [support_editor(files, 1)])
+    client.predict("review pass", api_name="/annotate_open")
+    _, _, shown, token = client.predict("tiny_panet", False, api_name="/annotate_propagate")
+    decide(client, "accept", token)
+    which, img, text, _ = client.predict(api_name="/review_next")
+    name = shown.split("**")[1]
+    assert which == f"{name} @ 2" and img is not None and "accepted" in text
+    with pytest.raises(AppError, match="say why"):
+        client.predict(which, "", api_name="/review_send_back")
+    which2, _, text2, _ = client.predict(which, "the margin is cut", api_name="/review_send_back")
+    assert which2 == "" and "Nothing waits for review" in text2
+    with pytest.raises(AppError, match="not in project"):
+        client.predict("other.png @ 9", "", api_name="/review_approve")

@@ -8,6 +8,9 @@ import time
 from types import SimpleNamespace
 
 import gradio as gr
+import numpy as np
+
+from core.data.io import DataError
 
 from .. import annotate, canvas, handlers, jobs, shortcuts
 from ..context import owner_tag
@@ -58,6 +61,16 @@ def layout(ctx, link) -> SimpleNamespace:
     c.accept, c.no_lesion, c.skip, c.back, c.next, c.undo, c.save = (gr.Button(visible=False) for _ in range(7))
     c.editor = editor("Correct the mask of the image under review", 300, elem_id="review-editor", visible=False)
     gr.Markdown(shortcuts.HELP_MD, elem_id="review-shortcuts")
+    with gr.Accordion("Reviewer's pass (team projects: approve or send back an annotator's decision)", open=False):
+        with gr.Row():
+            c.rv_next = gr.Button("Next decision to review", size="sm", scale=0, min_width=200)
+            c.rv_which = gr.Textbox(label="Under review (image @ version)", interactive=False, scale=2)
+        c.rv_img = gr.Image(type="numpy", format="jpeg", interactive=False, show_label=False, height=320)
+        c.rv_text = gr.Markdown()
+        c.rv_note = gr.Textbox(label="Note to the annotator (needed to send back)", lines=2)
+        with gr.Row():
+            c.rv_approve = gr.Button("Approve", variant="primary", size="sm")
+            c.rv_back = gr.Button("Send back", variant="stop", size="sm")
     with gr.Row():
         c.export = gr.Button("Export (masks, manifest, COCO)", size="sm", scale=0, min_width=220)
         c.export_file = gr.File(label="Exported project (zip)", interactive=False)
@@ -154,6 +167,8 @@ def _next_shown(store, sess: Session, action: str, target):
     if action == "undo":
         sess.last_decided = None
         return target
+    if action == "skip" and store.user is not None:      # a team member: the next image leased to them
+        return annotate.next_image(store, after=target)
     if action == "skip":
         return next((r["rel_path"] for r in store.review_queue() if r["status"] != "skipped"
                      and r["rel_path"] != target), None)
@@ -226,6 +241,40 @@ def server_functions(ctx, link: canvas.PageLink) -> list:
     return [decide]
 
 
+def review_next(ctx, sess: Session, request: gr.Request):
+    """The oldest decision nobody reviewed (not one of the reviewer's own), with its mask."""
+    from core.data.io import read_image
+    from core.visual import overlay
+
+    store = store_of(ctx, sess, request)
+    me = store.user
+    pending = [r for r in store.review_pending() if me is None or r["who"] != me]
+    if not pending:
+        return "", None, "Nothing waits for review. " + annotate.status_text(store), ""
+    r = pending[0]
+    img = read_image(store.image_path(r["rel_path"]))
+    mask = store.mask(r["rel_path"])
+    small, _ = handlers.display_size(img)
+    m = handlers.resize_mask(mask, small.shape[:2]) if mask is not None else np.zeros(small.shape[:2], bool)
+    text = (f"**{r['rel_path']}**: {r['status']} by {r['who'] or 'local'} (version {r['version']}); "
+            f"{len(pending) - 1} more waiting.")
+    return f"{r['rel_path']} @ {r['version']}", overlay(small, m, 0.4), text, ""
+
+
+def review_verdict(ctx, verdict: str, sess: Session, which: str, note: str, request: gr.Request):
+    """Approve or send back exactly the decision shown (its version travels with the verdict)."""
+    rel_path, _, version = (which or "").rpartition(" @ ")
+    if not rel_path or not version.isdigit():
+        raise UserError("press Next decision to review first")
+    store = store_of(ctx, sess, request)
+    try:
+        store.review(rel_path, verdict, note or "", seen_version=int(version))
+    except DataError as exc:
+        raise UserError(str(exc)) from exc
+    gr.Info(f"{rel_path}: {'approved' if verdict == 'approve' else 'sent back to its annotator'}")
+    return review_next(ctx, sess, request)
+
+
 def use_promoted(ctx, sess: Session, request: gr.Request):
     pairs = annotate.promoted_supports(store_of(ctx, sess, request))
     if not pairs:
@@ -279,3 +328,14 @@ def build(ctx, shared: Shared) -> None:
     c.use_promoted.click(bind(ctx, use_promoted), s, shared.editors + [s, shared.supports_md],
                          api_name="annotate_use_promoted")
     c.export.click(bind(ctx, export), s, c.export_file, api_name="annotate_export")
+    shown = [c.rv_which, c.rv_img, c.rv_text, c.rv_note]
+    c.rv_next.click(bind(ctx, review_next), s, shown, api_name="review_next")
+    for btn, verdict in ((c.rv_approve, "approve"), (c.rv_back, "send back")):
+        btn.click(bind(ctx, _verdict(verdict)), [s, c.rv_which, c.rv_note], shown,
+                  api_name="review_" + verdict.replace(" ", "_"))
+
+
+def _verdict(verdict: str):
+    def fn(ctx, sess: Session, which, note, request: gr.Request):
+        return review_verdict(ctx, verdict, sess, which, note, request)
+    return fn
