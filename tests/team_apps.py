@@ -51,6 +51,7 @@ class App:
     """One app process: started at once, `wait()` until it answers, `stop()`."""
 
     def __init__(self, db_url: str, data: Path, output: Path, lease_s: float = 300, log: Path | None = None):
+        self.db_url, self.output = db_url, output
         auth = output / "users.txt"
         output.mkdir(parents=True, exist_ok=True)
         auth.write_text("".join(f"{u}:{PASSWORD}\n" for u in USERS))

@@ -42,6 +42,23 @@ def _square(k=0):
     return m
 
 
+def test_members_see_their_projects_and_only_the_owner_adds_members(apps):
+    from gradio_client.exceptions import AppError
+
+    owner, ann = apps[0].client("olga"), apps[1].client("ann9")
+    assert owner.predict(api_name="/team_projects") == ["lease", "overlap", "review", "study"]
+    with pytest.raises(AppError, match="needs an owner"):
+        ann.predict("study", "ann10", "reviewer", api_name="/team_add_member")
+    members = owner.predict("study", "ann10", "reviewer", api_name="/team_add_member")
+    assert members["ann10"] == "reviewer"
+    from core.annotate.store import ProjectStore
+    ProjectStore(apps[0].output, "solo", db_url=apps[0].db_url, user="ann2")       # ann2's own project
+    assert "solo" in apps[1].client("ann2").predict(api_name="/team_projects")
+    assert "solo" not in apps[1].client("ann1").predict(api_name="/team_projects")
+    with pytest.raises(AppError, match="not a member"):
+        apps[0].client("ann1").predict("solo", api_name="/team_claim")
+
+
 def test_two_annotators_in_two_processes_never_hold_the_same_image(apps):
     a, b = apps[0].client("ann1"), apps[1].client("ann2")
     seen = []

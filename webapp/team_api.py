@@ -104,5 +104,21 @@ def register(ctx: AppContext) -> None:
         """Dice between annotators on the overlap sample (per image, per pair, overall)."""
         return _store(ctx, project, request).agreement()
 
-    for fn in (team_claim, team_decide, team_review, team_sent_back, team_status, team_agreement):
+    @_refused
+    def team_projects(request: gr.Request) -> list:
+        """The projects you are a member of."""
+        from core.annotate.store import project_names
+        from .events import owner
+
+        return project_names(ctx.config.output_dir, db_url=ctx.config.db_url, user=team_user(owner(ctx, request)))
+
+    @_refused
+    def team_add_member(project: str, user: str, role: str, request: gr.Request) -> dict:
+        """The owner adds a member by sign-in name: annotator, reviewer or owner."""
+        s = _store(ctx, project, request)
+        s.add_member(user, role)
+        return s.members()
+
+    for fn in (team_claim, team_decide, team_review, team_sent_back, team_status, team_agreement, team_projects,
+               team_add_member):
         gr.api(fn, api_name=fn.__name__, concurrency_limit=8, concurrency_id="team")
