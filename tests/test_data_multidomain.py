@@ -83,3 +83,35 @@ def test_busi_frames_of_one_lesion_share_a_group_and_a_part():
     parts, groups = apply_manual_links({"train": ["a", "b"], "test": ["c", "d"]}, {"a": 0, "b": 1, "c": 2, "d": 2},
                                        links=(("a", "c"),))
     assert parts == {"train": ["a", "b", "c", "d"], "test": []} and groups["c"] == groups["d"] == 0
+
+
+def test_frames_of_one_video_link_and_a_scene_change_cuts(tmp_path):
+    """Issue 29: frame-numbered sets (CVC-ClinicDB) group consecutive frames of one video; a clear scene
+    change between two frames is where one video ends."""
+    from core.data.discover import discover
+    from core.data.multidomain import sequence_links
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    scenes = {1: (200, 80, 60), 2: (40, 120, 200)}      # two videos: reddish, then bluish
+    for fid in (3, 4, 6, 7, 9, 12, 13, 15):
+        base = np.array(scenes[1 if fid < 10 else 2], float)
+        img = np.clip(base + rng.normal(0, 12, (48, 64, 3)) + fid, 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(tmp_path / "images" / f"{fid}.png")
+        Image.fromarray((np.arange(48 * 64).reshape(48, 64) % 7 == 0).astype(np.uint8) * 255).save(
+            tmp_path / "masks" / f"{fid}_mask.png")
+    samples = discover(tmp_path).samples
+    ids = [int(Path(s.rel_path).stem) for s in samples]
+    linked = {tuple(sorted((ids[a], ids[b]))) for a, b in sequence_links(samples)}
+    assert linked == {(3, 4), (4, 6), (6, 7), (7, 9), (12, 13), (13, 15)}, "one cut, between 9 and 12"
+
+
+def test_committed_cvc_split_never_puts_frames_of_one_run_in_two_parts():
+    split = load_multidomain_split()["sets"]["cvc_clinicdb_polyp"]
+    assert "consecutive frames of one video" in split["grouping"]
+    part = {p: name for name in ("train", "val", "test") for p in split[name]}
+    order = sorted(part, key=lambda p: int(Path(p).stem))
+    changes = [(a, b) for a, b in zip(order, order[1:]) if part[a] != part[b]]
+    assert all(split["groups"][a] != split["groups"][b] for a, b in changes), "a part boundary inside a group"
+    assert len(changes) <= 12, "the parts are a few runs of whole videos, not interleaved frames"

@@ -62,8 +62,43 @@ def _components(n: int, pairs) -> list[int]:
     return _union_find(n, pairs)
 
 
-def group_set(samples: list[Sample], id_groups: dict[str, str], progress: bool = True) -> tuple[list[int], str]:
-    """Group ids per sample: published groups joined with near-duplicate links.
+# Sets whose image ids are frame numbers of videos: consecutive frames of one video are one group. The
+# source publishes no frame -> video table, so videos are found where the picture changes abruptly between
+# consecutive frames, and only the clearest changes count (colour-histogram intersection < 0.5 or pixel
+# correlation < 0.45 of 64/32 px copies): several videos may share a group (stricter), one video is never cut.
+FRAME_SEQUENCE_SETS = {"cvc_clinicdb_polyp": "frames of 29 colonoscopy videos, ids are frame numbers"}
+SCENE_CUT = (0.5, 0.45)
+
+
+def _frame_signature(path) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+        small = np.asarray(rgb.resize((32, 32)), float).ravel()
+        hist_img = np.asarray(rgb.resize((64, 64)))
+    small -= small.mean()
+    hist = np.concatenate([np.histogram(hist_img[..., c], bins=16, range=(0, 256))[0] for c in range(3)]).astype(float)
+    return small / (np.linalg.norm(small) + 1e-9), hist / hist.sum()
+
+
+def sequence_links(samples: list[Sample]) -> list[tuple[int, int]]:
+    """Links between consecutive frames (by numeric id) unless the scene changes clearly between them."""
+    order = sorted(range(len(samples)), key=lambda i: int(Path(samples[i].rel_path).stem))
+    sig = {i: _frame_signature(samples[i].image_path) for i in order}
+    links = []
+    for a, b in zip(order, order[1:]):
+        corr = float(sig[a][0] @ sig[b][0])
+        shared = float(np.minimum(sig[a][1], sig[b][1]).sum())
+        if not (shared < SCENE_CUT[0] or corr < SCENE_CUT[1]):
+            links.append((a, b))
+    return links
+
+
+def group_set(samples: list[Sample], id_groups: dict[str, str], progress: bool = True,
+              frames: bool = False) -> tuple[list[int], str]:
+    """Group ids per sample: published groups joined with near-duplicate links (and, for `frames`, runs of
+    consecutive frames of one video: see FRAME_SEQUENCE_SETS).
 
     Returns (groups, how) where `how` says which tests linked images."""
     from .dedup import group_near_duplicates, image_signatures
@@ -80,15 +115,19 @@ def group_set(samples: list[Sample], id_groups: dict[str, str], progress: bool =
     thumbs, embs = image_signatures(samples, progress=progress)
     # BUSI's threshold first; on homogeneous sets (every fetal head looks alike) the feature test can
     # chain unrelated images into one giant group: then a stricter cosine, then pixels only
+    seq = sequence_links(samples) if frames else []
+    seq_how = (" + runs of consecutive frames of one video (cut only at clear scene changes: histogram "
+               f"intersection < {SCENE_CUT[0]} or pixel correlation < {SCENE_CUT[1]})") if frames else ""
     for min_cosine in (0.93, 0.96, 0.98):
         dup = group_near_duplicates(thumbs, embs, min_cosine=min_cosine)
         both = _components(len(samples), pairs + [(a, b) for a, b, _, _ in dup.links])
         if np.bincount(both).max() <= MAX_COMPONENT_SHARE * len(samples):
-            return both, f"published groups + near-duplicate links (pixels, or feature cosine > {min_cosine})"
+            both = _components(len(samples), pairs + seq + [(a, b) for a, b, _, _ in dup.links])
+            return both, f"published groups + near-duplicate links (pixels, or feature cosine > {min_cosine})" + seq_how
     pixel_links = [(a, b) for a, b, reason, _ in dup.links if reason == "pixels"]
-    both = _components(len(samples), pairs + pixel_links)
+    both = _components(len(samples), pairs + seq + pixel_links)
     how = ("published groups + near-duplicate links (pixels only: the feature test chained more than "
-           f"{MAX_COMPONENT_SHARE:.0%} of this set into one group even at cosine 0.98)")
+           f"{MAX_COMPONENT_SHARE:.0%} of this set into one group even at cosine 0.98)") + seq_how
     return both, how
 
 
@@ -100,7 +139,7 @@ def make_multidomain_split(root: str | Path, seed: int = 0, names: list[str] | N
     doc = {"seed": seed, "fractions": "70/10/20 by group", "sets": {}}
     for name in names or list_sets(root):
         samples = set_samples(root, name)
-        groups, how = group_set(samples, read_groups(root / name), progress)
+        groups, how = group_set(samples, read_groups(root / name), progress, frames=name in FRAME_SEQUENCE_SETS)
         parts = split_groups(samples, groups, seed)
         doc["sets"][name] = {"n_images": len(samples), "n_groups": len(set(groups)), "grouping": how, **parts,
                              "groups": {s.rel_path: int(g) for s, g in zip(samples, groups)}}
