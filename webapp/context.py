@@ -34,26 +34,15 @@ import numpy as np
 
 from core.io import inside
 from core import checkpoint
-from core.data.dataset import load_pair
-from core.data.discover import Sample, discover
 from core.data.io import DataError
 from core.inference import FewShotSegmenter, SupervisedPipeline
 from core.phantom import demo_set
 
+from .gallery import GalleryItem
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
-GALLERY_LIMIT = 48  # data-folder images shown in the gallery
-
-
-@dataclass
-class GalleryItem:
-    key: str                 # "demo:3" or "data:benign/benign (1).png"
-    caption: str
-    image: np.ndarray | None = None   # loaded lazily for data items
-    mask: np.ndarray | None = None
-    sample: Sample | None = None
-    in_training_split: bool = False
 
 
 @dataclass
@@ -184,62 +173,19 @@ class AppContext:
         install, a folder of their own otherwise."""
         return None if owner == LOCAL_USER else owner_tag(owner)
 
-    # ------------------------------------------------------------------ data folder
+    # ------------------------------------------------------------------ data folder (webapp/gallery.py)
     def _index_data(self, root: Path) -> None:
-        from core.data.split import DEFAULT_SPLIT_FILE, load_split
-
-        found = discover(root)
-        train_names: set[str] = set()
-        samples = found.samples
-        try:
-            doc = load_split(DEFAULT_SPLIT_FILE)
-            if {s.rel_path for s in samples} & set(doc["test"]):
-                train_names = set(doc["train"]) | set(doc["val"])
-                # show held-out images first: Dice shown on them is honest
-                samples = [s for s in samples if s.rel_path in set(doc["test"])] + \
-                          [s for s in samples if s.rel_path not in set(doc["test"])]
-        except DataError:
-            pass
-        # interleave classes so that the gallery shows benign, malignant and normal images
-        by_label: dict[str, list[Sample]] = {}
-        for s in samples:
-            by_label.setdefault(s.label or "", []).append(s)
-        order = [s for group in zip(*by_label.values()) for s in group] if len(by_label) > 1 else samples
-        for s in order[:GALLERY_LIMIT]:
-            key = f"data:{s.rel_path}"
-            tag = " (training image)" if s.rel_path in train_names else ""
-            self.gallery[key] = GalleryItem(key, f"{s.rel_path}{tag}", sample=s,
-                                            in_training_split=s.rel_path in train_names)
-        self.data_message = (f"Data folder: {Path(found.root).name} ({len(found.samples)} images; gallery shows "
-                             f"{min(GALLERY_LIMIT, len(order))}, held-out test images first)")
+        from . import gallery
+        self.data_message = gallery.index_data(self.gallery, root)
 
     def item(self, key: str) -> GalleryItem:
-        if key not in self.gallery:
-            raise DataError(f"unknown gallery item {key!r}")
-        it = self.gallery[key]
-        if it.image is None and it.sample is not None:
-            if not inside(it.sample.image_path, self.config.data_dir):
-                raise DataError("refusing to read outside the data folder")
-            it.image, it.mask = load_pair(it.sample)
-        return it
+        from . import gallery
+        return gallery.item(self.gallery, key, self.config.data_dir)
 
     def thumbnails(self) -> list[tuple[str, np.ndarray, str]]:
         """(key, thumbnail, caption) of every gallery item that can be read; unreadable ones are dropped."""
-        from core.visual import overlay
-        import cv2
-
-        out = []
-        for key, it in list(self.gallery.items()):
-            try:
-                full = self.item(key)
-            except DataError as exc:
-                log.warning("gallery: skipped %s (%s)", key, exc)
-                del self.gallery[key]
-                continue
-            img = overlay(full.image, full.mask, 0.3) if full.mask is not None and full.mask.any() else full.image
-            scale = 160 / max(img.shape[:2])
-            out.append((key, cv2.resize(img, (int(img.shape[1] * scale), int(img.shape[0] * scale))), it.caption))
-        return out
+        from . import gallery
+        return gallery.thumbnails(self.gallery, self.config.data_dir)
 
     # ------------------------------------------------------------------ folders
     @property
