@@ -343,3 +343,54 @@ def test_a_dicom_query_is_read_cropped_and_measured_in_mm_without_its_tags(app):
     bad.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 40)
     with pytest.raises(Exception, match="query image"):
         client.predict("tiny_panet", handle_file(str(bad)), 0.5, 0.4, False, api_name="/segment")
+
+
+def test_the_readme_script_example_runs_as_written(app, tmp_path, monkeypatch):
+    """Issue 26: the README's gradio_client example, run against the app (only its URL is this test's)."""
+    import re
+
+    client, _, _ = app
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- script-api-example -->\s*```python\n(.*?)```", readme, re.S).group(1)
+    assert 'Client("http://127.0.0.1:7860/")' in code
+    code = code.replace("http://127.0.0.1:7860/", client.src)
+    s, q = make_phantom(1), make_phantom(7, size=(150, 210))
+    Image.fromarray(s.image).save(tmp_path / "S.png")
+    Image.fromarray(s.mask.astype(np.uint8) * 255).save(tmp_path / "S_mask.png")
+    Image.fromarray(q.image).save(tmp_path / "Q.png")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    mask = np.asarray(Image.open(tmp_path / "Q_mask.png")) > 0
+    assert mask.shape == (150, 210) and mask.any()
+
+
+def test_the_script_api_checks_its_input_before_decoding(app, tmp_path):
+    import base64
+    import io
+    import struct
+    import zlib
+
+    from gradio_client.exceptions import AppError
+
+    client, _, _ = app
+
+    def b64(arr):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    s = make_phantom(2)
+    img, mask = b64(s.image), b64(s.mask.astype(np.uint8) * 255)
+    call = lambda *a: client.predict(*a, api_name="/segment_image")
+    with pytest.raises(AppError, match="1-5 support images and as many masks"):
+        call([img, img], [mask], img, "", 0.5)
+    with pytest.raises(AppError, match="not base64"):
+        call([img], [mask], "%%%", "", 0.5)
+    with pytest.raises(AppError, match="mask is"):
+        call([img], [b64(np.zeros((10, 10), np.uint8) + 255)], img, "", 0.5)
+    # a PNG whose header claims 5000 x 5000 px: refused from the header, nothing decoded
+    ihdr = struct.pack(">IIBBBBB", 5000, 5000, 8, 0, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+    with pytest.raises(AppError, match="too large"):
+        call([img], [mask], base64.b64encode(bomb).decode(), "", 0.5)

@@ -84,6 +84,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         # the menu lists this user's saved checkpoints whenever it is opened (also after a reload)
         ckpt.focus(bind(ctx, refresh_checkpoints), ckpt, ckpt, api_name=False, show_progress="hidden")
         demo.unload(bind(ctx, forget))
+        from . import script_api
+        script_api.register(ctx)
         if ctx.config.db_url:
             from . import team_api
             team_api.register(ctx)
