@@ -153,11 +153,15 @@ def register_auto(sub) -> None:
     p.add_argument("--shots", type=int, default=5)
     p.add_argument("--episodes", type=int, default=100, help="queries per set and part")
     p.add_argument("--out", default=None, help="JSON (docs/results_auto.json also renders docs/results.md)")
+    p.add_argument("--match-weights", dest="match_weights", nargs="*", type=float, default=[],
+                   help="also few-shot matching in LiteMedSAM's feature space (issue 29), fused with PANet++'s map "
+                        "at these weights of the LiteMedSAM-space map (1 = that map alone)")
     p.set_defaults(func=evaluate_auto_cmd)
 
 
-def _auto_records(seg, sam, qset, shots, n, seed, progress=True):
-    """Per query: PANet++'s Dice, LiteMedSAM's candidate (its Dice, predicted IoU, agreement), image side."""
+def _auto_records(seg, sam, qset, shots, n, seed, progress=True, match_weights=()):
+    """Per query: PANet++'s Dice, LiteMedSAM's candidate (its Dice, predicted IoU, agreement), image side;
+    with `match_weights`, the LiteMedSAM-space match at each weight (its prompted mask and its map's mask)."""
     from tqdm import tqdm
 
     from ..delineate import auto_candidate
@@ -167,11 +171,42 @@ def _auto_records(seg, sam, qset, shots, n, seed, progress=True):
     out = []
     for q, supports in tqdm(query_jobs(qset, shots, n, seed), desc="auto", disable=not progress):
         image, truth = qset.images[q], qset.masks[q]
-        pm = seg.predict(image, supports, heatmaps=False).mask
+        res = seg.predict(image, supports, heatmaps=False)
+        pm = res.mask
         cand = auto_candidate(sam, image, pm)
         side = _original_side(qset.samples[q], image)
         out.append({"panet": float(dice(pm, truth)), "sam": float(dice(cand[0], truth)) if cand else None,
                     "iou": cand[1] if cand else None, "agree": cand[2] if cand else None, "side": int(side)})
+        for w in match_weights:
+            from ..models.sam_match import match_and_prompt
+            m = match_and_prompt(sam, image, supports, res.probability, weight=w)
+            out[-1][f"match_{w:g}"] = float(dice(m.mask, truth))
+            out[-1][f"map_{w:g}"] = float(dice(m.map_mask, truth))
+            out[-1][f"match_iou_{w:g}"], out[-1][f"match_agree_{w:g}"] = m.iou, m.agreement
+            b = match_and_prompt(sam, image, supports, res.probability, weight=w, points=False)
+            out[-1][f"matchbox_{w:g}"] = float(dice(b.mask, truth))
+            out[-1][f"matchbox_iou_{w:g}"], out[-1][f"matchbox_agree_{w:g}"] = b.iou, b.agreement
+    return out
+
+
+def _match_columns(records, rule, weights) -> dict:
+    """Mean Dice of the LiteMedSAM-space match per weight: its prompted mask always, its map's mask, and the
+    prompted mask only where the shipped rule trusts it (else the current automatic mask)."""
+    import numpy as np
+
+    out = {}
+    for w in weights:
+        k = f"{w:g}"
+        out[f"match_{k}"] = float(np.mean([r[f"match_{k}"] for r in records]))
+        out[f"map_{k}"] = float(np.mean([r[f"map_{k}"] for r in records]))
+        current = [r["sam"] if _redrawn(r, rule) else r["panet"] for r in records]
+        trusted = [r[f"match_{k}"] if r[f"match_iou_{k}"] is not None and rule.trusts(
+            r[f"match_iou_{k}"], r[f"match_agree_{k}"], r["side"]) else c for r, c in zip(records, current)]
+        out[f"match_rule_{k}"] = float(np.mean(trusted))
+        out[f"matchbox_{k}"] = float(np.mean([r[f"matchbox_{k}"] for r in records]))
+        boxed = [r[f"matchbox_{k}"] if r[f"matchbox_iou_{k}"] is not None and rule.trusts(
+            r[f"matchbox_iou_{k}"], r[f"matchbox_agree_{k}"], r["side"]) else c for r, c in zip(records, current)]
+        out[f"matchbox_rule_{k}"] = float(np.mean(boxed))
     return out
 
 
@@ -232,12 +267,13 @@ def evaluate_auto_cmd(args) -> int:
 
     ck = args.checkpoint or str(default_checkpoint())
     seg = FewShotSegmenter(ck)
-    sam = PromptableSegmenter(cache_size=16)
+    sam = PromptableSegmenter(cache_size=96)      # supports recur across episodes: each embedding once
     busi = split_sets(_data_dir(args.data), ("val", "test"), seg.size)
     md = default_multidomain_dir() if args.sets else None
     parts = {part: {"BUSI": busi[part], **{n: domain_set(md, n, part, seg.size) for n in args.sets}}
              for part in ("val", "test")}
-    recs = {part: {name: _auto_records(seg, sam, qs, args.shots, args.episodes, seed=11 if part == "val" else 12)
+    recs = {part: {name: _auto_records(seg, sam, qs, args.shots, args.episodes, seed=11 if part == "val" else 12,
+                                       match_weights=args.match_weights)
                    for name, qs in sets.items()} for part, sets in parts.items()}
     rule, _ = choose_rule(recs["val"])
     rows = []
@@ -248,7 +284,8 @@ def evaluate_auto_cmd(args) -> int:
                          "litemedsam_always": float(np.mean([r["sam"] if r["sam"] is not None else r["panet"]
                                                              for r in rs])),
                          "fused": _score(rs, rule), "share_redrawn": float(np.mean(used)),
-                         "litemedsam_may_have_seen": name in MAYBE_SEEN_BY_LITEMEDSAM})
+                         "litemedsam_may_have_seen": name in MAYBE_SEEN_BY_LITEMEDSAM,
+                         **_match_columns(rs, rule, args.match_weights)})
             r = rows[-1]
             print(f"{name} {part}: PANet++ {r['panet']:.3f}, LiteMedSAM always {r['litemedsam_always']:.3f}, "
                   f"fused {r['fused']:.3f} ({r['share_redrawn']:.0%} redrawn)", flush=True)
