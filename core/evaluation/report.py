@@ -199,6 +199,7 @@ def render() -> Path:
     L += _delineate_section(_load("results_delineate.json"), _load("selection_delineate_val.json"),
                             _load("results_promptable_latency.json"))
     L += _auto_section(_load("results_auto.json"))
+    L += _auto_match_section(_load("results_auto_match.json"))
     L += _integrity_section(_load("results_integrity.json"))
     L += _lesion_probe_section(_load("lesion_probe.json"), _load("lesion_probe_first_read.json"),
                                _load("lesion_probe_default_choice.json"), _load("results_lesion_probe_pipeline.json"))
@@ -665,6 +666,51 @@ def _auto_section(a) -> list[str]:
         seen = " (may be in LiteMedSAM's training data)" if x.get("litemedsam_may_have_seen") else ""
         L.append(f"| {x['set']}{seen} | {x['part']} | {_f(x['panet'])} | {_f(x['litemedsam_always'])} | "
                  f"{_f(x['fused'])} | {_f(x['share_redrawn'], 2)} |")
+    return L + [""]
+
+
+def choose_match_variant(rows: list[dict]) -> tuple[str | None, dict]:
+    """Issue 29's rule for a new automatic default, on the **val** rows only: among the LiteMedSAM-space
+    variants, the one with the best mean val Dice, provided it beats the shipped rule ('fused') on the mean and
+    no val set loses more than 0.01 against it. Returns (variant or None, {variant: (mean, worst loss)})."""
+    val = [r for r in rows if r["part"] == "val"]
+    variants = [k for k in val[0] if k.startswith(("match", "map_"))
+                and not k.startswith(("match_iou", "match_agree", "matchbox_iou", "matchbox_agree"))] if val else []
+    base = sum(r["fused"] for r in val) / max(1, len(val))
+    stats = {v: (sum(r[v] for r in val) / len(val), max(r["fused"] - r[v] for r in val)) for v in variants}
+    ok = [v for v, (mean, loss) in stats.items() if mean > base and loss <= 0.01]
+    return (max(ok, key=lambda v: stats[v][0]) if ok else None), stats
+
+
+def _auto_match_section(a) -> list[str]:
+    if not a or not any(k.startswith("match_") for k in a["rows"][0]):
+        return []
+    chosen, stats = choose_match_variant(a["rows"])
+    variants = list(stats)
+    names = {"match": "box + points, candidate by agreement", "matchbox": "box only", "map": "the map's own mask",
+             "match_rule": "box + points where the shipped rule trusts it", "matchbox_rule": "box where trusted"}
+    legend = "; ".join(f"`{v}`: {names[v.rsplit('_', 1)[0]]}, LiteMedSAM-space weight {v.rsplit('_', 1)[1]}"
+                       for v in variants)
+    L = ["", "### Few-shot matching in LiteMedSAM's feature space (issue 29)", "",
+         f"Reproduce: `{a['command']}`. Same episodes as above. Support prototypes on LiteMedSAM's embeddings "
+         "(each support's foreground mean and 2 foreground clusters; 4 background clusters), a cosine map on the "
+         "query's embedding, fused with PANet++'s map (weight w of the LiteMedSAM-space map); from the fused map's "
+         "largest component a box, a positive point (its peak) and a negative point (the map's minimum) prompt "
+         f"LiteMedSAM. Variants: {legend}. The rule for a new default, on the val parts only: the best val mean, "
+         "if it beats the shipped rule's mean and no val set loses more than 0.01 against it. Chosen: "
+         f"**{chosen or 'none: the shipped rule stays'}**.", "",
+         "| set | part | PANet++ | shipped rule | " + " | ".join(variants) + " |",
+         "|---|---|---|---|" + "---|" * len(variants)]
+    for x in a["rows"]:
+        L.append(f"| {x['set']} | {x['part']} | {_f(x['panet'])} | {_f(x['fused'])} | "
+                 + " | ".join(_f(x[v]) for v in variants) + " |")
+    for part in ("val", "test"):
+        rows = [x for x in a["rows"] if x["part"] == part]
+        held = [x for x in rows if not x.get("litemedsam_may_have_seen") and x["set"] != "BUSI"]
+        if held:
+            L.append(f"| mean of the {len(held)} sets LiteMedSAM never saw | {part} | "
+                     f"{_f(sum(x['panet'] for x in held) / len(held))} | {_f(sum(x['fused'] for x in held) / len(held))} | "
+                     + " | ".join(_f(sum(x[v] for x in held) / len(held)) for v in variants) + " |")
     return L + [""]
 
 
