@@ -156,10 +156,13 @@ def register_auto(sub) -> None:
     p.add_argument("--match-weights", dest="match_weights", nargs="*", type=float, default=[],
                    help="also few-shot matching in LiteMedSAM's feature space (issue 29), fused with PANet++'s map "
                         "at these weights of the LiteMedSAM-space map (1 = that map alone)")
+    p.add_argument("--loo-weight", dest="loo_weight", type=float, default=None,
+                   help="also the per-episode choice between the shipped mask and the LiteMedSAM-space match at this "
+                        "weight, decided by leave-one-out among the supports (issue 29)")
     p.set_defaults(func=evaluate_auto_cmd)
 
 
-def _auto_records(seg, sam, qset, shots, n, seed, progress=True, match_weights=()):
+def _auto_records(seg, sam, qset, shots, n, seed, progress=True, match_weights=(), loo_weight=None):
     """Per query: PANet++'s Dice, LiteMedSAM's candidate (its Dice, predicted IoU, agreement), image side;
     with `match_weights`, the LiteMedSAM-space match at each weight (its prompted mask and its map's mask)."""
     from tqdm import tqdm
@@ -186,6 +189,13 @@ def _auto_records(seg, sam, qset, shots, n, seed, progress=True, match_weights=(
             b = match_and_prompt(sam, image, supports, res.probability, weight=w, points=False)
             out[-1][f"matchbox_{w:g}"] = float(dice(b.mask, truth))
             out[-1][f"matchbox_iou_{w:g}"], out[-1][f"matchbox_agree_{w:g}"] = b.iou, b.agreement
+        if loo_weight is not None:
+            from ..delineate import AutoRule
+            from ..models.sam_match import automatic_variants, choose_by_supports
+            pick, _ = choose_by_supports(seg, sam, supports, AutoRule(), loo_weight)
+            out[-1]["loo"] = float(dice(automatic_variants(seg, sam, image, supports, AutoRule(), loo_weight)[pick],
+                                        truth))
+            out[-1]["loo_picked_match"] = pick == "matched"
     return out
 
 
@@ -273,7 +283,7 @@ def evaluate_auto_cmd(args) -> int:
     parts = {part: {"BUSI": busi[part], **{n: domain_set(md, n, part, seg.size) for n in args.sets}}
              for part in ("val", "test")}
     recs = {part: {name: _auto_records(seg, sam, qs, args.shots, args.episodes, seed=11 if part == "val" else 12,
-                                       match_weights=args.match_weights)
+                                       match_weights=args.match_weights, loo_weight=args.loo_weight)
                    for name, qs in sets.items()} for part, sets in parts.items()}
     rule, _ = choose_rule(recs["val"])
     rows = []
@@ -285,7 +295,10 @@ def evaluate_auto_cmd(args) -> int:
                                                              for r in rs])),
                          "fused": _score(rs, rule), "share_redrawn": float(np.mean(used)),
                          "litemedsam_may_have_seen": name in MAYBE_SEEN_BY_LITEMEDSAM,
-                         **_match_columns(rs, rule, args.match_weights)})
+                         **_match_columns(rs, rule, args.match_weights),
+                         **({"loo": float(np.mean([r["loo"] for r in rs])),
+                             "share_loo_picked_match": float(np.mean([r["loo_picked_match"] for r in rs]))}
+                            if args.loo_weight is not None else {})})
             r = rows[-1]
             print(f"{name} {part}: PANet++ {r['panet']:.3f}, LiteMedSAM always {r['litemedsam_always']:.3f}, "
                   f"fused {r['fused']:.3f} ({r['share_redrawn']:.0%} redrawn)", flush=True)

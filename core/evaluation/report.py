@@ -200,6 +200,7 @@ def render() -> Path:
                             _load("results_promptable_latency.json"))
     L += _auto_section(_load("results_auto.json"))
     L += _auto_match_section(_load("results_auto_match.json"))
+    L += _auto_loo_section(_load("results_auto_loo.json"))
     L += _integrity_section(_load("results_integrity.json"))
     L += _lesion_probe_section(_load("lesion_probe.json"), _load("lesion_probe_first_read.json"),
                                _load("lesion_probe_default_choice.json"), _load("results_lesion_probe_pipeline.json"))
@@ -721,6 +722,31 @@ def _auto_match_section(a) -> list[str]:
             L.append(f"| mean of the {len(held)} sets LiteMedSAM never saw | {part} | "
                      f"{_f(sum(x['panet'] for x in held) / len(held))} | {_f(sum(x['fused'] for x in held) / len(held))} | "
                      + " | ".join(_f(sum(x[v] for x in held) / len(held)) for v in variants) + " |")
+    return L + [""]
+
+
+def _auto_loo_section(a) -> list[str]:
+    if not a or "loo" not in a["rows"][0]:
+        return []
+    test = [x for x in a["rows"] if x["part"] == "test"]
+    val = [x for x in a["rows"] if x["part"] == "val"]
+    worst_val = max(x["fused"] - x["loo"] for x in val)
+    gain_val = sum(x["loo"] - x["fused"] for x in val) / len(val)
+    worst = max(test, key=lambda x: x["fused"] - x["loo"])
+    gain = sum(x["loo"] - x["fused"] for x in test) / len(test)
+    chosen_on_val = worst_val <= 0.01 and gain_val > 0
+    ships = chosen_on_val and worst["fused"] - worst["loo"] <= 0.01 and gain > 0
+    L = ["", "### The supports choose: shipped mask or LiteMedSAM-space match (leave-one-out, issue 29)", "",
+         f"Reproduce: `{a['command']}`. Per episode, each support in turn is the query of the others; the variant "
+         "(the shipped automatic mask, or the box of the 0.5/0.5 fused map redrawn where the shipped rule trusts "
+         "it) with the higher mean leave-one-out Dice is used on the query. Nothing but the supports decides. "
+         f"Val: mean {gain_val:+.3f}, worst set {-worst_val:+.3f} ({'passes' if chosen_on_val else 'fails'} the val "
+         f"rule); test: mean {gain:+.3f}, worst set {worst['set']} ({worst['loo'] - worst['fused']:+.3f}): "
+         f"**{'ships as the new default' if ships else 'does not ship; the shipped rule stays'}**.", "",
+         "| set | part | PANet++ | shipped rule | supports choose | share choosing the match |", "|---|---|---|---|---|---|"]
+    for x in a["rows"]:
+        L.append(f"| {x['set']} | {x['part']} | {_f(x['panet'])} | {_f(x['fused'])} | {_f(x['loo'])} | "
+                 f"{_f(x['share_loo_picked_match'], 2)} |")
     return L + [""]
 
 
