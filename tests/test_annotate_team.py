@@ -239,3 +239,21 @@ def test_kill_9_during_annotate_on_postgresql_then_again(tmp_path, postgres):
     assert sorted(files) == [f"img{i:03d}.png" for i in range(30)], "each image exactly once"
     with psycopg.connect(url) as con:
         assert con.execute("SELECT COUNT(*) FROM versions").fetchone()[0] == 30, "no image predicted twice"
+
+
+@pytest.mark.slow
+def test_the_team_command_adds_members_and_reports(tmp_path, folder):
+    import json
+    import subprocess
+
+    ProjectStore(tmp_path / "out", "t", user="olga").add_folder(folder)
+    cmd, cwd = _cli(tmp_path, "team", "--project", "t", "--user", "olga", "--add", "ann", "annotator",
+                    "--add", "rev", "reviewer", "--overlap", "0.5", "--agreement")
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["members"] == {"ann": "annotator", "olga": "owner", "rev": "reviewer"}
+    assert 0 < out["overlap_images"] < 8 and out["agreement"]["images"] == 0
+    cmd, cwd = _cli(tmp_path, "team", "--project", "t", "--user", "ann", "--add", "x", "owner")
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "needs an owner" in r.stderr
