@@ -337,16 +337,71 @@ class SupportsMask:
     result: object                 # the FewShotSegmenter result (probability, heatmaps, lesion score...)
     redrawn: bool = False
     iou: float | None = None       # LiteMedSAM's predicted IoU of its redraw (None: not tried)
+    choice: str = "shipped"        # 'matched': the supports chose the LiteMedSAM-space match (issue 29)
+
+
+MATCH_WEIGHT = 0.5     # the LiteMedSAM-space map's share in the fused map (chosen on val: docs/results.md)
+_CHOICES_LOCK = threading.Lock()
+_CHOICES: OrderedDict = OrderedDict()
+
+
+def _choice_key(fewshot, supports) -> tuple:
+    return id(fewshot), fewshot.support_key(supports)
+
+
+def choice_ready(fewshot, supports) -> bool:
+    """Whether these supports' choice is known (the redraw then costs no leave-one-out pass)."""
+    if len(supports) < 2:
+        return True
+    with _CHOICES_LOCK:
+        return _choice_key(fewshot, supports) in _CHOICES
+
+
+def support_choice(fewshot, sam: PromptableSegmenter, supports, rule: AutoRule = AutoRule()) -> str:
+    """'matched' or 'shipped' for these supports, by leave-one-out among them (issue 29; computed once per
+    support set and model: each support's embedding and a few decoder calls)."""
+    from .models.sam_match import choose_by_supports
+
+    if len(supports) < 2:
+        return "shipped"
+    key = _choice_key(fewshot, supports)
+    with _CHOICES_LOCK:
+        if key in _CHOICES:
+            _CHOICES.move_to_end(key)
+            return _CHOICES[key]
+    choice, _ = choose_by_supports(fewshot, sam, supports, rule, MATCH_WEIGHT)
+    with _CHOICES_LOCK:
+        _CHOICES[key] = choice
+        while len(_CHOICES) > 64:
+            _CHOICES.popitem(last=False)
+    return choice
+
+
+def redraw(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.ndarray, probability, supports,
+           choice: str, side: int | None = None, rule: AutoRule = AutoRule()) -> tuple[np.ndarray, bool, float | None]:
+    """LiteMedSAM's automatic redraw: with choice 'matched', from the box of the fused map (LiteMedSAM-space
+    match + PANet++'s map) where `rule` trusts it; otherwise (or where not trusted) from PANet++'s largest
+    component where `rule` trusts it. Returns (mask, redrawn, predicted IoU)."""
+    side = side if side is not None else max(query.shape[:2])
+    if choice == "matched":
+        from .models.sam_match import match_and_prompt
+
+        m = match_and_prompt(sam, query, supports, probability, weight=MATCH_WEIGHT, points=False)
+        if m.iou is not None and rule.trusts(m.iou, m.agreement, side):
+            return m.mask, True, m.iou
+    return auto_mask(sam, query, panet_mask, side=side, rule=rule)
 
 
 def segment_from_supports(fewshot, query: np.ndarray, supports, *, sam: PromptableSegmenter | None = None,
                           presence=None, threshold: float = 0.5, side: int | None = None, rule: AutoRule = AutoRule(),
                           **predict_kwargs) -> SupportsMask:
-    """The one rule for an automatic mask from supports (issue 26), used by the page, `segment`, propagation
-    and cine loops: PANet++ finds the target; where `presence` says "no lesion", the mask is empty; else
-    LiteMedSAM (when given) redraws PANet++'s largest component where `rule` trusts it."""
+    """The one rule for an automatic mask from supports (issues 26, 29), used by the page, `segment`,
+    propagation and cine loops: PANet++ finds the target; where `presence` says "no lesion", the mask is
+    empty; else LiteMedSAM (when given) redraws it where `rule` trusts it, from PANet++'s largest component or,
+    where the supports chose it by leave-one-out, from the map fused with the match in LiteMedSAM's space."""
     res = fewshot.predict(query, supports, threshold=threshold, presence=presence, **predict_kwargs)
     if sam is None or not res.mask.any() or not getattr(res, "lesion_present", True):
         return SupportsMask(res.mask, res)
-    mask, used, iou = auto_mask(sam, query, res.mask, side=side, rule=rule)
-    return SupportsMask(mask, res, used, iou)
+    choice = support_choice(fewshot, sam, supports, rule)
+    mask, used, iou = redraw(sam, query, res.mask, res.probability, supports, choice, side, rule)
+    return SupportsMask(mask, res, used, iou, choice)

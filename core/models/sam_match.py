@@ -92,6 +92,25 @@ def match_map(query_embedding, protos: Prototypes) -> np.ndarray:
     return cv2.resize(p[:gh, :gw].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def _supports_key(supports, tag: str) -> str:
+    import hashlib
+
+    h = hashlib.sha1(tag.encode())
+    for img, mask in supports:
+        for a in (np.ascontiguousarray(img), np.packbits(np.asarray(mask, bool))):
+            h.update(repr(a.shape).encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _prototype_cache():
+    from ..cache import LRU
+    return LRU(16)
+
+
+_PROTOTYPES = _prototype_cache()     # a support set's prototypes, once (propagation: every image reuses them)
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 1:
@@ -129,7 +148,8 @@ def match_and_prompt(sam, query: np.ndarray, supports, panet_prob: np.ndarray | 
     decoder's candidate that agrees best with it (points=False: the box alone, one candidate)."""
     from ..metrics import dice
 
-    protos = prototypes([sam.embed(img) for img, _ in supports], [m for _, m in supports])
+    protos = _PROTOTYPES.get_or_compute(_supports_key(supports, sam.encoder), lambda: prototypes(
+        [sam.embed(img) for img, _ in supports], [m for _, m in supports]))
     q_emb = sam.embed(query)
     m = match_map(q_emb, protos)
     fused = m if panet_prob is None else weight * m + (1 - weight) * np.asarray(panet_prob, np.float32)
