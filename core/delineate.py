@@ -13,6 +13,7 @@ points (a box, clicks), following SAM's iterative protocol.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -345,6 +346,20 @@ _CHOICES_LOCK = threading.Lock()
 _CHOICES: OrderedDict = OrderedDict()
 
 
+def support_arrays(supports) -> list:
+    """Supports as (image, mask) arrays: pairs of file paths (the CLI's) are read once and remembered."""
+    if all(not isinstance(i, (str, bytes)) and not hasattr(i, "__fspath__") for i, _ in supports):
+        return list(supports)
+    return list(_read_pairs(tuple((str(i), str(m)) for i, m in supports)))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_pairs(pairs: tuple) -> tuple:
+    from .data.io import read_image, read_mask
+
+    return tuple((read_image(i), read_mask(m)) for i, m in pairs)
+
+
 def _choice_key(fewshot, supports) -> tuple:
     return id(fewshot), fewshot.support_key(supports)
 
@@ -402,6 +417,7 @@ def segment_from_supports(fewshot, query: np.ndarray, supports, *, sam: Promptab
     res = fewshot.predict(query, supports, threshold=threshold, presence=presence, **predict_kwargs)
     if sam is None or not res.mask.any() or not getattr(res, "lesion_present", True):
         return SupportsMask(res.mask, res)
-    choice = support_choice(fewshot, sam, supports, rule)
-    mask, used, iou = redraw(sam, query, res.mask, res.probability, supports, choice, side, rule)
+    arrays = support_arrays(supports)
+    choice = support_choice(fewshot, sam, arrays, rule)
+    mask, used, iou = redraw(sam, query, res.mask, res.probability, arrays, choice, side, rule)
     return SupportsMask(mask, res, used, iou, choice)

@@ -747,6 +747,11 @@ def _auto_loo_section(a) -> list[str]:
     for x in a["rows"]:
         L.append(f"| {x['set']} | {x['part']} | {_f(x['panet'])} | {_f(x['fused'])} | {_f(x['loo'])} | "
                  f"{_f(x['share_loo_picked_match'], 2)} |")
+    sp = _load("results_propagation_choice.json")
+    if sp:
+        L += ["", f"Propagation with `--delineate` ({sp['images']} BUSI images, {sp['shots']} supports, 2 CPU threads): "
+              f"**{sp['supports_choose']} images/s** with the supports' choice against {sp['shipped_rule_before']} "
+              f"with the rule before it ({sp['note']}). Reproduce: `{sp['command']}`."]
     return L + [""]
 
 
