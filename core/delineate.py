@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .models.boxes import mask_box, widen_box  # noqa: F401 (part of this module's interface)
 from .models.promptable import SIZE, PromptableSegmenter, PromptResult
 
 
@@ -81,24 +82,6 @@ def mask_extent(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     if len(xs) == 0:
         return None
     return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
-
-
-def widen_box(box, margin: float, hw: tuple[int, int]) -> tuple[float, float, float, float]:
-    """`box` widened by `margin` of its own size on each side, clipped to an image of size `hw`."""
-    x0, y0, x1, y1 = box
-    h, w = hw
-    mx, my = margin * (x1 - x0 + 1), margin * (y1 - y0 + 1)
-    return (max(0.0, x0 - mx), max(0.0, y0 - my), min(w - 1.0, x1 + mx), min(h - 1.0, y1 + my))
-
-
-def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
-    """The box of the mask's largest connected component (x0, y0, x1, y1), None when empty."""
-    if not mask.any():
-        return None
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, w, h = stats[k, :4]
-    return float(x), float(y), float(x + w - 1), float(y + h - 1)
 
 
 def confident_point(prob: np.ndarray, box) -> tuple[float, float, bool] | None:
@@ -341,6 +324,37 @@ class SupportsMask:
     choice: str = "shipped"        # 'matched': the supports chose the LiteMedSAM-space match (issue 29)
 
 
+def automatic_variants(seg, sam, query: np.ndarray, supports, rule, weight: float = 0.5) -> dict[str, np.ndarray]:
+    """The two automatic masks to choose between: the shipped one (LiteMedSAM redraws PANet++'s largest
+    component where `rule` trusts it) and the LiteMedSAM-space match (the box of the fused map, kept where
+    `rule` trusts it, else the shipped mask)."""
+    res = seg.predict(query, supports, heatmaps=False)
+    side = max(query.shape[:2])
+    shipped = auto_mask(sam, query, res.mask, side=side, rule=rule)[0]
+    from .models.sam_match import match_and_prompt
+
+    m = match_and_prompt(sam, query, supports, res.probability, weight=weight, points=False)
+    matched = m.mask if m.iou is not None and rule.trusts(m.iou, m.agreement, side) else shipped
+    return {"shipped": shipped, "matched": matched}
+
+
+def choose_by_supports(seg, sam, supports, rule, weight: float = 0.5) -> tuple[str, dict[str, float]]:
+    """Which automatic mask to use for these supports, decided by the supports alone: each support in turn is
+    the query of the others (leave-one-out), and the variant with the higher mean Dice wins (ties: shipped).
+    Needs 2+ supports; with one, the shipped mask."""
+    from .metrics import dice
+
+    if len(supports) < 2:
+        return "shipped", {}
+    scores: dict[str, list[float]] = {"shipped": [], "matched": []}
+    for i, (img, mask) in enumerate(supports):
+        rest = supports[:i] + supports[i + 1:]
+        for name, m in automatic_variants(seg, sam, img, rest, rule, weight).items():
+            scores[name].append(float(dice(m, mask)))
+    means = {k: float(np.mean(v)) for k, v in scores.items()}
+    return ("matched" if means["matched"] > means["shipped"] else "shipped"), means
+
+
 MATCH_WEIGHT = 0.5     # the LiteMedSAM-space map's share in the fused map (chosen on val: docs/results.md)
 _CHOICES_LOCK = threading.Lock()
 _CHOICES: OrderedDict = OrderedDict()
@@ -375,8 +389,6 @@ def choice_ready(fewshot, supports) -> bool:
 def support_choice(fewshot, sam: PromptableSegmenter, supports, rule: AutoRule = AutoRule()) -> str:
     """'matched' or 'shipped' for these supports, by leave-one-out among them (issue 29; computed once per
     support set and model: each support's embedding and a few decoder calls)."""
-    from .models.sam_match import choose_by_supports
-
     if len(supports) < 2:
         return "shipped"
     key = _choice_key(fewshot, supports)
@@ -409,15 +421,17 @@ def redraw(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.ndarray, 
 
 def segment_from_supports(fewshot, query: np.ndarray, supports, *, sam: PromptableSegmenter | None = None,
                           presence=None, threshold: float = 0.5, side: int | None = None, rule: AutoRule = AutoRule(),
-                          **predict_kwargs) -> SupportsMask:
+                          choose_from=None, **predict_kwargs) -> SupportsMask:
     """The one rule for an automatic mask from supports (issues 26, 29), used by the page, `segment`,
     propagation and cine loops: PANet++ finds the target; where `presence` says "no lesion", the mask is
     empty; else LiteMedSAM (when given) redraws it where `rule` trusts it, from PANet++'s largest component or,
-    where the supports chose it by leave-one-out, from the map fused with the match in LiteMedSAM's space."""
+    where the supports chose it by leave-one-out, from the map fused with the match in LiteMedSAM's space.
+    choose_from: the supports' pairs when `supports` is None (the model's supports were set beforehand)."""
     res = fewshot.predict(query, supports, threshold=threshold, presence=presence, **predict_kwargs)
     if sam is None or not res.mask.any() or not getattr(res, "lesion_present", True):
         return SupportsMask(res.mask, res)
-    arrays = support_arrays(supports)
+    arrays = support_arrays(choose_from if supports is None else supports) if (
+        choose_from is not None or supports is not None) else []
     choice = support_choice(fewshot, sam, arrays, rule)
     mask, used, iou = redraw(sam, query, res.mask, res.probability, arrays, choice, side, rule)
     return SupportsMask(mask, res, used, iou, choice)

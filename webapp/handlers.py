@@ -467,8 +467,9 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
         # the one rule (PANet++, presence, LiteMedSAM's redraw where trusted), as the CLI and propagation.
         # defer_redraw (the canvas): when the query's embedding is not ready yet, answer with PANet++'s mask
         # now and let the page ask for the redraw next (`redraw_later`), instead of waiting for the encoder
-        sam = ctx.promptable_model()
-        later = defer_redraw and sam is not None and not sam.has_embedding(q_img)
+        from core.delineate import choice_ready
+        sam = ctx.promptable_model()   # ...or while these supports' choice (issue 29) is not known yet
+        later = defer_redraw and sam is not None and not (sam.has_embedding(q_img) and choice_ready(model, supports))
         out = segment_from_supports(model, q_img, supports, sam=None if later else sam, presence=presence,
                                     threshold=threshold, side=max(session.query_size) if session.query_size else None,
                                     owner=owner, agreement=True, per_support_maps=per_support_maps)
@@ -546,20 +547,27 @@ def physical_size(session: Session) -> str:
     return f", {s['area_mm2']:.1f} mm², longest diameter {s['diameter_mm']:.1f} mm"
 
 
-def redraw_later(ctx: AppContext, session: Session) -> str:
-    """The redraw a Segment deferred (the page asks for it right after): LiteMedSAM redraws PANet++'s mask
-    where the rule trusts it, once the query's embedding is there. Returns the note ("" if none was due)."""
+def redraw_later(ctx: AppContext, session: Session, owner: str = "") -> str:
+    """The redraw a Segment deferred (the page asks for it right after): LiteMedSAM redraws the mask where
+    the rule trusts it (the same rule as `segment_from_supports`, the supports' choice included), once the
+    query's embedding is there. Returns the note ("" if none was due)."""
     if not session.redraw_pending or session.mask is None or session.query_image is None:
         return ""
     session.redraw_pending = False
     sam = ctx.promptable_model()
     if sam is None:
         return ""
-    from core.delineate import SupportsMask, auto_mask
+    from core.delineate import SupportsMask, redraw, support_choice
 
     side = max(session.query_size) if session.query_size else None
-    mask, used, iou = auto_mask(sam, session.query_image, session.mask, side=side)
-    note = redraw_note(session, SupportsMask(mask, None, used, iou))
+    supports = session_supports(session)
+    try:
+        choice = support_choice(ctx.fewshot(session.checkpoint, owner), sam, supports)
+    except (CheckpointError, DataError, KeyError):
+        choice = "shipped"
+    prob = np.asarray(session.base_probability, np.float32) if session.base_probability is not None else None
+    mask, used, iou = redraw(sam, session.query_image, session.mask, prob, supports, choice, side=side)
+    note = redraw_note(session, SupportsMask(mask, None, used, iou, choice))
     session.result_mask = session.mask
     return note
 
@@ -571,7 +579,9 @@ def redraw_note(session: Session, out) -> str:
     if not out.redrawn:
         return f" Boundary: PANet++'s (LiteMedSAM's redraw not trusted here, predicted IoU {out.iou:.2f})."
     session.mask, session.probability = out.mask, out.mask.astype(np.float16)
-    return f" Boundary drawn by **LiteMedSAM** from PANet++'s box (predicted IoU {out.iou:.2f})."
+    origin = ("the box of PANet++'s map fused with the supports' match in LiteMedSAM's space (the supports chose it)"
+              if getattr(out, "choice", "shipped") == "matched" else "PANet++'s box")
+    return f" Boundary drawn by **LiteMedSAM** from {origin} (predicted IoU {out.iou:.2f})."
 
 
 def render_overlay(session: Session, opacity: float, truth=None) -> np.ndarray:

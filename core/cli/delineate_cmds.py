@@ -190,8 +190,7 @@ def _auto_records(seg, sam, qset, shots, n, seed, progress=True, match_weights=(
             out[-1][f"matchbox_{w:g}"] = float(dice(b.mask, truth))
             out[-1][f"matchbox_iou_{w:g}"], out[-1][f"matchbox_agree_{w:g}"] = b.iou, b.agreement
         if loo_weight is not None:
-            from ..delineate import AutoRule
-            from ..models.sam_match import automatic_variants, choose_by_supports
+            from ..delineate import AutoRule, automatic_variants, choose_by_supports
             pick, _ = choose_by_supports(seg, sam, supports, AutoRule(), loo_weight)
             out[-1]["loo"] = float(dice(automatic_variants(seg, sam, image, supports, AutoRule(), loo_weight)[pick],
                                         truth))

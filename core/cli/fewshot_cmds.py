@@ -304,7 +304,8 @@ def _segment_one(seg, q, supports, clicks, args, delineator, sam):
 
     # the automatic redraw where the shipped rule trusts it (the one rule: core.delineate.segment_from_supports)
     out = segment_from_supports(seg, as_image(q), None if supports else [], sam=sam, threshold=args.threshold,
-                                heatmaps=bool(args.heatmap), clicks=clicks, box=args.box)
+                                heatmaps=bool(args.heatmap), clicks=clicks, box=args.box,
+                                choose_from=supports or None)
     out.result.mask = out.mask
     return out.result, out.redrawn
 

@@ -130,7 +130,7 @@ class MatchResult:
 def prompts_from_map(prob: np.ndarray, threshold: float = 0.5, margin: float = 0.05):
     """(box, points, component) read off a probability map: the box of its largest component (widened),
     a positive point at its most confident pixel, a negative point at the least confident pixel."""
-    from ..delineate import mask_box, widen_box
+    from .boxes import mask_box, widen_box
 
     comp = largest_component(prob >= threshold)
     if not comp.any():
@@ -161,33 +161,3 @@ def match_and_prompt(sam, query: np.ndarray, supports, panet_prob: np.ndarray | 
     best = int(np.argmax(agree))
     return MatchResult(res.masks[best], comp, float(res.ious[best]), agree[best], fused)
 
-
-def automatic_variants(seg, sam, query: np.ndarray, supports, rule, weight: float = 0.5) -> dict[str, np.ndarray]:
-    """The two automatic masks to choose between: the shipped one (LiteMedSAM redraws PANet++'s largest
-    component where `rule` trusts it) and the LiteMedSAM-space match (the box of the fused map, kept where
-    `rule` trusts it, else the shipped mask)."""
-    from ..delineate import auto_mask
-
-    res = seg.predict(query, supports, heatmaps=False)
-    side = max(query.shape[:2])
-    shipped = auto_mask(sam, query, res.mask, side=side, rule=rule)[0]
-    m = match_and_prompt(sam, query, supports, res.probability, weight=weight, points=False)
-    matched = m.mask if m.iou is not None and rule.trusts(m.iou, m.agreement, side) else shipped
-    return {"shipped": shipped, "matched": matched}
-
-
-def choose_by_supports(seg, sam, supports, rule, weight: float = 0.5) -> tuple[str, dict[str, float]]:
-    """Which automatic mask to use for these supports, decided by the supports alone: each support in turn is
-    the query of the others (leave-one-out), and the variant with the higher mean Dice wins (ties: shipped).
-    Needs 2+ supports; with one, the shipped mask."""
-    from ..metrics import dice
-
-    if len(supports) < 2:
-        return "shipped", {}
-    scores: dict[str, list[float]] = {"shipped": [], "matched": []}
-    for i, (img, mask) in enumerate(supports):
-        rest = supports[:i] + supports[i + 1:]
-        for name, m in automatic_variants(seg, sam, img, rest, rule, weight).items():
-            scores[name].append(float(dice(m, mask)))
-    means = {k: float(np.mean(v)) for k, v in scores.items()}
-    return ("matched" if means["matched"] > means["shipped"] else "shipped"), means

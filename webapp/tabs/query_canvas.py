@@ -61,9 +61,9 @@ def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
     @canvas.answer
     def redraw(a, request):
         """LiteMedSAM's redraw that a Segment deferred (its query was not encoded yet): the mask and a note."""
-        with link.session(request) as (sess, _req):
+        with link.session(request) as (sess, req):
             t0 = time.perf_counter()
-            note = handlers.redraw_later(ctx, sess)
+            note = handlers.redraw_later(ctx, sess, owner(ctx, req))
             if not note:
                 return {}
             small, _ = handlers.display_size(sess.query_image)

@@ -1,0 +1,24 @@
+"""Boxes from masks (the prompts LiteMedSAM takes): pure geometry, shared by core.delineate and the
+LiteMedSAM-space matcher."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def widen_box(box, margin: float, hw: tuple[int, int]) -> tuple[float, float, float, float]:
+    """`box` widened by `margin` of its own size on each side, clipped to an image of size `hw`."""
+    x0, y0, x1, y1 = box
+    h, w = hw
+    mx, my = margin * (x1 - x0 + 1), margin * (y1 - y0 + 1)
+    return (max(0.0, x0 - mx), max(0.0, y0 - my), min(w - 1.0, x1 + mx), min(h - 1.0, y1 + my))
+
+
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    """The box of the mask's largest connected component (x0, y0, x1, y1), None when empty."""
+    if not mask.any():
+        return None
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = stats[k, :4]
+    return float(x), float(y), float(x + w - 1), float(y + h - 1)
