@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .cache import LRU
 from .models.boxes import mask_box, widen_box  # noqa: F401 (part of this module's interface)
 from .models.promptable import SIZE, PromptableSegmenter, PromptResult
 
@@ -324,21 +325,32 @@ class SupportsMask:
     choice: str = "shipped"        # 'matched': the supports chose the LiteMedSAM-space match (issue 29)
 
 
-def automatic_variants(seg, sam, query: np.ndarray, supports, rule, weight: float = 0.5) -> dict[str, np.ndarray]:
+MATCH_WEIGHT = 0.5     # the LiteMedSAM-space map's share in the fused map (chosen on val: docs/results.md)
+
+
+def trusted_match(sam: PromptableSegmenter, query: np.ndarray, supports, probability, side: int, rule: AutoRule,
+                  weight: float = MATCH_WEIGHT):
+    """LiteMedSAM's mask from the box of the fused map (LiteMedSAM-space match + PANet++'s map), with its
+    predicted IoU, where `rule` trusts it; None where it does not (or the map finds nothing)."""
+    from .models.sam_match import match_and_prompt
+
+    m = match_and_prompt(sam, query, supports, probability, weight=weight, points=False)
+    return (m.mask, m.iou) if m.iou is not None and rule.trusts(m.iou, m.agreement, side) else None
+
+
+def automatic_variants(seg, sam, query: np.ndarray, supports, rule,
+                       weight: float = MATCH_WEIGHT) -> dict[str, np.ndarray]:
     """The two automatic masks to choose between: the shipped one (LiteMedSAM redraws PANet++'s largest
     component where `rule` trusts it) and the LiteMedSAM-space match (the box of the fused map, kept where
     `rule` trusts it, else the shipped mask)."""
     res = seg.predict(query, supports, heatmaps=False)
     side = max(query.shape[:2])
     shipped = auto_mask(sam, query, res.mask, side=side, rule=rule)[0]
-    from .models.sam_match import match_and_prompt
-
-    m = match_and_prompt(sam, query, supports, res.probability, weight=weight, points=False)
-    matched = m.mask if m.iou is not None and rule.trusts(m.iou, m.agreement, side) else shipped
-    return {"shipped": shipped, "matched": matched}
+    match = trusted_match(sam, query, supports, res.probability, side, rule, weight)
+    return {"shipped": shipped, "matched": match[0] if match else shipped}
 
 
-def choose_by_supports(seg, sam, supports, rule, weight: float = 0.5) -> tuple[str, dict[str, float]]:
+def choose_by_supports(seg, sam, supports, rule, weight: float = MATCH_WEIGHT) -> tuple[str, dict[str, float]]:
     """Which automatic mask to use for these supports, decided by the supports alone: each support in turn is
     the query of the others (leave-one-out), and the variant with the higher mean Dice wins (ties: shipped).
     Needs 2+ supports; with one, the shipped mask."""
@@ -355,9 +367,7 @@ def choose_by_supports(seg, sam, supports, rule, weight: float = 0.5) -> tuple[s
     return ("matched" if means["matched"] > means["shipped"] else "shipped"), means
 
 
-MATCH_WEIGHT = 0.5     # the LiteMedSAM-space map's share in the fused map (chosen on val: docs/results.md)
-_CHOICES_LOCK = threading.Lock()
-_CHOICES: OrderedDict = OrderedDict()
+_CHOICES = LRU(64)     # (model, support set) -> 'matched' or 'shipped'
 
 
 def support_arrays(supports) -> list:
@@ -380,10 +390,7 @@ def _choice_key(fewshot, supports) -> tuple:
 
 def choice_ready(fewshot, supports) -> bool:
     """Whether these supports' choice is known (the redraw then costs no leave-one-out pass)."""
-    if len(supports) < 2:
-        return True
-    with _CHOICES_LOCK:
-        return _choice_key(fewshot, supports) in _CHOICES
+    return len(supports) < 2 or _choice_key(fewshot, supports) in _CHOICES
 
 
 def support_choice(fewshot, sam: PromptableSegmenter, supports, rule: AutoRule = AutoRule()) -> str:
@@ -391,17 +398,8 @@ def support_choice(fewshot, sam: PromptableSegmenter, supports, rule: AutoRule =
     support set and model: each support's embedding and a few decoder calls)."""
     if len(supports) < 2:
         return "shipped"
-    key = _choice_key(fewshot, supports)
-    with _CHOICES_LOCK:
-        if key in _CHOICES:
-            _CHOICES.move_to_end(key)
-            return _CHOICES[key]
-    choice, _ = choose_by_supports(fewshot, sam, supports, rule, MATCH_WEIGHT)
-    with _CHOICES_LOCK:
-        _CHOICES[key] = choice
-        while len(_CHOICES) > 64:
-            _CHOICES.popitem(last=False)
-    return choice
+    return _CHOICES.get_or_compute(_choice_key(fewshot, supports),
+                                   lambda: choose_by_supports(fewshot, sam, supports, rule)[0])
 
 
 def redraw(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.ndarray, probability, supports,
@@ -410,13 +408,8 @@ def redraw(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.ndarray, 
     match + PANet++'s map) where `rule` trusts it; otherwise (or where not trusted) from PANet++'s largest
     component where `rule` trusts it. Returns (mask, redrawn, predicted IoU)."""
     side = side if side is not None else max(query.shape[:2])
-    if choice == "matched":
-        from .models.sam_match import match_and_prompt
-
-        m = match_and_prompt(sam, query, supports, probability, weight=MATCH_WEIGHT, points=False)
-        if m.iou is not None and rule.trusts(m.iou, m.agreement, side):
-            return m.mask, True, m.iou
-    return auto_mask(sam, query, panet_mask, side=side, rule=rule)
+    match = trusted_match(sam, query, supports, probability, side, rule) if choice == "matched" else None
+    return (match[0], True, match[1]) if match else auto_mask(sam, query, panet_mask, side=side, rule=rule)
 
 
 def segment_from_supports(fewshot, query: np.ndarray, supports, *, sam: PromptableSegmenter | None = None,
@@ -430,8 +423,8 @@ def segment_from_supports(fewshot, query: np.ndarray, supports, *, sam: Promptab
     res = fewshot.predict(query, supports, threshold=threshold, presence=presence, **predict_kwargs)
     if sam is None or not res.mask.any() or not getattr(res, "lesion_present", True):
         return SupportsMask(res.mask, res)
-    arrays = support_arrays(choose_from if supports is None else supports) if (
-        choose_from is not None or supports is not None) else []
+    pairs = choose_from if supports is None else supports
+    arrays = support_arrays(pairs) if pairs is not None else []
     choice = support_choice(fewshot, sam, arrays, rule)
     mask, used, iou = redraw(sam, query, res.mask, res.probability, arrays, choice, side, rule)
     return SupportsMask(mask, res, used, iou, choice)

@@ -14,11 +14,18 @@ def widen_box(box, margin: float, hw: tuple[int, int]) -> tuple[float, float, fl
     return (max(0.0, x0 - mx), max(0.0, y0 - my), min(w - 1.0, x1 + mx), min(h - 1.0, y1 + my))
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The mask's largest 8-connected component (all False when the mask is empty)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(np.asarray(mask).astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros(labels.shape, bool)
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     """The box of the mask's largest connected component (x0, y0, x1, y1), None when empty."""
-    if not mask.any():
+    comp = largest_component(mask)
+    if not comp.any():
         return None
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, w, h = stats[k, :4]
-    return float(x), float(y), float(x + w - 1), float(y + h - 1)
+    ys, xs = np.nonzero(comp)
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())

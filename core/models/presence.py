@@ -9,14 +9,11 @@ import numpy as np
 def segmenter_evidence(prob: np.ndarray) -> np.ndarray:
     """[max probability, probability mass of the largest component (share of the image), its area share]
     of the segmenter's lesion probability map: what the segmenter itself says about a lesion being there."""
-    import cv2
+    from .boxes import largest_component
 
-    fg = prob > 0.5
-    if not fg.any():
+    part = largest_component(prob > 0.5)
+    if not part.any():
         return np.array([float(prob.max()), 0.0, 0.0])
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), 8)
-    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    part = lab == k
     return np.array([float(prob.max()), float(prob[part].sum() / prob.size), float(part.mean())])
 
 

@@ -12,6 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..cache import LRU
+from .boxes import largest_component, mask_box, widen_box
+
 GRID = 64          # LiteMedSAM's embedding is 64 x 64 cells over its 256 px frame
 TEMPERATURE = 20.0  # cosine differences -> probability (PANet's scale)
 
@@ -103,19 +106,7 @@ def _supports_key(supports, tag: str) -> str:
     return h.hexdigest()
 
 
-def _prototype_cache():
-    from ..cache import LRU
-    return LRU(16)
-
-
-_PROTOTYPES = _prototype_cache()     # a support set's prototypes, once (propagation: every image reuses them)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return np.zeros_like(mask, bool)
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+_PROTOTYPES = LRU(16)     # a support set's prototypes, once (propagation: every image reuses them)
 
 
 @dataclass
@@ -130,8 +121,6 @@ class MatchResult:
 def prompts_from_map(prob: np.ndarray, threshold: float = 0.5, margin: float = 0.05):
     """(box, points, component) read off a probability map: the box of its largest component (widened),
     a positive point at its most confident pixel, a negative point at the least confident pixel."""
-    from .boxes import mask_box, widen_box
-
     comp = largest_component(prob >= threshold)
     if not comp.any():
         return None, [], comp
