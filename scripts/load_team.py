@@ -60,7 +60,8 @@ def main(argv=None) -> int:
     from core.annotate import db
     from core.annotate.store import ProjectStore
     from tests.postgres import Cluster
-    from tests.team_apps import App, make_project, phantom_folder
+    from tests.conftest import phantom_folder
+    from tests.team_apps import App, make_project
 
     users = [f"ann{i}" for i in range(1, 2 * args.per_process + 1)]
     total = len(users) * args.decisions

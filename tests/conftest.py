@@ -60,6 +60,16 @@ def kaggle_dir(tmp_path) -> Path:
     return root
 
 
+def phantom_folder(folder: Path, n: int, size=(40, 50)) -> Path:
+    """`n` synthetic ultrasound-like images img0000.png... in `folder` (no masks: a folder to annotate)."""
+    from core.phantom import make_phantom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(make_phantom(i, size=size).image).save(folder / f"img{i:04d}.png")
+    return folder
+
+
 def save_tiny_panet(folder: Path, image_size: int = 64, seed: int = 0) -> Path:
     """A small random-weight PANet++ checkpoint (no pretrained weights): fast for tests of plumbing."""
     from core import checkpoint

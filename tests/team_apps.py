@@ -10,20 +10,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from PIL import Image
-
 ROOT = Path(__file__).resolve().parents[1]
 USERS = {"olga": "owner", "rev": "reviewer", **{f"ann{i}": "annotator" for i in range(1, 11)}}
 PASSWORD = "pw-for-tests"
-
-
-def phantom_folder(folder: Path, n: int, size=(40, 50)) -> Path:
-    from core.phantom import make_phantom
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(make_phantom(i, size=size).image).save(folder / f"img{i:04d}.png")
-    return folder
 
 
 def make_project(db_url: str, output: Path, name: str, folder: Path, overlap: float = 0.0):

@@ -13,15 +13,12 @@ from core.annotate.propagate import export
 from core.annotate.store import ProjectStore, StaleDecision, project_names
 from core.data.io import DataError
 from core.phantom import make_phantom
+from tests.conftest import phantom_folder, save_tiny_panet
 
 
 @pytest.fixture
 def folder(tmp_path):
-    d = tmp_path / "data" / "scans"
-    d.mkdir(parents=True)
-    for i in range(8):
-        Image.fromarray(make_phantom(i, size=(40, 50)).image).save(d / f"img{i}.png")
-    return d
+    return phantom_folder(tmp_path / "data" / "scans", 8)
 
 
 def team(tmp_path, folder, db_url, **roles):
@@ -52,7 +49,7 @@ def test_members_roles_and_who_sees_what(tmp_path, folder, db_url):
     with pytest.raises(DataError, match="needs an owner"):
         ann.add_member("mallory", "owner")
     with pytest.raises(DataError, match="needs a reviewer"):
-        ann.review("img0.png", "approve")
+        ann.review("img0000.png", "approve")
     if db_url:   # a server database: each user sees the projects they belong to, and nothing else
         ProjectStore(tmp_path / "out", "private", db_url=db_url, user="someone")
         assert project_names(tmp_path / "out", db_url=db_url, user="ann") == ["team"]
@@ -82,7 +79,7 @@ def test_two_annotators_never_hold_the_same_image(tmp_path, folder, db_url):
     for t in ts:
         t.join()
     assert not errors
-    assert sorted(got["a"] + got["b"]) == [f"img{i}.png" for i in range(8)], "each image to exactly one"
+    assert sorted(got["a"] + got["b"]) == [f"img{i:04d}.png" for i in range(8)], "each image to exactly one"
     assert got["a"] and got["b"], "both worked"
     assert {e["who"] for e in stores["a"].events() if e["action"] == "no lesion"} == {"a", "b"}
 
@@ -157,12 +154,7 @@ def test_the_overlap_sample_is_labelled_twice_and_compared(tmp_path, folder, db_
 
 
 def _cli_setup(tmp_path, n, size=(40, 50)):
-    from tests.conftest import save_tiny_panet
-
-    d = tmp_path / f"scans{n}"
-    d.mkdir()
-    for i in range(n):
-        Image.fromarray(make_phantom(i, size=size).image).save(d / f"img{i:03d}.png")
+    d = phantom_folder(tmp_path / f"scans{n}", n, size)
     save_tiny_panet(tmp_path, image_size=128)
     s = make_phantom(99)
     Image.fromarray(s.image).save(tmp_path / "s.png")
@@ -236,7 +228,7 @@ def test_kill_9_during_annotate_on_postgresql_then_again(tmp_path, postgres):
     cmd, cwd = _cli(tmp_path, "export", "--project", "k", "--out", str(tmp_path / "ex"), "--all", "--db", url)
     assert subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600).returncode == 0
     files = [row["file"] for row in csv.DictReader(open(tmp_path / "ex" / "manifest.csv"))]
-    assert sorted(files) == [f"img{i:03d}.png" for i in range(30)], "each image exactly once"
+    assert sorted(files) == [f"img{i:04d}.png" for i in range(30)], "each image exactly once"
     with psycopg.connect(url) as con:
         assert con.execute("SELECT COUNT(*) FROM versions").fetchone()[0] == 30, "no image predicted twice"
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.team_apps import App, make_project, phantom_folder
+from tests.conftest import phantom_folder
+from tests.team_apps import App, make_project
 
 
 @pytest.fixture(scope="module")

@@ -284,10 +284,7 @@ class ProjectStore(TeamMixin):
                       who=who, note=note or None)
         with self._tx() as con:
             cur = self.row(rel_path, con)
-            if image_id is not None and int(image_id) != cur["id"]:
-                raise StaleDecision(f"{rel_path}: this decision names another image; nothing was saved")
-            if seen_version is not None:
-                self._check_decision(cur, rel_path, int(seen_version), who)
+            self._check_decision(cur, rel_path, None if seen_version is None else int(seen_version), who, image_id)
             if only_if_not_done and cur["status"] in DONE:
                 return None
             return self._commit(con, cur, status, png, fields, person=seen_version is not None)

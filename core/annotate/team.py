@@ -97,7 +97,6 @@ class TeamMixin:
     def _wanted(self, user: str, now: float):
         """Images this annotator should see, in order: sent back to them, awaiting a first decision, and the
         overlap sample's images another annotator decided and they have not."""
-
         mine = sa.select(opinions.c.id).where(opinions.c.image_id == images.c.id, opinions.c.who == user).exists()
         n_opinions = sa.select(sa.func.count()).where(opinions.c.image_id == images.c.id).scalar_subquery()
         base = sa.select(images).where(self._images(), self._free_for(user, now))
@@ -160,8 +159,14 @@ class TeamMixin:
         return [{"rel_path": r.rel_path, "holder": r.lease_holder, "until": r.lease_until,
                  "expired": (r.lease_until or 0) < now} for r in rows]
 
-    def _check_decision(self, cur: dict, rel_path: str, seen_version: int, who: str) -> None:
-
+    def _check_decision(self, cur: dict, rel_path: str, seen_version: int | None, who: str,
+                        image_id: int | None = None) -> None:
+        """A person's decision applies to the image they named, at the version they saw, unless another
+        annotator holds it now: else StaleDecision, nothing saved."""
+        if image_id is not None and int(image_id) != cur["id"]:
+            raise StaleDecision(f"{rel_path}: this decision names another image; nothing was saved")
+        if seen_version is None:
+            return
         if cur["lease_holder"] not in (None, who) and (cur["lease_until"] or 0) >= time.time():
             raise _held(rel_path, cur)
         if seen_version != cur["version"]:
@@ -181,13 +186,10 @@ class TeamMixin:
     def give_opinion(self, rel_path: str, status: str, mask, who: str, image_id: int, seen_version: int) -> int:
         """A second annotator's decision on an overlap image: kept for the agreement report; the image's
         current mask (the first decision) stays. Returns the image's version (unchanged)."""
-
         png = png_bytes(mask) if mask is not None else None
         with self._tx() as con:
             cur = self.row(rel_path, con)
-            if int(image_id) != cur["id"]:
-                raise StaleDecision(f"{rel_path}: this decision names another image; nothing was saved")
-            self._check_decision(cur, rel_path, int(seen_version), who)
+            self._check_decision(cur, rel_path, int(seen_version), who, image_id)
             self._opinion(con, cur["id"], who, status, png, time.time())
             con.execute(images.update().where(images.c.id == cur["id"]).values(lease_holder=None, lease_until=None))
             return cur["version"]
@@ -225,7 +227,6 @@ class TeamMixin:
     def review(self, rel_path: str, verdict: str, note: str = "", seen_version: int | None = None) -> None:
         """A reviewer approves an annotator's decision, or sends it back with a note (it returns to the top of
         that annotator's queue)."""
-
         if verdict not in ("approve", "send back"):
             raise DataError("a review approves or sends back")
         self._require("reviewer")
@@ -257,7 +258,6 @@ class TeamMixin:
 
     def review_pending(self) -> list[dict]:
         """Decisions no reviewer has looked at (or that came back corrected), oldest first."""
-
         with self._read() as con:
             return [plain(r) for r in con.execute(
                 sa.select(images).where(self._images(), images.c.status.in_(DONE), images.c.review.is_(None))
@@ -265,25 +265,25 @@ class TeamMixin:
 
     def progress(self) -> dict[str, dict]:
         """Per annotator: images decided (current decisions), approved, sent back, overlap opinions, holding."""
+        from collections import defaultdict
 
-        out: dict[str, dict] = {}
+        out: dict[str, dict] = defaultdict(lambda: dict(decided=0, approved=0, sent_back=0, opinions=0, holding=0))
         with self._read() as con:
             for r in con.execute(sa.select(images.c.who, images.c.review, sa.func.count().label("n"))
                                  .where(self._images(), images.c.status.in_(DONE)).group_by(images.c.who,
                                                                                            images.c.review)):
-                p = out.setdefault(r.who or "", dict(decided=0, approved=0, sent_back=0, opinions=0, holding=0))
+                p = out[r.who or ""]
                 p["decided"] += r.n
                 if r.review in ("approved", "sent back"):
                     p[r.review.replace(" ", "_")] += r.n
             for r in con.execute(sa.select(opinions.c.who, sa.func.count().label("n"))
                                  .select_from(opinions.join(images, images.c.id == opinions.c.image_id))
                                  .where(self._images()).group_by(opinions.c.who)):
-                out.setdefault(r.who, dict(decided=0, approved=0, sent_back=0, opinions=0, holding=0))["opinions"] = r.n
+                out[r.who]["opinions"] = r.n
         for lease in self.leases():
             if not lease["expired"]:
-                out.setdefault(lease["holder"], dict(decided=0, approved=0, sent_back=0, opinions=0, holding=0))[
-                    "holding"] += 1
-        return out
+                out[lease["holder"]]["holding"] += 1
+        return dict(out)
 
 
 def _held(rel_path: str, cur: dict):

@@ -206,16 +206,13 @@ def _match_columns(records, rule, weights) -> dict:
     out = {}
     for w in weights:
         k = f"{w:g}"
-        out[f"match_{k}"] = float(np.mean([r[f"match_{k}"] for r in records]))
         out[f"map_{k}"] = float(np.mean([r[f"map_{k}"] for r in records]))
         current = [r["sam"] if _redrawn(r, rule) else r["panet"] for r in records]
-        trusted = [r[f"match_{k}"] if r[f"match_iou_{k}"] is not None and rule.trusts(
-            r[f"match_iou_{k}"], r[f"match_agree_{k}"], r["side"]) else c for r, c in zip(records, current)]
-        out[f"match_rule_{k}"] = float(np.mean(trusted))
-        out[f"matchbox_{k}"] = float(np.mean([r[f"matchbox_{k}"] for r in records]))
-        boxed = [r[f"matchbox_{k}"] if r[f"matchbox_iou_{k}"] is not None and rule.trusts(
-            r[f"matchbox_iou_{k}"], r[f"matchbox_agree_{k}"], r["side"]) else c for r, c in zip(records, current)]
-        out[f"matchbox_rule_{k}"] = float(np.mean(boxed))
+        for kind in ("match", "matchbox"):      # box + points, the box alone
+            out[f"{kind}_{k}"] = float(np.mean([r[f"{kind}_{k}"] for r in records]))
+            trusted = [r[f"{kind}_{k}"] if r[f"{kind}_iou_{k}"] is not None and rule.trusts(
+                r[f"{kind}_iou_{k}"], r[f"{kind}_agree_{k}"], r["side"]) else c for r, c in zip(records, current)]
+            out[f"{kind}_rule_{k}"] = float(np.mean(trusted))
     return out
 
 
