@@ -15,9 +15,7 @@ from core.models.supervised import ClassifierConfig, LesionClassifier
 from core.phantom import make_phantom
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
-
-EMPTY = {"background": None, "layers": [], "composite": None}
+from gradio_client import Client  # noqa: E402
 
 
 def make_checkpoints(folder: Path) -> None:
@@ -54,88 +52,100 @@ def _png(path: Path, arr) -> str:
     return str(path)
 
 
-def support_editor(files: Path, seed: int = 1, mask=True):
+def b64(arr) -> str:
+    """An array as a base64 PNG (what the script API takes)."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def b64_file(path) -> str:
+    import base64
+
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def support_pair(seed: int = 1, mask=True) -> tuple[str, str]:
+    """A phantom support as the script API takes it: (image, mask), base64 PNGs."""
     p = make_phantom(seed)
-    layer = np.zeros((*p.mask.shape, 4), np.uint8)
-    if mask:
-        layer[p.mask] = (255, 0, 0, 128)
-    return {"background": handle_file(_png(files / f"s{seed}.png", p.image)),
-            "layers": [handle_file(_png(files / f"l{seed}_{mask}.png", layer))], "composite": None}
+    m = p.mask if mask is True else (mask if mask is not False else np.zeros_like(p.mask))
+    return b64(p.image), b64(m.astype(np.uint8) * 255)
 
 
-def set_supports(client, editors, masks=(None,) * 5):
-    editors = list(editors) + [EMPTY] * (5 - len(editors))
-    return client.predict(*editors, *masks, api_name="/set_supports")
+def set_supports(client, pairs):
+    return client.predict([i for i, _ in pairs], [m for _, m in pairs], api_name="/set_supports")
 
 
-def segment(client, editors, query, masks=(None,) * 5, ckpt="tiny_panet"):
+def segment(client, pairs, query: str, ckpt="tiny_panet", per_support=False) -> dict:
     """Set the session's supports, then Segment (which never receives the supports itself)."""
-    set_supports(client, editors, masks)
-    return client.predict(ckpt, query, 0.5, 0.4, False, api_name="/segment")
+    set_supports(client, pairs)
+    return client.predict(query, ckpt, 0.5, per_support, False, api_name="/segment")
+
+
+def mask_of(answer: dict) -> np.ndarray:
+    from webapp.session_api import mask_of as decode
+
+    return decode(answer)
 
 
 def test_segment_returns_a_mask_of_the_query_size(app):
     client, files, _ = app
     q = make_phantom(5, size=(300, 410))
-    out = segment(client, [support_editor(files, 1), support_editor(files, 2)],
-                  handle_file(_png(files / "q.png", q.image)))
-    overlay, prob, heatmaps, report = out[:4]
-    assert "2 support(s)" in report
-    downloads = client.predict(0.4, api_name="/downloads")
-    mask = Image.open([d for d in downloads if d.endswith("mask.png")][0])
-    assert mask.size == (410, 300), "the downloaded mask has the query's size"
-    assert Image.open(overlay).size == (410, 300)
-    captions = [h["caption"] for h in heatmaps]
+    out = segment(client, [support_pair(1), support_pair(2)], b64(q.image))
+    assert "2 support(s)" in out["report"]
+    assert mask_of(out).shape == (300, 410), "the mask has the query's size"
+    captions = out["heatmaps"]
     assert "cosine similarity: foreground" in captions and "cosine similarity: background" in captions
     assert not any("support 2" in c for c in captions), "per-support maps only on request"
-    per = client.predict("tiny_panet", handle_file(_png(files / "q.png", q.image)), 0.5, 0.4, True,
-                         api_name="/segment")[2]
-    assert any("support 2 foreground" in h["caption"] for h in per)
+    per = client.predict("", "tiny_panet", 0.5, True, False, api_name="/segment")["heatmaps"]
+    assert any("support 2 foreground" in c for c in per)
 
 
 def test_classify_after_segment(app):
     client, files, _ = app
     q = make_phantom(6)
-    segment(client, [support_editor(files, 1)], handle_file(_png(files / "q6.png", q.image)))
-    label, text, shown = client.predict(None, api_name="/classify")
+    segment(client, [support_pair(1)], b64(q.image))
+    label, text, shown = client.predict(api_name="/classify")
     assert "Predicted class:" in text
     assert Image.open(shown).size == q.image.shape[1::-1], "the page shows the mask the classifier was given"
     assert {c["label"] for c in label["confidences"]} == {"benign", "malignant", "normal"}
 
 
 @pytest.mark.parametrize("case, message", [
-    ("no_support", "no support"),
-    ("empty_mask", "support 1: no mask yet"),
+    ("no_support", "1-5 support images"),
+    ("empty_mask", "support 1: the mask is empty"),
     ("no_query", "no query image"),
-    ("mask_size", "but its image is"),
+    ("mask_size", "support mask 1"),
     ("too_large", "too large"),
     ("not_an_image", "not a readable image"),
     ("broken_checkpoint", "checkpoint could not be loaded"),
 ])
 def test_bad_input_gives_a_clear_message(app, case, message):
+    import base64
+
     client, files, _ = app
-    q = handle_file(_png(files / "qq.png", make_phantom(3).image))
-    good = [support_editor(files, 1)]
+    q = b64(make_phantom(3).image)
+    good = [support_pair(1)]
     kwargs = {}
     if case == "no_support":
-        editors = []
+        pairs = []
     elif case == "empty_mask":
-        editors = [support_editor(files, 1, mask=False)]
+        pairs = [support_pair(1, mask=False)]
     elif case == "no_query":  # a fresh session: no query uploaded nor picked
-        editors, q, client = good, None, Client(client.src, verbose=False)
+        pairs, q, client = good, "", Client(client.src, verbose=False)
     elif case == "mask_size":
-        editors = good
-        kwargs["masks"] = (handle_file(_png(files / "small_mask.png", np.full((50, 60), 255, np.uint8))),) + (None,) * 4
+        pairs = [(good[0][0], b64(np.full((50, 60), 255, np.uint8)))]
     elif case == "too_large":
-        editors, q = good, handle_file(_png(files / "huge.png", np.zeros((64, 5000), np.uint8)))
+        pairs, q = good, b64(np.zeros((64, 5000), np.uint8))
     elif case == "not_an_image":
-        bad = files / "fake.png"
-        bad.write_bytes(b"this is not a PNG")
-        editors, q = good, handle_file(str(bad))
+        pairs, q = good, base64.b64encode(b"this is not a PNG").decode()
     elif case == "broken_checkpoint":
-        editors, kwargs["ckpt"] = good, "broken"
+        pairs, kwargs["ckpt"] = good, "broken"
     with pytest.raises(Exception, match=message):
-        segment(client, editors, q, **kwargs)
+        segment(client, pairs, q, **kwargs)
 
 
 def test_odd_modes_are_accepted(app):
@@ -147,59 +157,36 @@ def test_odd_modes_are_accepted(app):
     ppal = files / "qpal.png"
     Image.fromarray(q.image).convert("P").save(ppal)
     for path in (p16, prgba, ppal):
-        report = segment(client, [support_editor(files, 1)], handle_file(str(path)))[3]
+        report = segment(client, [support_pair(1)], b64_file(path))["report"]
         assert "1 support(s)" in report
 
 
 def test_sessions_do_not_share_state(app):
     """Classifying in a fresh session must not see another session's segmentation."""
     client, files, _ = app
-    segment(client, [support_editor(files, 1)], handle_file(_png(files / "q7.png", make_phantom(7).image)))
+    segment(client, [support_pair(1)], b64(make_phantom(7).image))
     other = Client(client.src, verbose=False)
     with pytest.raises(Exception, match="segment a query first"):
-        other.predict(None, api_name="/classify")
+        other.predict(api_name="/classify")
 
 
 def test_outputs_stay_in_the_output_folder(app):
     client, files, ctx = app
-    segment(client, [support_editor(files, 1)], handle_file(_png(files / "q8.png", make_phantom(8).image)))
+    segment(client, [support_pair(1)], b64(make_phantom(8).image))
     written = [p for p in ctx.config.output_dir.rglob("*") if p.is_file()]
     assert written and all(ctx.config.output_dir in p.parents for p in written)
 
 
-def test_layer_mask_handles_the_three_layer_shapes():
-    from webapp.handlers import editor_value, layer_mask
-
-    image = np.zeros((60, 80, 3), np.uint8)
-    mask = np.zeros((60, 80), bool)
-    mask[10:20, 30:50] = True
-    value = editor_value(image, mask)            # canvas-size layer, mask at the top-left
-    assert value["layers"][0].shape[:2] == (800, 800)
-    np.testing.assert_array_equal(layer_mask(value, (60, 80)), mask)
-    drawn = np.zeros((60, 80, 4), np.uint8)      # drawn in the page: the background's size
-    drawn[mask] = (255, 0, 0, 128)
-    np.testing.assert_array_equal(layer_mask({"background": image, "layers": [drawn]}, (60, 80)), mask)
-    scaled = drawn[::2, ::2]                     # returned downscaled (Gradio #10298)
-    back = layer_mask({"background": image, "layers": [scaled]}, (60, 80))
-    assert (back == mask).mean() > 0.97
-    big = np.zeros((1000, 1200, 3), np.uint8)    # larger than the canvas: shown downscaled
-    big_mask = np.zeros((1000, 1200), bool)
-    big_mask[100:300, 600:900] = True
-    v = editor_value(big, big_mask)
-    assert max(v["background"].shape[:2]) == 800
-    assert (layer_mask(v, (1000, 1200)) == big_mask).mean() > 0.99
-
-
-def _finetune(client, editors, name, epochs=1, episodes=20, lr=1e-3):
+def _finetune(client, pairs, name, epochs=1, episodes=20, lr=1e-3):
     """A short run that improves the tiny random model (a run that does not is not saved)."""
-    set_supports(client, editors)
+    set_supports(client, pairs)
     return client.predict("tiny_panet", "this session's supports and corrected queries", epochs, episodes, lr, name,
                           api_name="/finetune")
 
 
 def test_finetune_saves_a_new_checkpoint_atomically(app):
     client, files, ctx = app
-    status, _, ckpt = _finetune(client, [support_editor(files, s) for s in (1, 2, 3)], "../../evil name")
+    status, _, ckpt = _finetune(client, [support_pair(s) for s in (1, 2, 3)], "../../evil name")
     assert "Saved as" in status and "the starting checkpoint" in status
     saved = list((ctx.config.output_dir / "checkpoints").glob("*.json"))
     assert [p.stem for p in saved] == ["evil_name"], "the name is sanitised and stays in outputs/checkpoints"
@@ -214,7 +201,7 @@ def test_finetune_saves_a_new_checkpoint_atomically(app):
 def test_finetune_needs_three_images(app):
     client, files, _ = app
     fresh = Client(client.src, verbose=False)
-    status = _finetune(fresh, [support_editor(files, 1)], "x")[0]     # said in the status, not raised
+    status = _finetune(fresh, [support_pair(1)], "x")[0]     # said in the status, not raised
     assert "at least 3 annotated images" in status
 
 
@@ -228,7 +215,7 @@ def test_cancelled_finetune_saves_nothing_and_only_its_owner_can_cancel(app):
     result = {}
 
     def go():
-        result["out"] = _finetune(owner, [support_editor(files, s) for s in (1, 2, 3)], "cancelled", 3, 200)
+        result["out"] = _finetune(owner, [support_pair(s) for s in (1, 2, 3)], "cancelled", 3, 200)
 
     t = threading.Thread(target=go)
     t.start()
@@ -246,7 +233,7 @@ def test_cancelled_finetune_saves_nothing_and_only_its_owner_can_cancel(app):
 
 def test_finetune_refuses_a_learning_rate_that_would_diverge(app):
     client, files, _ = app
-    status = _finetune(Client(client.src, verbose=False), [support_editor(files, s) for s in (1, 2, 3)], "x",
+    status = _finetune(Client(client.src, verbose=False), [support_pair(s) for s in (1, 2, 3)], "x",
                        lr=1e9)[0]
     assert "learning rate" in status and "Not done" in status
 
@@ -254,7 +241,7 @@ def test_finetune_refuses_a_learning_rate_that_would_diverge(app):
 def test_adapt_then_segment_uses_the_adapted_model_for_this_session_only(app):
     client, files, ctx = app
     me = Client(client.src, verbose=False)
-    sups = [support_editor(files, s) for s in (1, 2)]
+    sups = [support_pair(s) for s in (1, 2)]
     set_supports(me, sups)
     status = me.predict("tiny_panet", 5, api_name="/adapt")
     assert "Adapted" in status and "leave-one-out Dice" in status
@@ -276,50 +263,42 @@ def test_adapt_then_segment_uses_the_adapted_model_for_this_session_only(app):
 
 def test_segment_never_receives_the_supports_again(app, monkeypatch):
     from tests.conftest import count_calls
-    from webapp import handlers
+    from webapp import script_api, session_api
 
     client, files, _ = app
-    decodes = count_calls(monkeypatch, handlers, "editor_pair")
-    segments = count_calls(monkeypatch, handlers, "segment")
+    decodes = count_calls(monkeypatch, session_api, "decode_image")
     params = [p["parameter_name"] for p in client.view_api(print_info=False, return_format="dict")
               ["named_endpoints"]["/segment"]["parameters"]]
-    assert not any("support" in p.lower() or "editor" in p.lower() for p in params), params
-    q = handle_file(_png(files / "q_twice.png", make_phantom(11).image))
-    segment(client, [support_editor(files, 1), support_editor(files, 2)], q)
+    assert not any(p.lower().startswith(("support", "image", "mask")) for p in params), params
+    segment(client, [support_pair(1), support_pair(2)], b64(make_phantom(11).image))
     decoded = decodes[0]
-    assert decoded >= 2
+    assert decoded >= 4 and script_api.decode_image is not None
     for thr in (0.45, 0.55):
-        report = client.predict("tiny_panet", q, thr, 0.4, False, api_name="/segment")[3]
+        report = client.predict("", "tiny_panet", thr, False, False, api_name="/segment")["report"]
         assert "2 support(s)" in report
     assert decodes[0] == decoded, "a second Segment decodes no support"
-    calls = segments[0]
-    client.predict("tiny_panet", q, 0.55, 0.4, False, api_name="/segment")   # the same, at once: a double click
-    assert segments[0] == calls, "an immediate identical repeat is dropped"
 
 
-def test_clicks_on_the_overlay_refine_the_mask_and_undo(app):
+def test_clicks_refine_the_mask_and_undo(app):
     client, files, ctx = app
     me = Client(client.src, verbose=False)
     q = make_phantom(12)
-    segment(me, [support_editor(files, 1)], handle_file(_png(files / "q12.png", q.image)))
+    segment(me, [support_pair(1)], b64(q.image))
     ys, xs = np.nonzero(q.mask)
     x, y = int(xs.mean()), int(ys.mean())
-    ov, text, = me.predict(x, y, "+", 0.5, 0.4, api_name="/click")[:2]
-    assert "1 positive" in text
-    # the session's mask (downloads) has the lesion at the click
-    mask = np.asarray(Image.open([d for d in me.predict(0.4, api_name="/downloads") if d.endswith("mask.png")][0]))
-    assert mask[y, x] > 0
-    me.predict(x, y, "-", 0.5, 0.4, api_name="/click")
-    mask = np.asarray(Image.open([d for d in me.predict(0.4, api_name="/downloads") if d.endswith("mask.png")][0]))
-    assert mask[y, x] == 0, "a negative click on the same spot removes it"
-    _, text = me.predict(0.5, 0.4, api_name="/undo_click")[:2]
-    assert "1 positive and 0 negative" in text
-    me.predict(0.5, 0.4, api_name="/clear_clicks")
-    me.predict(5, 5, "box", 0.5, 0.4, api_name="/click")
-    _, text = me.predict(60, 60, "box", 0.5, 0.4, api_name="/click")[:2]
-    assert "box" in text
-    mask = np.asarray(Image.open([d for d in me.predict(0.4, api_name="/downloads") if d.endswith("mask.png")][0]))
+    out = me.predict(x, y, "+", 0.5, api_name="/click")
+    assert "1 positive" in out["status"]
+    assert mask_of(out)[y, x], "the session's mask has the target at the click"
+    out = me.predict(x, y, "-", 0.5, api_name="/click")
+    assert not mask_of(out)[y, x], "a negative click on the same spot removes it"
+    assert "1 positive and 0 negative" in me.predict(0.5, api_name="/undo")["status"]
+    me.predict(0.5, api_name="/clear")
+    out = me.predict(5, 5, 60, 60, 0.5, api_name="/box")
+    assert "box" in out["status"]
+    mask = mask_of(out)
     assert not mask[70:].any() and not mask[:, 70:].any(), "nothing outside the box"
+    fresh = Client(client.src, verbose=False)
+    assert fresh.predict(0.5, api_name="/undo")["status"] == "Nothing to undo."
 
 
 def test_a_dicom_query_is_read_cropped_and_measured_in_mm_without_its_tags(app):
@@ -332,9 +311,9 @@ def test_a_dicom_query_is_read_cropped_and_measured_in_mm_without_its_tags(app):
     frame = np.zeros((230, 260), np.uint8)
     frame[10:210, 10:250] = grey                      # the scanner's frame around the image region
     p = make_dicom(files / "q.dcm", frame, region=(10, 10, 249, 209), delta_cm=(0.01, 0.01))
-    out = segment(client, [support_editor(files, 1)], handle_file(str(p)))
-    overlay, report = out[0], out[3]
-    assert Image.open(overlay).size == (240, 200), "cropped to the ultrasound region"
+    out = segment(client, [support_pair(1)], b64_file(p))
+    report = out["report"]
+    assert mask_of(out).shape == (200, 240), "cropped to the ultrasound region"
     if "lesion predicted on 0.0%" not in report:
         assert "mm²" in report and "longest diameter" in report
     for v in PHI.values():
@@ -342,7 +321,7 @@ def test_a_dicom_query_is_read_cropped_and_measured_in_mm_without_its_tags(app):
     bad = files / "bad.dcm"
     bad.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 40)
     with pytest.raises(Exception, match="query image"):
-        client.predict("tiny_panet", handle_file(str(bad)), 0.5, 0.4, False, api_name="/segment")
+        client.predict(b64_file(bad), "tiny_panet", 0.5, False, False, api_name="/segment")
 
 
 def test_the_readme_script_example_runs_as_written(app, tmp_path, monkeypatch):

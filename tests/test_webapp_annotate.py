@@ -9,7 +9,7 @@ from PIL import Image
 
 from core.phantom import make_phantom
 
-from test_webapp import make_checkpoints, set_supports, support_editor
+from test_webapp import make_checkpoints, set_supports, support_pair
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
@@ -37,13 +37,13 @@ def annot_app(tmp_path_factory):
 
 def decide(client, action, token=""):
     """One review decision through the API: (status, image, text, token)."""
-    status, img, text, _, token = client.predict(None, token, api_name="/annotate_" + action.replace(" ", "_"))
+    status, img, text, token = client.predict(token, api_name="/annotate_" + action.replace(" ", "_"))
     return status, img, text, token
 
 
 def test_propagate_review_and_export(annot_app, tmp_path):
     client, files, ctx = annot_app
-    set_supports(client, [support_editor(files, 1), support_editor(files, 2)])
+    set_supports(client, [support_pair(1), support_pair(2)])
     status, _, text, token = client.predict("ward 7", api_name="/annotate_open")
     assert "Project ward_7" in status and "unlabelled 5" in status and token
     line, _, text, token = client.predict("tiny_panet", False, api_name="/annotate_propagate")
@@ -62,8 +62,7 @@ def test_propagate_review_and_export(annot_app, tmp_path):
     status2, _, _, _ = other.predict("ward_7", api_name="/annotate_open")
     assert "unlabelled 5" in status2 and "accepted" not in status2
     # the promoted image can become a support of this session
-    editors_and_more = client.predict(api_name="/annotate_use_promoted")
-    assert "1: ready" in editors_and_more[-1]
+    assert "1: ready" in client.predict(api_name="/annotate_use_promoted")
     zpath = client.predict(api_name="/annotate_export")
     with zipfile.ZipFile(zpath) as z:
         names = z.namelist()
@@ -92,7 +91,7 @@ def test_accept_without_a_prediction_is_refused_and_saves_nothing(annot_app):
 def test_a_decision_for_another_image_than_the_one_shown_is_refused(annot_app):
     client, files, _ = annot_app
     c = Client(client.src, verbose=False)
-    set_supports(c, [support_editor(files, 1)])
+    set_supports(c, [support_pair(1)])
     c.predict("steps", api_name="/annotate_open")
     c.predict("tiny_panet", False, api_name="/annotate_propagate")
     _, _, _, token = c.predict("steps", api_name="/annotate_open")
@@ -126,7 +125,7 @@ def test_projects_of_two_users_are_apart_and_a_user_key_brings_them_back(annot_a
 def test_propagation_with_the_no_lesion_decision_shows_the_score(annot_app):
     client, files, _ = annot_app
     c = Client(client.src, verbose=False)
-    set_supports(c, [support_editor(files, 1)])
+    set_supports(c, [support_pair(1)])
     c.predict("ward 8", api_name="/annotate_open")
     assert "Done: 5 of 5" in c.predict("tiny_panet", True, api_name="/annotate_propagate")[0]
     _, _, text, _ = c.predict("ward_8", api_name="/annotate_open")
@@ -186,7 +185,7 @@ def test_the_reviewers_pass_approves_or_sends_back_the_decision_shown(annot_app)
     from gradio_client.exceptions import AppError
 
     client, files, ctx = annot_app
-    set_supports(client, [support_editor(files, 1)])
+    set_supports(client, [support_pair(1)])
     client.predict("review pass", api_name="/annotate_open")
     _, _, shown, token = client.predict("tiny_panet", False, api_name="/annotate_propagate")
     decide(client, "accept", token)

@@ -38,7 +38,7 @@ def test_annotate_a_folder_in_the_browser(tmp_path):
             page.locator("#gallery img").first.click()             # a synthetic phantom with its mask
             page.get_by_text("Selected:").wait_for(timeout=30_000)
             page.get_by_role("button", name="Put in support slot").click()
-            page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=30_000)
+            page.locator("#support-canvas .pc-slots").get_by_text("1: ready").wait_for(timeout=30_000)
             page.get_by_role("tab", name="Annotate a folder").click()
             page.locator("#project-name textarea, #project-name input").first.fill("ward_3")
             page.get_by_role("button", name="Open / create").click()

@@ -1,5 +1,5 @@
-"""A real browser (Debian's Chromium driven by Playwright): upload a support, paint its mask with the
-mouse (the slot is registered on the server once), upload a query, double-click Segment (it runs once),
+"""A real browser (Debian's Chromium driven by Playwright): upload a support and drag a box around its target
+(LiteMedSAM draws the mask), fill slot 2 with an image and its mask file, upload a query, double-click Segment (it runs once),
 then on the canvas: a click is drawn at once and then the new mask, undo, a dragged box, a brush
 correction and its undo. Saves a screenshot."""
 from __future__ import annotations
@@ -30,7 +30,7 @@ def test_draw_a_support_mask_and_segment(tmp_path, monkeypatch):
     demo = build_app(ctx)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(ctx))
     from tests.conftest import count_calls
-    decodes = count_calls(monkeypatch, handlers, "editor_pair")
+    decodes = count_calls(monkeypatch, handlers, "read_upload")
     segments = count_calls(monkeypatch, handlers, "segment")
     support, query = make_phantom(1), make_phantom(2)
     Image.fromarray(support.image).save(tmp_path / "support.png")
@@ -43,27 +43,30 @@ def test_draw_a_support_mask_and_segment(tmp_path, monkeypatch):
             page.goto(demo.local_url)
             page.wait_for_function("() => window.panetCanvas !== undefined", timeout=60_000)   # the page is up
             page.wait_for_timeout(1000)
-            with page.expect_file_chooser() as chooser:
-                page.locator("#support1").get_by_text("Upload an image").click()
-            chooser.value.set_files(str(tmp_path / "support.png"))
-            canvas = page.locator("#support1 canvas").first
-            for attempt in range(4):     # the editor activates its brush a moment after it drew the image
-                page.wait_for_timeout(1500 * (attempt + 1))
-                box = canvas.bounding_box()
-                assert box and box["width"] > 50
-                cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-                page.mouse.move(cx - 30, cy)
-                page.mouse.down()
-                for dx in range(-30, 31, 5):
-                    page.mouse.move(cx + dx, cy + (dx % 10), steps=2)
-                page.mouse.up()
-                # the painted slot reaches the server once, on its change event (not with each Segment)
-                try:
-                    page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=10_000)
-                    break
-                except sync_api.TimeoutError:
-                    continue
-            page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=10_000)
+            # a support: its image uploaded on the supports' canvas, a box dragged around the target (LiteMedSAM
+            # draws the mask), read on the server once
+            sc = "#support-canvas"
+            page.locator(f"{sc} input.pc-file").set_input_files(str(tmp_path / "support.png"))
+            page.wait_for_function("() => window.panetSupports && window.panetSupports.state().w > 0", timeout=30_000)
+            sb = page.locator(f"{sc} .pc-marks").bounding_box()
+            ys, xs = np.nonzero(support.mask)
+            h, w = support.mask.shape
+            page.mouse.move(sb["x"] + sb["width"] * (xs.min() - 4) / w, sb["y"] + sb["height"] * (ys.min() - 4) / h)
+            page.mouse.down()
+            page.mouse.move(sb["x"] + sb["width"] * (xs.max() + 4) / w, sb["y"] + sb["height"] * (ys.max() + 4) / h,
+                            steps=5)
+            page.mouse.up()
+            page.locator(f"{sc} .pc-slots").get_by_text("1: ready").wait_for(timeout=30_000)
+            assert page.evaluate("window.panetSupports.state().slots[0]") == "ready"
+            # slot 2 by its key, then an image and its mask file
+            page.keyboard.press("2")
+            page.wait_for_function("() => window.panetSupports.state().slot === 2", timeout=10_000)
+            Image.fromarray(make_phantom(3).image).save(tmp_path / "support2.png")
+            Image.fromarray(make_phantom(3).mask.astype(np.uint8) * 255).save(tmp_path / "support2_mask.png")
+            page.locator(f"{sc} input.pc-file").set_input_files(str(tmp_path / "support2.png"))
+            page.locator(f"{sc} .pc-status").get_by_text("Support 2: now drag a box").wait_for(timeout=30_000)
+            page.locator(f"{sc} input.pc-maskfile").set_input_files(str(tmp_path / "support2_mask.png"))
+            page.locator(f"{sc} .pc-slots").get_by_text("2: ready").wait_for(timeout=30_000)
             decoded = decodes[0]
             page.locator("#query-canvas input.pc-file").set_input_files(str(tmp_path / "query.png"))
             # the canvas shows the query as soon as it is uploaded
@@ -77,7 +80,7 @@ def test_draw_a_support_mask_and_segment(tmp_path, monkeypatch):
             assert segments[0] == calls + 1, "a double click runs Segment once"
             page.locator("#segment-button").click()
             page.wait_for_function(idle, timeout=30_000)
-            assert decodes[0] == decoded, "Segment clicks send no support images"
+            assert decodes[0] == decoded + 1, "Segment clicks send no support images (one read: the query)"
             mask_png = "() => document.querySelector('#query-canvas .pc-mask').toDataURL()"
             page.evaluate("document.activeElement && document.activeElement.blur()")
             page.keyboard.press("b")      # a shortcut: the box mode
@@ -168,8 +171,8 @@ def test_first_use_segment_in_view_and_gallery_picks_fill_the_next_slot(tmp_path
                 # what a user sees before the next step: the selection named
                 sync_api.expect(page.locator("#picked-text")).not_to_have_text(before, timeout=30_000)
                 page.get_by_role("button", name="Put in support slot").click()
-                page.locator("#supports-status").get_by_text(f"{k + 1}: ready").wait_for(timeout=30_000)
-            status = page.locator("#supports-status").inner_text()
+                page.locator("#support-canvas .pc-slots").get_by_text(f"{k + 1}: ready").wait_for(timeout=30_000)
+            status = page.locator("#support-canvas .pc-slots").inner_text()
             assert all(f"{k}: ready" in status for k in (1, 2, 3)), status
             # a fourth pick as the query: the canvas shows it (the canvas's own call)
             before = page.locator("#picked-text").inner_text()

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from core.phantom import make_phantom
-from webapp import canvas, handlers
+from webapp import canvas, handlers, supports
 from webapp.handlers import Session, UserError
 
 
@@ -135,7 +135,7 @@ def _ready(ctx, app, sh):
     page = app.state_holder[sh]
     sess = Session()
     support = make_phantom(1)
-    handlers.set_slot_pair(sess, 1, support.image, support.mask)
+    sess.slots = supports.put(sess.slots, 1, supports.with_image(support.image, support.mask))
     handlers.set_query(sess, make_phantom(2).image)
     page[_State._id] = sess
 
@@ -242,7 +242,7 @@ def test_a_propagation_that_ends_keeps_what_the_canvas_did_meanwhile(tmp_path):
     ctx, app, link, Call = _review_app(tmp_path)
     start = Session(project="p")
     ph = make_phantom(4)
-    handlers.set_slot_pair(start, 1, ph.image, ph.mask)
+    start.slots = supports.put(start.slots, 1, supports.with_image(ph.image, ph.mask))
     app.state_holder["page-1"][_State._id] = start
     outputs = []
     for out in review.propagate(ctx, link, start, "tiny_panet", False, False, False, Call()):

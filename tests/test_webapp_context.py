@@ -77,14 +77,15 @@ def test_the_checkpoint_menu_lists_described_user_checkpoints_only():
 
 def test_gallery_picks_fill_the_next_free_slot():
     """Finding 8: three gallery picks in a row all replaced support 1."""
-    from webapp.handlers import Session, next_free_slot, set_slot_pair
+    from webapp import supports
+    from webapp.session import Session
 
     sess = Session()
     p = __import__("core.phantom", fromlist=["make_phantom"]).make_phantom(1)
     slot = 1
     for expected in (2, 3, 4):
-        set_slot_pair(sess, slot, p.image, p.mask)
-        slot = next_free_slot(sess, slot)
+        sess.slots = supports.put(sess.slots, slot, supports.with_image(p.image, p.mask, slot))
+        slot = supports.next_free(sess.slots, slot)
         assert slot == expected
 
 

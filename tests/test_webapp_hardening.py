@@ -15,10 +15,10 @@ from PIL import Image
 
 from core.phantom import make_phantom
 
-from test_webapp import _finetune, _png, app, segment, set_supports, support_editor  # noqa: F401  (module fixture)
+from test_webapp import _finetune, _png, app, b64, b64_file, segment, set_supports, support_pair  # noqa: F401  (module fixture)
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client import Client  # noqa: E402
 
 
 def _bomb(path: Path, side: int = 10000) -> str:
@@ -27,39 +27,27 @@ def _bomb(path: Path, side: int = 10000) -> str:
     return str(path)
 
 
-def test_an_editor_image_over_the_pixel_limit_is_refused_before_decoding(app):
+def test_a_support_image_over_the_pixel_limit_is_refused_before_decoding(app):
     client, files, _ = app
     bomb = _bomb(files / "bomb.png")
     assert os.path.getsize(bomb) < 1_000_000
-    q = handle_file(_png(files / "qb.png", make_phantom(3).image))
-    editor = {"background": handle_file(bomb), "layers": [], "composite": None}
+    q = b64(make_phantom(3).image)
     with pytest.raises(Exception, match="too large"):
-        segment(client, [editor], q)
-    as_layers = dict(support_editor(files, 1), layers=[handle_file(bomb)] * 2)
+        segment(client, [(b64_file(bomb), support_pair(1)[1])], q)
     with pytest.raises(Exception, match="too large"):
-        segment(client, [as_layers], q)
-
-
-def test_the_number_of_editor_layers_is_limited(app):
-    client, files, _ = app
-    q = handle_file(_png(files / "ql.png", make_phantom(3).image))
-    many = support_editor(files, 1)
-    many = dict(many, layers=many["layers"] * 6)
-    with pytest.raises(Exception, match="layers"):
-        segment(client, [many], q)
+        segment(client, [(support_pair(1)[0], b64_file(bomb))], q)
 
 
 def test_a_non_image_support_and_a_whole_image_mask_get_clear_messages(app):
+    import base64
+
     client, files, _ = app
-    q = handle_file(_png(files / "qm.png", make_phantom(3).image))
-    fake = files / "fake_support.png"
-    fake.write_bytes(b"GIF89a not really")
-    with pytest.raises(Exception, match="Support 1 image: not a readable image"):
-        segment(client, [{"background": handle_file(str(fake)), "layers": [], "composite": None}], q)
+    q = b64(make_phantom(3).image)
+    with pytest.raises(Exception, match="support 1: not a readable image"):
+        segment(client, [(base64.b64encode(b"GIF89a not really").decode(), support_pair(1)[1])], q)
     white = np.full(make_phantom(1).mask.shape, 255, np.uint8)
-    masks = (handle_file(_png(files / "white.png", white)),) + (None,) * 4
     with pytest.raises(Exception, match="support 1: the mask covers the whole image"):
-        segment(client, [support_editor(files, 1)], q, masks=masks)
+        segment(client, [(support_pair(1)[0], b64(white))], q)
 
 
 def test_session_keeps_at_most_ten_downscaled_corrected_pairs():
@@ -79,15 +67,15 @@ def test_session_keeps_at_most_ten_downscaled_corrected_pairs():
 
 def test_concurrent_identical_segment_calls_all_succeed(app):
     client, files, _ = app
-    q = _png(files / "same.png", make_phantom(9).image)
-    sups = [support_editor(files, 1), support_editor(files, 2)]
+    q = b64(make_phantom(9).image)
+    sups = [support_pair(1), support_pair(2)]
     errors, done = [], []
 
     def user():
         c = Client(client.src, verbose=False)
         for _ in range(3):
             try:
-                segment(c, sups, handle_file(q))
+                segment(c, sups, q)
                 done.append(1)
             except Exception as exc:  # the count of failures is the assertion
                 errors.append(repr(exc))
@@ -102,8 +90,15 @@ def test_concurrent_identical_segment_calls_all_succeed(app):
 
 def test_gradio_cache_and_exports_live_in_the_output_folder(app):
     client, files, ctx = app
-    segment(client, [support_editor(files, 1)], handle_file(_png(files / "qc.png", make_phantom(4).image)))
-    client.predict(0.4, api_name="/downloads")
+    from webapp import handlers
+    from webapp.session import Session
+
+    segment(client, [support_pair(1)], b64(make_phantom(4).image))
+    client.predict(api_name="/classify")              # an image answer: Gradio caches it
+    sess = Session()
+    handlers.set_query(sess, make_phantom(4).image)
+    sess.mask = make_phantom(4).mask
+    handlers.downloads(ctx, sess, 0.4)
     assert os.environ["GRADIO_TEMP_DIR"] == str(ctx.cache_dir)
     cached = [p for p in ctx.cache_dir.rglob("*") if p.is_file()]
     assert any(p.name == "mask.png" for p in cached), "exports are written in the cache"
@@ -114,19 +109,19 @@ def test_gradio_cache_and_exports_live_in_the_output_folder(app):
 def test_saved_checkpoints_are_private_to_their_session_and_not_served(app):
     client, files, ctx = app
     me = Client(client.src, verbose=False)
-    status, _, name = _finetune(me, [support_editor(files, s) for s in (1, 2, 3)], "private one")
+    status, _, name = _finetune(me, [support_pair(s) for s in (1, 2, 3)], "private one")
     assert "Saved as **private_one (yours)**" in status
     assert "private_one (yours)" in ctx.checkpoints("panet", me.session_hash)
     stranger = Client(client.src, verbose=False)
     listed = stranger.predict("tiny_panet", api_name="/refresh_checkpoints")
     assert "private_one (yours)" not in json.dumps(listed)
     with pytest.raises(Exception, match="unknown checkpoint"):
-        segment(stranger, [support_editor(files, 1)], handle_file(_png(files / "qp.png", make_phantom(2).image)),
+        segment(stranger, [support_pair(1)], b64(make_phantom(2).image),
                 ckpt="private_one (yours)")
     # its owner, connected before the checkpoint existed, can refresh and use it by name
     assert "private_one (yours)" in json.dumps(me.predict("tiny_panet", api_name="/refresh_checkpoints"))
-    report = segment(me, [support_editor(files, 1)], handle_file(_png(files / "qo.png", make_phantom(2).image)),
-                     ckpt="private_one (yours)")[3]
+    report = segment(me, [support_pair(1)], b64(make_phantom(2).image),
+                     ckpt="private_one (yours)")["report"]
     assert "1 support(s)" in report
     url = f"{client.src.rstrip('/')}/gradio_api/file={ctx.saved_dir / 'private_one.json'}"
     with pytest.raises(urllib.error.HTTPError) as err:
@@ -148,7 +143,7 @@ def test_a_run_that_does_not_beat_its_start_is_not_saved(app, monkeypatch):
 
     monkeypatch.setattr(fs, "train_fewshot", no_better)
     before = set(ctx.saved_dir.iterdir())
-    status, _, _ = _finetune(Client(client.src, verbose=False), [support_editor(files, s) for s in (1, 2, 3)], "x")
+    status, _, _ = _finetune(Client(client.src, verbose=False), [support_pair(s) for s in (1, 2, 3)], "x")
     assert "No improvement" in status and "Nothing was saved" in status
     assert set(ctx.saved_dir.iterdir()) == before
     assert not list(ctx.config.output_dir.glob("work_*"))
@@ -191,7 +186,7 @@ def test_a_second_job_waits_in_the_queue_with_its_position_and_its_owner_can_can
     """Finding 7: the owner could not cancel a queued fine-tune (it started later anyway)."""
     client, files, _ = app
     first, second, third = (Client(client.src, verbose=False) for _ in range(3))
-    sups = [support_editor(files, s) for s in (1, 2, 3)] + [{"background": None, "layers": [], "composite": None}] * 2
+    sups = [support_pair(s) for s in (1, 2, 3)]
     for c in (first, second, third):
         set_supports(c, sups)
     long_run = first.submit("tiny_panet", "this session's supports and corrected queries", 3, 200, 1e-4, "queued",
@@ -218,36 +213,29 @@ def test_a_failed_fine_tune_says_so_without_marking_the_checkpoint_menu(app):
     """Finding 7: after a fine-tune error the checkpoint menu showed an "Error" badge."""
     client, files, _ = app
     c = Client(client.src, verbose=False)
-    set_supports(c, [support_editor(files, 1)])
+    set_supports(c, [support_pair(1)])
     status, _, menu = c.predict("tiny_panet", "this session's supports and corrected queries", 1, 10, 1e-4, "x",
                                 api_name="/finetune")
     assert "Not done" in status and "at least 3 annotated images" in status
 
 
-def test_a_repeated_segment_call_gets_the_first_answer(app):
+def test_a_repeated_segment_call_gets_the_same_answer(app):
     """Finding 7: an API client repeating a call within 1 s got an empty update."""
     client, files, _ = app
     c = Client(client.src, verbose=False)
-    q = handle_file(_png(files / "qr.png", make_phantom(4).image))
-    first = segment(c, [support_editor(files, 1)], q)
-    again = c.predict("tiny_panet", q, 0.5, 0.4, False, api_name="/segment")
-    assert again[0] and again[3] == first[3], "the same overlay and report, not an empty update"
+    q = b64(make_phantom(4).image)
+    first = segment(c, [support_pair(1)], q)
+    again = c.predict(q, "tiny_panet", 0.5, False, False, api_name="/segment")
+    assert again["mask_png"] == first["mask_png"] and again["report"] == first["report"]
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("threshold", "abc", "Threshold: must be a finite number"),
-    ("threshold", None, "Threshold: must be a finite number"),
-    ("opacity", "0.4; drop", "Overlay opacity: must be a finite number"),
-])
-def test_bad_numbers_get_a_message_naming_the_field(app, field, value, message):
+@pytest.mark.parametrize("value", ["abc", None, "0.4; drop", 1e300])
+def test_a_bad_threshold_gets_a_message_naming_it(app, value):
     client, files, _ = app
     c = Client(client.src, verbose=False)
-    q = handle_file(_png(files / "qn.png", make_phantom(4).image))
-    set_supports(c, [support_editor(files, 1)])
-    args = {"threshold": 0.5, "opacity": 0.4}
-    args[field] = value
-    with pytest.raises(Exception, match=message):
-        c.predict("tiny_panet", q, args["threshold"], args["opacity"], False, api_name="/segment")
+    set_supports(c, [support_pair(1)])
+    with pytest.raises(Exception, match="threshold must be"):
+        c.predict(b64(make_phantom(4).image), "tiny_panet", value, False, False, api_name="/segment")
 
 
 @pytest.mark.parametrize("x, y", [(float("nan"), 10.0), (10.0, float("inf")), ("left", 3)])
@@ -268,43 +256,30 @@ def test_non_finite_click_coordinates_and_opacity_are_refused(x, y):
 
 def test_bad_support_files_are_named_at_their_slot(app):
     """Finding 6: truncated files, 16-bit images and degenerate masks."""
+    import base64
+
     client, files, _ = app
     c = Client(client.src, verbose=False)
     good = make_phantom(1)
-    png = Path(_png(files / "trunc_src.png", good.image))
-    trunc = files / "trunc.png"
-    trunc.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
-    with pytest.raises(Exception, match="Support 2 image: not a readable image \\(truncated"):
-        set_supports(c, [support_editor(files, 1), {"background": handle_file(str(trunc)), "layers": [],
-                                                     "composite": None}])
-    for mask, message in ((np.zeros(good.mask.shape, np.uint8), "support 1: the mask is empty"),
-                          (np.full(good.mask.shape, 255, np.uint8), "support 1: the mask covers the whole image")):
-        name = f"m{int(mask.max())}.png"
-        editor = {"background": handle_file(_png(files / "bg.png", good.image)), "layers": [], "composite": None}
-        with pytest.raises(Exception, match=message):
-            set_supports(c, [editor], masks=(handle_file(_png(files / name, mask)),) + (None,) * 4)
+    raw = base64.b64decode(b64(good.image))
+    trunc = base64.b64encode(raw[: len(raw) // 2]).decode()
+    with pytest.raises(Exception, match="support 2: not a readable image"):
+        set_supports(c, [support_pair(1), (trunc, support_pair(1)[1])])
+    image = b64(good.image)
     one_pixel = np.zeros(good.mask.shape, np.uint8)
     one_pixel[5, 5] = 255
-    with pytest.raises(Exception, match="support 1: the mask marks only 1 pixel"):
-        set_supports(c, [editor], masks=(handle_file(_png(files / "m1px.png", one_pixel)),) + (None,) * 4)
-    # a 16-bit support image is accepted through the API...
-    deep = (good.image[..., 0].astype(np.uint16) * 257)
-    Image.fromarray(deep).save(files / "deep.png")
-    editor16 = dict(support_editor(files, 1), background=handle_file(str(files / "deep.png")))
-    assert "1: ready" in set_supports(c, [editor16])
+    for mask, message in ((np.zeros(good.mask.shape, np.uint8), "support 1: the mask is empty"),
+                          (np.full(good.mask.shape, 255, np.uint8), "support 1: the mask covers the whole image"),
+                          (one_pixel, "support 1: the mask marks only 1 pixel")):
+        with pytest.raises(Exception, match=message):
+            set_supports(c, [(image, b64(mask))])
+    # a 16-bit support image is accepted through the API, decoded by bit depth (its contrast kept)
+    from webapp.script_api import decode_image
 
-
-def test_a_16_bit_editor_image_keeps_its_contrast(tmp_path):
-    """...and decoded by bit depth (Gradio's own conversion clipped it to white)."""
-    from gradio.data_classes import FileData
-
-    from webapp.uploads import SafeImageEditor
-
-    grey = make_phantom(1).image[..., 0]
-    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "deep.png")
-    ed = SafeImageEditor(label="Support 1: x", type="numpy", image_mode="RGBA")
-    arr = ed.convert_and_format_image(FileData(path=str(tmp_path / "deep.png")))
-    assert arr.shape[2] == 4 and np.abs(arr[..., 0].astype(int) - grey).max() <= 1
+    deep = good.image[..., 0].astype(np.uint16) * 257
+    assert "1: ready" in set_supports(c, [(b64(deep), support_pair(1)[1])])
+    back = decode_image(b64(deep), "support 1")
+    assert np.abs(back[..., 0].astype(int) - good.image[..., 0]).max() <= 1
 
 
 def test_numeric_fields_are_bounded_also_through_the_api(app):
@@ -312,11 +287,10 @@ def test_numeric_fields_are_bounded_also_through_the_api(app):
     c = Client(client.src, verbose=False)
     # Gradio's slider checks its range; the handlers check again (defence in depth)
     with pytest.raises(Exception, match="greater than maximum value 20|epochs must be between"):
-        _finetune(c, [support_editor(files, s) for s in (1, 2, 3)], "x", epochs=10**9)
-    q = handle_file(_png(files / "qn.png", make_phantom(3).image))
-    set_supports(c, [support_editor(files, 1)])
-    with pytest.raises(Exception, match="greater than maximum value|threshold must be between"):
-        c.predict("tiny_panet", q, 7.0, 0.4, False, api_name="/segment")
+        _finetune(c, [support_pair(s) for s in (1, 2, 3)], "x", epochs=10**9)
+    set_supports(c, [support_pair(1)])
+    with pytest.raises(Exception, match="threshold must be between"):
+        c.predict(b64(make_phantom(3).image), "tiny_panet", 7.0, False, False, api_name="/segment")
 
 
 def test_handlers_check_ranges_themselves():
@@ -329,13 +303,15 @@ def test_handlers_check_ranges_themselves():
 
 
 def test_session_supports_are_kept_downscaled():
-    from webapp.handlers import KEPT_PAIR_SIDE, Session, set_slot_pair
+    from webapp import supports
+    from webapp.session import Session
+    from webapp.supports import KEPT_PAIR_SIDE
 
     s = Session()
     big = np.zeros((3000, 2000, 3), np.uint8)
     mask = np.zeros((3000, 2000), bool)
     mask[1000:1500, 500:900] = True
-    set_slot_pair(s, 2, big, mask)
+    s.slots = supports.put(s.slots, 2, supports.with_image(big, mask, 2))
     img, m = s.supports[1]
     assert max(img.shape[:2]) == KEPT_PAIR_SIDE and m.shape == img.shape[:2] and m.any()
 

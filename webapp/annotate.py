@@ -14,7 +14,7 @@ from core.data.io import DataError, read_image
 from core.visual import overlay
 
 from .context import AppContext, owner_tag
-from .handlers import UserError, display_size, layer_mask, resize_mask
+from .handlers import UserError, display_size, resize_mask
 
 
 def open_project(ctx: AppContext, name: str, owner: str) -> ProjectStore:
@@ -175,12 +175,11 @@ def parse_token(token) -> tuple[int, int]:
     return image_id, version
 
 
-def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, token: str, corrector=None,
+def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, token: str,
            painted=None) -> int | None:
     """A decision on exactly the image the person saw: `token` (image id and version shown) must match.
     Returns the version the decision made (None for promote).
-    A correction comes from the correction editor (`corrector`) or the canvas (`painted`: a PNG data URL
-    at the size the image was shown)."""
+    A correction comes from the canvas (`painted`: a PNG data URL at the size the image was shown)."""
     if not rel_path:
         raise UserError("open a project and pick an image first")
     who = store.user or owner_tag(owner)
@@ -189,7 +188,7 @@ def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, t
             image_id, version = parse_token(token)
             mask = None
             if action == "correct":
-                mask = _correction(store, rel_path, corrector, painted)
+                mask = _correction(store, rel_path, painted)
                 if not mask.any():
                     raise UserError("the correction is empty: paint the lesion, or choose No lesion")
             return store.decide(rel_path, action, image_id, version, who=who, mask=mask)
@@ -204,16 +203,14 @@ def decide(store: ProjectStore, rel_path: str | None, action: str, owner: str, t
         raise UserError(str(exc)) from exc
 
 
-def _correction(store: ProjectStore, rel_path: str, corrector, painted) -> np.ndarray:
-    img = read_image(store.image_path(rel_path))
-    if painted is not None:
-        from .canvas import read_mask
+def _correction(store: ProjectStore, rel_path: str, painted) -> np.ndarray:
+    if painted is None:
+        raise UserError("paint the correction on the canvas first (brush p, eraser e)")
+    from .canvas import read_mask
 
-        small, _ = display_size(img)
-        return resize_mask(read_mask(painted, small.shape[:2]), img.shape[:2])
-    if not (isinstance(corrector, dict) and corrector.get("background") is not None):
-        raise UserError("load the image into the correction editor and paint the lesion first")
-    return layer_mask(corrector, img.shape[:2])
+    img = read_image(store.image_path(rel_path))
+    small, _ = display_size(img)
+    return resize_mask(read_mask(painted, small.shape[:2]), img.shape[:2])
 
 
 def promoted_supports(store: ProjectStore) -> list[tuple[np.ndarray, np.ndarray]]:

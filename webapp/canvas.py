@@ -23,7 +23,7 @@ import numpy as np
 
 from core.cache import LRU
 
-from .handlers import Session, UserError
+from .session import Session, UserError
 
 log = logging.getLogger(__name__)
 SCRIPT = (Path(__file__).parent / "static" / "canvas.js").read_text()
@@ -48,6 +48,11 @@ CSS = """
 .pc-status.pc-error { color: #b91c1c; }
 .pc-project { margin-bottom: 6px; }
 .pc-upload { font-size: 13px; }
+.pc-toolbar button.pc-slot { min-width: 34px; font-weight: 600; }
+.pc-toolbar button.pc-slot.pc-ready { border-color: #16a34a; box-shadow: inset 0 -3px 0 #16a34a; }
+.pc-toolbar button.pc-slot.pc-waiting { border-color: #d97706; box-shadow: inset 0 -3px 0 #d97706; }
+.pc-toolbar button.pc-slot.pc-current { background: #1e293b; color: #fff; }
+.pc-slots { margin-top: 4px; font-size: 13px; color: #444; line-height: 1.4; }
 """
 
 _STAGE = ('<div class="pc-stage"><img class="pc-img" alt="image" draggable="false"/>'
@@ -68,6 +73,22 @@ SEGMENT_HTML = (
     'Click to add (green) or remove (red), drag a box, or paint with the brush.</div>'
     + _STAGE + '<div class="pc-status"></div></div>')
 
+SUPPORT_HTML = (
+    '<div class="pc-root" data-kind="support"><div class="pc-toolbar">'
+    + "".join(f'<button class="pc-slot" data-slot="{k}" title="slot {k} (keys 1-5)">{k}</button>' for k in range(1, 6))
+    + '<button data-act="clear" title="c">Clear slot (c)</button></div><div class="pc-toolbar">'
+    '<button data-mode="box" title="b">Box (b)</button><button data-mode="+" title="a">Add (a)</button>'
+    '<button data-mode="-" title="r">Remove (r)</button><button data-mode="brush" title="p">Brush (p)</button>'
+    '<button data-mode="erase" title="e">Eraser (e)</button><button data-act="undo" title="z">Undo (z)</button>'
+    + _VIEW + '</div><div class="pc-toolbar"><label class="pc-upload">Image: '
+    '<input class="pc-file" type="file" accept="image/*,.dcm,.dicom"/></label>'
+    '<label class="pc-upload">its mask (PNG, optional): <input class="pc-maskfile" type="file" accept="image/*"/>'
+    '</label></div>'
+    '<div class="pc-empty">Upload a support image, or pick one in the gallery and press <b>Put in support slot</b>. '
+    'Then drag a <b>box</b> around the target: LiteMedSAM draws its mask (clicks add or remove parts; the brush '
+    'paints), or upload the mask.</div>'
+    + _STAGE + '<div class="pc-status"></div><div class="pc-slots"></div></div>')
+
 REVIEW_HTML = (
     '<div class="pc-root" data-kind="review"><div class="pc-project"></div><div class="pc-toolbar">'
     '<button data-act="accept" id="review-accept" title="Enter">Accept (Enter)</button>'
@@ -83,8 +104,8 @@ REVIEW_HTML = (
 
 
 def component(kind: str, server_functions: list, elem_id: str) -> gr.HTML:
-    """The canvas of the Segment tab (`kind="segment"`) or of the review queue (`"review"`)."""
-    html = SEGMENT_HTML if kind == "segment" else REVIEW_HTML
+    """The query's canvas (`kind="segment"`), the supports' (`"support"`) or the review queue's (`"review"`)."""
+    html = {"segment": SEGMENT_HTML, "support": SUPPORT_HTML, "review": REVIEW_HTML}[kind]
     return gr.HTML("", html_template=html, css_template=CSS, js_on_load=SCRIPT, elem_id=elem_id,
                    server_functions=server_functions, apply_default_css=False)
 
@@ -165,8 +186,12 @@ class PageLink:
 
     @classmethod
     def session_hash(cls, request) -> str:
-        body = cls.raw(request).__dict__.get("_json")   # the call's JSON body (Starlette keeps it once read)
-        sh = body.get("session_hash") if isinstance(body, dict) else None
+        """The calling page's session hash: a queued call's (gr.api) from Gradio, a server function's from the
+        call's JSON body (Starlette keeps it once read)."""
+        sh = getattr(request, "session_hash", None) if isinstance(request, gr.Request) else None
+        if not sh:
+            body = cls.raw(request).__dict__.get("_json")
+            sh = body.get("session_hash") if isinstance(body, dict) else None
         if not isinstance(sh, str) or not sh:
             raise UserError("this page has no session: reload it")
         return sh

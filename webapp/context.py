@@ -371,6 +371,21 @@ class AppContext:
 
         self.embedding_pool.submit(page or f"anonymous-{id(image)}", work)
 
+    def prefetch_choice(self, supports, checkpoint: str | None, page: str = "") -> None:
+        """The supports' leave-one-out choice of the redraw (issue 29) in the background, once they change:
+        the next Segment's redraw then costs the decoder only (2+ supports; nothing without LiteMedSAM)."""
+        if len(supports) < 2 or not self.config.promptable:
+            return
+
+        def work():
+            from core.delineate import support_choice
+
+            sam = self.promptable_model()
+            if sam is not None:
+                support_choice(self.fewshot(checkpoint), sam, supports)
+
+        self.embedding_pool.submit(f"{page}:choice", work)
+
     def pipeline(self) -> SupervisedPipeline:
         with self._lock:
             if "pipeline" not in self._models:

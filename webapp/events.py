@@ -11,9 +11,8 @@ import gradio as gr
 
 from core.data.io import DataError
 
-from .handlers import Session, UserError
+from .session import UserError
 
-EMPTY_EDITOR = {"background": None, "layers": [], "composite": None}
 SHOWN_ERRORS = (UserError, ValueError, DataError)   # said in the page; anything else is a bug (logged)
 
 
@@ -49,11 +48,3 @@ def bind(ctx, fn):
 def owner(ctx, request: gr.Request | None) -> str:
     """The user a call comes from (AppContext.owner): jobs, projects and saved models belong to them."""
     return ctx.owner(request)
-
-
-def clear_corrector(sess: Session):
-    """Empty the correction editor if it holds a correction (an editor update is costly in the page)."""
-    if sess.corrector_loaded:
-        sess.corrector_loaded = False
-        return EMPTY_EDITOR
-    return gr.skip()

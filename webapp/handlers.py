@@ -1,9 +1,8 @@
 """Page handlers: plain functions over core, raising UserError with a message for the page."""
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -11,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from core.checkpoint import CheckpointError
-from core.data.io import (DataError, check_header, mask_from_array, read_image, read_mask, resize_mask,
+from core.data.io import (DataError, check_header, read_image, read_mask, resize_mask,
                           to_rgb_uint8)
 from core.io import MAX_UPLOAD_BYTES
 from core.metrics import dice, iou
@@ -19,49 +18,11 @@ from core.visual import colorize, overlay
 
 from .context import AppContext
 
-N_SLOTS = 5
+from .session import N_SLOTS, Session, UserError  # noqa: F401  (what the tabs import from here)
+from .supports import KEPT_PAIR_SIDE, downscaled as _downscaled, fit_side  # noqa: F401
+
 MAX_EXTRA_PAIRS = 10      # corrected queries a session keeps for fine-tuning (oldest dropped first)
-KEPT_PAIR_SIDE = 1024     # ...stored at most this large (fine-tuning works at 256 px)
 QUERY_SIDE = 1024         # a session keeps its query at most this large (the models work at 256 px)
-
-
-class UserError(ValueError):
-    """A mistake the user can fix; the message is shown in the page."""
-
-
-@dataclass
-class Session:
-    """Per-browser-session state (kept in gr.State: never shared between users)."""
-
-    query_key: str | None = None          # gallery key when the query came from the gallery
-    query_image: np.ndarray | None = None # kept at most QUERY_SIDE px (memory stays bounded per session)
-    query_size: tuple | None = None       # the query's own (height, width): downloads are at this size
-    spacing_mm: tuple | None = None       # (row, column) mm per pixel of the query at its own size (DICOM)
-    probability: np.ndarray | None = None
-    base_probability: np.ndarray | None = None   # PANet++'s map before any click (float16; clicks start from it)
-    mask: np.ndarray | None = None        # predicted (or corrected) mask at the query's size
-    corrected: bool = False
-    extra_pairs: list = field(default_factory=list)  # corrected queries kept for fine-tuning
-    notes: list = field(default_factory=list)
-    # supports, decoded once when a slot changes (never re-sent with each Segment): (image, mask) or None
-    supports: list = field(default_factory=lambda: [None] * N_SLOTS)
-    slot_notes: list = field(default_factory=lambda: [""] * N_SLOTS)
-    query_file: str | None = None         # the uploaded query file already decoded into query_image
-    clicks: list = field(default_factory=list)   # (x, y, positive) in query pixels, since the last Segment
-    box: tuple | None = None
-    box_corner: tuple | None = None       # first corner of a box being drawn
-    tiles: list = field(default_factory=list)    # heatmap tiles of the last Segment (for the download)
-    checkpoint: str | None = None         # the checkpoint of the last Segment (clicks refine with it)
-    project: str | None = None            # the annotation project this session works on
-    review_path: str | None = None        # the image under review
-    review_token: str = ""                # its "image_id:version" as shown (a decision must name it)
-    last_decided: str | None = None       # the image decided last (Promote applies to it once the view moved on)
-    last_decided_version: int = 0         # the version this page's decision made (undo only while it is current)
-    corrector_loaded: bool = False        # the correction editor holds a correction of the current prediction
-    thumbs_for: list | None = None        # the supports whose thumbnails the page shows (not sent again)
-    history: list = field(default_factory=list)  # ("click" | "box" | "paint", what undo restores), newest last
-    redraw_pending: bool = False          # Segment answered with PANet++'s mask; LiteMedSAM's redraw follows
-    result_mask: np.ndarray | None = None # what Segment showed (after the redraw): Undo and Clear come back to it
 
 
 def bounded(value, lo: float, hi: float, what: str, integer: bool = False) -> float:
@@ -85,22 +46,6 @@ def finite(value, what: str) -> float:
     if not np.isfinite(v):
         raise UserError(f"{what} must be a finite number (got {value})")
     return v
-
-
-def fit_side(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
-    """The image downscaled so that its longer side is at most `side` (never upscaled), and the scale."""
-    h, w = image.shape[:2]
-    scale = min(1.0, side / max(h, w))
-    if scale == 1.0:
-        return image, 1.0
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    interp = cv2.INTER_AREA if image.dtype == np.uint8 else cv2.INTER_LINEAR
-    return cv2.resize(image, size, interpolation=interp), scale
-
-
-def _downscaled(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    small, _ = fit_side(image, KEPT_PAIR_SIDE)
-    return small, resize_mask(mask, small.shape[:2])
 
 
 def set_query(session: Session, image: np.ndarray | None, spacing_mm=None) -> None:
@@ -213,216 +158,13 @@ def read_mask_upload(path, shape, what: str) -> np.ndarray:
     return m
 
 
-def layer_mask(value: dict, target_hw: tuple[int, int]) -> np.ndarray:
-    """The union of the editor's painted layers (alpha > 0) as a mask of size target_hw.
-
-    Layers come back in three shapes: the background's size (drawn in the page); the canvas size
-    with the background at its top-left (a layer the app set: see `editor_value`); or scaled
-    (Gradio issue #10298). Crop the second, resize (nearest) the third, then map to target_hw.
-    """
-    bg = np.asarray(value["background"])
-    h, w = bg.shape[:2]
-    mask = np.zeros((h, w), bool)
-    for layer in value.get("layers") or []:
-        if layer is None:
-            continue
-        layer = np.asarray(layer)
-        m = layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 else mask_from_array(layer)
-        if m.shape != (h, w) and m.shape[0] >= h and m.shape[1] >= w:
-            m = m[:h, :w]
-        mask |= resize_mask(m, (h, w))
-    return resize_mask(mask, target_hw)
-
-
-def editor_pair(value, mask_file, slot: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(image, mask) of a support slot, or None when the slot is empty.
-
-    The painted layer is the mask; an uploaded mask PNG wins over the drawing.
-    """
-    bg = value.get("background") if isinstance(value, dict) else None
-    if bg is None:
-        if mask_file:
-            raise UserError(f"support {slot}: a mask was uploaded but there is no image")
-        return None
-    image = _array(bg, f"support {slot} image")
-    if mask_file:
-        mask = read_mask_upload(mask_file, image.shape[:2], f"support {slot} mask")
-    else:
-        mask = layer_mask(value, image.shape[:2])
-    return image, check_support_mask(mask, slot)
-
-
-MIN_LESION_PIXELS = 4      # a support mark smaller than this is a slip of the brush, not a lesion
-MAX_LESION_FRACTION = 0.98  # ...and one covering (nearly) the whole image marks no structure
-
-
-def check_support_mask(mask: np.ndarray, slot: int) -> np.ndarray:
-    """Refuse a support mask that marks nothing usable, with a message naming the slot."""
-    n = int(mask.sum())
-    if n == 0:
-        raise UserError(f"support {slot}: the mask is empty: paint the lesion with the brush or upload a mask PNG")
-    if n < MIN_LESION_PIXELS:
-        raise UserError(f"support {slot}: the mask marks only {n} pixel(s): paint the whole lesion")
-    if n >= MAX_LESION_FRACTION * mask.size:
-        raise UserError(f"support {slot}: the mask covers the whole image: mark only the lesion")
-    return mask
-
-
-def collect_supports(editors, mask_files) -> list[tuple[np.ndarray, np.ndarray]]:
-    pairs = []
-    for i, (v, f) in enumerate(zip(editors, mask_files), 1):
-        pair = editor_pair(v, f, i)
-        if pair is not None:
-            pairs.append(pair)
-    if not pairs:
-        raise UserError("no support: put an image with its lesion mask in at least one support slot")
-    return pairs
-
-
-EDITOR_CANVAS = 800  # gr.ImageEditor's default canvas_size
-
-
-def editor_value(image: np.ndarray, mask: np.ndarray | None) -> dict:
-    """ImageEditor value with `mask` as a semi-transparent red layer.
-
-    Gradio 6 places a layer set from Python centred on its (800 x 800) canvas while the background
-    sits at the top-left, so the layer is given at canvas size with the mask at its top-left; images
-    larger than the canvas are shown downscaled (their masks are mapped back by `layer_mask`).
-    """
-    h, w = image.shape[:2]
-    if max(h, w) > EDITOR_CANVAS:
-        scale = EDITOR_CANVAS / max(h, w)
-        size = (max(1, int(w * scale)), max(1, int(h * scale)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        mask = resize_mask(mask, (size[1], size[0])) if mask is not None else None
-        h, w = image.shape[:2]
-    layer = np.zeros((EDITOR_CANVAS, EDITOR_CANVAS, 4), np.uint8)
-    if mask is not None:
-        layer[:h, :w][mask] = (255, 0, 0, 128)
-    return {"background": image, "layers": [layer], "composite": None}
-
-
-# ---------------------------------------------------------------------------------- supports
-
-
-def register_slot(session: Session, slot: int, value, mask_file) -> None:
-    """Decode one support slot into the session (on the slot's change, not on every Segment).
-
-    A slot with an image but no painted mask yet is kept as "no mask yet" (the user is still drawing);
-    an editor value that arrives without its image (an upload the server no longer holds) changes nothing.
-    Raises UserError for what the user must fix (unreadable image, mask of the wrong size).
-    """
-    i = slot - 1
-    bg = value.get("background") if isinstance(value, dict) else None
-    if bg is None and not mask_file:
-        return
-    supports, notes = list(session.supports), list(session.slot_notes)
-    try:
-        pair = editor_pair(value, mask_file, slot)
-        notes[i] = "" if pair else "empty"
-    except UserError as exc:
-        pair = None
-        if "the mask is empty" in str(exc) and not mask_file:   # still painting: not an error yet
-            notes[i] = "no mask yet: paint the lesion or upload a mask PNG"
-        else:
-            notes[i] = str(exc)
-            session.supports, session.slot_notes = supports[:i] + [None] + supports[i + 1:], notes
-            raise
-    supports[i] = _downscaled(*pair) if pair is not None else None   # kept small: the model works at 256 px
-    session.supports, session.slot_notes = supports, notes
-    clear_prompts(session)
-
-
-def next_free_slot(session: Session, after: int) -> int:
-    """The slot a gallery pick should fill next: the first empty one after `after` (wrapping), or `after`
-    itself when all are in use."""
-    for k in list(range(after, N_SLOTS)) + list(range(0, after)):
-        if session.supports[k] is None and not session.slot_notes[k]:
-            return k + 1
-    return after
-
-
-def clear_slot(session: Session, slot: int) -> None:
-    session.supports = [None if k == slot - 1 else p for k, p in enumerate(session.supports)]
-    session.slot_notes = ["" if k == slot - 1 else n for k, n in enumerate(session.slot_notes)]
-
-
-def set_slot_pair(session: Session, slot: int, image: np.ndarray, mask: np.ndarray | None) -> None:
-    """A slot filled by the app (gallery pick, corrected query): already decoded."""
-    i = slot - 1
-    ok = mask is not None and mask.any()
-    if ok:
-        image, mask = _downscaled(image, mask)
-    session.supports = [(image, mask) if (k == i and ok) else (None if k == i else p)
-                        for k, p in enumerate(session.supports)]
-    session.slot_notes = [("" if ok else "no mask yet: paint the lesion or upload a mask PNG") if k == i else n
-                          for k, n in enumerate(session.slot_notes)]
-
-
-def session_supports(session: Session) -> list[tuple[np.ndarray, np.ndarray]]:
-    pairs = [p for p in session.supports if p is not None]
-    if not pairs:
-        pending = [f"support {k + 1}: {n}" for k, n in enumerate(session.slot_notes) if n and n != "empty"]
-        raise UserError("no support: put an image with its lesion mask in at least one support slot"
-                        + (f" ({'; '.join(pending)})" if pending else ""))
-    return pairs
-
-
-def supports_status(session: Session) -> str:
-    parts = []
-    for k, (p, n) in enumerate(zip(session.supports, session.slot_notes), 1):
-        if p is not None:
-            parts.append(f"{k}: ready ({p[0].shape[1]}x{p[0].shape[0]}, lesion {p[1].mean() * 100:.1f}%)")
-        elif n and n != "empty":
-            parts.append(f"{k}: {n}")
-    return "**Supports** - " + ("; ".join(parts) if parts else "none yet")
-
-
 # ---------------------------------------------------------------------------------- segment
-class RepeatGuard:
-    """A request that repeats the same session's previous one within `window` seconds (a double click,
-    an API client sending twice) is not computed again: it gets the first one's answer, waiting for it
-    if the first is still running. The browser's own "once" mode lets both clicks of a fast double
-    click through, so the server checks too."""
+def session_supports(session: Session) -> list[tuple[np.ndarray, np.ndarray]]:
+    from .supports import ready_pairs
 
-    @dataclass
-    class _Entry:
-        key: object
-        at: float
-        done: threading.Event = field(default_factory=threading.Event)
-        result: object = None
-
-    def __init__(self, window: float = 1.0, max_sessions: int = 1000, wait: float = 60.0):
-        self.window, self.max_sessions, self.wait = window, max_sessions, wait
-        self._last: dict[str, RepeatGuard._Entry] = {}
-        self._lock = threading.Lock()
-
-    def repeat_of(self, who: str, key):
-        """The answer of the request this one repeats, or None when it must be computed (then call
-        `remember` with its answer, or `remember(who, key, None)` if it failed)."""
-        now = time.monotonic()
-        with self._lock:
-            prev = self._last.get(who)
-            if prev is not None and prev.key == key and now - prev.at < self.window:
-                entry = prev
-            else:
-                self._last.pop(who, None)
-                self._last[who] = RepeatGuard._Entry(key, now)
-                while len(self._last) > self.max_sessions:
-                    self._last.pop(next(iter(self._last)))
-                return None
-        entry.done.wait(self.wait)
-        return entry.result
-
-    def remember(self, who: str, key, result) -> None:
-        with self._lock:
-            entry = self._last.get(who)
-        if entry is not None and entry.key == key:
-            entry.result = result
-            entry.done.set()
+    return ready_pairs(session.slots)
 
 
-SEGMENT_GUARD = RepeatGuard()
 DISPLAY_SIDE = 640   # overlays and maps are sent at most this large (the page shows them smaller)
 
 
@@ -801,19 +543,13 @@ def export_files(ctx: AppContext, image, mask, ov, heat) -> list[str]:
     return [str(p) for p in paths]
 
 
-def corrected_mask(session: Session, corrector) -> np.ndarray:
-    """The mask of the correction editor (its layer), or the prediction when nothing was edited."""
-    if session.query_image is None:
-        raise UserError("segment a query first")
-    if isinstance(corrector, dict) and corrector.get("layers") and corrector.get("background") is not None:
-        return layer_mask(corrector, session.query_image.shape[:2])
-    return session.mask
-
-
 # ---------------------------------------------------------------------------------- classify
-def classify(ctx: AppContext, session: Session, corrector) -> tuple[dict, str, np.ndarray]:
-    """Class probabilities, a sentence, and the query with the mask the classifier was given (what it saw)."""
-    mask = corrected_mask(session, corrector)
+def classify(ctx: AppContext, session: Session) -> tuple[dict, str, np.ndarray]:
+    """Class probabilities, a sentence, and the query with the mask the classifier was given (what it saw):
+    the session's mask, as Segment drew it or as it was corrected on the canvas."""
+    if session.query_image is None or session.mask is None:
+        raise UserError("segment a query first")
+    mask = session.mask
     try:
         pipe = ctx.pipeline()
         res = pipe.classify(session.query_image, mask)

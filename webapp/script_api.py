@@ -44,8 +44,12 @@ def decode_image(b64: str, name: str) -> np.ndarray:
     if raw[128:132] == b"DICM":
         raise DataError(f"{name}: DICOM goes through the page or `python -m core segment`, not this API")
     check_header(raw, name)
-    with Image.open(io.BytesIO(raw)) as im:
-        return to_rgb_uint8(im, name)
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            return to_rgb_uint8(im, name)
+    except (OSError, SyntaxError) as exc:     # what PIL raises for a truncated or damaged file
+        raise DataError(f"{name}: not a readable image (truncated or damaged: {exc})") from None
 
 
 def register(ctx: AppContext) -> None:

@@ -73,7 +73,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                label="Few-shot checkpoint", scale=3, allow_custom_value=True)
             refresh = gr.Button("Refresh list", scale=0, min_width=120)
         gr.Markdown(f"{ctx.data_message} Running on the **{ctx.device().upper()}**. {ctx.promptable_message()}")
-        shared = Shared(session=session, ckpt=ckpt)
+        from .canvas import PageLink
+
+        shared = Shared(session=session, ckpt=ckpt, link=PageLink(session))
         for title, tab in TABS:
             with gr.Tab(title):
                 tab.build(ctx, shared)
@@ -84,8 +86,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         # the menu lists this user's saved checkpoints whenever it is opened (also after a reload)
         ckpt.focus(bind(ctx, refresh_checkpoints), ckpt, ckpt, api_name=False, show_progress="hidden")
         demo.unload(bind(ctx, forget))
-        from . import script_api
+        from . import script_api, session_api
         script_api.register(ctx)
+        session_api.register(ctx, shared.link)
         if ctx.config.db_url:
             from . import team_api
             team_api.register(ctx)

@@ -8,12 +8,14 @@
 // and only the new mask comes back. Every call of one page goes out in order (a click waits for the
 // Segment before it).
 (() => {
-  const kind = element.querySelector(".pc-root").dataset.kind;        // "segment" or "review"
+  const kind = element.querySelector(".pc-root").dataset.kind;        // "segment", "support" or "review"
   const st = {
     image: null, w: 0, h: 0, maskCanvas: null, truthImg: null, clicks: [], box: null, dragging: null,
-    mode: kind === "segment" ? "+" : "brush", opacity: 0.45, shown: true, brush: 14, busy: 0,
-    painted: false, token: "", drawn: 0, stroke: null,
+    mode: {segment: "+", support: "box", review: "brush"}[kind], opacity: 0.45, shown: true, brush: 14, busy: 0,
+    painted: false, token: "", drawn: 0, stroke: null, slot: 1, slots: [],
   };
+  // the canvas the hand used last owns the keyboard (the query's and the supports' share the Segment tab)
+  const own = () => { window.panetKeys = kind; };
   let chain = Promise.resolve();
   const q = (sel) => element.querySelector(sel);
   const stage = () => q(".pc-stage");
@@ -70,6 +72,12 @@
     for (const b of element.querySelectorAll("[data-mode]")) b.classList.toggle("pc-on", b.dataset.mode === st.mode);
     const t = q(".pc-toggle");
     if (t) t.classList.toggle("pc-on", st.shown);
+    for (const b of element.querySelectorAll("[data-slot]")) {
+      const k = parseInt(b.dataset.slot, 10), state = st.slots[k - 1];
+      b.classList.toggle("pc-current", k === st.slot);
+      b.classList.toggle("pc-ready", state === "ready");
+      b.classList.toggle("pc-waiting", state === "waiting");
+    }
     stage() && stage().classList.toggle("pc-busy", st.busy > 0);
   };
   const drawn = () => {      // after the next paint: the page shows the new state
@@ -96,6 +104,7 @@
     if (p.error) { say(p.error, true); drawn(); return; }
     if ("image" in p) {
       st.image = p.image; st.w = p.w || 0; st.h = p.h || 0;
+      if (!p.image) { const img = q(".pc-img"); if (img) img.removeAttribute("src"); }
       st.maskCanvas = null; st.truthImg = null; st.clicks = []; st.box = null; st.painted = false;
     }
     if ("truth" in p) st.truthImg = p.truth ? await loadImage(p.truth) : null;
@@ -111,6 +120,9 @@
     if ("clicks" in p) st.clicks = p.clicks || [];
     if ("box" in p) st.box = p.box || null;
     if ("token" in p) st.token = p.token || "";
+    if ("slot" in p) st.slot = p.slot;
+    if ("slots" in p) st.slots = p.slots || [];
+    if ("supports" in p) { const sl = q(".pc-slots"); if (sl) sl.innerHTML = md(p.supports); }
     if ("status" in p) say(p.status, false);
     if (p.status_more) { const s = q(".pc-status"); if (s) s.innerHTML += " " + md(p.status_more); }
     if ("project" in p && p.project) { const ps = q(".pc-project"); if (ps) ps.innerHTML = md(p.project); }
@@ -157,6 +169,7 @@
     drawMask();
   };
   element.addEventListener("pointerdown", (ev) => {
+    if (element.contains(ev.target)) own();
     if (!ev.target.classList.contains("pc-marks") || !st.image || ev.button !== 0) return;
     ev.preventDefault();
     const [x, y] = toImage(ev);
@@ -164,10 +177,11 @@
     if (st.mode === "brush" || st.mode === "erase") {
       st.stroke = null; paintTo(x, y); ev.target.setPointerCapture(ev.pointerId); return;
     }
-    if (kind !== "segment") return;
+    if (kind === "review") return;
     st.clicks = st.clicks.concat([[x, y, st.mode === "+"]]);   // drawn now; the new mask follows
     drawMarks();
-    call("click", {x, y, mode: st.mode, threshold: threshold()});
+    if (kind === "support") call("slot_click", {slot: st.slot, x, y, mode: st.mode});
+    else call("click", {x, y, mode: st.mode, threshold: threshold()});
   });
   element.addEventListener("pointermove", (ev) => {
     if (st.dragging) { const [x, y] = toImage(ev); st.dragging[2] = x; st.dragging[3] = y; drawMarks(); }
@@ -178,11 +192,13 @@
       const b = st.dragging; st.dragging = null;
       const box = [Math.min(b[0], b[2]), Math.min(b[1], b[3]), Math.max(b[0], b[2]), Math.max(b[1], b[3])];
       if (box[2] - box[0] < 3 || box[3] - box[1] < 3) { drawMarks(); say("Box: drag from one corner to the opposite one.", true); return; }
-      st.box = box; drawMarks();
+      st.box = box; st.clicks = []; drawMarks();
       if (kind === "segment") call("box", {box, threshold: threshold()});
+      if (kind === "support") call("slot_box", {slot: st.slot, box});
     } else if (st.stroke) {
       st.stroke = null; st.painted = true;
       if (kind === "segment") call("paint", {mask: st.maskCanvas.toDataURL("image/png")});
+      else if (kind === "support") call("slot_paint", {slot: st.slot, mask: st.maskCanvas.toDataURL("image/png")});
       else say("Corrected on the page: Accept (Enter) or Save correction stores this mask.", false);
     }
   });
@@ -193,6 +209,10 @@
   const setMode = (m) => { st.mode = m; redraw(); };
   const toggle = () => { st.shown = !st.shown; redraw(); };
   const act = (name) => {
+    if (kind === "support") {
+      if (name === "undo" || name === "clear") call("slot_" + name, {slot: st.slot});
+      return;
+    }
     if (kind === "segment") {
       if (name === "undo" || name === "clear") call(name, {threshold: threshold()});
       return;
@@ -211,34 +231,45 @@
   element.addEventListener("click", (ev) => {
     const b = ev.target.closest("button");
     if (!b || !element.contains(b)) return;
-    if (b.dataset.mode) setMode(b.dataset.mode);
+    own();
+    if (b.dataset.slot) showSlot(parseInt(b.dataset.slot, 10));
+    else if (b.dataset.mode) setMode(b.dataset.mode);
     else if (b.dataset.act === "toggle") toggle();
     else if (b.dataset.act) act(b.dataset.act);
   });
   // the query chosen here goes up as a file (Gradio's upload) and is read by the canvas's own call: no queued
   // event (each queued event makes Gradio's image editors export and upload their layers again)
   element.addEventListener("change", async (ev) => {
-    if (!ev.target.classList.contains("pc-file") || !ev.target.files || !ev.target.files.length) return;
+    const isMask = ev.target.classList.contains("pc-maskfile");
+    if (!(isMask || ev.target.classList.contains("pc-file")) || !ev.target.files || !ev.target.files.length) return;
+    own();
     const file = ev.target.files[0];
     say("Uploading " + file.name + "...", false);
     try {
       const up = await upload(file);
-      await call("set_query", {path: up.path, name: file.name});
+      if (kind === "support") await call(isMask ? "slot_mask_file" : "slot_upload", {slot: st.slot, path: up.path, name: file.name});
+      else await call("set_query", {path: up.path, name: file.name});
     } catch (e) { say("The upload failed: " + e, true); }
     ev.target.value = "";
   });
+  const showSlot = (k) => { if (k >= 1 && k <= 5) { st.slot = k; redraw(); return call("slot_show", {slot: k}); } };
   element.addEventListener("input", (ev) => {
     if (ev.target.classList.contains("pc-opacity")) { st.opacity = parseFloat(ev.target.value); drawMask(); }
     if (ev.target.classList.contains("pc-brush")) st.brush = parseFloat(ev.target.value);
   });
-  const visible = () => element.offsetParent !== null && !!st.image;
+  const visible = () => element.offsetParent !== null && (!!st.image || kind === "support");
   document.addEventListener("keydown", (ev) => {
     const t = ev.target;
     if (ev.ctrlKey || ev.metaKey || ev.altKey || !visible()) return;
     if (t && (t.tagName === "INPUT" && t.type !== "range" || t.tagName === "TEXTAREA" || t.isContentEditable || t.tagName === "SELECT")) return;
     const k = ev.key;
     if (t && t.tagName === "BUTTON" && !element.contains(t) && (k === "Enter" || k === " ")) return;   // that button's own key
-    const keys = kind === "segment"
+    if (kind !== "review" && (window.panetKeys || "segment") !== kind) return;   // the other canvas of the tab
+    const slotKeys = {1: () => showSlot(1), 2: () => showSlot(2), 3: () => showSlot(3), 4: () => showSlot(4),
+                      5: () => showSlot(5), b: () => setMode("box"), a: () => setMode("+"), r: () => setMode("-"),
+                      p: () => setMode("brush"), e: () => setMode("erase"), z: () => act("undo"), c: () => act("clear"),
+                      " ": toggle};
+    const keys = kind === "support" ? slotKeys : kind === "segment"
       ? {a: () => setMode("+"), r: () => setMode("-"), b: () => setMode("box"), p: () => setMode("brush"),
          e: () => setMode("erase"), z: () => act("undo"), c: () => act("clear"), " ": toggle}
       : {Enter: () => act("accept"), n: () => act("no lesion"), s: () => act("skip"), ArrowRight: () => act("next"),
@@ -253,9 +284,14 @@
     threshold: (t) => { thresholdValue = t; if (st.image) return call("rethreshold", {threshold: t}); },
     usePicked: () => call("use_picked", {}),
     state: () => ({mode: st.mode, clicks: st.clicks.length, box: st.box, shown: st.shown, painted: st.painted,
-                   drawn: st.drawn, busy: st.busy, token: st.token, w: st.w, h: st.h}),
+                   drawn: st.drawn, busy: st.busy, token: st.token, w: st.w, h: st.h, slot: st.slot,
+                   slots: st.slots.slice()}),
     setMode, toggle, act,
   };
-  window[kind === "segment" ? "panetCanvas" : "panetReview"] = api;
+  if (kind === "support") {
+    Object.assign(api, {show: showSlot, pick: () => { own(); return call("slot_pick", {slot: st.slot}); },
+                        fromQuery: () => { own(); return call("slot_from_query", {}); }});
+  }
+  window[{segment: "panetCanvas", support: "panetSupports", review: "panetReview"}[kind]] = api;
   redraw();
 })();

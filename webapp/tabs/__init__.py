@@ -2,7 +2,7 @@
 module-level handlers (which only convert and call `core` or `webapp.handlers`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -13,7 +13,4 @@ class Shared:
 
     session: gr.State
     ckpt: gr.Dropdown
-    editors: list = field(default_factory=list)      # the support slots' editors (Segment tab)
-    mask_files: list = field(default_factory=list)   # their mask uploads
-    supports_md: gr.Markdown | None = None           # the line saying which slots are ready
-    corrector: gr.ImageEditor | None = None          # the correction editor (Segment; Classify reads it)
+    link: object = None      # canvas.PageLink: the one way to the page's session (one lock per page)

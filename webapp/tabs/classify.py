@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gradio as gr
-import numpy as np
 
 from .. import handlers
 from ..events import bind
@@ -11,11 +10,9 @@ from ..handlers import Session
 from . import Shared
 
 
-def classify(ctx, sess: Session, corr):
-    mask = handlers.corrected_mask(sess, corr)
-    sess.corrected = sess.corrected or (sess.mask is not None and not np.array_equal(mask, sess.mask))
-    sess.mask = mask
-    return handlers.classify(ctx, sess, corr)
+def classify(ctx, sess: Session):
+    """The query with its mask as the Segment canvas shows it (corrected there with the brush, or not)."""
+    return handlers.classify(ctx, sess)
 
 
 def build(ctx, shared: Shared) -> None:
@@ -28,4 +25,4 @@ def build(ctx, shared: Shared) -> None:
                                "classifier, where it looked (Grad-CAM) with the mask's outline", type="numpy",
                          format="png", interactive=False, height=280)
     text = gr.Markdown(elem_id="classify-text")
-    btn.click(bind(ctx, classify), [shared.session, shared.corrector], [label_out, text, shown], api_name="classify")
+    btn.click(bind(ctx, classify), shared.session, [label_out, text, shown], api_name="classify")

@@ -12,7 +12,7 @@ from core.io import inside
 
 from .. import canvas, handlers
 from ..events import owner
-from ..handlers import Session, UserError
+from ..session import Session, UserError
 
 HEAVY = threading.BoundedSemaphore(2)   # Segments running at once (2 CPU cores), as the queue's limit for /segment
 
@@ -53,7 +53,7 @@ def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
                                        owner=owner(ctx, req), per_support_maps=bool(a.get("per_support")),
                                        no_lesion=bool(a.get("no_lesion")), defer_redraw=True)
             status = "\n\n".join([out.report] + [f"*{n}*" for n in out.notes]) + f"\n\n*{out.seconds * 1000:.0f} ms*"
-            answer = _with_corrector(sess, view(ctx, sess, status))
+            answer = view(ctx, sess, status)
             if sess.redraw_pending:
                 answer["follow"] = "redraw"      # the page asks for LiteMedSAM's redraw next
             return answer
@@ -100,7 +100,7 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
 
     def _refined(sess, req, threshold) -> dict:
         text = handlers.refine_mask(ctx, sess, threshold, owner(ctx, req))
-        return _with_corrector(sess, view(ctx, sess, text))
+        return view(ctx, sess, text)
 
     @canvas.answer
     def click(a, request):
@@ -131,7 +131,7 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
             handlers.paint(sess, canvas.read_mask(a.get("mask"), small.shape[:2]))
             text = (f"Corrected by hand: lesion on {sess.mask.mean() * 100:.1f}% of the image (z undoes it; "
                     "downloads, Classify and *Add corrected query as a support* use this mask).")
-            return _with_corrector(sess, {"status": text})      # the page already shows the painted mask
+            return {"status": text}      # the page already shows the painted mask
 
     @canvas.answer
     def undo(a, request):
@@ -160,10 +160,3 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
                                    f"{sess.mask.mean() * 100:.1f}% of the image.")
 
     return [click, box, paint, undo, clear, rethreshold]
-
-
-def _with_corrector(sess: Session, payload: dict) -> dict:
-    """A correction loaded into the API's correction editor was of the mask just replaced: it no longer
-    counts (add_corrected and Classify then read the session's mask)."""
-    sess.corrector_loaded = False
-    return payload

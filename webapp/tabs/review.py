@@ -12,12 +12,11 @@ import numpy as np
 
 from core.data.io import DataError
 
-from .. import annotate, canvas, handlers, jobs, shortcuts
+from .. import annotate, canvas, handlers, jobs, shortcuts, supports
 from ..context import owner_tag
-from ..events import EMPTY_EDITOR, bind, owner
-from ..handlers import N_SLOTS, Session, UserError
+from ..events import bind, owner
+from ..handlers import Session, UserError
 from . import Shared
-from .segment import editor
 
 DECISIONS = ("accept", "no lesion", "skip", "correct")
 
@@ -58,8 +57,7 @@ def layout(ctx, link) -> SimpleNamespace:
     # which image (id:version) was shown: every decision carries it back and is refused unless it is the
     # image under review, unchanged since it was shown
     c.token = gr.Textbox(visible=False, elem_id="review-token")
-    c.accept, c.no_lesion, c.skip, c.back, c.next, c.undo, c.save = (gr.Button(visible=False) for _ in range(7))
-    c.editor = editor("Correct the mask of the image under review", 300, elem_id="review-editor", visible=False)
+    c.accept, c.no_lesion, c.skip, c.back, c.next, c.undo = (gr.Button(visible=False) for _ in range(6))
     gr.Markdown(shortcuts.HELP_MD, elem_id="review-shortcuts")
     with gr.Accordion("Reviewer's pass (team projects: approve or send back an annotator's decision)", open=False):
         with gr.Row():
@@ -181,13 +179,13 @@ def _next_shown(store, sess: Session, action: str, target):
     return sess.review_path
 
 
-def decide(ctx, action: str, sess: Session, corr, token, request: gr.Request):
+def decide(ctx, action: str, sess: Session, token, request: gr.Request):
     sess = copy.copy(sess)
-    store, v = _decide(ctx, action, sess, token, request, corr=corr)
-    return sess, annotate.status_text(store), v.image, v.text, EMPTY_EDITOR, v.token
+    store, v = _decide(ctx, action, sess, token, request)
+    return sess, annotate.status_text(store), v.image, v.text, v.token
 
 
-def _decide(ctx, action: str, sess: Session, token, request, corr=None, painted=None):
+def _decide(ctx, action: str, sess: Session, token, request, painted=None):
     """A decision (or a move) on the image under review, then the image to show next: (store, view).
     `sess` is changed in place (the caller's copy)."""
     store = store_of(ctx, sess, request)
@@ -199,7 +197,7 @@ def _decide(ctx, action: str, sess: Session, token, request, corr=None, painted=
     if action == "undo":
         _check_undo(store, sess)
     if action not in ("next", "back"):
-        made = annotate.decide(store, target, action, owner(ctx, request), token, corr, painted=painted)
+        made = annotate.decide(store, target, action, owner(ctx, request), token, painted=painted)
     if action in DECISIONS:
         sess.last_decided, sess.last_decided_version = target, int(made or 0)
     return store, show(ctx, sess, store, _next_shown(store, sess, action, target), request)
@@ -276,15 +274,17 @@ def review_verdict(ctx, verdict: str, sess: Session, which: str, note: str, requ
 
 
 def use_promoted(ctx, sess: Session, request: gr.Request):
+    """The project's promoted images become the supports (slots 1-5, in the order promoted); the page's
+    support canvas shows them next (its own call, after this event)."""
     pairs = annotate.promoted_supports(store_of(ctx, sess, request))
     if not pairs:
         raise UserError("no promoted image yet: accept or correct an image, then Promote to support")
     sess = copy.copy(sess)
-    out = [gr.skip()] * N_SLOTS
-    for k, (img, m) in enumerate(pairs):
-        handlers.set_slot_pair(sess, k + 1, img, m)
-        out[k] = handlers.editor_value(img, m)
-    return out + [sess, handlers.supports_status(sess)]
+    slots = list(sess.slots)
+    for k, (img, m) in enumerate(pairs, 1):
+        slots = supports.put(slots, k, supports.with_image(img, m, k))
+    sess.slots = slots
+    return sess, supports.status(sess.slots)
 
 
 def export(ctx, sess: Session, request: gr.Request):
@@ -300,14 +300,14 @@ def cancel(ctx, request: gr.Request):
 
 
 def _bound_decision(ctx, action):
-    def fn(ctx, sess: Session, corr, token, request: gr.Request):
-        return decide(ctx, action, sess, corr, token, request)
+    def fn(ctx, sess: Session, token, request: gr.Request):
+        return decide(ctx, action, sess, token, request)
     return bind(ctx, fn)
 
 
 def build(ctx, shared: Shared) -> None:
     s = shared.session
-    c = layout(ctx, canvas.PageLink(s))
+    c = layout(ctx, shared.link)
     show_view = bind(ctx, canvas_view)
     c.open.click(bind(ctx, open_project), [s, c.name], [s, c.status, c.img, c.text, c.token],
                  api_name="annotate_open").then(bind(ctx, scrubber_range), s, c.frame, api_name=False
@@ -319,14 +319,14 @@ def build(ctx, shared: Shared) -> None:
                      concurrency_limit=1, concurrency_id="propagate").then(show_view, s, c.canvas, api_name=False)
     c.prop_cancel.click(bind(ctx, cancel), None, c.prop_status, api_name="annotate_stop")
     for btn, action in ((c.accept, "accept"), (c.no_lesion, "no lesion"), (c.skip, "skip"), (c.undo, "undo"),
-                        (c.next, "next"), (c.back, "back"), (c.save, "correct")):
-        btn.click(_bound_decision(ctx, action), [s, c.editor, c.token], [s, c.status, c.img, c.text, c.editor, c.token],
+                        (c.next, "next"), (c.back, "back")):
+        btn.click(_bound_decision(ctx, action), [s, c.token], [s, c.status, c.img, c.text, c.token],
                   api_name="annotate_" + action.replace(" ", "_"))
-    c.promote.click(_bound_decision(ctx, "promote"), [s, c.editor, c.token],
-                    [s, c.status, c.img, c.text, c.editor, c.token], api_name="annotate_promote"
+    c.promote.click(_bound_decision(ctx, "promote"), [s, c.token],
+                    [s, c.status, c.img, c.text, c.token], api_name="annotate_promote"
                     ).then(show_view, s, c.canvas, api_name=False)
-    c.use_promoted.click(bind(ctx, use_promoted), s, shared.editors + [s, shared.supports_md],
-                         api_name="annotate_use_promoted")
+    c.use_promoted.click(bind(ctx, use_promoted), s, [s, c.prop_status], api_name="annotate_use_promoted"
+                         ).then(None, js="() => { if (window.panetSupports) window.panetSupports.show(1); }")
     c.export.click(bind(ctx, export), s, c.export_file, api_name="annotate_export")
     shown = [c.rv_which, c.rv_img, c.rv_text, c.rv_note]
     c.rv_next.click(bind(ctx, review_next), s, shown, api_name="review_next")
