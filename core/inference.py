@@ -29,6 +29,7 @@ MAX_SHOTS = 5
 CACHE_SIZE = 64  # prototype sets kept (a few KB each)
 ADAPTED_CACHE_SIZE = 4  # adapted model copies kept in memory (about 19 MB each)
 FEATURE_CACHE_SIZE = 8  # queries whose encoder features are kept for click refinement (about 0.7 MB each)
+PREPARED_CACHE_SIZE = 8  # support sets kept prepared at the working size (5 supports at 256 px: about 5 MB)
 
 
 def presence_scores(prob: np.ndarray) -> dict[str, float]:
@@ -90,8 +91,31 @@ class FewShotSegmenter:
         self._adapted = LRU(ADAPTED_CACHE_SIZE)
         self._agreement = LRU(CACHE_SIZE)
         self._features = LRU(FEATURE_CACHE_SIZE)   # (id(model), query hash) -> encoder features
+        self._prepared = LRU(PREPARED_CACHE_SIZE)  # the support arrays' content hash -> (images, masks, key)
 
     def _prepare_supports(self, supports) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """The supports checked, at the working size, and their key. Arrays are prepared once per content (a
+        page's Segment, its redraw's choice and the agreement check name the same supports: one resize)."""
+        raw = self._raw_key(supports)
+        if raw is None:
+            return self._prepare(supports)
+        return self._prepared.get_or_compute(raw, lambda: self._prepare(supports))
+
+    @staticmethod
+    def _raw_key(supports) -> str | None:
+        """A hash of the supports' own pixels (exact), or None when they are not all arrays (paths, PIL)."""
+        if not supports or len(supports) > MAX_SHOTS:
+            return None
+        h = hashlib.sha1()
+        for pair in supports:
+            for a in pair:
+                if not isinstance(a, np.ndarray):
+                    return None
+                h.update(repr((a.shape, str(a.dtype))).encode())
+                h.update(np.ascontiguousarray(a).data)
+        return h.hexdigest()
+
+    def _prepare(self, supports) -> tuple[torch.Tensor, torch.Tensor, str]:
         if not supports:
             raise DataError("no support images: add at least one support image with its lesion mask")
         if len(supports) > MAX_SHOTS:
@@ -173,6 +197,13 @@ class FewShotSegmenter:
         _, model, imgs, msks, cache_key = self._resolve(supports, owner)
         return self._agreement_for(cache_key, model, imgs, msks)
 
+    def agreement_ready(self, supports, owner: str = "") -> bool:
+        """Whether these supports' leave-one-out agreement is known (a Segment then does not wait for it)."""
+        if len(supports) < 2:
+            return True
+        _, _, key = self._prepare_supports(supports)
+        return self._model_for(key, owner)[1] in self._agreement
+
     def _agreement_for(self, cache_key, model, imgs, msks) -> list[float]:
         from .training.adapt import leave_one_out_dice
 
@@ -180,7 +211,7 @@ class FewShotSegmenter:
 
     def clear(self) -> None:
         """Forget every cached prototype set, agreement score, query feature and adapted copy."""
-        for cache in (self._cache, self._agreement, self._features, self._adapted):
+        for cache in (self._cache, self._agreement, self._features, self._adapted, self._prepared):
             cache.clear()
         self._protos = self._cache_key = self._model_for_protos = None
 

@@ -57,3 +57,27 @@ def heatmap_panel(image: np.ndarray, heatmaps: dict, out_png=None, max_cols: int
         fig.savefig(out_png, dpi=90)
     plt.close(fig)
     return rgb
+
+
+def heatmap_tiles(query: np.ndarray, heatmaps: dict, tile: int = 256) -> list[tuple[np.ndarray, str]]:
+    """Each cosine map blended over the query, with a colour bar strip: [(rgb, caption), ...]."""
+    h, w = query.shape[:2]
+    scale = tile / max(h, w)
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    base = cv2.resize(query, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    bar = colorbar(size[0])
+    out = []
+    for name, values in heatmaps.items():
+        col = colorize(cv2.resize(values, size, interpolation=cv2.INTER_LINEAR), -1, 1).astype(np.float32)
+        img = (0.35 * base + 0.65 * col).round().astype(np.uint8)
+        out.append((np.concatenate([img, bar], 0), f"cosine similarity: {name}"))
+    return out
+
+
+def colorbar(width: int, height: int = 26) -> np.ndarray:
+    ramp = np.tile(np.linspace(-1, 1, width, dtype=np.float32), (12, 1))
+    bar = np.full((height, width, 3), 255, np.uint8)
+    bar[:12] = colorize(ramp, -1, 1)
+    for x, text in ((2, "-1"), (width // 2 - 4, "0"), (width - 22, "+1")):
+        cv2.putText(bar, text, (x, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+    return bar

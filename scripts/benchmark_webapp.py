@@ -15,7 +15,6 @@ Writes docs/results_webapp.json and docs/results.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
 import sys
@@ -28,6 +27,12 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def b64(path: Path) -> str:
+    import base64
+
+    return base64.b64encode(Path(path).read_bytes()).decode()
 
 
 def pct(xs, q):
@@ -44,16 +49,8 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
         page = browser.new_page(viewport={"width": 1400, "height": 1700})
         page.goto(url)
-        for k, (img, mask) in enumerate(files, 1):
-            page.get_by_role("tab", name=f"Support {k}", exact=True).click()
-            page.locator(f"#support{k} input[type=file]").first.set_input_files(str(img))
-            page.wait_for_timeout(800)
-            page.locator(f"#mask{k} input[type=file]").set_input_files(str(mask))
-            try:
-                page.locator("#supports-status").get_by_text(f"{k}: ready").wait_for(timeout=30_000)
-            except Exception:   # the slot's change event lost the race with the mask upload: read the slots again
-                page.locator("#set-supports").click()
-                page.locator("#supports-status").get_by_text(f"{k}: ready").wait_for(timeout=60_000)
+        page.wait_for_function("() => window.panetSupports !== undefined", timeout=60_000)
+        ready = [_time_support_ready(page, k, img, mask) for k, (img, mask) in enumerate(files, 1)]
         # timed inside the page: from the click (capture phase) to the canvas's next "drawn" signal, which it
         # gives on the frame after the new mask is drawn (so that the measuring does not poll the page)
         _watch(page, "#query-canvas", "click", "#segment-button")
@@ -72,12 +69,10 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             assert "support(s)" in status or "No lesion" in status, status
             server.append(float(status.split(" ms")[-2].split()[-1]))      # the server's own time, last on the line
         soon = _time_segment_as_soon_as_shown(page, queries, 8)
-        try:
-            after, after_error = _time_segment_after_slot_change(page, files, queries, 5), None
-        except Exception as exc:   # the slot's mask upload box is replaced by the file once set: reported, not hidden
-            after, after_error = [], str(exc).splitlines()[0][:160]
+        after, ready_again = _time_segment_after_slot_change(page, files, 6)
+        picks = _time_gallery_picks(page, 6)
         clicks = _time_overlay_clicks(page, 10)
-        keys = _time_keyboard_accepts(page, 10)
+        opened, keys = _time_keyboard_accepts(page, 10)
         browser.close()
     rest = times[1:]
     return {"browser_repeats": len(rest), "browser_median_ms": pct(rest, 50), "browser_p95_ms": pct(rest, 95),
@@ -91,7 +86,11 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             "segment_as_soon_as_shown_n": len(soon[0]),
             "segment_after_slot_change_p50_ms": pct(after, 50) if after else None,
             "segment_after_slot_change_p95_ms": pct(after, 95) if after else None,
-            "segment_after_slot_change_n": len(after), "segment_after_slot_change_error": after_error}
+            "segment_after_slot_change_n": len(after),
+            "support_ready_p50_ms": pct(ready + ready_again, 50), "support_ready_p95_ms": pct(ready + ready_again, 95),
+            "support_ready_n": len(ready + ready_again),
+            "support_gallery_pick_p50_ms": pct(picks, 50), "support_gallery_pick_p95_ms": pct(picks, 95),
+            "open_project_100_ms": round(opened)}
 
 
 def _watch(page, target: str, start_event: str, start_selector: str | None) -> None:
@@ -130,23 +129,64 @@ def _time_segment_as_soon_as_shown(page, queries: list[Path], n: int) -> tuple[l
     return first, redraw
 
 
-def _time_segment_after_slot_change(page, files, queries, n: int) -> list[float]:
-    """Support slot 1 changed (a new image and mask, until the slot says ready), then Segment at once."""
-    out = []
+SUPPORT_WATCH = """() => {
+    window.__s0 = null; window.__s1 = null;
+    const c = document.querySelector('#support-canvas');
+    if (!window.__swatched) {
+        window.__swatched = true;
+        c.addEventListener('change', () => { if (window.__s0 === null) window.__s0 = performance.now(); }, true);
+        c.addEventListener('panet-drawn', (e) => {
+            const st = window.panetSupports.state();
+            if (window.__s0 !== null && window.__s1 === null && st.slots[st.slot - 1] === 'ready') window.__s1 = e.detail.t;
+        });
+    }
+}"""
+
+
+def _time_support_ready(page, k: int, img: Path, mask: Path) -> float:
+    """Slot k: from the image chosen (its change event) to the frame in which the slot shows ready, its mask
+    file chosen as soon as the image shows (the automation's own wait is inside the figure)."""
+    page.evaluate(f"() => window.panetSupports.show({k})")
+    page.wait_for_function(f"() => window.panetSupports.state().slot === {k} && window.panetSupports.state().busy === 0")
+    page.evaluate(SUPPORT_WATCH)
+    page.locator("#support-canvas input.pc-file").set_input_files(str(img))
+    page.wait_for_function(f"() => window.panetSupports.state().slots[{k - 1}] === 'waiting' && "
+                           "window.panetSupports.state().busy === 0", timeout=60_000, polling=20)
+    page.locator("#support-canvas input.pc-maskfile").set_input_files(str(mask))
+    page.wait_for_function("() => window.__s1 !== null", timeout=60_000, polling=50)
+    return page.evaluate("() => window.__s1 - window.__s0")
+
+
+def _time_segment_after_slot_change(page, files, n: int) -> tuple[list[float], list[float]]:
+    """Support slot 1 changed (a new image and mask, until the slot says ready), then Segment at once: to the
+    first mask drawn on the query's canvas. Also returns each slot change's own time."""
+    out, ready = [], []
     for r in range(n):
         img, mask = files[(r + 1) % len(files)]
-        page.get_by_role("tab", name="Support 1", exact=True).click()
-        page.locator("#support1 input[type=file]").first.set_input_files(str(img))
-        with contextlib.suppress(Exception):   # the slot says it changed (no mask yet) before its new mask arrives
-            page.locator("#supports-status").get_by_text("1: ready").wait_for(state="hidden", timeout=30_000)
-        page.wait_for_timeout(800)
-        page.locator("#mask1 input[type=file]").set_input_files(str(mask))
-        page.locator("#supports-status").get_by_text("1: ready").wait_for(timeout=60_000)
+        ready.append(_time_support_ready(page, 1, img, mask))
         page.evaluate("() => { window.__t0 = null; window.__t1 = null; }")
         page.locator("#segment-button").click()
         page.wait_for_function("() => window.__t1 !== null && window.__t1 !== undefined", timeout=60_000, polling=50)
         out.append(page.evaluate("() => window.__t1 - window.__t0"))
+        page.wait_for_function("() => window.panetCanvas.state().busy === 0", timeout=60_000)
         page.wait_for_timeout(500)
+    return out, ready
+
+
+def _time_gallery_picks(page, n: int) -> list[float]:
+    """A gallery image (with its mask) put into a slot: the button's click to the frame that shows it ready."""
+    out = []
+    for r in range(n):
+        page.locator("#gallery img").nth(r % 4).click()
+        page.wait_for_timeout(600)
+        page.evaluate("() => window.panetSupports.show(2)")
+        page.wait_for_function("() => window.panetSupports.state().busy === 0")
+        page.evaluate("""() => { window.__s0 = null; window.__s1 = null; const b = [...document.querySelectorAll('button')]
+            .find((x) => x.textContent.trim() === 'Put in support slot');
+            b.addEventListener('click', () => { window.__s0 = performance.now(); }, {capture: true, once: true}); }""")
+        page.get_by_role("button", name="Put in support slot").click()
+        page.wait_for_function("() => window.__s1 !== null", timeout=60_000, polling=50)
+        out.append(page.evaluate("() => window.__s1 - window.__s0"))
     return out
 
 
@@ -166,12 +206,22 @@ def _time_overlay_clicks(page, n: int) -> list[float]:
     return out
 
 
-def _time_keyboard_accepts(page, n: int) -> list[float]:
-    """In the review queue: Enter (accept) to the next image drawn on the review canvas."""
+def _time_keyboard_accepts(page, n: int) -> tuple[float, list[float]]:
+    """Opening (creating) a project of the data folder (100 images): the button's click to the review canvas's
+    frame that shows it; then in the review queue, Enter (accept) to the next image drawn."""
     page.get_by_role("tab", name="Annotate a folder").click()
     page.locator("#project-name textarea, #project-name input").first.fill("bench")
+    page.evaluate("""() => { window.__o0 = null; window.__o1 = null;
+        const b = [...document.querySelectorAll('button')].find((x) => x.textContent.trim() === 'Open / create');
+        b.addEventListener('click', () => { window.__o0 = performance.now(); }, {capture: true, once: true});
+        const c = document.querySelector('#review-canvas');
+        const seen = (e) => { if (window.__o0 && c.querySelector('.pc-project').textContent.includes('unlabelled')) {
+            window.__o1 = e.detail.t; c.removeEventListener('panet-drawn', seen); } };
+        c.addEventListener('panet-drawn', seen); }""")
     page.get_by_role("button", name="Open / create").click()
     page.locator("#review-canvas .pc-project").get_by_text("unlabelled").wait_for(timeout=60_000)
+    page.wait_for_function("() => window.__o1 !== null", timeout=60_000, polling=50)
+    opened = page.evaluate("() => window.__o1 - window.__o0")
     page.locator("#propagate-button").click()
     page.locator("#propagate-status").get_by_text("Done:").wait_for(timeout=600_000)
     page.locator("#review-canvas .pc-project").get_by_text("predicted").wait_for(timeout=60_000)
@@ -186,7 +236,7 @@ def _time_keyboard_accepts(page, n: int) -> list[float]:
         out.append(page.evaluate("() => window.__t1 - window.__t0"))
         page.locator("#review-canvas .pc-project").get_by_text(f"accepted {k + 1}").wait_for(timeout=30_000)
         page.wait_for_timeout(300)
-    return out
+    return opened, out
 
 
 def main() -> None:
@@ -197,7 +247,7 @@ def main() -> None:
     p.add_argument("--browser", action="store_true", help="also time it in Chromium (Playwright)")
     p.add_argument("--browser-repeats", type=int, default=15)
     args = p.parse_args()
-    from gradio_client import Client, handle_file
+    from gradio_client import Client
 
     from core.data.dataset import load_pair
     from core.data.discover import discover
@@ -216,48 +266,47 @@ def main() -> None:
     else:
         from core.phantom import make_phantom
         pairs = [(ph.image, ph.mask) for ph in (make_phantom(k) for k in range(args.shots + max(2, args.browser_repeats + 1)))]
-    editors, files = [], []
+    files, images, masks = [], [], []
     for i, (img, mask) in enumerate(pairs[: args.shots]):
-        layer = np.zeros((*mask.shape, 4), np.uint8)
-        layer[mask] = (255, 0, 0, 128)
         Image.fromarray(img).save(tmp / f"s{i}.png")
-        Image.fromarray(layer).save(tmp / f"l{i}.png")
         Image.fromarray(mask.astype(np.uint8) * 255).save(tmp / f"m{i}.png")
         files.append((tmp / f"s{i}.png", tmp / f"m{i}.png"))
-        editors.append({"background": handle_file(str(tmp / f"s{i}.png")),
-                        "layers": [handle_file(str(tmp / f"l{i}.png"))], "composite": None})
-    editors += [{"background": None, "layers": [], "composite": None}] * (5 - len(editors))
+        images.append(b64(tmp / f"s{i}.png"))
+        masks.append(b64(tmp / f"m{i}.png"))
     queries = []
     for j, (q, _) in enumerate(pairs[args.shots:]):
         Image.fromarray(q).save(tmp / f"q{j}.png")
         queries.append(tmp / f"q{j}.png")
     scans = tmp / "scans"            # a folder to annotate (the keyboard timing in the review queue)
     scans.mkdir()
-    for j, (q, _) in enumerate(pairs[: args.shots + 2]):
-        for k in range(4):     # four different images from each (identical files would share one URL)
-            Image.fromarray(np.ascontiguousarray(np.flip(q, axis=(1,) if k == 1 else (0,) if k == 2 else (0, 1))
-                                                 if k else q)).save(scans / f"scan{j}_{k}.png")
+    for n in range(100):       # 100 different images (identical files would share one URL): flips and gains
+        q = pairs[n % len(pairs)][0]
+        k = n // len(pairs)
+        v = np.ascontiguousarray(np.flip(q, axis=(1,) if k % 4 == 1 else (0,) if k % 4 == 2 else (0, 1))
+                                 if k % 4 else q)
+        Image.fromarray(np.clip(v.astype(np.int16) + 8 * (k // 4), 0, 255).astype(np.uint8)).save(
+            scans / f"scan{n:03d}.png")
     ctx = AppContext(AppConfig(data_dir=scans, output_dir=tmp / "out"))
     demo = build_app(ctx)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(ctx))
     client = Client(demo.local_url, verbose=False)
     ckpt = ctx.default_checkpoint("panet")
-    client.predict(*editors, *([None] * 5), api_name="/set_supports")
-    query = handle_file(str(queries[0]))
+    client.predict(images, masks, api_name="/set_supports")
+    query = b64(queries[0])
     times = []
     for r in range(args.repeats + 1):
         t = time.perf_counter()
-        client.predict(ckpt, query, 0.5 if r % 2 == 0 else 0.55, 0.4, False, api_name="/segment")
+        client.predict(query if r == 0 else "", ckpt, 0.5 if r % 2 == 0 else 0.55, False, False, api_name="/segment")
         times.append(1000 * (time.perf_counter() - t))
     rng = np.random.default_rng(0)
     q0 = pairs[args.shots][0]
     click_ms, click_server = [], []
     for r in range(10):
-        client.predict(ckpt, query, 0.5 if r % 2 else 0.55, 0.4, False, api_name="/segment")   # clicks start afresh
+        client.predict("", ckpt, 0.5 if r % 2 else 0.55, False, False, api_name="/segment")   # clicks start afresh
         x, y = rng.integers(0, q0.shape[1]), rng.integers(0, q0.shape[0])
         t = time.perf_counter()
         text = client.predict(float(x) * min(1, 640 / max(q0.shape[:2])), float(y) * min(1, 640 / max(q0.shape[:2])),
-                              "+" if r % 2 else "-", 0.5, 0.4, api_name="/click")[1]
+                              "+" if r % 2 else "-", 0.5, api_name="/click")["status"]
         click_ms.append(1000 * (time.perf_counter() - t))
         click_server.append(float(text.split("*")[-2].split(" ms")[0]))
     # LiteMedSAM: a box around the target, then 3 clicks, with the query's embedding computed in the
@@ -267,16 +316,15 @@ def main() -> None:
     truth = pairs[args.shots][1]
     ys, xs = np.nonzero(truth)
     for r in range(5):
-        client.predict(ckpt, query, 0.5 if r % 2 else 0.55, 0.4, False, api_name="/segment")
+        client.predict("", ckpt, 0.5 if r % 2 else 0.55, False, False, api_name="/segment")
         time.sleep(2.0)
-        client.predict(float(xs.min() - 5) * scale, float(ys.min() - 5) * scale, "box", 0.5, 0.4, api_name="/click")
-        text = client.predict(float(xs.max() + 5) * scale, float(ys.max() + 5) * scale, "box", 0.5, 0.4,
-                              api_name="/click")[1]
+        text = client.predict(float(xs.min() - 5) * scale, float(ys.min() - 5) * scale, float(xs.max() + 5) * scale,
+                              float(ys.max() + 5) * scale, 0.5, api_name="/box")["status"]
         box_server.append(float(text.split("*")[-2].split(" ms")[0]))
         for k in range(3):
             x, y = rng.integers(xs.min(), xs.max() + 1), rng.integers(ys.min(), ys.max() + 1)
-            text = client.predict(float(x) * scale, float(y) * scale, "+" if k % 2 else "-", 0.5, 0.4,
-                                  api_name="/click")[1]
+            text = client.predict(float(x) * scale, float(y) * scale, "+" if k % 2 else "-", 0.5,
+                                  api_name="/click")["status"]
             sam_click_server.append(float(text.split("*")[-2].split(" ms")[0]))
     rest = times[1:]
     res = {"shots": args.shots, "repeats": args.repeats, "query_size": f"{q0.shape[1]}x{q0.shape[0]}",

@@ -35,18 +35,31 @@ def annot_app(tmp_path_factory):
     demo.close()
 
 
+def _view(d: dict) -> tuple:
+    return d["project"], d["image"], d["text"], d["token"]
+
+
 def decide(client, action, token=""):
-    """One review decision through the API: (status, image, text, token)."""
-    status, img, text, token = client.predict(token, api_name="/annotate_" + action.replace(" ", "_"))
-    return status, img, text, token
+    """One review decision through the script API: (project status, image shown next, text, token)."""
+    return _view(client.predict(action, token, api_name="/annotate_decide"))
+
+
+def open_project(client, name) -> tuple:
+    return _view(client.predict(name, api_name="/annotate_open"))
+
+
+def propagate(client, presence=False) -> tuple:
+    """The propagation (its last progress line) and the review's view after it."""
+    line = client.predict("tiny_panet", presence, api_name="/annotate_propagate")
+    return (line,) + _view(client.predict(api_name="/annotate_view"))[1:]
 
 
 def test_propagate_review_and_export(annot_app, tmp_path):
     client, files, ctx = annot_app
     set_supports(client, [support_pair(1), support_pair(2)])
-    status, _, text, token = client.predict("ward 7", api_name="/annotate_open")
+    status, _, text, token = open_project(client, "ward 7")
     assert "Project ward_7" in status and "unlabelled 5" in status and token
-    line, _, text, token = client.predict("tiny_panet", False, api_name="/annotate_propagate")
+    line, _, text, token = propagate(client)
     assert "Done: 5 of 5" in line and "predicted" in text, "the review now shows a predicted image"
     status, _, first, _ = decide(client, "accept", token)
     assert "accepted 1" in status and "predicted 4" in status
@@ -59,7 +72,7 @@ def test_propagate_review_and_export(annot_app, tmp_path):
     assert "no lesion 1" in status
     # another user's project of the same name is another project: it sees none of these decisions
     other = Client(client.src, verbose=False)
-    status2, _, _, _ = other.predict("ward_7", api_name="/annotate_open")
+    status2, _, _, _ = open_project(other, "ward_7")
     assert "unlabelled 5" in status2 and "accepted" not in status2
     # the promoted image can become a support of this session
     assert "1: ready" in client.predict(api_name="/annotate_use_promoted")
@@ -80,11 +93,11 @@ def test_accept_without_a_prediction_is_refused_and_saves_nothing(annot_app):
     """Finding 1: Accept on the image shown right after Open (no prediction yet) recorded an empty mask."""
     client, files, _ = annot_app
     c = Client(client.src, verbose=False)
-    status, _, text, token = c.predict("fresh", api_name="/annotate_open")
+    status, _, text, token = open_project(c, "fresh")
     assert "unlabelled 5" in status and "no prediction yet" in text
     with pytest.raises(Exception, match="no predicted mask to accept"):
         decide(c, "accept", token)
-    status, _, _, _ = c.predict("fresh", api_name="/annotate_open")
+    status, _, _, _ = open_project(c, "fresh")
     assert "accepted" not in status and "unlabelled 5" in status
 
 
@@ -92,9 +105,9 @@ def test_a_decision_for_another_image_than_the_one_shown_is_refused(annot_app):
     client, files, _ = annot_app
     c = Client(client.src, verbose=False)
     set_supports(c, [support_pair(1)])
-    c.predict("steps", api_name="/annotate_open")
-    c.predict("tiny_panet", False, api_name="/annotate_propagate")
-    _, _, _, token = c.predict("steps", api_name="/annotate_open")
+    open_project(c, "steps")
+    propagate(c)
+    _, _, _, token = open_project(c, "steps")
     image_id, version = token.split(":")
     with pytest.raises(Exception, match="out of step"):
         decide(c, "accept", f"{int(image_id) + 1}:{version}")   # the page shows another image than the session
@@ -126,9 +139,9 @@ def test_propagation_with_the_no_lesion_decision_shows_the_score(annot_app):
     client, files, _ = annot_app
     c = Client(client.src, verbose=False)
     set_supports(c, [support_pair(1)])
-    c.predict("ward 8", api_name="/annotate_open")
-    assert "Done: 5 of 5" in c.predict("tiny_panet", True, api_name="/annotate_propagate")[0]
-    _, _, text, _ = c.predict("ward_8", api_name="/annotate_open")
+    open_project(c, "ward 8")
+    assert "Done: 5 of 5" in propagate(c, True)[0]
+    _, _, text, _ = open_project(c, "ward_8")
     assert "lesion-presence score" in text
 
 
@@ -139,7 +152,7 @@ def test_a_cine_loop_project_has_a_scrubber(tmp_path):
     from tests.dicom_factory import disc_frames, make_dicom
     from webapp import annotate
     from webapp.context import AppConfig, AppContext
-    from webapp.handlers import Session
+    from webapp.session import Session
     from webapp.tabs import review
 
     frames, masks = disc_frames(5)
@@ -149,10 +162,11 @@ def test_a_cine_loop_project_has_a_scrubber(tmp_path):
     ctx = AppContext(AppConfig(data_dir=data, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out",
                                single_user=True))
     sess = Session()
-    sess, status, _, text, token = review.open_project(ctx, sess, "cine", None)
+    sess, status = review.open_project(ctx, sess, "cine", None)
     assert annotate.loop_frames(annotate.open_project(ctx, "cine", ctx.owner(None))) == [f"loop.dcm#{k}" for k in range(5)]
-    sess, _, text, _ = review.go_to_frame(ctx, sess, 3, None)
-    assert "loop.dcm#3" in text and sess.review_path == "loop.dcm#3"
+    sess = review.go_to_frame(ctx, sess, 3, None)
+    shown = __import__("json").loads(review.canvas_view(ctx, sess, None))
+    assert "loop.dcm#3" in shown["status"] and sess.review_path == "loop.dcm#3"
 
 
 def test_one_odd_dicom_in_the_data_folder_never_blocks_open(tmp_path):
@@ -186,8 +200,8 @@ def test_the_reviewers_pass_approves_or_sends_back_the_decision_shown(annot_app)
 
     client, files, ctx = annot_app
     set_supports(client, [support_pair(1)])
-    client.predict("review pass", api_name="/annotate_open")
-    _, _, shown, token = client.predict("tiny_panet", False, api_name="/annotate_propagate")
+    open_project(client, "review pass")
+    _, _, shown, token = propagate(client)
     decide(client, "accept", token)
     which, img, text, _ = client.predict(api_name="/review_next")
     name = shown.split("**")[1]

@@ -12,7 +12,8 @@ from PIL import Image
 
 from core.phantom import make_phantom
 from webapp import canvas, handlers, supports
-from webapp.handlers import Session, UserError
+from webapp import refine
+from webapp.session import Session, UserError
 
 
 def _decode(url: str) -> np.ndarray:
@@ -58,17 +59,17 @@ def test_undo_goes_back_through_clicks_boxes_and_brush_corrections():
     h, w = sess.query_image.shape[:2]
     sess.probability = np.zeros((h, w), np.float16)
     sess.mask = np.zeros((h, w), bool)
-    handlers.add_click(sess, 10, 10, "+")
-    handlers.add_click(sess, 5, 5, "box")
-    handlers.add_click(sess, 60, 60, "box")
+    refine.add_click(sess, 10, 10, "+")
+    refine.add_click(sess, 5, 5, "box")
+    refine.add_click(sess, 60, 60, "box")
     painted = np.zeros((h, w), bool)
     painted[20:40, 30:50] = True
-    handlers.paint(sess, painted)
+    refine.paint(sess, painted)
     assert sess.corrected and np.array_equal(sess.mask, painted)
-    assert handlers.undo(sess) == "restored" and not sess.corrected and not sess.mask.any()
-    assert handlers.undo(sess) == "redraw" and sess.box is None and len(sess.clicks) == 1
-    assert handlers.undo(sess) == "redraw" and sess.clicks == []
-    assert handlers.undo(sess) == ""
+    assert refine.undo(sess) == "restored" and not sess.corrected and not sess.mask.any()
+    assert refine.undo(sess) == "redraw" and sess.box is None and len(sess.clicks) == 1
+    assert refine.undo(sess) == "redraw" and sess.clicks == []
+    assert refine.undo(sess) == ""
 
 
 # ---------------------------------------------------------------------------------- calls on a session

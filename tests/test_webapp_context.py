@@ -91,7 +91,8 @@ def test_gallery_picks_fill_the_next_free_slot():
 
 def test_a_session_keeps_its_query_downscaled_and_downloads_at_its_size():
     """Finding 5: a 4000 x 4000 query cost ~125 MB per session for an hour."""
-    from webapp.handlers import QUERY_SIDE, Session, set_query
+    from webapp.handlers import QUERY_SIDE, set_query
+    from webapp.session import Session
 
     sess = Session()
     set_query(sess, np.zeros((4000, 3000, 3), np.uint8))

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from core.phantom import make_phantom
+from webapp import exports
 
 from test_webapp import _finetune, _png, app, b64, b64_file, segment, set_supports, support_pair  # noqa: F401  (module fixture)
 
@@ -51,8 +52,8 @@ def test_a_non_image_support_and_a_whole_image_mask_get_clear_messages(app):
 
 
 def test_session_keeps_at_most_ten_downscaled_corrected_pairs():
-    from webapp.handlers import KEPT_PAIR_SIDE, MAX_EXTRA_PAIRS, keep_pair
-
+    from webapp.handlers import MAX_EXTRA_PAIRS, keep_pair
+    from webapp.supports import KEPT_PAIR_SIDE
     pairs = []
     big = np.zeros((3000, 4000, 3), np.uint8)
     mask = np.zeros((3000, 4000), bool)
@@ -98,7 +99,7 @@ def test_gradio_cache_and_exports_live_in_the_output_folder(app):
     sess = Session()
     handlers.set_query(sess, make_phantom(4).image)
     sess.mask = make_phantom(4).mask
-    handlers.downloads(ctx, sess, 0.4)
+    exports.downloads(ctx, sess, 0.4)
     assert os.environ["GRADIO_TEMP_DIR"] == str(ctx.cache_dir)
     cached = [p for p in ctx.cache_dir.rglob("*") if p.is_file()]
     assert any(p.name == "mask.png" for p in cached), "exports are written in the cache"
@@ -241,7 +242,8 @@ def test_a_bad_threshold_gets_a_message_naming_it(app, value):
 @pytest.mark.parametrize("x, y", [(float("nan"), 10.0), (10.0, float("inf")), ("left", 3)])
 def test_non_finite_click_coordinates_and_opacity_are_refused(x, y):
     """Finding 6 (JSON cannot carry NaN, so the handlers are called directly, as the page's events do)."""
-    from webapp.handlers import Session, UserError, add_click, refine
+    from webapp.refine import add_click, refine
+    from webapp.session import Session, UserError
 
     sess = Session()
     sess.query_image = make_phantom(1).image
@@ -294,7 +296,8 @@ def test_numeric_fields_are_bounded_also_through_the_api(app):
 
 
 def test_handlers_check_ranges_themselves():
-    from webapp.handlers import UserError, bounded
+    from webapp.inputs import bounded
+    from webapp.session import UserError
 
     assert bounded("3", 1, 50, "epochs", integer=True) == 3
     for bad in (float("nan"), float("inf"), 0, 51, "x"):

@@ -14,7 +14,8 @@ from core.data.io import DataError, read_image
 from core.visual import overlay
 
 from .context import AppContext, owner_tag
-from .handlers import UserError, display_size, resize_mask
+from .handlers import display_size, resize_mask
+from .session import UserError
 
 
 def open_project(ctx: AppContext, name: str, owner: str) -> ProjectStore:

@@ -63,3 +63,50 @@ class LatestWins:
         """Wait until nothing is pending (the running job may still finish); for tests and benchmarks."""
         with self._cond:
             return self._cond.wait_for(lambda: not self._pending, timeout)
+
+
+class Foreground:
+    """Counts foreground work (a Segment the user waits for); background steps wait until there is none
+    (`wait_idle`, bounded so that a stream of Segments never starves the background for good)."""
+
+    def __init__(self):
+        self._n = 0
+        self._cond = threading.Condition()
+
+    def __enter__(self):
+        with self._cond:
+            self._n += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._n -= 1
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._n == 0, timeout)
+
+
+def prefetch_supports(ctx, supports, images, checkpoint: str | None, owner: str, page: str = "") -> None:
+    """When the supports change, what the next Segment would otherwise wait for, in the background (one job
+    per page: a newer change replaces a waiting one): PANet++'s prototypes, the supports' leave-one-out
+    agreement, LiteMedSAM's embedding of `images` (a new support image), then the supports' choice of the
+    redraw (issue 29). Each step waits while a Segment runs in the foreground (2 cores: no contention)."""
+    def work():
+        from core.delineate import support_choice
+
+        seg = ctx.fewshot(checkpoint, owner)
+        steps = [lambda: seg.set_supports(supports, owner)]
+        if len(supports) >= 2:
+            steps.append(lambda: seg.support_agreement(supports, owner))
+        sam = ctx.promptable_model() if ctx.config.promptable else None
+        if sam is not None:
+            steps += [lambda im=im: sam.embed(im) for im in images]
+            if len(supports) >= 2:
+                steps.append(lambda: support_choice(seg, sam, supports))
+        for step in steps:
+            ctx.foreground.wait_idle()
+            step()
+
+    ctx.embedding_pool.submit(f"{page}:supports", work)

@@ -371,20 +371,18 @@ class AppContext:
 
         self.embedding_pool.submit(page or f"anonymous-{id(image)}", work)
 
-    def prefetch_choice(self, supports, checkpoint: str | None, page: str = "") -> None:
-        """The supports' leave-one-out choice of the redraw (issue 29) in the background, once they change:
-        the next Segment's redraw then costs the decoder only (2+ supports; nothing without LiteMedSAM)."""
-        if len(supports) < 2 or not self.config.promptable:
-            return
+    def prefetch_supports(self, supports, images, checkpoint: str | None, owner: str, page: str = "") -> None:
+        """What the next Segment would wait for when the supports change, in the background (webapp/background.py)."""
+        from .background import prefetch_supports
 
-        def work():
-            from core.delineate import support_choice
+        prefetch_supports(self, supports, images, checkpoint, owner, page)
 
-            sam = self.promptable_model()
-            if sam is not None:
-                support_choice(self.fewshot(checkpoint), sam, supports)
+    @functools.cached_property
+    def foreground(self):
+        """Segments running on the page now (background work yields to them)."""
+        from .background import Foreground
 
-        self.embedding_pool.submit(f"{page}:choice", work)
+        return Foreground()
 
     def pipeline(self) -> SupervisedPipeline:
         with self._lock:

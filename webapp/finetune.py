@@ -28,7 +28,7 @@ from core.data.discover import Sample
 
 from . import jobs
 from .context import AppContext, owner_tag
-from .handlers import UserError
+from .session import UserError
 
 cancel = jobs.cancel     # the page's Cancel buttons
 
@@ -106,7 +106,7 @@ def folder_sets(ctx: AppContext, size: int) -> tuple[ImageSet, ImageSet, str]:
 def run(ctx: AppContext, checkpoint_name, source: str, pairs, epochs: int, episodes: int, lr: float, name: str,
         owner: str = ""):
     """Generator of (status markdown, curve figure or None, finished checkpoint name or None)."""
-    from .handlers import bounded
+    from .inputs import bounded
 
     lr = check_lr(lr)
     epochs = bounded(epochs, 1, MAX_EPOCHS, "epochs", integer=True)

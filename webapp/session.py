@@ -53,7 +53,7 @@ class Session:
     clicks: list = field(default_factory=list)   # (x, y, positive) in query pixels, since the last Segment
     box: tuple | None = None
     box_corner: tuple | None = None       # first corner of a box being drawn
-    tiles: list = field(default_factory=list)    # heatmap tiles of the last Segment (for the download)
+    heatmaps: dict = field(default_factory=dict) # the last Segment's similarity maps (small, float16)
     checkpoint: str | None = None         # the checkpoint of the last Segment (clicks refine with it)
     thumbs_for: list | None = None        # the supports whose thumbnails the page shows (not sent again)
     history: list = field(default_factory=list)  # ("click" | "box" | "paint", what undo restores), newest last
@@ -74,3 +74,8 @@ class Session:
     @property
     def slot_notes(self) -> list:
         return [s.note for s in self.slots]
+
+
+def clear_prompts(session: Session) -> None:
+    """No clicks, no box (nor half of one), nothing to undo: a new query, new supports, a new Segment, Clear."""
+    session.clicks, session.box, session.box_corner, session.history = [], None, None, []

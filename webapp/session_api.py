@@ -23,10 +23,11 @@ import numpy as np
 from core.data.io import DataError, check_mask_matches, mask_from_array
 
 from . import canvas, handlers, supports
+from . import refine
 from .context import AppContext
 from .events import owner
 from .script_api import MAX_SUPPORTS, decode_image
-from .session import Session, UserError
+from .session import Session, UserError, clear_prompts
 
 
 def _answer(sess: Session, status: str) -> dict:
@@ -81,39 +82,39 @@ def segment(ctx, sess: Session, req, query: str, checkpoint: str, threshold: flo
     out = handlers.segment(ctx, sess, checkpoint or None, None, threshold, 0.4, owner=owner(ctx, req),
                            per_support_maps=bool(per_support_maps), no_lesion=bool(no_lesion))
     return {**_answer(sess, out.report), "report": out.report, "notes": out.notes,
-            "heatmaps": [caption for _, caption in out.heatmaps]}
+            "heatmaps": out.heatmaps}
 
 
 def click(ctx, sess: Session, req, x: float, y: float, mode: str, threshold: float) -> dict:
     """A click ('+' or '-') at (x, y) in the displayed query's pixels (its longer side at most 640)."""
     if mode not in ("+", "-"):
         raise UserError(f"unknown click mode {mode!r}: '+' or '-'")
-    handlers.add_click(sess, x, y, mode)
-    return _answer(sess, handlers.refine_mask(ctx, sess, threshold, owner(ctx, req)))
+    refine.add_click(sess, x, y, mode)
+    return _answer(sess, refine.refine_mask(ctx, sess, threshold, owner(ctx, req)))
 
 
 def box(ctx, sess: Session, req, x0: float, y0: float, x1: float, y1: float, threshold: float) -> dict:
     """A box (two opposite corners, displayed pixels): LiteMedSAM draws the target inside it."""
     sess.box_corner = None
-    handlers.add_click(sess, x0, y0, "box")
-    handlers.add_click(sess, x1, y1, "box")
-    return _answer(sess, handlers.refine_mask(ctx, sess, threshold, owner(ctx, req)))
+    refine.add_click(sess, x0, y0, "box")
+    refine.add_click(sess, x1, y1, "box")
+    return _answer(sess, refine.refine_mask(ctx, sess, threshold, owner(ctx, req)))
 
 
 def undo(ctx, sess: Session, req, threshold: float) -> dict:
     """Undo the last click, box or brush correction (with none: 'Nothing to undo.', nothing changed)."""
-    done = handlers.undo(sess)
+    done = refine.undo(sess)
     if done == "redraw":
-        return _answer(sess, handlers.refine_mask(ctx, sess, threshold, owner(ctx, req)))
+        return _answer(sess, refine.refine_mask(ctx, sess, threshold, owner(ctx, req)))
     return _answer(sess, "Undone." if done else "Nothing to undo.")
 
 
 def clear(ctx, sess: Session, req, threshold: float) -> dict:
     """No clicks, no box: back to the Segment result."""
-    handlers.clear_prompts(sess)
+    clear_prompts(sess)
     if sess.probability is None:
         return _answer(sess, "")
-    return _answer(sess, handlers.refine_mask(ctx, sess, threshold, owner(ctx, req)))
+    return _answer(sess, refine.refine_mask(ctx, sess, threshold, owner(ctx, req)))
 
 
 _HINTS = {"str": str, "float": float, "bool": bool, "dict": dict, "list[str]": list[str]}

@@ -20,7 +20,7 @@ from core.data.io import DataError
 
 from .annotate import team_user
 from .context import AppContext
-from .handlers import UserError
+from .session import UserError
 
 
 def _store(ctx: AppContext, project: str, request: gr.Request) -> ProjectStore:

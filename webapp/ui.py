@@ -7,7 +7,7 @@ import gradio as gr
 from . import shortcuts
 from .context import AppContext
 from .events import bind, owner
-from .handlers import Session
+from .session import Session
 from .tabs import Shared, classify, finetune, help, review, segment
 
 # the user key: kept (encrypted) in the browser's local storage, made there on the first visit, and sent to

@@ -305,13 +305,24 @@ def _webapp_section(web) -> list[str]:
                   + (f"not measured: {web.get('segment_after_slot_change_error')}"
                      if web.get("segment_after_slot_change_p50_ms") is None
                      else _verdict(web["segment_after_slot_change_p50_ms"], 300)) + " |"]
+        if "support_ready_p50_ms" in web:                 # issue 26: the supports on their own canvas
+            L += [f"| support ready: an image chosen, then its mask file (chosen as soon as the image shows) -> the "
+                  f"frame that shows the slot ready | {web['support_ready_n']} | **{web['support_ready_p50_ms']} ms** | "
+                  f"{web['support_ready_p95_ms']} ms | p50 <= 500 (issue 26) | {_verdict(web['support_ready_p50_ms'], 500)} |",
+                  f"| support from the gallery: *Put in support slot* -> the slot shown ready (image and its mask) | "
+                  f"{len(web.get('support_gallery_pick_ms', [])) or 6} | **{web['support_gallery_pick_p50_ms']} ms** | "
+                  f"{web['support_gallery_pick_p95_ms']} ms | | |",
+                  f"| open (create) a project of 100 images -> the review canvas shows it | 1 | "
+                  f"**{web['open_project_100_ms']} ms** | | <= 1000 (issue 26) | "
+                  f"{_verdict(web['open_project_100_ms'], 1000)} |"]
         L.append("")
         if "browser_server_median_ms" in web:
             L.append(f"The server's own time of the page's Segment (PANet++ on 5 supports, LiteMedSAM's redraw, the "
                      f"PNG): median {web['browser_server_median_ms']} ms; the rest is the request, the drawing and the "
                      f"browser sharing the 2 cores. The page's first Segment (not counted above): {web['browser_first_ms']} ms.")
             L.append("")
-    L.append(f"- Through the app's API (gradio_client, the queue; request to response with the overlay image), "
+    L.append(f"- Through the app's script API (gradio_client, the queue; `/segment` on the session's query, request "
+             f"to response with the mask), "
              f"{web['repeats']} Segment calls: median **{web['median_ms']} ms**, 95th percentile "
              f"**{web.get('p95_ms', 'n/a')} ms** (first call, which loads the model: {web['first_ms']} ms).")
     if "click_server_median_ms" in web:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .. import handlers
+from .. import exports
 from ..events import bind
-from ..handlers import Session
+from ..session import Session
 from . import Shared
 
 
 def classify(ctx, sess: Session):
     """The query with its mask as the Segment canvas shows it (corrected there with the brush, or not)."""
-    return handlers.classify(ctx, sess)
+    return exports.classify(ctx, sess)
 
 
 def build(ctx, shared: Shared) -> None:

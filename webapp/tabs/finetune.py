@@ -6,7 +6,7 @@ import gradio as gr
 
 from .. import finetune, jobs
 from ..events import bind, owner
-from ..handlers import Session, UserError
+from ..session import Session, UserError
 from . import Shared
 from .segment import MAX_WAITING_JOBS
 

@@ -11,8 +11,9 @@ from core.data.io import resize_mask
 from core.io import inside
 
 from .. import canvas, handlers
+from .. import refine
 from ..events import owner
-from ..session import Session, UserError
+from ..session import Session, UserError, clear_prompts
 
 HEAVY = threading.BoundedSemaphore(2)   # Segments running at once (2 CPU cores), as the queue's limit for /segment
 
@@ -48,7 +49,7 @@ def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
         with link.session(request) as (sess, req):
             if sess.query_image is None:
                 raise UserError("no query image: upload one or pick one from the gallery")
-            with HEAVY:
+            with HEAVY, ctx.foreground:
                 out = handlers.segment(ctx, sess, a.get("ckpt"), None, a.get("threshold", 0.5), 0.4,
                                        owner=owner(ctx, req), per_support_maps=bool(a.get("per_support")),
                                        no_lesion=bool(a.get("no_lesion")), defer_redraw=True)
@@ -99,7 +100,7 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
     """Clicks, a box, a brush correction, undo, clear, a new threshold: each answers with the new mask."""
 
     def _refined(sess, req, threshold) -> dict:
-        text = handlers.refine_mask(ctx, sess, threshold, owner(ctx, req))
+        text = refine.refine_mask(ctx, sess, threshold, owner(ctx, req))
         return view(ctx, sess, text)
 
     @canvas.answer
@@ -108,7 +109,7 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
             mode = a.get("mode")
             if mode not in ("+", "-"):
                 raise UserError(f"unknown click mode {mode!r}")
-            handlers.add_click(sess, a.get("x"), a.get("y"), mode)
+            refine.add_click(sess, a.get("x"), a.get("y"), mode)
             return _refined(sess, req, a.get("threshold", 0.5))
 
     @canvas.answer
@@ -118,8 +119,8 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
             if not (isinstance(b, list) and len(b) == 4):
                 raise UserError("a box needs two corners")
             sess.box_corner = None
-            handlers.add_click(sess, b[0], b[1], "box")
-            handlers.add_click(sess, b[2], b[3], "box")
+            refine.add_click(sess, b[0], b[1], "box")
+            refine.add_click(sess, b[2], b[3], "box")
             return _refined(sess, req, a.get("threshold", 0.5))
 
     @canvas.answer
@@ -128,7 +129,7 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
             if sess.query_image is None or sess.mask is None:
                 raise UserError("segment a query first, then correct its mask")
             small, _ = handlers.display_size(sess.query_image)
-            handlers.paint(sess, canvas.read_mask(a.get("mask"), small.shape[:2]))
+            refine.paint(sess, canvas.read_mask(a.get("mask"), small.shape[:2]))
             text = (f"Corrected by hand: lesion on {sess.mask.mean() * 100:.1f}% of the image (z undoes it; "
                     "downloads, Classify and *Add corrected query as a support* use this mask).")
             return {"status": text}      # the page already shows the painted mask
@@ -136,7 +137,7 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
     @canvas.answer
     def undo(a, request):
         with link.session(request) as (sess, req):
-            done = handlers.undo(sess)
+            done = refine.undo(sess)
             if done == "redraw":
                 return _refined(sess, req, a.get("threshold", 0.5))
             return view(ctx, sess, "Undone: the mask before the brush correction." if done == "restored"
@@ -145,7 +146,7 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
     @canvas.answer
     def clear(a, request):
         with link.session(request) as (sess, req):
-            handlers.clear_prompts(sess)
+            clear_prompts(sess)
             if sess.probability is None:
                 return view(ctx, sess, "")
             return _refined(sess, req, a.get("threshold", 0.5))
@@ -155,7 +156,7 @@ def _edit_calls(ctx, link: canvas.PageLink) -> list:
         with link.session(request) as (sess, req):
             if sess.probability is None:
                 return {"status": ""}
-            handlers.rethreshold(sess, a.get("threshold", 0.5))
+            refine.rethreshold(sess, a.get("threshold", 0.5))
             return view(ctx, sess, f"Threshold {float(a.get('threshold', 0.5)):.2f}: lesion on "
                                    f"{sess.mask.mean() * 100:.1f}% of the image.")
 

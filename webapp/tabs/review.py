@@ -15,7 +15,7 @@ from core.data.io import DataError
 from .. import annotate, canvas, handlers, jobs, shortcuts, supports
 from ..context import owner_tag
 from ..events import bind, owner
-from ..handlers import Session, UserError
+from ..session import Session, UserError
 from . import Shared
 
 DECISIONS = ("accept", "no lesion", "skip", "correct")
@@ -31,7 +31,6 @@ def layout(ctx, link) -> SimpleNamespace:
         c.name = gr.Textbox(label="Project name (your own: other users never see it)", placeholder="e.g. ward7_thyroid",
                             scale=3, elem_id="project-name")
         c.open = gr.Button("Open / create", scale=1)
-    c.status = gr.Markdown(elem_id="project-status", visible=False)   # the API's; the page's is on the canvas
     with gr.Row():
         c.prop_btn = gr.Button("Propagate the supports", variant="primary", elem_id="propagate-button")
         c.prop_cancel = gr.Button("Stop", variant="stop", size="sm")
@@ -51,13 +50,6 @@ def layout(ctx, link) -> SimpleNamespace:
             # the scrubber of a cine loop: any frame of the project's loops, by its place in the loop
             c.frame = gr.Slider(0, 1, value=0, step=1, label="Cine loop: frame (0 = the first frame of the first loop)",
                                 elem_id="frame-scrubber", visible=False)
-    # the API's review (scripts): the page decides on the canvas above
-    c.img = gr.Image(type="numpy", format="jpeg", interactive=False, visible=False, elem_id="review-image")
-    c.text = gr.Markdown(visible=False, elem_id="review-text")
-    # which image (id:version) was shown: every decision carries it back and is refused unless it is the
-    # image under review, unchanged since it was shown
-    c.token = gr.Textbox(visible=False, elem_id="review-token")
-    c.accept, c.no_lesion, c.skip, c.back, c.next, c.undo = (gr.Button(visible=False) for _ in range(6))
     gr.Markdown(shortcuts.HELP_MD, elem_id="review-shortcuts")
     with gr.Accordion("Reviewer's pass (team projects: approve or send back an annotator's decision)", open=False):
         with gr.Row():
@@ -90,11 +82,12 @@ def show(ctx, sess: Session, store, rel_path, request):
 
 
 def open_project(ctx, sess: Session, name, request: gr.Request):
+    """Open (or create) the user's project `name`; the review canvas shows its next image (the event after)."""
     sess = copy.copy(sess)
     store = annotate.open_project(ctx, name, owner(ctx, request))
     sess.project, sess.last_decided = store.name, None
-    v = show(ctx, sess, store, annotate.next_image(store), request)
-    return sess, annotate.status_text(store), v.image, v.text, v.token
+    show(ctx, sess, store, annotate.next_image(store), request)
+    return sess, annotate.status_text(store)
 
 
 def scrubber_range(ctx, sess: Session, request: gr.Request):
@@ -110,8 +103,8 @@ def go_to_frame(ctx, sess: Session, k, request: gr.Request):
     if not frames:
         raise UserError("this project has no cine loop (multi-frame DICOM)")
     sess = copy.copy(sess)
-    v = show(ctx, sess, store, frames[int(min(max(0, int(k)), len(frames) - 1))], request)
-    return sess, v.image, v.text, v.token
+    show(ctx, sess, store, frames[int(min(max(0, int(k)), len(frames) - 1))], request)
+    return sess
 
 
 def propagate(ctx, link: canvas.PageLink, sess: Session, ckpt_name, use_presence, use_sam=False, temporal=False,
@@ -126,13 +119,13 @@ def propagate(ctx, link: canvas.PageLink, sess: Session, ckpt_name, use_presence
         line = ""
         for line in annotate.run_propagation(ctx, store, ckpt_name, supports, owner(ctx, request), job, calib,
                                              delineate_with=sam, temporal=bool(temporal)):
-            yield line, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            yield line
     # the review shows the most uncertain image with its new prediction (what was shown before may have
     # changed: a decision on it would be refused). Written on the page's session as it is now: the canvas
     # may have changed it while the propagation ran (issue 26), and the copy taken at the start is stale.
     with link.current(request) as now:
-        v = show(ctx, now, store, annotate.next_image(store), request)
-    yield line, v.image, v.text, v.token, gr.skip()
+        show(ctx, now, store, annotate.next_image(store), request)
+    yield line
 
 
 def _propagate_on(link: canvas.PageLink):
@@ -179,10 +172,11 @@ def _next_shown(store, sess: Session, action: str, target):
     return sess.review_path
 
 
-def decide(ctx, action: str, sess: Session, token, request: gr.Request):
+def promote(ctx, sess: Session, request: gr.Request):
+    """The image decided last (or the one shown, once accepted or corrected) becomes a project support."""
     sess = copy.copy(sess)
-    store, v = _decide(ctx, action, sess, token, request)
-    return sess, annotate.status_text(store), v.image, v.text, v.token
+    store, _ = _decide(ctx, "promote", sess, "", request)
+    return sess, annotate.status_text(store)
 
 
 def _decide(ctx, action: str, sess: Session, token, request, painted=None):
@@ -299,31 +293,21 @@ def cancel(ctx, request: gr.Request):
     return jobs.cancel(owner(ctx, request))
 
 
-def _bound_decision(ctx, action):
-    def fn(ctx, sess: Session, token, request: gr.Request):
-        return decide(ctx, action, sess, token, request)
-    return bind(ctx, fn)
-
-
 def build(ctx, shared: Shared) -> None:
     s = shared.session
     c = layout(ctx, shared.link)
     show_view = bind(ctx, canvas_view)
-    c.open.click(bind(ctx, open_project), [s, c.name], [s, c.status, c.img, c.text, c.token],
-                 api_name="annotate_open").then(bind(ctx, scrubber_range), s, c.frame, api_name=False
-                                                ).then(show_view, s, c.canvas, api_name=False)
-    c.frame.release(bind(ctx, go_to_frame), [s, c.frame], [s, c.img, c.text, c.token], api_name="annotate_frame"
-                    ).then(show_view, s, c.canvas, api_name=False)
+    c.open.click(bind(ctx, open_project), [s, c.name], [s, c.prop_status], api_name=False
+                 ).then(bind(ctx, scrubber_range), s, c.frame, api_name=False
+                        ).then(show_view, s, c.canvas, api_name=False)
+    c.frame.release(bind(ctx, go_to_frame), [s, c.frame], s, api_name=False).then(show_view, s, c.canvas,
+                                                                                  api_name=False)
+    # the propagation streams its progress; scripts reach it by this name too (then /annotate_view)
     c.prop_btn.click(bind(ctx, _propagate_on(c.link)), [s, shared.ckpt, c.presence, c.delineate, c.temporal],
-                     [c.prop_status, c.img, c.text, c.token, s], api_name="annotate_propagate",
+                     c.prop_status, api_name="annotate_propagate",
                      concurrency_limit=1, concurrency_id="propagate").then(show_view, s, c.canvas, api_name=False)
     c.prop_cancel.click(bind(ctx, cancel), None, c.prop_status, api_name="annotate_stop")
-    for btn, action in ((c.accept, "accept"), (c.no_lesion, "no lesion"), (c.skip, "skip"), (c.undo, "undo"),
-                        (c.next, "next"), (c.back, "back")):
-        btn.click(_bound_decision(ctx, action), [s, c.token], [s, c.status, c.img, c.text, c.token],
-                  api_name="annotate_" + action.replace(" ", "_"))
-    c.promote.click(_bound_decision(ctx, "promote"), [s, c.token],
-                    [s, c.status, c.img, c.text, c.token], api_name="annotate_promote"
+    c.promote.click(bind(ctx, promote), s, [s, c.prop_status], api_name=False
                     ).then(show_view, s, c.canvas, api_name=False)
     c.use_promoted.click(bind(ctx, use_promoted), s, [s, c.prop_status], api_name="annotate_use_promoted"
                          ).then(None, js="() => { if (window.panetSupports) window.panetSupports.show(1); }")
@@ -333,9 +317,44 @@ def build(ctx, shared: Shared) -> None:
     for btn, verdict in ((c.rv_approve, "approve"), (c.rv_back, "send back")):
         btn.click(bind(ctx, _verdict(verdict)), [s, c.rv_which, c.rv_note], shown,
                   api_name="review_" + verdict.replace(" ", "_"))
+    register_api(ctx, shared.link)
 
 
 def _verdict(verdict: str):
     def fn(ctx, sess: Session, which, note, request: gr.Request):
         return review_verdict(ctx, verdict, sess, which, note, request)
     return fn
+
+
+# ------------------------------------------------------------------------------------------ the script API
+def _view_dict(store, v: annotate.ReviewView) -> dict:
+    return {"project": annotate.status_text(store), "image": v.rel_path, "text": v.text, "token": v.token}
+
+
+def annotate_open(ctx, sess: Session, req, name: str) -> dict:
+    """Open (or create) your project `name` over the data folder; the image to review next."""
+    store = annotate.open_project(ctx, name, owner(ctx, req))
+    sess.project, sess.last_decided = store.name, None
+    return _view_dict(store, show(ctx, sess, store, annotate.next_image(store), req))
+
+
+def annotate_view(ctx, sess: Session, req) -> dict:
+    """The image under review now (after a propagation, the most uncertain one), with its token."""
+    store = store_of(ctx, sess, req)
+    return _view_dict(store, show(ctx, sess, store, sess.review_path or annotate.next_image(store), req))
+
+
+def annotate_decide(ctx, sess: Session, req, action: str, token: str) -> dict:
+    """accept | no lesion | skip | undo | next | back | promote, on the image `token` names (as
+    /annotate_open or /annotate_view gave it); returns the image to review next."""
+    if action not in DECISIONS[:-1] + ("undo", "next", "back", "promote"):
+        raise UserError(f"unknown action {action!r} (a correction is painted on the page's canvas)")
+    store, v = _decide(ctx, action, sess, token, req)
+    return _view_dict(store, v)
+
+
+def register_api(ctx, link: canvas.PageLink) -> None:
+    from ..session_api import endpoint
+
+    for fn in (annotate_open, annotate_view, annotate_decide):
+        gr.api(endpoint(ctx, link, fn), api_name=fn.__name__, concurrency_limit=2, concurrency_id="review_api")

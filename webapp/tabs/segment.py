@@ -8,8 +8,9 @@ import gradio as gr
 
 
 from .. import canvas, finetune, handlers
+from .. import exports
 from ..events import bind, owner
-from ..handlers import Session
+from ..session import Session
 from . import Shared
 
 MAX_WAITING_JOBS = 8  # training jobs running or waiting in our own queue (one runs; the others see their place)
@@ -107,7 +108,7 @@ def show_maps(ctx, sess: Session):
 
 
 def downloads(ctx, sess: Session):
-    return handlers.downloads(ctx, sess, 0.4)
+    return exports.downloads(ctx, sess, 0.4)
 
 
 def adapt(ctx, ckpt_name, seconds, sess: Session, request: gr.Request):

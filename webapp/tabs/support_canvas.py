@@ -16,6 +16,7 @@ from core.data.io import resize_mask
 from core.io import inside
 
 from .. import canvas, handlers, supports
+from .. import inputs
 from ..events import owner
 from ..session import Session, UserError
 
@@ -50,19 +51,20 @@ def _slot(sess: Session, a: dict) -> int:
     return k
 
 
-def _changed(ctx, sess: Session, page: str, k: int, text: str, image: bool = False) -> dict:
-    """After a slot changed: its view, and the background work that the next Segment would otherwise wait for."""
-    s = sess.slots[k - 1]
-    if s.image is not None:
-        ctx.prefetch_embedding(s.image, page=f"{page}:support")
+def _changed(ctx, sess: Session, request, k: int, text: str, image: bool = False) -> dict:
+    """After a slot changed: its view, and, in the background, what the next box or Segment would wait for."""
+    s, page = sess.slots[k - 1], canvas.PageLink.session_hash(request)
     if s.pair is not None:
-        ctx.prefetch_choice(handlers.session_supports(sess), sess.checkpoint, page)
+        req = canvas.PageLink.gradio_request(request, page)
+        ctx.prefetch_supports(handlers.session_supports(sess), [s.image], sess.checkpoint, owner(ctx, req), page)
+    elif s.image is not None:
+        ctx.prefetch_embedding(s.image, page=f"{page}:support")
     return view(sess, text, image=image)
 
 
 def _display_to_image(s, x, y) -> tuple[float, float]:
     _, scale = handlers.display_size(s.image)
-    return handlers.finite(x, "the click's x") / scale, handlers.finite(y, "the click's y") / scale
+    return inputs.finite(x, "the click's x") / scale, inputs.finite(y, "the click's y") / scale
 
 
 def _draw(ctx, s, k: int, checkpoint, who: str) -> tuple:
@@ -99,11 +101,11 @@ def _fill_calls(ctx, link: canvas.PageLink, picked) -> list:
         with link.session(request) as (sess, _req):
             k = _slot(sess, a)
             notes: list[str] = []
-            image = handlers.read_upload(path, f"support {k} image", notes)
+            image = inputs.read_upload(path, f"support {k} image", notes)
             sess.slots = supports.put(sess.slots, k, supports.with_image(image, None, k))
             text = " ".join([f"Support {k}: now drag a box around the target (LiteMedSAM draws it), paint it, or "
                              "upload its mask."] + notes)
-            return _changed(ctx, sess, link.session_hash(request), k, text, image=True)
+            return _changed(ctx, sess, request, k, text, image=True)
 
     @canvas.answer
     def slot_mask_file(a, request):
@@ -114,9 +116,9 @@ def _fill_calls(ctx, link: canvas.PageLink, picked) -> list:
             s = sess.slots[k - 1]
             if s.image is None:
                 raise UserError(f"support {k}: upload its image first, then its mask")
-            mask = handlers.read_mask_upload(path, s.size, f"support {k} mask")
+            mask = inputs.read_mask_upload(path, s.size, f"support {k} mask")
             sess.slots = supports.put(sess.slots, k, supports.with_mask(s, mask, k, clicks=(), box=None))
-            return _changed(ctx, sess, link.session_hash(request), k, f"Support {k}: mask file read: ready.")
+            return _changed(ctx, sess, request, k, f"Support {k}: mask file read: ready.")
 
     @canvas.answer
     def slot_pick(a, request):
@@ -133,7 +135,7 @@ def _fill_calls(ctx, link: canvas.PageLink, picked) -> list:
             sess.slots = supports.put(sess.slots, k, supports.with_image(it.image, it.mask, k))
             text = f"Support {k}: **{it.caption}**" + (": ready." if sess.slots[k - 1].pair is not None else
                                                        " has no mask: drag a box around the target.")
-            return _changed(ctx, sess, link.session_hash(request), k, text, image=True)
+            return _changed(ctx, sess, request, k, text, image=True)
 
     @canvas.answer
     def slot_from_query(a, request):
@@ -144,7 +146,7 @@ def _fill_calls(ctx, link: canvas.PageLink, picked) -> list:
             k = sess.slot = supports.first_free(sess.slots)
             sess.slots = supports.put(sess.slots, k, supports.with_image(sess.query_image, sess.mask, k))
             sess.extra_pairs = handlers.keep_pair(sess.extra_pairs, sess.query_image, sess.mask)
-            return _changed(ctx, sess, link.session_hash(request), k, f"The query is support {k}: ready.", image=True)
+            return _changed(ctx, sess, request, k, f"The query is support {k}: ready.", image=True)
 
     @canvas.answer
     def slot_clear(a, request):
@@ -171,7 +173,7 @@ def _mark_calls(ctx, link: canvas.PageLink) -> list:
             s = supports.add_prompt(s, k, box=(x0, y0, x1, y1))
             mask, text = _draw(ctx, s, k, sess.checkpoint, owner(ctx, req))
             sess.slots = supports.put(sess.slots, k, supports.with_mask(s, mask, k))
-            return _changed(ctx, sess, link.session_hash(request), k, text)
+            return _changed(ctx, sess, request, k, text)
 
     @canvas.answer
     def slot_click(a, request):
@@ -184,7 +186,7 @@ def _mark_calls(ctx, link: canvas.PageLink) -> list:
             s = supports.add_prompt(s, k, click=(x, y, a["mode"] == "+"))
             mask, text = _draw(ctx, s, k, sess.checkpoint, owner(ctx, req))
             sess.slots = supports.put(sess.slots, k, supports.with_mask(s, mask, k))
-            return _changed(ctx, sess, link.session_hash(request), k, text)
+            return _changed(ctx, sess, request, k, text)
 
     @canvas.answer
     def slot_paint(a, request):
@@ -194,7 +196,7 @@ def _mark_calls(ctx, link: canvas.PageLink) -> list:
             small, _ = handlers.display_size(s.image)
             mask = canvas.read_mask(a.get("mask"), small.shape[:2])
             sess.slots = supports.put(sess.slots, k, supports.with_mask(s, mask, k))
-            answer = _changed(ctx, sess, link.session_hash(request), k, f"Support {k}: painted by hand: ready.")
+            answer = _changed(ctx, sess, request, k, f"Support {k}: painted by hand: ready.")
             answer.pop("mask", None)        # the page already shows the painted mask
             return answer
 
