@@ -5,6 +5,7 @@ Inputs are arrays of any size and mode (or paths); outputs come back at the quer
 from __future__ import annotations
 
 import hashlib
+import weakref
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,7 @@ class FewShotSegmenter:
         self._agreement = LRU(CACHE_SIZE)
         self._features = LRU(FEATURE_CACHE_SIZE)   # (id(model), query hash) -> encoder features
         self._prepared = LRU(PREPARED_CACHE_SIZE)  # the support arrays' content hash -> (images, masks, key)
+        self._raw_ids = LRU(PREPARED_CACHE_SIZE)   # the support arrays' ids -> (weak references, content hash)
 
     def _prepare_supports(self, supports) -> tuple[torch.Tensor, torch.Tensor, str]:
         """The supports checked, at the working size, and their key. Arrays are prepared once per content (a
@@ -101,19 +103,26 @@ class FewShotSegmenter:
             return self._prepare(supports)
         return self._prepared.get_or_compute(raw, lambda: self._prepare(supports))
 
-    @staticmethod
-    def _raw_key(supports) -> str | None:
-        """A hash of the supports' own pixels (exact), or None when they are not all arrays (paths, PIL)."""
+    def _raw_key(self, supports) -> str | None:
+        """A hash of the supports' own pixels (exact), or None when they are not all arrays (paths, PIL). The
+        same array objects as a recent call are not hashed again (supports are read, never changed in place:
+        a caller that changes one gives a new array)."""
         if not supports or len(supports) > MAX_SHOTS:
             return None
+        arrays = [a for pair in supports for a in pair]
+        if not all(isinstance(a, np.ndarray) for a in arrays):
+            return None
+        ids = tuple(id(a) for a in arrays)
+        known = self._raw_ids.get(ids)
+        if known is not None and all(r() is a for r, a in zip(known[0], arrays)):
+            return known[1]
         h = hashlib.sha1()
-        for pair in supports:
-            for a in pair:
-                if not isinstance(a, np.ndarray):
-                    return None
-                h.update(repr((a.shape, str(a.dtype))).encode())
-                h.update(np.ascontiguousarray(a).data)
-        return h.hexdigest()
+        for a in arrays:
+            h.update(repr((a.shape, str(a.dtype))).encode())
+            h.update(np.ascontiguousarray(a).data)
+        key = h.hexdigest()
+        self._raw_ids.put(ids, (tuple(weakref.ref(a) for a in arrays), key))
+        return key
 
     def _prepare(self, supports) -> tuple[torch.Tensor, torch.Tensor, str]:
         if not supports:

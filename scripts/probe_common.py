@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-EMPTY = {"background": None, "layers": [], "composite": None}
 
 
 def rss_mb() -> float:
@@ -17,8 +16,20 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def phantom_inputs(tmp: Path, handle_file):
-    """(png writer, a support editor value with its painted mask, a query file) from synthetic phantoms."""
+def b64(x) -> str:
+    """A file (path) or an array (saved as PNG) as base64: what the script API takes."""
+    import base64
+    import io
+
+    if isinstance(x, np.ndarray):
+        buf = io.BytesIO()
+        Image.fromarray(x).save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(Path(x).read_bytes()).decode()
+
+
+def phantom_inputs(tmp: Path):
+    """(png writer, a support as (image, mask) base64, a query as base64) from synthetic phantoms."""
     from core.phantom import make_phantom
 
     def png(name, arr):
@@ -26,11 +37,17 @@ def phantom_inputs(tmp: Path, handle_file):
         return str(tmp / name)
 
     ph = make_phantom(1)
-    layer = np.zeros((*ph.mask.shape, 4), np.uint8)
-    layer[ph.mask] = (255, 0, 0, 128)
-    good = {"background": handle_file(png("s.png", ph.image)), "layers": [handle_file(png("l.png", layer))],
-            "composite": None}
-    return png, good, handle_file(png("q.png", make_phantom(2).image))
+    good = (b64(ph.image), b64(ph.mask.astype(np.uint8) * 255))
+    return png, good, b64(make_phantom(2).image)
+
+
+def set_supports(client, pairs):
+    return client.predict([i for i, _ in pairs], [m for _, m in pairs], api_name="/set_supports")
+
+
+def segment(client, query: str, ckpt: str, threshold: float = 0.5) -> dict:
+    """/segment on `query` (base64; "" = the session's query) from the session's supports."""
+    return client.predict(query, ckpt, threshold, False, False, api_name="/segment")
 
 
 def run_clients(n: int, user) -> float:

@@ -115,8 +115,8 @@ def bomb_cases(tmp: Path) -> dict:
 
 def app_bomb(tmp: Path, bomb: Path) -> dict:
     """The bomb as the query of the running app's Segment (the API's upload path, the same checks as the canvas)."""
-    from gradio_client import Client, handle_file
-    from probe_common import EMPTY, phantom_inputs, rss_mb
+    from gradio_client import Client
+    from probe_common import b64, phantom_inputs, rss_mb, segment, set_supports
 
     from webapp.context import AppConfig, AppContext
     from webapp.ui import build_app, launch_options
@@ -126,13 +126,13 @@ def app_bomb(tmp: Path, bomb: Path) -> dict:
     demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(ctx))
     try:
         client = Client(demo.local_url, verbose=False, download_files=str(tmp / "client"))
-        _, good, query = phantom_inputs(tmp, handle_file)
+        _, good, query = phantom_inputs(tmp)
         ckpt = ctx.default_checkpoint("panet")
-        client.predict(good, *([EMPTY] * 4), *([None] * 5), api_name="/set_supports")
-        client.predict(ckpt, query, 0.5, 0.4, False, api_name="/segment")
+        set_supports(client, [good])
+        segment(client, query, ckpt)
         before, peak0, t = rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
         try:
-            client.predict(ckpt, handle_file(str(bomb)), 0.5, 0.4, False, api_name="/segment")
+            segment(client, b64(bomb), ckpt)
             outcome = "accepted"
         except Exception as exc:   # the refusal's message is what we record
             outcome = str(exc).splitlines()[0][:200]

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from probe_common import EMPTY, finish, phantom_inputs, rss_mb, run_clients  # noqa: E402
+from probe_common import finish, phantom_inputs, rss_mb, run_clients, segment as seg, set_supports  # noqa: E402
 
 
 
@@ -57,7 +57,7 @@ def main() -> None:  # noqa: C901 (one probe after another, in order)
     p.add_argument("--calls", type=int, default=10)
     p.add_argument("--sessions", type=int, default=20)
     args = p.parse_args()
-    from gradio_client import Client, handle_file
+    from gradio_client import Client
 
     from core.evaluation.report import DOCS
     from core.phantom import make_phantom
@@ -77,28 +77,28 @@ def main() -> None:  # noqa: C901 (one probe after another, in order)
     url = demo.local_url
     new = lambda: Client(url, verbose=False, download_files=str(tmp / "client"))   # noqa: E731
     ckpt = ctx.default_checkpoint("panet")
-    empty = EMPTY
-    png, good, query = phantom_inputs(tmp, handle_file)
+    png, good, query = phantom_inputs(tmp)
     ph = make_phantom(1)
 
-    def supports(c, editor=good, masks=(None,) * 5):
-        return c.predict(editor, *([empty] * 4), *masks, api_name="/set_supports")
+    def supports(c, pairs=(good,)):
+        return set_supports(c, list(pairs))
 
-    def segment(c, q=query, thr=0.5, opa=0.4):
-        return c.predict(ckpt, q, thr, opa, False, api_name="/segment")
+    def segment(c, q=query, thr=0.5):
+        return seg(c, q, ckpt, thr)
 
     res: dict = {"server_rss_start_mb": round(rss_mb())}
     a = new()
     supports(a)
     segment(a)
     # 1. Accept right after Open (no prediction yet)
-    status, _, text, token = a.predict("probe", api_name="/annotate_open")
-    res["1_accept_without_prediction"] = outcome(lambda: a.predict(None, token, api_name="/annotate_accept"))
-    status_after = a.predict("probe", api_name="/annotate_open")[0]
+    token = a.predict("probe", api_name="/annotate_open")["token"]
+    res["1_accept_without_prediction"] = outcome(lambda: a.predict("accept", token, api_name="/annotate_decide"))
+    status_after = a.predict("probe", api_name="/annotate_open")["project"]
     res["1_accepted_count_after"] = "accepted" in status_after
     # 2. the review reaches an unreadable file
     a.predict(ckpt, False, api_name="/annotate_propagate")
-    st, _, text, token = a.predict("probe", api_name="/annotate_open")
+    view = a.predict("probe", api_name="/annotate_open")
+    text, token = view["text"], view["token"]
     rows = ctx.fewshot  # noqa: F841 (the model is loaded)
     from core.annotate.store import ProjectStore
 
@@ -108,14 +108,14 @@ def main() -> None:  # noqa: C901 (one probe after another, in order)
     res["2_unreadable_versions"] = [h["status"] for h in store.history("scan0b.png")]
     shown = text.split("**")[1] if "**" in text else None
     before = {r["rel_path"]: r["version"] for r in store.rows()}
-    a.predict(None, token, api_name="/annotate_no_lesion")
+    a.predict("no lesion", token, api_name="/annotate_decide")
     after = {r["rel_path"]: r["version"] for r in store.rows()}
     res["2_decision_wrote_to"] = sorted(k for k in after if after[k] != before[k])
     res["2_image_shown"] = shown
     res["2_message_has_server_path"] = str(data) in json.dumps(a.predict("probe", api_name="/annotate_open"))
     # 3. another user, the same project name
     b = new()
-    res["3_other_user_same_name_sees"] = b.predict("probe", api_name="/annotate_open")[0]
+    res["3_other_user_same_name_sees"] = b.predict("probe", api_name="/annotate_open")["project"]
     # 4. a reload: the same browser key in a new session finds its saved checkpoint
     key = "5eed" * 8     # the key a browser keeps and sends as its cookie
 
@@ -140,19 +140,18 @@ def main() -> None:  # noqa: C901 (one probe after another, in order)
     c = new()
     big = Path(png("trunc_src.png", ph.image))
     (tmp / "trunc.png").write_bytes(big.read_bytes()[: big.stat().st_size // 2])
-    res["6_truncated_editor_file"] = outcome(lambda: supports(c, {"background": handle_file(str(tmp / "trunc.png")),
-                                                                  "layers": [], "composite": None}))
-    bg = {"background": handle_file(png("bg.png", ph.image)), "layers": [], "composite": None}
+    from probe_common import b64
+
+    res["6_truncated_support_file"] = outcome(lambda: supports(c, [(b64(tmp / "trunc.png"), good[1])]))
     for name, m in (("empty", np.zeros(ph.mask.shape, np.uint8)), ("full", np.full(ph.mask.shape, 255, np.uint8))):
-        res[f"6_{name}_mask"] = outcome(lambda m=m, name=name: supports(
-            c, bg, (handle_file(png(f"m_{name}.png", m)),) + (None,) * 4))
+        res[f"6_{name}_mask"] = outcome(lambda m=m: supports(c, [(good[0], b64(m))]))
     supports(c)
     res["6_threshold_abc"] = outcome(lambda: segment(c, thr="abc"))
     res["6_threshold_null"] = outcome(lambda: segment(c, thr=None))
     # 7. a repeated call gets the first answer
     first = segment(c)
     again = segment(c)
-    res["7_repeat_gets_result"] = bool(again[0]) and again[3] == first[3]
+    res["7_repeat_gets_result"] = bool(again["mask_png"]) and again["report"] == first["report"]
     # 8. the 403 body
     saved = ctx.saved_dir / "x.json"
     saved.write_text("{}")
@@ -164,7 +163,7 @@ def main() -> None:  # noqa: C901 (one probe after another, in order)
     res["8_checkpoint_menu"] = [label for label, _ in ctx.checkpoint_choices("panet")]
     # 5. memory: new sessions, each segmenting a 4000 x 4000 query
     ramp = np.linspace(0, 255, 4000, dtype=np.float32)
-    big_q = handle_file(png("big.png", np.dstack([np.add.outer(ramp, ramp) / 2] * 3).astype(np.uint8)))
+    big_q = b64(png("big.png", np.dstack([np.add.outer(ramp, ramp) / 2] * 3).astype(np.uint8)))
     warm = new()
     supports(warm)
     segment(warm, big_q)
@@ -184,7 +183,7 @@ def main() -> None:  # noqa: C901 (one probe after another, in order)
         for i in range(args.calls):
             t = time.perf_counter()
             try:
-                segment(u, thr=0.5 if i % 2 == 0 else 0.45)     # alternate: no repeat guard shortcut
+                segment(u, thr=0.5 if i % 2 == 0 else 0.45)
                 lat.append(1000 * (time.perf_counter() - t))
             except Exception as exc:
                 errors.append(repr(exc)[:200])

@@ -41,10 +41,9 @@ def main() -> None:
         thumbs.first.wait_for(timeout=30_000)
         for slot, idx in ((1, data_first + 0), (2, data_first + 1), (3, data_first + 3)):
             thumbs.nth(idx).click()
-            page.locator("#slot-choice input").fill(str(slot))
-            page.locator("#slot-choice input").press("Enter")
+            page.wait_for_timeout(500)
             page.get_by_role("button", name="Put in support slot").click()
-            page.wait_for_timeout(1500)
+            page.locator("#support-canvas .pc-slots").get_by_text(f"{slot}: ready").wait_for(timeout=30_000)
         thumbs.nth(data_first + 4).click()
         page.get_by_role("button", name="Use as query").click()
         page.wait_for_timeout(1500)

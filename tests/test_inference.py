@@ -76,3 +76,17 @@ def test_one_lru_keeps_the_newest_and_clears(seg):
     seg.clear()
     assert len(seg._cache) == 0 and len(seg._features) == 0
     assert seg.predict(img, [(img, mask)], heatmaps=False).mask.shape == mask.shape, "works again after clear()"
+
+
+def test_supports_are_prepared_once_per_content(seg):
+    """A page's Segment, its redraw's choice and the agreement check name the same supports: they are
+    resized once; the same pixels in a new array give the same key, other pixels another."""
+    img, mask = blob_image(seed=3)
+    pairs = [(img, mask)]
+    first = seg._prepare_supports(pairs)
+    assert seg._prepare_supports(pairs) is first, "the same arrays: prepared once"
+    assert seg._prepare_supports([(img.copy(), mask.copy())])[2] == first[2], "the same pixels: the same key"
+    other = img.copy()
+    other[0, 0] = 255 - other[0, 0]
+    assert seg._prepare_supports([(other, mask)])[2] != first[2], "other pixels: another key"
+    assert seg.support_key(pairs) == first[2]

@@ -184,3 +184,70 @@ def test_first_use_segment_in_view_and_gallery_picks_fill_the_next_slot(tmp_path
             browser.close()
     finally:
         demo.close()
+
+
+def test_a_propagation_that_ends_keeps_the_canvas_work_and_a_reload_brings_the_page_back(tmp_path):
+    """Issue 26, case 1 in the browser: propagate a folder, meanwhile segment a query on the canvas, then Stop;
+    the canvas's query and mask are still the session's (the next Segment works). Then a reload brings back
+    the supports, the query with its mask and the open project (they belong to the user, not to the tab)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from tests.test_webapp import make_checkpoints
+    from webapp.context import AppConfig, AppContext
+    from webapp.ui import build_app, launch_options
+
+    make_checkpoints(tmp_path / "ckpt")
+    data = tmp_path / "scans"
+    data.mkdir()
+    for i in range(150):
+        Image.fromarray(make_phantom(100 + i, size=(96, 128)).image).save(data / f"scan{i:03d}.png")
+    ctx = AppContext(AppConfig(data_dir=data, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out",
+                               promptable=False))
+    demo = build_app(ctx)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(ctx))
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1700})
+            page.goto(demo.local_url)
+            page.wait_for_function("() => window.panetSupports !== undefined", timeout=60_000)
+            page.locator("#gallery img").first.click()
+            page.get_by_text("Selected:").wait_for(timeout=30_000)
+            page.get_by_role("button", name="Put in support slot").click()
+            page.locator("#support-canvas .pc-slots").get_by_text("1: ready").wait_for(timeout=30_000)
+            page.get_by_role("tab", name="Annotate a folder").click()
+            page.locator("#project-name textarea, #project-name input").first.fill("ward_9")
+            page.get_by_role("button", name="Open / create").click()
+            page.locator("#review-canvas .pc-project").get_by_text("unlabelled 150").wait_for(timeout=30_000)
+            page.locator("#propagate-button").click()
+            page.locator("#propagate-status").get_by_text("of 150").wait_for(timeout=60_000)   # it runs
+            # meanwhile, on the Segment tab: a query and its Segment
+            page.get_by_role("tab", name="Segment").click()
+            Image.fromarray(make_phantom(7).image).save(tmp_path / "q.png")
+            page.locator("#query-canvas input.pc-file").set_input_files(str(tmp_path / "q.png"))
+            page.wait_for_function("() => window.panetCanvas.state().w > 0", timeout=30_000)
+            page.locator("#segment-button").click()
+            status = page.locator("#query-canvas .pc-status")
+            status.get_by_text("support(s)").wait_for(timeout=60_000)
+            # then Stop: the propagation ends while the canvas holds its query and mask
+            page.get_by_role("tab", name="Annotate a folder").click()
+            page.get_by_role("button", name="Stop").click()
+            page.wait_for_function("""() => /(Stopped|Done): \\d+ of 150/.test(
+                document.querySelector('#propagate-status').innerText)""", timeout=120_000)
+            page.wait_for_timeout(1500)
+            page.get_by_role("tab", name="Segment").click()
+            page.locator("#segment-button").click()
+            page.wait_for_function("() => window.panetCanvas.state().busy === 0", timeout=60_000)
+            assert "no query image" not in status.inner_text(), status.inner_text()
+            assert "support(s)" in status.inner_text()
+            # a reload: the same user finds the supports, the query with its mask, and the project
+            page.reload()
+            page.wait_for_function("() => window.panetSupports !== undefined", timeout=60_000)
+            page.locator("#support-canvas .pc-slots").get_by_text("1: ready").wait_for(timeout=30_000)
+            page.wait_for_function("() => window.panetCanvas.state().w > 0", timeout=30_000)
+            status.get_by_text("Restored").wait_for(timeout=30_000)
+            page.get_by_role("tab", name="Annotate a folder").click()
+            page.locator("#review-canvas .pc-project").get_by_text("Project ward_9").wait_for(timeout=30_000)
+            browser.close()
+    finally:
+        demo.close()

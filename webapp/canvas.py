@@ -231,6 +231,26 @@ class PageLink:
             holder[self.state._id] = sess
 
 
+    def adopt(self, request, previous: str, new: str) -> bool:
+        """The page `new` starts from a copy of page `previous`'s session (a reload of the same identity),
+        unless it has one of its own already; its review decisions start empty. False when there is none."""
+        holder = self.raw(request).scope["app"].state_holder
+        if previous not in holder:
+            return False
+        with self._lock(previous):
+            old = holder[previous][self.state._id]
+        if not isinstance(old, Session) or (old.query_image is None and old.project is None
+                                            and all(s.image is None for s in old.slots)):
+            return False
+        with self._lock(new):
+            mine = holder[new][self.state._id]
+            if isinstance(mine, Session) and (mine.query_image is not None or mine.project is not None):
+                return False
+            sess = copy.copy(old)
+            sess.last_decided, sess.last_decided_version, sess.history = None, 0, []
+            holder[new][self.state._id] = sess
+        return True
+
     @contextmanager
     def current(self, request: gr.Request):
         """For a queued event that ran long (a propagation): `with link.current(request) as sess:` the page's

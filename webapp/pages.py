@@ -32,6 +32,8 @@ class PageRegistry:
     def __init__(self, per_identity: int = PER_IDENTITY, total: int = TOTAL, ttl_s: float = 3600.0):
         self.per_identity, self.total, self.ttl_s = per_identity, total, ttl_s
         self._pages: OrderedDict[str, tuple[str, float]] = OrderedDict()   # session hash -> (identity, last use)
+        # identity -> the page it used last (kept after that page closes: a reload picks its state up again)
+        self._last: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
 
     def _expire(self, now: float) -> None:
@@ -51,6 +53,7 @@ class PageRegistry:
                 raise PermissionError("this page belongs to someone else")
             self._pages[session_hash] = (identity, now)
             self._pages.move_to_end(session_hash)
+            self._used(identity, session_hash)
             mine = [sh for sh, (who, _) in self._pages.items() if who == identity]
             evicted = mine[:max(0, len(mine) - self.per_identity)]
             for sh in evicted:
@@ -69,7 +72,19 @@ class PageRegistry:
                 del self._pages[session_hash]
                 return False
             self._pages[session_hash] = (identity, time.time())
+            self._used(identity, session_hash)
             return True
+
+    def _used(self, identity: str, session_hash: str) -> None:
+        self._last[identity] = session_hash
+        self._last.move_to_end(identity)
+        while len(self._last) > self.total:
+            self._last.popitem(last=False)
+
+    def last_page(self, identity: str | None) -> str | None:
+        """The page `identity` used last (open or closed), or None."""
+        with self._lock:
+            return self._last.get(identity) if identity else None
 
     def forget(self, session_hash: str) -> None:
         with self._lock:

@@ -41,17 +41,37 @@ def forget(ctx, request: gr.Request):
     ctx.pages.forget(request.session_hash)
 
 
-def open_page(ctx, request: gr.Request):
-    """A page load: the page's session belongs to the identity that loaded it (webapp/pages.py)."""
+def open_page(ctx, link, request: gr.Request):
+    """A page load: the page's session belongs to the identity that loaded it (webapp/pages.py). A reload (or
+    a new tab) of that identity starts from the page it used last: the supports, the query and its result,
+    the open project come back (they belong to the user, not to the tab); this tab's own decisions start
+    empty (its Undo undoes nothing another tab did)."""
     from .pages import auth_user
 
     raw = getattr(request, "request", None)
     cookies = dict(getattr(raw, "cookies", {}) or {})
     user = getattr(request, "username", None) or auth_user(raw.scope.get("app") if raw is not None else None, cookies)
+    identity = ctx.identities.of(cookies, user)
+    previous = ctx.pages.last_page(identity)
     try:
-        ctx.pages.register(request.session_hash, ctx.identities.of(cookies, user))
+        ctx.pages.register(request.session_hash, identity)
     except PermissionError as exc:
         raise gr.Error(str(exc), duration=None) from None
+    if previous and previous != request.session_hash and raw is not None:
+        link.adopt(raw, previous, request.session_hash)
+
+
+def _opener(link):
+    def fn(ctx, request: gr.Request):
+        return open_page(ctx, link, request)
+    return fn
+
+
+# after the page's load: the canvases show what the session holds (a reload's supports, query, project)
+RESTORE_JS = """() => {
+  window.panetRestored = true;     // a canvas drawn later (a tab opened later) restores itself when it loads
+  for (const c of [window.panetSupports, window.panetCanvas, window.panetReview]) if (c && c.restore) c.restore();
+}"""
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:
@@ -82,7 +102,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         refresh.click(bind(ctx, refresh_checkpoints), ckpt, ckpt, api_name="refresh_checkpoints")
         demo.load(None, user_key, user_key, js=NEW_KEY_JS, queue=False, show_progress="hidden")
         # the page's session is created by its load, for the identity that loaded it (and by nothing else)
-        demo.load(bind(ctx, open_page), None, None, queue=False, show_progress="hidden", api_name="open_page")
+        demo.load(bind(ctx, _opener(shared.link)), None, None, queue=False, show_progress="hidden",
+                  api_name="open_page").then(None, js=RESTORE_JS)
         # the menu lists this user's saved checkpoints whenever it is opened (also after a reload)
         ckpt.focus(bind(ctx, refresh_checkpoints), ckpt, ckpt, api_name=False, show_progress="hidden")
         demo.unload(bind(ctx, forget))

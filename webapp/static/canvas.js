@@ -288,10 +288,12 @@
                    slots: st.slots.slice()}),
     setMode, toggle, act,
   };
+  api.restore = () => call(kind === "support" ? "slot_show" : "show", {});
   if (kind === "support") {
     Object.assign(api, {show: showSlot, pick: () => { own(); return call("slot_pick", {slot: st.slot}); },
                         fromQuery: () => { own(); return call("slot_from_query", {}); }});
   }
   window[{segment: "panetCanvas", support: "panetSupports", review: "panetReview"}[kind]] = api;
   redraw();
+  if (window.panetRestored) api.restore();     // the page loaded before this canvas was drawn (a later tab)
 })();

@@ -93,7 +93,15 @@ def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
             handlers.query_from_gallery(ctx, sess, key)
             return view(ctx, sess, f"Query: **{ctx.gallery[key].caption}**. Press **Segment**.", image=True)
 
-    return [set_query, use_picked, segment, redraw]
+    @canvas.answer
+    def show(a, request):
+        """What the session holds (after a reload: the query and its mask come back)."""
+        with link.session(request) as (sess, _req):
+            if sess.query_image is None:
+                return {"image": None, "status": ""}
+            return view(ctx, sess, "Restored: the query and its mask as you left them.", image=True)
+
+    return [set_query, use_picked, segment, redraw, show]
 
 
 def _edit_calls(ctx, link: canvas.PageLink) -> list:

@@ -230,7 +230,13 @@ def server_functions(ctx, link: canvas.PageLink) -> list:
             store, v = _decide(ctx, action, sess, a["token"], req,
                                painted=a.get("mask") if action == "correct" else None)
             return canvas_payload(store, v)
-    return [decide]
+
+    @canvas.answer
+    def show(a, request):
+        """The project and the image under review that the session holds (after a reload)."""
+        with link.session(request) as (sess, req):
+            return json.loads(canvas_view(ctx, sess, req))
+    return [decide, show]
 
 
 def review_next(ctx, sess: Session, request: gr.Request):
