@@ -9,8 +9,6 @@ team server database: every app process answers the same); a refusal is a `gr.Er
 """
 from __future__ import annotations
 
-import base64
-import io
 
 import gradio as gr
 import numpy as np
@@ -47,18 +45,15 @@ def _refused(fn):
 
 
 def _mask(png_b64: str) -> np.ndarray | None:
+    """A mask sent as base64 (any image the uploads accept; white = target), checked before it is decoded by
+    the script API's one reader (webapp/script_api.py)."""
     if not png_b64:
         return None
-    from PIL import Image
+    from core.data.io import mask_from_array
 
-    from core.io import MAX_UPLOAD_BYTES
-    raw = base64.b64decode(png_b64, validate=True)
-    if len(raw) > MAX_UPLOAD_BYTES or not raw.startswith(b"\x89PNG"):
-        raise DataError("the mask must be a PNG under the upload limit")
-    with Image.open(io.BytesIO(raw)) as im:
-        if im.width * im.height > 4096 * 4096:
-            raise DataError("the mask is larger than 4096 x 4096")
-        return np.asarray(im.convert("L")) > 0
+    from .script_api import decode_image
+
+    return mask_from_array(decode_image(png_b64, "the mask"), "the mask")
 
 
 def register(ctx: AppContext) -> None:
