@@ -246,6 +246,11 @@ class FewShotSegmenter:
         meta.pop("save_path", None)
         return checkpoint.save(path, net.state_dict(), meta, half=False)
 
+    @torch.no_grad()
+    def prefetch(self, query) -> None:
+        """The query's encoder features, computed now (a background job) and cached for its Segment."""
+        self._query_features(self.model, as_image(query, "query"))
+
     def _query_features(self, model: PANetPlusPlus, img: np.ndarray) -> list[torch.Tensor]:
         """Encoder features of a query at the working size, cached (LRU) per (model, image content):
         a click refinement of the same query runs only the decoder."""

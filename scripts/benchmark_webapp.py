@@ -69,7 +69,7 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             assert "support(s)" in status or "No lesion" in status, status
             server.append(float(status.split(" ms")[-2].split()[-1]))      # the server's own time, last on the line
         soon = _time_segment_as_soon_as_shown(page, queries, 8)
-        after, ready_again = _time_segment_after_slot_change(page, files, 6)
+        after, ready_again = _time_segment_after_slot_change(page, files, 12)
         picks = _time_gallery_picks(page, 6)
         clicks = _time_overlay_clicks(page, 10)
         opened, keys = _time_keyboard_accepts(page, 10)

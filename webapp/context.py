@@ -358,14 +358,18 @@ class AppContext:
 
         return LatestWins(workers=1, max_pending=4, name="embedding")
 
-    def prefetch_embedding(self, image: np.ndarray | None, page: str = "") -> None:
-        """Compute LiteMedSAM's embedding of a new query in the background (a box or a click then waits
-        only for the decoder). The bounded pool runs it: a page's newer query replaces its waiting one."""
-        if image is None or not self.config.promptable:
+    def prefetch_embedding(self, image: np.ndarray | None, page: str = "", checkpoint: str | None = None,
+                           owner: str = "") -> None:
+        """A new image's encodings in the background: PANet++'s encoder features (unless `checkpoint` is False),
+        then LiteMedSAM's embedding; the bounded pool runs it (a page's newer image replaces its waiting one)."""
+        if image is None:
             return
 
         def work():
-            sam = self.promptable_model()
+            if checkpoint is not False:
+                with contextlib.suppress(checkpoint_errors()):
+                    self.fewshot(checkpoint, owner).prefetch(image)
+            sam = self.promptable_model() if self.config.promptable else None
             if sam is not None:
                 sam.embed(image)
 
@@ -422,6 +426,11 @@ class AppContext:
         (d / "owner.pid").write_text(str(os.getpid()))
         assert inside(d, self.config.output_dir)
         return d
+
+
+def checkpoint_errors() -> tuple:
+    """What loading a checkpoint by name may raise (a background prefetch then does nothing)."""
+    return (checkpoint.CheckpointError, DataError, KeyError, OSError)
 
 
 def config_from_env(**overrides) -> AppConfig:

@@ -54,7 +54,7 @@ def query_from_gallery(ctx: AppContext, session: Session, key) -> None:
         raise UserError("select an image in the gallery first")
     session.query_key, session.query_file = key, None
     set_query(session, ctx.item(key).image)
-    ctx.prefetch_embedding(session.query_image)
+    ctx.prefetch_embedding(session.query_image, checkpoint=session.checkpoint)
 
 
 def keep_pair(pairs: list, image: np.ndarray, mask: np.ndarray) -> list:
@@ -151,7 +151,7 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
                  + redrawn]
     lines += _agreement_lines(agreement, len(supports), adapted) + _truth_lines(ctx, session, truth)
     session.heatmaps = small_maps(res.heatmaps)   # pictures only when the maps panel or a download asks
-    ctx.prefetch_embedding(q_img)   # boxes and clicks on this query then wait only for the decoder
+    ctx.prefetch_embedding(q_img, checkpoint=False)   # boxes and clicks then wait only for the decoder
     captions = [f"cosine similarity: {name}" for name in res.heatmaps]
     return SegmentOutput(captions, "\n\n".join(lines), time.perf_counter() - t0, notes, supports)
 

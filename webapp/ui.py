@@ -78,6 +78,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     from . import gradio_fixes
 
     gradio_fixes.apply()
+    from core.annotate.db import preload
+
+    preload()                # a user's first Open of a project does not wait for Alembic's import
     ctx.use_own_cache()      # Gradio's uploads and results go to the app's cache folder, set before any component
     ttl = int(ctx.config.cache_ttl)
     # analytics off: a medical tool sends nothing out unless the user asks (issue 27)

@@ -81,7 +81,8 @@ def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
         with link.session(request) as (sess, _req):
             notes: list[str] = []
             handlers.query_from_file(sess, path, notes)
-            ctx.prefetch_embedding(sess.query_image, page=canvas.PageLink.session_hash(request))
+            ctx.prefetch_embedding(sess.query_image, page=canvas.PageLink.session_hash(request),
+                                  checkpoint=sess.checkpoint)
             name = str(a.get("name") or "")[:80]
             return view(ctx, sess, " ".join([f"Query {name} ready: press **Segment**."] + notes), image=True)
 

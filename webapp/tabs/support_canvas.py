@@ -58,7 +58,7 @@ def _changed(ctx, sess: Session, request, k: int, text: str, image: bool = False
         req = canvas.PageLink.gradio_request(request, page)
         ctx.prefetch_supports(handlers.session_supports(sess), [s.image], sess.checkpoint, owner(ctx, req), page)
     elif s.image is not None:
-        ctx.prefetch_embedding(s.image, page=f"{page}:support")
+        ctx.prefetch_embedding(s.image, page=f"{page}:support", checkpoint=False)
     return view(sess, text, image=image)
 
 
