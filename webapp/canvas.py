@@ -159,6 +159,16 @@ def read_mask(url, size: tuple[int, int]) -> np.ndarray:
     return arr[..., 3] > 127
 
 
+def uploaded_file(ctx, path, what: str = "the upload") -> str:
+    """A file the page uploaded through Gradio's upload route, named in a canvas call: only a file in the app's
+    cache folder (where Gradio keeps uploads) is accepted, nothing else on the server."""
+    from core.io import inside
+
+    if not isinstance(path, str) or not path or not inside(path, ctx.cache_dir) or not Path(path).is_file():
+        raise UserError(f"{what} was not found: upload it again")
+    return path
+
+
 def display_box(box, scale: float):
     return None if box is None else [float(v) * scale for v in box]
 

@@ -86,26 +86,17 @@ class SegmentOutput:
     heatmaps: list  # the similarity maps' captions (the pictures are made when asked for: `session_tiles`)
     report: str
     seconds: float
-    notes: list
-    supports: list  # the (image, mask) pairs used, for the thumbnails
 
 
-def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold: float, opacity: float,
-            owner: str = "", per_support_maps: bool = False, no_lesion: bool = False,
+def segment(ctx: AppContext, session: Session, checkpoint_name, threshold: float, owner: str = "", per_support_maps: bool = False, no_lesion: bool = False,
             defer_redraw: bool = False) -> SegmentOutput:
     """Segment the session's query from the session's registered supports (nothing re-decoded).
     no_lesion: breast lesions; the lesion probe's presence head may answer "no lesion" (an empty mask)."""
     t0 = time.perf_counter()
     threshold = bounded(threshold, 0.01, 0.99, "the threshold")
-    opacity = bounded(opacity, 0.0, 1.0, "the overlay opacity")
     supports = session_supports(session)
-    notes: list[str] = []
-    if query is not None and str(query) != session.query_file:   # a new upload (an API call)
-        query_from_file(session, query, notes)
-        q_img = session.query_image
-    elif session.query_image is not None:  # decoded at upload, or picked from the gallery
-        q_img = session.query_image
-    else:
+    q_img = session.query_image       # decoded at upload, or picked from the gallery
+    if q_img is None:
         raise UserError("no query image: upload one or pick one from the gallery")
     try:
         presence = ctx.presence_check() if no_lesion else None
@@ -153,7 +144,7 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, query, threshold
     session.heatmaps = small_maps(res.heatmaps)   # pictures only when the maps panel or a download asks
     ctx.prefetch_embedding(q_img, checkpoint=False)   # boxes and clicks then wait only for the decoder
     captions = [f"cosine similarity: {name}" for name in res.heatmaps]
-    return SegmentOutput(captions, "\n\n".join(lines), time.perf_counter() - t0, notes, supports)
+    return SegmentOutput(captions, "\n\n".join(lines), time.perf_counter() - t0)
 
 
 def _agreement_lines(agreement, n_supports: int, adapted: bool) -> list[str]:

@@ -22,8 +22,7 @@ import numpy as np
 
 from core.data.io import DataError, check_mask_matches, mask_from_array
 
-from . import canvas, handlers, supports
-from . import refine
+from . import canvas, handlers, refine, supports
 from .context import AppContext
 from .events import owner
 from .script_api import MAX_SUPPORTS, decode_image
@@ -76,12 +75,12 @@ def segment(ctx, sess: Session, req, query: str, checkpoint: str, threshold: flo
             no_lesion: bool) -> dict:
     """Segment `query` (base64; "" = the session's query) from the session's supports. Returns the mask
     (base64 PNG at the query's size), the report and the heatmaps' captions."""
+    notes: list[str] = []       # what reading the query converted (a 16-bit image, a DICOM loop's first frame)
     if query:
-        notes: list[str] = []
         handlers.query_from_file(sess, _query_file(ctx, query), notes)
-    out = handlers.segment(ctx, sess, checkpoint or None, None, threshold, 0.4, owner=owner(ctx, req),
+    out = handlers.segment(ctx, sess, checkpoint or None, threshold, owner=owner(ctx, req),
                            per_support_maps=bool(per_support_maps), no_lesion=bool(no_lesion))
-    return {**_answer(sess, out.report), "report": out.report, "notes": out.notes,
+    return {**_answer(sess, out.report), "report": out.report, "notes": notes,
             "heatmaps": out.heatmaps}
 
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 from core.data.io import resize_mask
-from core.io import inside
 
-from .. import canvas, handlers
-from .. import refine
+from .. import canvas, handlers, refine
 from ..events import owner
 from ..session import Session, UserError, clear_prompts
 
@@ -50,10 +47,10 @@ def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
             if sess.query_image is None:
                 raise UserError("no query image: upload one or pick one from the gallery")
             with HEAVY, ctx.foreground:
-                out = handlers.segment(ctx, sess, a.get("ckpt"), None, a.get("threshold", 0.5), 0.4,
+                out = handlers.segment(ctx, sess, a.get("ckpt"), a.get("threshold", 0.5),
                                        owner=owner(ctx, req), per_support_maps=bool(a.get("per_support")),
                                        no_lesion=bool(a.get("no_lesion")), defer_redraw=True)
-            status = "\n\n".join([out.report] + [f"*{n}*" for n in out.notes]) + f"\n\n*{out.seconds * 1000:.0f} ms*"
+            status = out.report + f"\n\n*{out.seconds * 1000:.0f} ms*"
             answer = view(ctx, sess, status)
             if sess.redraw_pending:
                 answer["follow"] = "redraw"      # the page asks for LiteMedSAM's redraw next
@@ -75,9 +72,7 @@ def _query_calls(ctx, link: canvas.PageLink, picked) -> list:
     def set_query(a, request):
         """A query uploaded through the canvas (Gradio's upload folder, which is the app's cache): read and
         checked like any upload, shown at once; its embedding starts in the background."""
-        path = a.get("path")
-        if not isinstance(path, str) or not path or not inside(path, ctx.cache_dir) or not Path(path).is_file():
-            raise UserError("the query upload was not found: upload it again")
+        path = canvas.uploaded_file(ctx, a.get("path"), "the query upload")
         with link.session(request) as (sess, _req):
             notes: list[str] = []
             handlers.query_from_file(sess, path, notes)

@@ -10,13 +10,10 @@ too, so that the next Segment does not wait for either."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from core.data.io import resize_mask
-from core.io import inside
 
-from .. import canvas, handlers, supports
-from .. import inputs
+from .. import canvas, handlers, inputs, supports
 from ..events import owner
 from ..session import Session, UserError
 
@@ -97,7 +94,7 @@ def _fill_calls(ctx, link: canvas.PageLink, picked) -> list:
     @canvas.answer
     def slot_upload(a, request):
         supports.index(a.get("slot", 1))
-        path = _upload_path(ctx, a.get("path"))
+        path = canvas.uploaded_file(ctx, a.get("path"))
         with link.session(request) as (sess, _req):
             k = _slot(sess, a)
             notes: list[str] = []
@@ -110,7 +107,7 @@ def _fill_calls(ctx, link: canvas.PageLink, picked) -> list:
     @canvas.answer
     def slot_mask_file(a, request):
         supports.index(a.get("slot", 1))
-        path = _upload_path(ctx, a.get("path"))
+        path = canvas.uploaded_file(ctx, a.get("path"))
         with link.session(request) as (sess, _req):
             k = _slot(sess, a)
             s = sess.slots[k - 1]
@@ -216,10 +213,3 @@ def _with_image(sess: Session, k: int):
     if s.image is None:
         raise UserError(f"support {k} is empty: upload an image or pick one in the gallery first")
     return s
-
-
-def _upload_path(ctx, path) -> str:
-    """A file the page uploaded through Gradio (in the app's cache folder, nowhere else)."""
-    if not isinstance(path, str) or not path or not inside(path, ctx.cache_dir) or not Path(path).is_file():
-        raise UserError("the upload was not found: upload it again")
-    return path
