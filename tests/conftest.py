@@ -1,7 +1,9 @@
 """Shared fixtures. Tests that need the real BUSI data skip only when BUSI_DIR is unset (CI sets it)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +145,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for mark in _MODULE_MARKS.get(item.path.name, ()):
             item.add_marker(getattr(pytest.mark, mark))
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"   # Debian's Chromium, driven by Playwright (no download)
+
+
+@contextlib.contextmanager
+def app_page(ctx, height: int = 1700):
+    """The app of `ctx` launched for real and one Chromium page (1400 x `height`) open on it."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from webapp.ui import build_app, launch_options
+
+    demo = build_app(ctx)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(ctx))
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.goto(demo.local_url)
+            yield page
+            browser.close()
+    finally:
+        demo.close()

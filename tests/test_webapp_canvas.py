@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 
 from core.phantom import make_phantom
-from webapp import canvas, handlers, supports
-from webapp import refine
+from webapp import canvas, handlers, refine, supports
 from webapp.session import Session, UserError
 
 
