@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import inspect
 import tempfile
+import typing
 from pathlib import Path
 
 import gradio as gr
@@ -116,7 +117,6 @@ def clear(ctx, sess: Session, req, threshold: float) -> dict:
     return _answer(sess, refine.refine_mask(ctx, sess, threshold, owner(ctx, req)))
 
 
-_HINTS = {"str": str, "float": float, "bool": bool, "dict": dict, "list[str]": list[str]}
 ACTIONS = (set_supports, segment, click, box, undo, clear)
 
 
@@ -124,7 +124,8 @@ def endpoint(ctx: AppContext, link: canvas.PageLink, fn):
     """`fn(ctx, sess, req, *args)` as a gr.api function `(*args, request)` on the caller's session (copied,
     changed, stored back under the page's lock only when it succeeds); errors the user can fix -> gr.Error."""
     sig = inspect.signature(fn)
-    params = [p.replace(annotation=_HINTS.get(p.annotation, p.annotation)) for p in list(sig.parameters.values())[3:]]
+    hints = typing.get_type_hints(fn)     # the annotations as types (this module postpones them as text)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in list(sig.parameters.values())[3:]]
     req_param = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)
 
     def run(*args):
@@ -136,7 +137,7 @@ def endpoint(ctx: AppContext, link: canvas.PageLink, fn):
             raise gr.Error(str(exc)) from None
 
     run.__name__, run.__doc__ = fn.__name__, fn.__doc__
-    ret = _HINTS.get(sig.return_annotation, sig.return_annotation)
+    ret = hints.get("return", sig.return_annotation)
     run.__signature__ = sig.replace(parameters=params + [req_param], return_annotation=ret)
     run.__annotations__ = {p.name: p.annotation for p in params} | {"request": gr.Request, "return": ret}
     return run
