@@ -102,6 +102,25 @@ def test_the_onnx_encoder_matches_torch(sam, tmp_path):
     assert np.abs(enc(x) - ref).max() <= TOLERANCE
 
 
+def test_the_onnx_prompt_path_answers_as_torch_does(sam, tmp_path):
+    """Boxes, clicks (one alone: three candidates), a mask prompt with both: the same mask and IoU."""
+    pytest.importorskip("onnxruntime")
+    fast = promptable.PromptableSegmenter(encoder="onnx", onnx_dir=tmp_path, cache_size=2)
+    assert fast.decoder == "onnx" and fast.encoder == "onnx"
+    img, _ = disc_image(seed=5)
+    emb = sam.embed(img)
+    fast.cache.put(fast.cache.key(img, fast.encoder), emb)      # one embedding: only the prompt path differs
+    prev = sam.predict(img, box=(95, 45, 185, 135))
+    for prompt in ({"box": (95, 45, 185, 135)}, {"points": [(140, 90, True)]},
+                   {"points": [(140, 90, True), (10, 10, False)]},
+                   {"box": (90, 40, 190, 140), "points": [(100, 60, False)], "mask_logits": prev.logits}):
+        ref, got = sam.predict(img, **prompt), fast.predict(img, **prompt)
+        assert got.masks.shape == ref.masks.shape, prompt
+        assert got.iou == pytest.approx(ref.iou, abs=1e-3), prompt
+        assert np.abs(got.full_logits - ref.full_logits).max() < 1e-2, prompt
+        assert (got.mask != ref.mask).mean() < 1e-3, prompt
+
+
 def test_delineator_box_and_clicks_with_and_without_supports(sam, seg):
     from core.delineate import DelineateConfig, Delineator, mask_box, prob_to_prompt
 

@@ -29,6 +29,42 @@ def test_depth_crop_keeps_the_size_and_the_top(tmp_path):
     assert out.shape == img.shape
 
 
+def test_depth_crop_cuts_the_mask_with_the_image():
+    img = np.zeros((64, 64, 3), np.uint8)
+    mask = np.zeros((64, 64), bool)
+    img[40:, :, 0] = 255           # the image's deep rows are marked, as is the mask
+    mask[40:] = True
+    out, m = depth_crop(img, np.random.default_rng(3), max_cut=0.5, mask=mask)
+    assert m.dtype == bool and m.shape == mask.shape and out.shape == img.shape
+    assert m.mean() < mask.mean(), "the bottom was cut and the rest stretched"
+    assert np.array_equal(m, out[..., 0] > 127), "one cut for both"
+
+
+def test_a_multitask_run_learns_both_heads_and_loads_as_a_classifier(tmp_path):
+    from core.models.supervised import MultiTaskClassifier
+
+    torch.manual_seed(0)
+    train = {"busi": _set(12, 0, [0, 1, 2])}
+    for i in range(len(train["busi"][0])):     # lesions: a bright square in the middle
+        if train["busi"][1][i] != 2:
+            train["busi"][0].masks[i, 16:48, 16:48] = True
+    val = {"busi": _set(6, 2, [0, 1, 2])}
+    cfg = SupervisedTrainConfig(epochs=1, batch_size=4, save_path=str(tmp_path / "mt"), device="cpu")
+    summary = train_image_classifier(ClassifierConfig(image_size=64, weights="random"), cfg, train, val, {},
+                                     progress=False, multitask=True)
+    assert summary["status"] == "finished"
+    model = load_image_classifier(tmp_path / "mt")
+    assert isinstance(model, MultiTaskClassifier) and model.config.extra["multitask"] == "deeplabv3plus"
+    x = torch.rand(2, 3, 80, 96)
+    assert model.predict(x).shape == (2, 3) and torch.allclose(model.predict(x).sum(1), torch.ones(2), atol=1e-5)
+    assert model.segment(x).shape == (2, 1, 80, 96), "the mask at the image's size"
+    cam = model.grad_cam(x[:1], 0)
+    assert cam.shape == (80, 96) and float(cam.min()) >= 0 and float(cam.max()) <= 1 + 1e-6
+    pipe = SupervisedPipeline(None, tmp_path / "mt")
+    res = pipe.classify(train["busi"][0].images[0], np.zeros((64, 64), bool))
+    assert set(res.probabilities) == set(CLASSES)
+
+
 def test_a_tiny_run_saves_a_checkpoint_the_pipeline_answers_with(tmp_path):
     torch.manual_seed(0)
     train = {"busi": _set(12, 0, [0, 1, 2]), "busbra": _set(8, 1, [0, 1])}

@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--save-path", default="runs/image_classifier")
     p.add_argument("--crops", type=float, default=0.0,
                    help="share of training lesion images that also give a lesion-free crop labelled normal")
+    p.add_argument("--multitask", action="store_true",
+                   help="DeepLabV3+ with the classification head on its encoder (smp aux_params), trained on the masks too")
     p.set_defaults(func=train_image_cls_cmd)
     register_evaluation(sub)
 
@@ -66,7 +68,8 @@ def train_image_cls_cmd(args) -> int:
     cfg = SupervisedTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
                                 seed=args.seed, device=args.device, save_path=args.save_path)
     mcfg = ClassifierConfig(backbone=args.backbone, image_size=args.img_size)
-    print(json.dumps(train_image_classifier(mcfg, cfg, train, val, info, crops_share=args.crops), indent=2))
+    print(json.dumps(train_image_classifier(mcfg, cfg, train, val, info, crops_share=args.crops,
+                                                     multitask=args.multitask), indent=2))
     return 0
 
 

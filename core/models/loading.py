@@ -7,7 +7,7 @@ import torch
 
 from .. import checkpoint
 from .panet import PANetConfig, PANetPlusPlus
-from .supervised import ClassifierConfig, ImageClassifier, LesionClassifier, Segmenter, SegmenterConfig
+from .supervised import ClassifierConfig, ImageClassifier, LesionClassifier, MultiTaskClassifier, Segmenter, SegmenterConfig
 
 
 def _known_fields(cls, d: dict) -> dict:
@@ -58,8 +58,10 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
     if meta.get("architecture") == "lesion_probe":
         from .lesion_probe import LesionProbe
         return LesionProbe.load(path)
-    if (meta.get("model", {}).get("extra") or {}).get("input") == "image":     # issue 28: image only
-        model = _load_supervised(path, "classifier", ClassifierConfig, ImageClassifier, device)
+    extra = meta.get("model", {}).get("extra") or {}
+    if extra.get("input") == "image":     # issue 28: image only (with a segmentation decoder when multitask)
+        cls = MultiTaskClassifier if extra.get("multitask") else ImageClassifier
+        model = _load_supervised(path, "classifier", ClassifierConfig, cls, device)
         model.decision_points = meta.get("decision_points")
         return model
     return _load_supervised(path, "classifier", ClassifierConfig, LesionClassifier, device)

@@ -142,6 +142,16 @@ class PromptableSegmenter:
                 if encoder == "onnx":
                     raise PromptableUnavailable(f"ONNX encoder unavailable: {exc}") from exc
         self.encoder = "onnx" if self._onnx is not None else "torch"
+        self._onnx_decoder = None      # the prompt path through ONNX Runtime too (a click is one decoder pass)
+        if want_onnx:
+            try:
+                from .promptable_onnx import OnnxDecoder
+
+                self._onnx_decoder = OnnxDecoder(self.model, onnx_dir, threads=threads)
+            except Exception as exc:   # the torch decoder answers the same prompts
+                if encoder == "onnx":
+                    raise PromptableUnavailable(f"ONNX decoder unavailable: {exc}") from exc
+        self.decoder = "onnx" if self._onnx_decoder is not None else "torch"
 
     # ------------------------------------------------------------------ encoder
     def has_embedding(self, image: np.ndarray) -> bool:
@@ -193,11 +203,16 @@ class PromptableSegmenter:
             raise ValueError("a prompt is needed: a box, points or mask logits")
         if multimask is None:
             multimask = boxes is None and masks_in is None and points is not None and len(points) == 1
-        sparse, dense = self.model.prompt_encoder(points=pts, boxes=boxes, masks=masks_in)
-        low, iou = self.model.mask_decoder(image_embeddings=emb.features, image_pe=self.model.prompt_encoder.get_dense_pe(),
-                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                           multimask_output=multimask)
-        low, iou = low[0], iou[0]                                   # (k, 256, 256), (k,)
+        # ONNX Runtime on the CPU; a mask alone (no sparse prompt at all) stays with torch, as SAM's graph
+        # always has at least one point
+        if self._onnx_decoder is not None and emb.features.device.type == "cpu" and (pts is not None or boxes is not None):
+            low, iou = self._decode_onnx(emb, pts, boxes, masks_in, multimask)
+        else:
+            sparse, dense = self.model.prompt_encoder(points=pts, boxes=boxes, masks=masks_in)
+            low, iou = self.model.mask_decoder(image_embeddings=emb.features, image_pe=self.model.prompt_encoder.get_dense_pe(),
+                                               sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                               multimask_output=multimask)
+            low, iou = low[0], iou[0]                               # (k, 256, 256), (k,)
         nh, nw = emb.resized
         up = F.interpolate(low[None, :, :nh, :nw], size=emb.size, mode="bilinear", align_corners=False)[0]
         masks = (up > 0).cpu().numpy()
@@ -205,6 +220,19 @@ class PromptableSegmenter:
         best = int(np.argmax(ious))
         return PromptResult(masks[best], low[best:best + 1].float().cpu().numpy(), float(ious[best]), masks,
                             up[best].float().cpu().numpy(), ious, time.perf_counter() - t0)
+
+    def _decode_onnx(self, emb: Embedding, pts, boxes, masks_in, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same prompts through the ONNX graph: the points, then the box's corners (as SAM orders them)."""
+        coords, labels = np.zeros((0, 2), np.float32), np.zeros(0, np.float32)
+        if pts is not None:
+            coords, labels = pts[0][0].numpy(), pts[1][0].numpy().astype(np.float32)
+        if boxes is not None:
+            coords = np.concatenate([coords, boxes[0].numpy().reshape(2, 2)])
+            labels = np.concatenate([labels, np.array([2.0, 3.0], np.float32)])
+        masks, iou = self._onnx_decoder(emb.features.numpy(), coords, labels,
+                                        None if masks_in is None else masks_in.numpy())
+        pick = slice(1, None) if multimask else slice(0, 1)
+        return torch.from_numpy(masks[pick]), torch.from_numpy(iou[pick])
 
 
 _SHARED: dict = {}

@@ -184,3 +184,60 @@ class ImageClassifier(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+class MultiTaskClassifier(ImageClassifier):
+    """Issue 28: a segmenter with a classification head on the same encoder (smp DeepLabV3+ with
+    `aux_params`). Trained on both tasks (the lesion's mask teaches the encoder where to look); used like
+    `ImageClassifier`: `forward` is the class logits from the encoder alone (the decoder is not run), and
+    `segment` gives the lesion mask's logits. `config.extra["multitask"]` tells a loader which one it is."""
+
+    def __init__(self, config: ClassifierConfig):
+        nn.Module.__init__(self)
+        if config.backbone not in CLASSIFIER_BACKBONES:
+            raise ValueError(f"classifier backbone must be one of {CLASSIFIER_BACKBONES}")
+        config.extra = {**config.extra, "input": "image", "multitask": "deeplabv3plus"}
+        self.config = config
+        s = BACKBONES[config.backbone]
+        self.model = smp.create_model("deeplabv3plus", encoder_name="tu-" + s.timm_name, encoder_weights=None,
+                                      classes=1, aux_params={"classes": len(config.classes), "dropout": 0.2})
+        config.weights_loaded = load_imagenet(self.model.encoder.model, config.backbone, config.weights)
+        self.register_buffer("mean", torch.tensor(s.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(s.std).view(1, 3, 1, 1), persistent=False)
+        self.bgr = s.bgr
+
+    def _normalised(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image - self.mean) / self.std
+        return x.flip(1) if self.bgr else x
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image (B, 3, H, W) in [0, 1] -> class logits (B, n_classes); the encoder and its head only."""
+        return self.model.classification_head(self.model.encoder(self._normalised(image))[-1])
+
+    def forward_both(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: (mask logits (B, 1, H, W), class logits (B, n_classes)) from one encoder pass."""
+        return self.model(self._normalised(image))
+
+    @torch.inference_mode()
+    def segment(self, image: torch.Tensor) -> torch.Tensor:
+        """Eval mode: image (B, 3, H, W) in [0, 1] -> lesion mask logits at the image's size."""
+        self.eval()
+        s = self.config.image_size
+        x = torch.nn.functional.interpolate(image, size=(s, s), mode="bilinear", align_corners=False)
+        logits = self.model.segmentation_head(self.model.decoder(self.model.encoder(self._normalised(x))))
+        return torch.nn.functional.interpolate(logits, size=tuple(image.shape[-2:]), mode="bilinear",
+                                               align_corners=False)
+
+    def grad_cam(self, image: torch.Tensor, target: int) -> torch.Tensor:
+        """Grad-CAM of class `target` on the encoder's last feature map (as `ImageClassifier.grad_cam`)."""
+        self.eval()
+        s = self.config.image_size
+        x = torch.nn.functional.interpolate(image, size=(s, s), mode="bilinear", align_corners=False)
+        with torch.enable_grad():
+            feats = self.model.encoder(self._normalised(x))[-1].detach().requires_grad_(True)
+            score = self.model.classification_head(feats)[0, target]
+            (grad,) = torch.autograd.grad(score, feats)
+        cam = torch.relu((grad.mean((2, 3), keepdim=True) * feats).sum(1, keepdim=True)).detach()
+        cam = torch.nn.functional.interpolate(cam, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
+        return (cam / cam.max().clamp_min(1e-8))[0, 0]
+

@@ -48,11 +48,16 @@ def labelled(data: ImageSet, labels: dict[str, str] | None = None) -> np.ndarray
     return np.array(out)
 
 
-def depth_crop(image: np.ndarray, rng: np.random.Generator, max_cut: float = 0.2) -> np.ndarray:
-    """Cut up to `max_cut` of the image's depth (its bottom) and stretch the rest back."""
+def depth_crop(image: np.ndarray, rng: np.random.Generator, max_cut: float = 0.2,
+               mask: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Cut up to `max_cut` of the image's depth (its bottom) and stretch the rest back (the same cut for
+    `mask` when given; then both are returned)."""
     h, w = image.shape[:2]
     keep = int(round(h * (1 - rng.uniform(0, max_cut))))
-    return cv2.resize(np.ascontiguousarray(image[:keep]), (w, h), interpolation=cv2.INTER_LINEAR)
+    out = cv2.resize(np.ascontiguousarray(image[:keep]), (w, h), interpolation=cv2.INTER_LINEAR)
+    if mask is None:
+        return out
+    return out, cv2.resize(np.ascontiguousarray(mask[:keep], dtype=np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
 
 
 def lesion_free_crops(data: ImageSet, size: int, rng: np.random.Generator, share: float = 0.35,
@@ -81,16 +86,34 @@ def lesion_free_crops(data: ImageSet, size: int, rng: np.random.Generator, share
     return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
 
-def image_batch(images: np.ndarray, idx, rng: np.random.Generator | None) -> torch.Tensor:
-    out = []
+def image_batch(images: np.ndarray, idx, rng: np.random.Generator | None,
+                masks: np.ndarray | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Images (and, when `masks` is given, their masks under the same augmentation) as tensors."""
+    out, out_masks = [], []
     for i in idx:
         img = images[i]
+        mask = masks[i] if masks is not None else np.zeros(img.shape[:2], bool)
         if rng is not None:
-            img, _ = augment(img, np.zeros(img.shape[:2], bool), rng, US_AUGMENT)
+            img, mask = augment(img, mask, rng, US_AUGMENT)
             if rng.random() < 0.5:
-                img = depth_crop(img, rng)
+                img, mask = depth_crop(img, rng, mask=mask)
         out.append(to_tensor(np.ascontiguousarray(img)))
-    return torch.stack(out)
+        out_masks.append(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)))
+    if masks is None:
+        return torch.stack(out)
+    return torch.stack(out), torch.stack(out_masks)[:, None]
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice on the images that have a lesion (BCE alone on lesion-free ones)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    has = target.flatten(1).sum(1) > 0
+    if not has.any():
+        return bce
+    inter = (p * target).flatten(1).sum(1)[has]
+    dice = 1 - (2 * inter + 1) / (p.flatten(1).sum(1)[has] + target.flatten(1).sum(1)[has] + 1)
+    return bce + dice.mean()
 
 
 @torch.no_grad()
@@ -120,14 +143,18 @@ def validation_score(probs_busi: np.ndarray, y_busi: np.ndarray, probs_bb: np.nd
 
 
 def train_image_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConfig, train: dict, val: dict,
-                           data_info: dict, progress: bool = True, job=None, crops_share: float = 0.0) -> dict:
+                           data_info: dict, progress: bool = True, job=None, crops_share: float = 0.0,
+                           multitask: bool = False) -> dict:
     """train/val: {"busi": (ImageSet, labels), "busbra": (ImageSet, labels)} ("busbra" may be absent).
-    crops_share > 0: lesion-free crops of that share of the training lesion images join as "normal"."""
+    crops_share > 0: lesion-free crops of that share of the training lesion images join as "normal".
+    multitask: DeepLabV3+ with the classification head on its encoder, trained on the masks too."""
     from ..device import pick_device
+    from ..models.supervised import MultiTaskClassifier
 
     device = pick_device(cfg.device)
-    model = ImageClassifier(model_cfg).to(device)
+    model = (MultiTaskClassifier if multitask else ImageClassifier)(model_cfg).to(device)
     images = np.concatenate([s.images for s, _ in train.values()])
+    masks = np.concatenate([s.masks for s, _ in train.values()])
     y = np.concatenate([l for _, l in train.values()])
     if crops_share > 0:
         rng = np.random.default_rng(cfg.seed + 1)
@@ -135,6 +162,7 @@ def train_image_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConf
         data_info = {**data_info, "lesion_free_crops": {k: len(c) for k, c in zip(train, crops)},
                      "lesion_free_crops_share": crops_share}
         images = np.concatenate([images, *crops])
+        masks = np.concatenate([masks, np.zeros((len(images) - len(masks), *masks.shape[1:]), bool)])
         y = np.concatenate([y, np.full(sum(len(c) for c in crops), CLASSES.index("normal"))])
     counts = np.bincount(y, minlength=len(CLASSES)).astype(np.float64)
     weights = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(CLASSES), dtype=torch.float32, device=device)
@@ -142,10 +170,15 @@ def train_image_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConf
     vbb, ybb = val.get("busbra", (None, np.zeros(0, int)))
 
     def step(idx, rng):
-        x = image_batch(images, idx, rng if cfg.augment else None).to(device)
-        logits = model(x)
         t = torch.as_tensor(y[idx], device=device)
-        return F.cross_entropy(logits, t, weight=weights, label_smoothing=0.05), float((logits.argmax(1) == t).float().mean())
+        if multitask:
+            x, m = image_batch(images, idx, rng if cfg.augment else None, masks)
+            mask_logits, logits = model.forward_both(x.to(device))
+            extra = mask_loss(mask_logits, m.to(device))
+        else:
+            logits, extra = model(image_batch(images, idx, rng if cfg.augment else None).to(device)), 0.0
+        loss = F.cross_entropy(logits, t, weight=weights, label_smoothing=0.05) + extra
+        return loss, float((logits.argmax(1) == t).float().mean())
 
     def val_logits():
         zb = logits_of(model, vb.images, device)

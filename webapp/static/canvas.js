@@ -12,7 +12,7 @@
   const st = {
     image: null, w: 0, h: 0, maskCanvas: null, truthImg: null, clicks: [], box: null, dragging: null,
     mode: {segment: "+", support: "box", review: "brush"}[kind], opacity: 0.45, shown: true, brush: 14, busy: 0,
-    painted: false, token: "", drawn: 0, stroke: null, slot: 1, slots: [],
+    painted: false, token: "", drawn: 0, stroke: null, slot: 1, slots: [], timing: null,
   };
   // the canvas the hand used last owns the keyboard (the query's and the supports' share the Segment tab)
   const own = () => { window.panetKeys = kind; };
@@ -35,8 +35,7 @@
   const drawMarks = () => {
     const c = q(".pc-marks");
     if (!c) return;
-    c.width = st.w; c.height = st.h;
-    const g = c.getContext("2d");
+    const g = fit(c);
     const r = Math.max(4, Math.round(Math.max(st.w, st.h) / 110));
     for (const [x, y, pos] of st.clicks) {
       g.beginPath(); g.arc(x, y, r, 0, 2 * Math.PI);
@@ -49,12 +48,16 @@
       g.strokeRect(Math.min(b[0], b[2]), Math.min(b[1], b[3]), Math.abs(b[2] - b[0]), Math.abs(b[3] - b[1]));
     }
   };
+  const fit = (c) => {      // a canvas's backing store is reallocated only when the image's size changes
+    if (c.width !== st.w || c.height !== st.h) { c.width = st.w; c.height = st.h; }
+    const g = c.getContext("2d");
+    g.clearRect(0, 0, c.width, c.height);
+    return g;
+  };
   const drawMask = () => {
     const c = q(".pc-mask");
     if (!c) return;
-    c.width = st.w; c.height = st.h;
-    const g = c.getContext("2d");
-    g.clearRect(0, 0, st.w, st.h);
+    const g = fit(c);
     if (st.shown && st.maskCanvas) {
       g.globalAlpha = st.opacity;
       g.drawImage(st.maskCanvas, 0, 0);
@@ -133,11 +136,16 @@
     // a Segment answered before the query was encoded: PANet++'s mask is shown, LiteMedSAM's redraw follows
     if (p.follow) call(p.follow, {});
   };
+  const busy = (d) => { st.busy += d; const s = stage(); if (s) s.classList.toggle("pc-busy", st.busy > 0); };
   const call = (name, ...args) => {
-    // calls of one page go out one after the other (a click after a Segment refines the new mask)
-    st.busy += 1; redraw();
-    const run = chain.then(() => server[name](...args)).then(apply, (e) => apply({error: "The server did not answer: " + e}))
-      .finally(() => { st.busy -= 1; redraw(); });
+    // calls of one page go out one after the other (a click after a Segment refines the new mask); only the
+    // busy mark changes meanwhile (apply draws the answer once); the last call's timing is kept for benchmarks
+    const t = {name, asked: performance.now()};
+    busy(1);
+    const run = chain.then(() => { t.sent = performance.now(); return server[name](...args); })
+      .then((p) => { t.answered = performance.now(); return apply(p); },
+            (e) => apply({error: "The server did not answer: " + e}))
+      .finally(() => { busy(-1); t.applied = performance.now(); st.timing = t; });
     chain = run.catch(() => {});
     return run;
   };
@@ -285,7 +293,7 @@
     usePicked: () => call("use_picked", {}),
     state: () => ({mode: st.mode, clicks: st.clicks.length, box: st.box, shown: st.shown, painted: st.painted,
                    drawn: st.drawn, busy: st.busy, token: st.token, w: st.w, h: st.h, slot: st.slot,
-                   slots: st.slots.slice()}),
+                   slots: st.slots.slice(), timing: st.timing || null}),
     setMode, toggle, act,
   };
   api.restore = () => call(kind === "support" ? "slot_show" : "show", {});
