@@ -266,7 +266,7 @@ class FewShotSegmenter:
     def predict(self, query, supports=None, threshold: float = 0.5, heatmaps: bool = True,
                 owner: str = "", agreement: bool = False, clicks=None, box=None,
                 click_config: ClickConfig = ClickConfig(), per_support_maps: bool = True,
-                presence=None) -> FewShotResult:
+                presence=None, heatmap_side: int | None = None) -> FewShotResult:
         """Segment `query`. With `supports`, their prototypes are used (computed once per support set,
         shared across callers); without, the last support set given to this object. agreement=True
         also reports the supports' leave-one-out Dice (k >= 2; cached per support set).
@@ -275,6 +275,8 @@ class FewShotSegmenter:
         box=(x0, y0, x1, y1) restricts the lesion to it (`core.models.clicks`); the query's encoder
         features are cached, so a refinement runs only the decoder. supports=[] (none at all): positive
         clicks alone define the target.
+
+        heatmap_side: the cosine maps at this longer side (the page shows them as small tiles), else the query's size.
 
         presence={"score": ..., "threshold": ...}: the lesion-presence decision (`core.evaluation.presence`;
         calibrated on one target's validation images, so off by default); below the threshold the mask is
@@ -314,7 +316,11 @@ class FewShotSegmenter:
         prob = torch.sigmoid(logits).cpu().numpy().astype(np.float32)
         if box is not None:
             prob[~box_mask(box, (h, w))] = 0.0
-        maps = self._heatmaps(feats, sims, protos if per_support_maps else None, (h, w), model.tau) if heatmaps else {}
+        map_size = (h, w)
+        if heatmap_side and max(h, w) > heatmap_side:      # maps only shown small: computed small
+            f = heatmap_side / max(h, w)
+            map_size = (max(1, int(h * f)), max(1, int(w * f)))
+        maps = self._heatmaps(feats, sims, protos if per_support_maps else None, map_size, model.tau) if heatmaps else {}
         calib = None if clicks else presence
         mask = prob > threshold
         score, present = None, True

@@ -65,6 +65,8 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             page.wait_for_function("() => window.__t1 !== null && window.__t1 !== undefined", timeout=60_000,
                                    polling=100)
             times.append(page.evaluate("() => window.__t1 - window.__t0"))
+            if r:
+                PHASES.setdefault("segment_new_query", []).append(_phases(page))
             status = page.locator("#query-canvas .pc-status").inner_text()
             assert "support(s)" in status or "No lesion" in status, status
             server.append(float(status.split(" ms")[-2].split()[-1]))      # the server's own time, last on the line
@@ -94,7 +96,7 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             "open_project_100_first_ms": round(opened[0]), "open_project_100_n": len(opened),
             # the issue's names for the same figures (the new-query Segment and the click, in the page)
             "segment_new_query_p50_ms": pct(rest, 50), "segment_new_query_p95_ms": pct(rest, 95),
-            "click_p50_ms": pct(clicks, 50), "click_p95_ms": pct(clicks, 95)}
+            "click_p50_ms": pct(clicks, 50), "click_p95_ms": pct(clicks, 95), **phase_medians()}
 
 
 def _watch(page, target: str, start_event: str, start_selector: str | None) -> None:
@@ -206,8 +208,23 @@ def _time_overlay_clicks(page, n: int) -> list[float]:
         page.mouse.click(box["x"] + box["width"] * (0.3 + 0.04 * r), box["y"] + box["height"] * 0.5)
         page.wait_for_function("() => window.__t1 !== null && window.__t1 !== undefined", timeout=60_000, polling=50)
         out.append(page.evaluate("() => window.__t1 - window.__t0"))
+        PHASES.setdefault("click", []).append(_phases(page))
         assert "click(s)" in page.locator("#query-canvas .pc-status").inner_text()
     return out
+
+
+PHASES: dict = {}     # where the time of the page's timed calls went (the canvas's own timing of its last call)
+
+
+def _phases(page) -> dict:
+    """The canvas's last call: event -> request sent, request -> answer (the server, the network, Gradio's
+    component server), answer -> the frame after it was drawn."""
+    return page.evaluate("""() => { const t = window.panetCanvas.state().timing;
+        return {before_send: t.sent - window.__t0, request: t.answered - t.sent, draw: window.__t1 - t.answered}; }""")
+
+
+def phase_medians() -> dict:
+    return {f"{name}_{k}_p50_ms": pct([p[k] for p in rows], 50) for name, rows in PHASES.items() for k in rows[0]}
 
 
 OPEN_WATCH = """() => { window.__o0 = null; window.__o1 = null;

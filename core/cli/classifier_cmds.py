@@ -76,7 +76,8 @@ def train_image_cls_cmd(args) -> int:
 def register_evaluation(sub) -> None:
     p = sub.add_parser("evaluate-image-cls",
                        help="choose the image classifier's decision points on the val parts, then read the test parts once")
-    p.add_argument("--cls-model", required=True)
+    p.add_argument("--cls-model", required=True, nargs="+",
+                   help="one image classifier, or several: their probabilities averaged (an ensemble)")
     p.add_argument("--data", default=None, help="BUSI folder (default $BUSI_DIR)")
     p.add_argument("--multidomain", default=None)
     p.add_argument("--max-missed", type=float, default=0.02, help="share of val lesions the presence decision may miss")
@@ -149,42 +150,51 @@ def evaluate_image_cls_cmd(args) -> int:
     from ..training.image_classifier import busbra_labels, labelled, load_image_classifier
 
     torch.set_num_threads(args.threads)
-    model = load_image_classifier(args.cls_model)
-    size = model.config.image_size
+    if args.write_points and len(args.cls_model) > 1:
+        raise ValueError("--write-points: one checkpoint at a time (an ensemble has no JSON of its own)")
+    models = [load_image_classifier(m) for m in args.cls_model]
+    run_name = "+".join(Path(m).name for m in args.cls_model)
+    sizes = sorted({m.config.image_size for m in models})
+    if len(sizes) > 1:
+        raise ValueError(f"an ensemble's members must share their image size (got {sizes})")
+    size = sizes[0]
     root = Path(args.multidomain) if args.multidomain else default_multidomain_dir()
     labels = busbra_labels(root / "busbra_breast")
     parts = ("val",) if args.no_test else ("val", "test")
     busi = split_sets(data_dir(args.data), parts, size)
     bb = {p: domain_set(root, "busbra_breast", p, size) for p in parts}
-    probs = {f"{name}_{p}": (_probs(model, s), labelled(s, lab))
+    mean_probs = lambda s: np.mean([_probs(m, s) for m in models], 0)
+    probs = {f"{name}_{p}": (mean_probs(s), labelled(s, lab))
              for name, sets, lab in (("busi", busi, None), ("busbra", bb, labels)) for p, s in sets.items()}
     if args.busbra_all:
         from .. import checkpoint
 
-        if checkpoint.load_meta(args.cls_model).get("data", {}).get("busbra"):
+        if any(checkpoint.load_meta(m).get("data", {}).get("busbra") for m in args.cls_model):
             raise ValueError("--busbra-all: this model was trained on BUS-BRA's training part")
         whole = domain_set(root, "busbra_breast", "all", size)
-        probs["busbra_all"] = (_probs(model, whole), labelled(whole, labels))
+        probs["busbra_all"] = (mean_probs(whole), labelled(whole, labels))
     val_p = np.concatenate([probs["busi_val"][0], probs["busbra_val"][0]])
     val_y = np.concatenate([probs["busi_val"][1], probs["busbra_val"][1]])
     points = ev.decision_points(val_p, val_y, args.max_missed)
     sets = {"busi": busi, "busbra": {**bb, **({"all": whole} if args.busbra_all else {})}}
     presence = _combined_presence(args, probs, sets, points, val_y)
-    result = {"checkpoint": Path(args.cls_model).name, "image_size": size, "decision_points": points,
+    result = {"checkpoint": run_name, "members": [Path(m).name for m in args.cls_model], "image_size": size,
+              "decision_points": points,
               "parts": {k: ev.part_metrics(p, y, points, presence.get(k)) for k, (p, y) in probs.items()}}
     if not args.no_test:
-        result["test_reads"] = ev.record_test_read(DOCS / "image_classifier_test_reads.json",
-                                                   Path(args.cls_model).name, ["busi_test", "busbra_test"])
+        result["test_reads"] = ev.record_test_read(DOCS / "image_classifier_test_reads.json", run_name,
+                                                   ["busi_test", "busbra_test"])
         t = time.perf_counter()
         imgs = busi["test"].images[:20]
         for im in imgs:
             from ..data.dataset import to_tensor
-            model.predict(to_tensor(im)[None])
+            for m in models:
+                m.predict(to_tensor(im)[None])
         result["seconds_per_image_2_threads"] = (time.perf_counter() - t) / len(imgs)
     if args.write_points:
         from .. import checkpoint
 
-        _, json_path = checkpoint.paths(args.cls_model)
+        _, json_path = checkpoint.paths(args.cls_model[0])
         meta = json.loads(json_path.read_text())
         meta["decision_points"] = points
         atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))

@@ -325,6 +325,14 @@ def _webapp_section(web) -> list[str]:
                      f"PNG): median {web['browser_server_median_ms']} ms; the rest is the request, the drawing and the "
                      f"browser sharing the 2 cores. The page's first Segment (not counted above): {web['browser_first_ms']} ms.")
             L.append("")
+        phases = [(what, key) for what, key in (("the new-query Segment", "segment_new_query"), ("a click", "click"))
+                  if f"{key}_request_p50_ms" in web]
+        if phases:
+            L += ["Where the time goes (the canvas's own timing of each call, p50): "
+                  + "; ".join(f"{what}: event to request sent {web[key + '_before_send_p50_ms']} ms, request to answer "
+                              f"(network, Gradio's component server, the server's work) {web[key + '_request_p50_ms']} ms, "
+                              f"answer to the frame after it is drawn {web[key + '_draw_p50_ms']} ms"
+                              for what, key in phases) + ".", ""]
     L.append(f"- Through the app's script API (gradio_client, the queue; `/segment` on the session's query, request "
              f"to response with the mask), "
              f"{web['repeats']} Segment calls: median **{web['median_ms']} ms**, 95th percentile "
