@@ -1,6 +1,6 @@
-"""Issue 18, step 3: the shipped lesion probe measured end to end, as a user meets it.
+"""Issue 18, step 3 (and issue 28): a shipped lesion classifier measured end to end, as a user meets it.
 
-    python scripts/evaluate_lesion_probe.py [--classifier checkpoints/classifier_medsam_probe]
+    python scripts/evaluate_lesion_probe.py [--classifier checkpoints/classifier_medsam_probe] [--out JSON]
 
 1. `predict` (SupervisedPipeline.predict: presence head, segmenter, type head) on every BUSI test image:
    3-class accuracy, macro AUC, normal images called "lesion", and the benign-vs-malignant AUC.
@@ -48,6 +48,12 @@ def main() -> None:
     test = parts["busi_test"][: args.limit] if args.limit else parts["busi_test"]
     pipe = SupervisedPipeline(checkpoint.default_checkpoint("segmenter"), args.classifier)
     res = {"command": "python scripts/evaluate_lesion_probe.py", "classifier": Path(args.classifier).name, "n": len(test)}
+    if pipe.is_image and not args.limit:      # issue 28 keeps a record of every read of the test parts
+        from core.evaluation.image_classifier import record_test_read
+        from core.evaluation.report import DOCS
+
+        res["test_reads"] = record_test_read(DOCS / "image_classifier_test_reads.json", Path(args.classifier).name,
+                                             ["busi_test (predict end to end, annotate --no-lesion)"])
 
     # 1. predict
     t0 = time.time()

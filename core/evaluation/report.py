@@ -288,7 +288,8 @@ def _webapp_section(web) -> list[str]:
               f"{_verdict(web['browser_median_ms'], 300)}, {_verdict(web['browser_p95_ms'], 600)}; "
               f"{_verdict(web['browser_median_ms'], 200)} |"]
         if "browser_click_median_ms" in web:
-            L += [f"| a click on the canvas (add / remove) -> refined mask drawn | {web['browser_clicks']} | "
+            L += [f"| a click on the canvas (add / remove), as a person refines a result: after a Segment and a "
+                  f"1.5 s look -> refined mask drawn | {web['browser_clicks']} | "
                   f"**{web['browser_click_median_ms']} ms** | {web['browser_click_p95_ms']} ms | p50 <= 150 (issue 20); "
                   f"p50 <= 60 (issue 26) | {_verdict(web['browser_click_median_ms'], 150)}; "
                   f"{_verdict(web['browser_click_median_ms'], 60)} |",
@@ -527,9 +528,15 @@ def _hardening_section(h) -> list[str]:
 
 
 def _image_classifier_section(r, busi_only) -> list[str]:
-    if not r:
+    """Issue 28: the shipped default (the multi-task classifier) when measured, then the earlier image-only option."""
+    mt = _load("results_image_classifier_mt.json")
+    if not r and not mt:
         return []
-    t, b, p = r["parts"]["busi_test"], r["parts"]["busbra_test"], r["decision_points"]
+    head = _multitask_lines(mt, busi_only) if mt else []
+    return head + _image_only_lines(r, busi_only, default=not mt) + _stronger_encoder_lines() + [""]
+
+
+def _target_rows(t, b, busi_only) -> list[tuple]:
     rows = [("BUSI test 3-class accuracy", t["accuracy"], ">= 0.85", t["accuracy"] >= 0.85),
             ("BUSI test macro AUC", t["macro_auc"], ">= 0.93", t["macro_auc"] >= 0.93),
             ("BUSI test normal images called lesion", t["normal_called_lesion"], "<= 0.15", t["normal_called_lesion"] <= 0.15),
@@ -539,7 +546,71 @@ def _image_classifier_section(r, busi_only) -> list[str]:
             ("BUS-BRA test ECE (p(malignant | lesion))", b["benign_malignant_ece"], "<= 0.05", b["benign_malignant_ece"] <= 0.05)]
     if busi_only:
         a = busi_only["parts"]["busbra_all"]["benign_malignant_auc"]
-        rows.append(("never saw BUS-BRA, all of BUS-BRA: AUC", a, ">= 0.80", a >= 0.80))
+        rows.append(("never saw BUS-BRA, all of BUS-BRA: AUC (the image-only recipe on BUSI alone)", a, ">= 0.80", a >= 0.80))
+    return rows
+
+
+def _table(rows) -> list[str]:
+    return ["| figure | measured | target | |", "|---|---|---|---|",
+            *[f"| {n} | {v:.3f} | {tg} | {'met' if ok else '**missed**'} |" for n, v, tg, ok in rows]]
+
+
+def _multitask_lines(r, busi_only) -> list[str]:
+    t, b, p = r["parts"]["busi_test"], r["parts"]["busbra_test"], r["decision_points"]
+    old = _load("results_image_classifier.json")
+    probe = (_load("results_lesion_probe_pipeline.json") or {}).get("predict", {})
+    end = (_load("results_image_classifier_mt_pipeline.json") or {}).get("predict", {})
+    cols = [("this default", t)] + ([("image-only Lite0 option", old["parts"]["busi_test"])] if old else [])
+    cols += [("LiteMedSAM probe (the default before)", probe)] if probe else []
+    meta_path = DOCS.parent / "checkpoints" / "classifier_image_mt_lite0.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    score = lambda x: (x["parts"]["busi_val"]["macro_auc"] + x["parts"]["busbra_val"]["benign_malignant_auc"]) / 2
+    others = [f"{score(x):.3f} for {n}" for n, x in (("the image-only Lite0 option", old),
+                                                    ("the first Lite2 run", _load("results_image_classifier_lite2_val.json")),
+                                                    ("the second", _load("results_image_classifier_lite2_rerun_val.json"))) if x]
+    L = ["", "## Image-level lesion classifier (issue 28)", "",
+         f"Checkpoint `{r['checkpoint']}`, shipped as `checkpoints/classifier_image_mt_lite0` and **the default "
+         "classifier** (`predict`, the Classify tab, Segment's and `annotate`'s \"no lesion\"): a DeepLabV3+ segmenter "
+         "with a classification head on its EfficientNet-Lite0 encoder (smp's `aux_params`), trained end to end on "
+         "both tasks (cross-entropy + BCE/Dice on the lesion mask) on the image alone, 256 px, BUSI train + BUS-BRA "
+         "train plus lesion-free crops of 35% of their lesion images as extra \"normal\" (empty masks), ultrasound "
+         "augmentation (speckle, gain, gamma, a depth crop cutting image and mask alike), flip TTA, temperature fitted "
+         f"on val. Selected on the val parts only: val score {score(r):.3f} (mean of BUSI val macro AUC and BUS-BRA val "
+         f"AUC) against {', '.join(others)}. Decision points on the val parts only: "
+         f"p(lesion) >= {p['presence_threshold']:.3f} (misses at most {p['max_missed_lesions']:.0%} of the "
+         f"{p['n_val_lesions']} val lesions), p(malignant | lesion) >= {p['malignant_threshold']:.3f} (balanced "
+         "accuracy); the segmenter's evidence joined to presence ranked worse out of fold on val "
+         f"({p.get('presence_auc_val_combined_oof', float('nan')):.3f} against "
+         f"{p.get('presence_auc_val_classifier', float('nan')):.3f}), so presence is the classifier's. Test parts read "
+         f"{r.get('test_reads', '?')} time(s) in all by then (`docs/image_classifier_test_reads.json`). Reproduce: "
+         "`python -m core train-image-cls --multitask --epochs 12 --img-size 256 --threads 2 --patience 20 --crops 0.35 "
+         f"--save-path runs/image_cls_mt_lite0_256_crops` ({meta.get('train_seconds', float('nan')) / 60:.0f} min to its best "
+         f"epoch {meta.get('epoch', '?')} of 12 on 2 CPU cores), then `python -m core "
+         "evaluate-image-cls --cls-model runs/image_cls_mt_lite0_256_crops --write-points --out "
+         "docs/results_image_classifier_mt.json`.", "", *_table(_target_rows(t, b, busi_only)), "",
+         f"BUSI test confusion matrix (rows true benign / malignant / normal): {t['confusion_matrix']}. Per image on 2 "
+         f"CPU threads: {r.get('seconds_per_image_2_threads', float('nan')) * 1000:.0f} ms (the classifier alone, flip "
+         "TTA; the encoder and its head only, the decoder is not run). Reliability diagrams: "
+         "docs/results_image_classifier_mt.*_reliability.png.", "",
+         "The answer shown (BUSI test):", "", "| | " + " | ".join(n for n, _ in cols) + " |",
+         "|---|" + "---|" * len(cols)]
+    for label, key in (("3-class accuracy", "accuracy"), ("macro AUC", "macro_auc"),
+                       ("normal images called lesion", "normal_called_lesion")):
+        L.append(f"| {label} | " + " | ".join(f"{c[key]:.3f}" for _, c in cols) + " |")
+    if end:
+        L += ["", f"`predict` end to end with the new default (`python scripts/evaluate_lesion_probe.py --classifier "
+              "checkpoints/classifier_image_mt_lite0 --out docs/results_image_classifier_mt_pipeline.json`; presence, "
+              f"the shipped segmenter, the kind): accuracy {end['accuracy']:.3f}, macro AUC {end['macro_auc']:.3f}, "
+              f"normal images called lesion {end['normal_called_lesion']:.3f}, confusion matrix "
+              f"{end['confusion_matrix']}; **{end['seconds_per_image'] * 1000:.0f} ms per image** on 2 CPU threads."]
+    return L
+
+
+def _image_only_lines(r, busi_only, default: bool) -> list[str]:
+    if not r:
+        return []
+    t, b, p = r["parts"]["busi_test"], r["parts"]["busbra_test"], r["decision_points"]
+    rows = _target_rows(t, b, busi_only)
     cm = t["confusion_matrix"]
     probe = (_load("results_lesion_probe_pipeline.json") or {}).get("predict", {})
     versus = [] if not probe else [
@@ -554,7 +625,9 @@ def _image_classifier_section(r, busi_only) -> list[str]:
         f"BUS-BRA (test AUC {b['benign_malignant_auc']:.3f}; the probe's is in its section below), so it ships as an option "
         "(`checkpoints/classifier_image_lite0`, `predict --cls-model checkpoints/classifier_image_lite0`), "
         "**not as the default**."]
-    return ["", "## Image-level lesion classifier (issue 28)", "",
+    title = ["", "## Image-level lesion classifier (issue 28)", ""] if default else [
+        "", "### The image-only option before it (EfficientNet-Lite0, no mask task)", ""]
+    return [*title,
             f"Checkpoint `{r['checkpoint']}` (shipped as `checkpoints/classifier_image_lite0`): EfficientNet-Lite0 "
             f"fine-tuned end to end on the image alone, {r.get('image_size', 256)} px, BUSI train + BUS-BRA train plus "
             "lesion-free crops of 35% of their lesion images as extra \"normal\", ultrasound augmentation (speckle, "
@@ -571,12 +644,11 @@ def _image_classifier_section(r, busi_only) -> list[str]:
             "--save-path runs/image_cls_lite0_256_crops` (about 35 min on 2 idle CPU cores), then `python -m core "
             "evaluate-image-cls --cls-model runs/image_cls_lite0_256_crops --write-points --out "
             "docs/results_image_classifier.json`.", "",
-            "| figure | measured | target | |", "|---|---|---|---|",
-            *[f"| {n} | {v:.3f} | {tg} | {'met' if ok else '**missed**'} |" for n, v, tg, ok in rows], "",
+            *_table(rows), "",
             f"BUSI test confusion matrix (rows true benign / malignant / normal): {cm}. "
             f"Per image on 2 CPU threads: {r.get('seconds_per_image_2_threads', float('nan')) * 1000:.0f} ms "
             "(the classifier alone, flip TTA). Reliability diagrams: docs/results_image_classifier.*_reliability.png.",
-            *versus, *_stronger_encoder_lines(), ""]
+            *versus]
 
 
 def _stronger_encoder_lines() -> list[str]:
