@@ -197,7 +197,14 @@ def _time_gallery_picks(page, n: int) -> list[float]:
 
 
 def _time_overlay_clicks(page, n: int) -> list[float]:
-    """A click on the canvas (add/remove) to the refined mask drawn."""
+    """A click on the canvas (add/remove) to the refined mask drawn. As a person refines a result: after a
+    Segment (not timed here) and a look at its mask (1.5 s), so that the slot changes before (whose
+    background work the Segment waits out) are settled."""
+    before = page.evaluate("() => window.panetCanvas.state().drawn")
+    page.locator("#segment-button").click()
+    page.wait_for_function(f"() => window.panetCanvas.state().drawn > {before} && !window.panetCanvas.state().busy",
+                           timeout=60_000)
+    page.wait_for_timeout(1500)
     _watch(page, "#query-canvas", "pointerdown", "#query-canvas .pc-marks")
     out = []
     box = page.locator("#query-canvas .pc-marks").bounding_box()

@@ -113,7 +113,8 @@ def segment(ctx: AppContext, session: Session, checkpoint_name, threshold: float
         agree = not defer_redraw or model.agreement_ready(supports, owner)
         out = segment_from_supports(model, q_img, supports, sam=None if later else sam, presence=presence,
                                     threshold=threshold, side=max(session.query_size) if session.query_size else None,
-                                    owner=owner, agreement=agree, per_support_maps=per_support_maps)
+                                    owner=owner, agreement=agree, per_support_maps=per_support_maps,
+                                    heatmap_side=TILE)
         res = out.result
         adapted, agreement = res.adapted, res.agreement
     except CheckpointError as exc:

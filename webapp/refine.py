@@ -37,23 +37,9 @@ def refine_mask(ctx: AppContext, session: Session, threshold: float, owner: str 
         session.probability = session.mask.astype(np.float16)
         return "No clicks or box: the Segment result."
     t0 = time.perf_counter()
-    by = "PANet++"
     try:
-        supports = session_supports(session)
-        delin = ctx.delineator(session.checkpoint, owner)
-        if delin is not None and (session.clicks or session.box is not None):
-            base = session.base_probability
-            base = base.astype(np.float32) if base is not None else session.probability
-            model = ctx.fewshot(session.checkpoint, owner)
-            d = delin.delineate(session.query_image, base, box=session.box, clicks=session.clicks,
-                                threshold=threshold, key=model.support_key(supports) + owner)
-            mask, prob = d.mask, d.mask.astype(np.float32)
-            by = "LiteMedSAM" + (f" (predicted IoU {d.iou:.2f})" if d.iou is not None else "")
-        else:
-            model = ctx.fewshot(session.checkpoint, owner)
-            res = model.predict(session.query_image, supports, threshold=threshold, heatmaps=False,
-                                owner=owner, clicks=session.clicks, box=session.box)
-            mask, prob = res.mask, res.probability
+        with ctx.foreground:     # the user waits for this mask: background steps (a new support's) pause
+            mask, prob, by = _draw(ctx, session, threshold, owner)
     except (CheckpointError, DataError) as exc:
         raise UserError(hide_dirs(ctx, exc)) from exc
     session.probability, session.mask, session.corrected = prob.astype(np.float16), mask, False
@@ -62,6 +48,22 @@ def refine_mask(ctx: AppContext, session: Session, threshold: float, owner: str 
     return (f"{n_pos} positive and {len(session.clicks) - n_pos} negative click(s)"
             + (", box" if session.box else "") + f": lesion on {mask.mean() * 100:.1f}% of the image, drawn by "
             f"{by} (*{ms:.0f} ms*).")
+
+
+def _draw(ctx: AppContext, session: Session, threshold: float, owner: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """The mask for the session's clicks and box: (mask, probability, who drew it)."""
+    supports = session_supports(session)
+    delin = ctx.delineator(session.checkpoint, owner)
+    model = ctx.fewshot(session.checkpoint, owner)
+    if delin is not None and (session.clicks or session.box is not None):
+        base = session.base_probability
+        base = base.astype(np.float32) if base is not None else session.probability
+        d = delin.delineate(session.query_image, base, box=session.box, clicks=session.clicks,
+                            threshold=threshold, key=model.support_key(supports) + owner)
+        return d.mask, d.mask.astype(np.float32), "LiteMedSAM" + (f" (predicted IoU {d.iou:.2f})" if d.iou is not None else "")
+    res = model.predict(session.query_image, supports, threshold=threshold, heatmaps=False,
+                        owner=owner, clicks=session.clicks, box=session.box)
+    return res.mask, res.probability, "PANet++"
 
 
 MAX_HISTORY = 30      # undo steps a session keeps (a painted mask is kept packed: 1 bit per pixel)
