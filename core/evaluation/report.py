@@ -559,7 +559,8 @@ def _multitask_lines(r, busi_only) -> list[str]:
     t, b, p = r["parts"]["busi_test"], r["parts"]["busbra_test"], r["decision_points"]
     old = _load("results_image_classifier.json")
     probe = (_load("results_lesion_probe_pipeline.json") or {}).get("predict", {})
-    end = (_load("results_image_classifier_mt_pipeline.json") or {}).get("predict", {})
+    pipeline = _load("results_image_classifier_mt_pipeline.json") or {}
+    end, few = pipeline.get("predict", {}), pipeline.get("fewshot_annotate")
     cols = [("this default", t)] + ([("image-only Lite0 option", old["parts"]["busi_test"])] if old else [])
     cols += [("LiteMedSAM probe (the default before)", probe)] if probe else []
     meta_path = DOCS.parent / "checkpoints" / "classifier_image_mt_lite0.json"
@@ -603,6 +604,11 @@ def _multitask_lines(r, busi_only) -> list[str]:
               f"the shipped segmenter, the kind): accuracy {end['accuracy']:.3f}, macro AUC {end['macro_auc']:.3f}, "
               f"normal images called lesion {end['normal_called_lesion']:.3f}, confusion matrix "
               f"{end['confusion_matrix']}; **{end['seconds_per_image'] * 1000:.0f} ms per image** on 2 CPU threads."]
+    if few:
+        w, wo = few["with"], few["without"]
+        L[-1] += (f" Its presence decision in `annotate --no-lesion` (= Segment with \"no lesion\" ticked; 5 training "
+                  f"supports, every BUSI test image): normal scans given a mask {wo['normal_given_a_mask']:.2f} -> "
+                  f"{w['normal_given_a_mask']:.2f}, lesion Dice {wo['lesion_dice']:.3f} -> {w['lesion_dice']:.3f}.")
     return L
 
 
