@@ -620,7 +620,7 @@ def _image_only_lines(r, busi_only, default: bool) -> list[str]:
     cm = t["confusion_matrix"]
     probe = (_load("results_lesion_probe_pipeline.json") or {}).get("predict", {})
     versus = [] if not probe else [
-        "", "Beside the default classifier (the LiteMedSAM lesion probe, `predict` end to end on the same BUSI test "
+        "", "Beside the LiteMedSAM lesion probe (the default classifier at the time; `predict` end to end on the same BUSI test "
         "images: docs/results_lesion_probe_pipeline.json):", "",
         "| BUSI test | this classifier | default probe |", "|---|---|---|",
         f"| 3-class accuracy | {t['accuracy']:.3f} | {probe['accuracy']:.3f} |",
@@ -951,8 +951,8 @@ def _lesion_probe_section(d, first, choice, pipe) -> list[str]:
     if choice:
         L += [f"Default: on BUS-BRA train+val with the segmenter's masks (images neither candidate's test), the earlier "
               f"CNN `classifier_lite0` scores benign-vs-malignant AUC {ci(choice['classifier_lite0'])}, the probe out "
-              f"of fold {_f(choice['lesion_probe_out_of_fold'])}: the default classifier is now the probe "
-              "(`classifier_medsam_probe`). Caveat: the probe's folds trained on other BUS-BRA patients; the CNN saw "
+              f"of fold {_f(choice['lesion_probe_out_of_fold'])}: the probe became the default classifier "
+              "(`classifier_medsam_probe`; issue 28 replaced it by `classifier_image_mt_lite0`). Caveat: the probe's folds trained on other BUS-BRA patients; the CNN saw "
               "BUSI only.", ""]
     L += ["| measure (test parts, segmenter's masks unless said) | before (issue) | lesion probe | goal |", "|---|---|---|---|",
           f"| BUSI test, 3-class accuracy (the answer shown: 'no lesion' below the threshold) | 0.729 | "
