@@ -387,8 +387,16 @@ class SupervisedPipeline:
                                                                      "malignant_threshold": 0.5}
 
     def image_probabilities(self, image) -> np.ndarray:
+        """The image classifier's probabilities (temperature, flip TTA); the last image's are kept, so that
+        presence and the kind (`predict`, Classify) cost one pass."""
         img = as_image(image)
-        return self.classifier.predict(to_tensor(img)[None].to(self.device))[0].cpu().numpy()
+        key = (id(self.classifier), img.shape, hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest())
+        last = getattr(self, "_last_probs", None)
+        if last is not None and last[0] == key:
+            return last[1].copy()
+        probs = self.classifier.predict(to_tensor(img)[None].to(self.device))[0].cpu().numpy()
+        self._last_probs = (key, probs)
+        return probs.copy()
 
     def presence_threshold(self) -> float | None:
         """The threshold the presence decision compares p(lesion) with (None: no presence decision)."""
@@ -478,8 +486,10 @@ class SupervisedPipeline:
 
     def _classify_image(self, img: np.ndarray, m: np.ndarray, presence: tuple[float, bool]) -> ClassResult:
         """The image classifier: every probability (calibrated, flip TTA); the label from the decision points."""
+        from .models.presence import calibrate_kind
+
         classes = list(self.classifier.config.classes)
-        probs = self.image_probabilities(img)
+        probs = calibrate_kind(self.image_probabilities(img)[None], self._points().get("kind_calibration"), classes)[0]
         out = {c: float(v) for c, v in zip(classes, probs)}
         p_lesion, present = presence
         if not present:

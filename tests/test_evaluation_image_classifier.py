@@ -57,3 +57,21 @@ def test_segmenter_evidence_of_an_empty_and_a_blob_map():
     prob[10:20, 10:20] = 0.9
     m, mass, area = ev.segmenter_evidence(prob)
     assert m == 0.9 and abs(area - 100 / 1600) < 1e-9 and abs(mass - 90 / 1600) < 1e-9
+
+
+def test_the_kind_calibration_keeps_presence_and_mends_an_over_confident_score():
+    """p(malignant | lesion) over-confident (the truth is a coin weighted 0.5 + 0.3 * sign): Platt scaling fitted
+    on val lesions brings its ECE down; p(normal) and each row's sum stay as they were."""
+    rng = np.random.default_rng(0)
+    n = 400
+    truth_p = rng.uniform(0.2, 0.8, n)                       # the real chance of malignancy
+    y_mal = rng.random(n) < truth_p
+    score = 1 / (1 + np.exp(-15 * (truth_p - 0.5)))           # the same order, too extreme
+    p_les = rng.uniform(0.7, 1.0, n)
+    probs = np.column_stack([p_les * (1 - score), p_les * score, 1 - p_les])
+    y = np.where(y_mal, ev.M, ev.B)
+    points = ev.decision_points(probs, y)
+    cal = ev.calibrate_kind(probs, points["kind_calibration"])
+    assert np.allclose(cal.sum(1), 1) and np.allclose(cal[:, ev.N], probs[:, ev.N])
+    assert ev.binary_ece(ev.p_malignant(cal), y_mal) < ev.binary_ece(score, y_mal) - 0.05
+    assert np.array_equal(ev.calibrate_kind(probs, None), probs), "no calibration stored: unchanged"

@@ -176,6 +176,7 @@ def evaluate_image_cls_cmd(args) -> int:
     val_p = np.concatenate([probs["busi_val"][0], probs["busbra_val"][0]])
     val_y = np.concatenate([probs["busi_val"][1], probs["busbra_val"][1]])
     points = ev.decision_points(val_p, val_y, args.max_missed)
+    probs = {k: (ev.calibrate_kind(p, points["kind_calibration"]), y) for k, (p, y) in probs.items()}
     sets = {"busi": busi, "busbra": {**bb, **({"all": whole} if args.busbra_all else {})}}
     presence = _combined_presence(args, probs, sets, points, val_y)
     result = {"checkpoint": run_name, "members": [Path(m).name for m in args.cls_model], "image_size": size,

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import auc, classification_metrics
-from ..models.presence import logistic_score, presence_features, segmenter_evidence  # noqa: F401 (re-exported)
+from ..models.presence import (calibrate_kind, kind_logit, logistic_score, presence_features,  # noqa: F401
+                               segmenter_evidence)
 from ..models.supervised import CLASSES
 
 B, M, N = (CLASSES.index(c) for c in ("benign", "malignant", "normal"))
@@ -49,9 +50,15 @@ def kind_threshold(score: np.ndarray, malignant: np.ndarray) -> float:
 
 
 def decision_points(probs: np.ndarray, y: np.ndarray, max_missed: float = 0.02) -> dict:
+    """Presence and kind thresholds, and the kind's calibration (Platt scaling of p(malignant | lesion) on the
+    val lesions: one temperature fitted on all three classes left it over-confident), all from val parts."""
     lesion = y != N
+    weights = [float(v) for v in fit_logistic(kind_logit(p_malignant(probs[lesion])), (y[lesion] == M).astype(float),
+                                              l2=1e-3, balanced=False)]
+    calibrated = calibrate_kind(probs, weights)
     return {"presence_threshold": presence_threshold(p_lesion(probs), lesion, max_missed),
-            "malignant_threshold": kind_threshold(p_malignant(probs[lesion]), y[lesion] == M),
+            "malignant_threshold": kind_threshold(p_malignant(calibrated[lesion]), y[lesion] == M),
+            "kind_calibration": weights,
             "max_missed_lesions": max_missed, "chosen_on": "validation parts (BUSI val + BUS-BRA val)",
             "n_val": int(len(y)), "n_val_lesions": int(lesion.sum())}
 
@@ -114,9 +121,10 @@ def record_test_read(path: Path, checkpoint_name: str, parts: list[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------- segmenter evidence
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 200) -> np.ndarray:
-    """L2-regularised logistic regression on standardised features, class-balanced: weights (mean, std,
-    coefficients, bias) as one flat array for `logistic_score`."""
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 200, balanced: bool = True) -> np.ndarray:
+    """L2-regularised logistic regression on standardised features, class-balanced unless `balanced` is False
+    (a calibration keeps the classes' own frequencies): weights (mean, std, coefficients, bias) as one flat
+    array for `logistic_score`."""
     import torch
 
     mu, sd = x.mean(0), x.std(0) + 1e-6
@@ -125,7 +133,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 200
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     pos = max(float(y.mean()), 1e-3)
-    weight = torch.where(yt > 0.5, 0.5 / pos, 0.5 / max(1 - pos, 1e-3))
+    weight = torch.where(yt > 0.5, 0.5 / pos, 0.5 / max(1 - pos, 1e-3)) if balanced else torch.ones_like(yt)
     opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():

@@ -29,3 +29,24 @@ def logistic_score(params, x: np.ndarray) -> np.ndarray:
     k = x.shape[1]
     mu, sd, w, b = params[:k], params[k:2 * k], params[2 * k:3 * k], params[3 * k]
     return 1 / (1 + np.exp(-(((x - mu) / sd) @ w + b)))
+
+
+def kind_logit(p_mal: np.ndarray) -> np.ndarray:
+    """logit of p(malignant | lesion): the kind calibration's one input."""
+    p = np.clip(np.asarray(p_mal, float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))[:, None]
+
+
+def calibrate_kind(probs: np.ndarray, weights, classes=("benign", "malignant", "normal")) -> np.ndarray:
+    """(n, 3) probabilities with p(malignant | lesion) recalibrated by `weights` (a logistic fit on its logit,
+    fitted on validation lesions); p(lesion) is kept, so p(normal) and the presence decision do not change."""
+    if not weights:
+        return probs
+    b, m, n = (list(classes).index(c) for c in ("benign", "malignant", "normal"))
+    probs = np.asarray(probs, float)
+    p_les = 1.0 - probs[:, n]
+    p_mal = logistic_score(weights, kind_logit(probs[:, m] / np.maximum(probs[:, m] + probs[:, b], 1e-9)))
+    out = probs.copy()
+    out[:, m], out[:, b] = p_les * p_mal, p_les * (1 - p_mal)
+    return out
+
