@@ -32,18 +32,39 @@ def _fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def export(module: torch.nn.Module, path: Path) -> None:
-    module = module.eval().cpu()
-    x = torch.zeros(1, 3, 256, 256)
+def _write_atomically(path: Path, write) -> None:
+    """`write(tmp)` into a temporary file beside `path`, renamed into place only when it finished."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.onnx.export(module, (x,), tmp, input_names=["image"], output_names=["embedding"], opset_version=17,
-                          dynamo=False)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _cached_session(folder, name: str, fingerprinted: torch.nn.Module, export_to, threads: int | None):
+    """(path, ONNX Runtime session) of `<folder>/<name>_<fingerprint>.onnx`, exported by `export_to(path)`
+    when missing; the encoder and the decoder are cached alike."""
+    import onnxruntime as ort
+
+    folder = Path(folder) if folder else DEFAULT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}_{_fingerprint(fingerprinted)}.onnx"
+    if not path.exists():
+        export_to(path)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = max(1, int(threads or torch.get_num_threads()))
+    return path, ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def export(module: torch.nn.Module, path: Path) -> None:
+    module = module.eval().cpu()
+    x = torch.zeros(1, 3, 256, 256)
+    _write_atomically(path, lambda tmp: torch.onnx.export(module, (x,), tmp, input_names=["image"],
+                                                          output_names=["embedding"], opset_version=17, dynamo=False))
 
 
 def max_difference(module: torch.nn.Module, session) -> float:
@@ -57,18 +78,8 @@ def max_difference(module: torch.nn.Module, session) -> float:
 
 class OnnxEncoder:
     def __init__(self, module: torch.nn.Module, folder: str | Path | None = None, threads: int | None = None):
-        import onnxruntime as ort
-
-        folder = Path(folder) if folder else DEFAULT_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"litemedsam_encoder_{_fingerprint(module)}.onnx"
-        if not self.path.exists():
-            export(module, self.path)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        n = threads or torch.get_num_threads()
-        opts.intra_op_num_threads = max(1, int(n))
-        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self.path, self.session = _cached_session(folder, "litemedsam_encoder", module,
+                                                  lambda path: export(module, path), threads)
         self.difference = max_difference(module, self.session)
         if not self.difference <= TOLERANCE:
             raise RuntimeError(f"ONNX encoder differs from torch by {self.difference:.2e} (> {TOLERANCE:g})")
@@ -122,32 +133,29 @@ def export_decoder(model: torch.nn.Module, path: Path) -> None:
     graph = DecoderGraph(model).eval().cpu()
     ex = decoder_inputs(np.array([[10.0, 20.0], [60.0, 80.0]]), np.array([1.0, 0.0]), None)
     args = (torch.zeros(1, 256, 64, 64),) + tuple(torch.from_numpy(ex[k]) for k in ("coords", "labels", "mask_input", "has_mask"))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def write(tmp):
         with warnings.catch_warnings():      # the tracer's notes on SAM's shape checks (constant here)
             warnings.simplefilter("ignore")
             torch.onnx.export(graph, args, tmp, input_names=["embedding", "coords", "labels", "mask_input", "has_mask"],
                               output_names=["masks", "iou"], opset_version=17, dynamo=False,
                               dynamic_axes={"coords": {1: "n"}, "labels": {1: "n"}})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _write_atomically(path, write)
 
 
 def decoder_difference(model: torch.nn.Module, session) -> float:
     """Max abs difference against torch on fixed prompts: a box and a point with a mask; two points alone."""
     rng = np.random.default_rng(1)
     emb = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
+    graph = DecoderGraph(model).eval().cpu()
     worst = 0.0
     for coords, labels, mask in ((np.array([[30, 40], [200, 180], [90, 100]]), np.array([2, 3, 1]),
                                   rng.standard_normal((1, 1, 256, 256)).astype(np.float32)),
                                  (np.array([[50, 60], [120, 90]]), np.array([1, 0]), None)):
         feed = decoder_inputs(coords, labels, mask)
         with torch.inference_mode():
-            ref = DecoderGraph(model).eval().cpu()(torch.from_numpy(emb), *(torch.from_numpy(feed[k]) for k in
-                                                   ("coords", "labels", "mask_input", "has_mask")))
+            ref = graph(torch.from_numpy(emb), *(torch.from_numpy(feed[k]) for k in
+                                                 ("coords", "labels", "mask_input", "has_mask")))
         out = session.run(None, {"embedding": emb, **feed})
         worst = max(worst, *(float(np.abs(r.numpy() - o).max()) for r, o in zip(ref, out)))
     return worst
@@ -158,18 +166,9 @@ class OnnxDecoder:
     folder like the encoder and refused when it differs from torch by more than DECODER_TOLERANCE."""
 
     def __init__(self, model: torch.nn.Module, folder: str | Path | None = None, threads: int | None = None):
-        import onnxruntime as ort
-
-        folder = Path(folder) if folder else DEFAULT_DIR
-        folder.mkdir(parents=True, exist_ok=True)
         parts = torch.nn.ModuleList([model.prompt_encoder, model.mask_decoder])
-        self.path = folder / f"litemedsam_decoder_{_fingerprint(parts)}.onnx"
-        if not self.path.exists():
-            export_decoder(model, self.path)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = max(1, int(threads or torch.get_num_threads()))
-        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self.path, self.session = _cached_session(folder, "litemedsam_decoder", parts,
+                                                  lambda path: export_decoder(model, path), threads)
         self.difference = decoder_difference(model, self.session)
         if not self.difference <= DECODER_TOLERANCE:
             raise RuntimeError(f"ONNX decoder differs from torch by {self.difference:.2e} (> {DECODER_TOLERANCE:g})")
