@@ -168,3 +168,16 @@ def app_page(ctx, height: int = 1700):
             browser.close()
     finally:
         demo.close()
+
+
+def open_project_with_a_gallery_support(page, project: str) -> None:
+    """In the page: the gallery's first image (with its mask) into support slot 1, until the slot says ready;
+    then *Annotate a folder*, the project `project` opened (created)."""
+    page.locator("#gallery img").first.click()
+    page.get_by_text("Selected:").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Put in support slot").click()
+    page.locator("#support-canvas .pc-slots").get_by_text("1: ready").wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Annotate a folder").click()
+    page.locator("#project-name textarea, #project-name input").first.fill(project)
+    page.get_by_role("button", name="Open / create").click()
+

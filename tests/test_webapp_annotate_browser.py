@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from core.phantom import make_phantom
-from tests.conftest import CHROMIUM, app_page
+from tests.conftest import CHROMIUM, app_page, open_project_with_a_gallery_support
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 
@@ -25,13 +25,7 @@ def test_annotate_a_folder_in_the_browser(tmp_path):
         Image.fromarray(make_phantom(40 + i, size=(120, 160)).image).save(data / f"scan{i}.png")
     ctx = AppContext(AppConfig(data_dir=data, checkpoints_dir=tmp_path / "ckpt", output_dir=tmp_path / "out"))
     with app_page(ctx) as page:
-        page.locator("#gallery img").first.click()             # a synthetic phantom with its mask
-        page.get_by_text("Selected:").wait_for(timeout=30_000)
-        page.get_by_role("button", name="Put in support slot").click()
-        page.locator("#support-canvas .pc-slots").get_by_text("1: ready").wait_for(timeout=30_000)
-        page.get_by_role("tab", name="Annotate a folder").click()
-        page.locator("#project-name textarea, #project-name input").first.fill("ward_3")
-        page.get_by_role("button", name="Open / create").click()
+        open_project_with_a_gallery_support(page, "ward_3")     # a synthetic phantom with its mask
         project = page.locator("#review-canvas .pc-project")
         project.get_by_text("unlabelled 3").wait_for(timeout=30_000)
         page.locator("#propagate-button").click()

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from core.phantom import make_phantom
-from tests.conftest import CHROMIUM, app_page
+from tests.conftest import CHROMIUM, app_page, open_project_with_a_gallery_support
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "screenshot_test.png"
@@ -178,13 +178,7 @@ def test_a_propagation_that_ends_keeps_the_canvas_work_and_a_reload_brings_the_p
                                promptable=False))
     with app_page(ctx) as page:
         page.wait_for_function("() => window.panetSupports !== undefined", timeout=60_000)
-        page.locator("#gallery img").first.click()
-        page.get_by_text("Selected:").wait_for(timeout=30_000)
-        page.get_by_role("button", name="Put in support slot").click()
-        page.locator("#support-canvas .pc-slots").get_by_text("1: ready").wait_for(timeout=30_000)
-        page.get_by_role("tab", name="Annotate a folder").click()
-        page.locator("#project-name textarea, #project-name input").first.fill("ward_9")
-        page.get_by_role("button", name="Open / create").click()
+        open_project_with_a_gallery_support(page, "ward_9")     # a synthetic phantom with its mask
         page.locator("#review-canvas .pc-project").get_by_text("unlabelled 150").wait_for(timeout=30_000)
         page.locator("#propagate-button").click()
         page.locator("#propagate-status").get_by_text("of 150").wait_for(timeout=60_000)   # it runs
