@@ -28,6 +28,7 @@ def register(sub) -> None:
                    help="DeepLabV3+ with the classification head on its encoder (smp aux_params), trained on the masks too")
     p.set_defaults(func=train_image_cls_cmd)
     register_evaluation(sub)
+    register_ensemble(sub)
 
 
 def _parts(args) -> tuple[dict, dict, dict]:
@@ -73,6 +74,24 @@ def train_image_cls_cmd(args) -> int:
     return 0
 
 
+def register_ensemble(sub) -> None:
+    p = sub.add_parser("ensemble-image-cls",
+                       help="one checkpoint from several image classifiers (their probabilities averaged)")
+    p.add_argument("--members", required=True, nargs="+", help="image classifiers trained on the same split")
+    p.add_argument("--save-path", required=True)
+    p.add_argument("--float32", action="store_true", help="keep float32 weights (default float16: half the bytes)")
+    p.set_defaults(func=ensemble_image_cls_cmd)
+
+
+def ensemble_image_cls_cmd(args) -> int:
+    from ..models.ensemble import save_ensemble
+
+    path = save_ensemble(args.members, args.save_path, half=not args.float32)
+    print(f"saved {path} ({len(args.members)} members); choose its decision points with "
+          f"`evaluate-image-cls --cls-model {args.save_path} --no-test --write-points`")
+    return 0
+
+
 def register_evaluation(sub) -> None:
     p = sub.add_parser("evaluate-image-cls",
                        help="choose the image classifier's decision points on the val parts, then read the test parts once")
@@ -94,10 +113,13 @@ def register_evaluation(sub) -> None:
 
 
 def _probs(model, data):
+    import numpy as np
     import torch
 
     from ..training.image_classifier import logits_of
 
+    if hasattr(model, "members"):     # an ImageEnsemble: the mean of its members' probabilities, as its predict
+        return np.mean([_probs(m, data) for m in model.members], 0)
     z = logits_of(model, data.images, "cpu")
     return torch.softmax(z / model.config.temperature, 1).numpy()
 

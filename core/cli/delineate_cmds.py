@@ -159,6 +159,9 @@ def register_auto(sub) -> None:
     p.add_argument("--loo-weight", dest="loo_weight", type=float, default=None,
                    help="also the per-episode choice between the shipped mask and the LiteMedSAM-space match at this "
                         "weight, decided by leave-one-out among the supports (issue 29)")
+    p.add_argument("--parts", nargs="+", default=["val", "test"], choices=["val", "test"],
+                   help="parts scored (without val, the shipped rule is used instead of choosing one)")
+    p.add_argument("--no-busi", dest="no_busi", action="store_true", help="the multidomain sets only")
     p.set_defaults(func=evaluate_auto_cmd)
 
 
@@ -274,16 +277,18 @@ def evaluate_auto_cmd(args) -> int:
     ck = args.checkpoint or str(default_checkpoint())
     seg = FewShotSegmenter(ck)
     sam = PromptableSegmenter(cache_size=96)      # supports recur across episodes: each embedding once
-    busi = split_sets(_data_dir(args.data), ("val", "test"), seg.size)
+    busi = {} if args.no_busi else split_sets(_data_dir(args.data), tuple(args.parts), seg.size)
     md = default_multidomain_dir() if args.sets else None
-    parts = {part: {"BUSI": busi[part], **{n: domain_set(md, n, part, seg.size) for n in args.sets}}
-             for part in ("val", "test")}
+    parts = {part: {**({"BUSI": busi[part]} if busi else {}), **{n: domain_set(md, n, part, seg.size)
+                                                                  for n in args.sets}}
+             for part in args.parts}
     recs = {part: {name: _auto_records(seg, sam, qs, args.shots, args.episodes, seed=11 if part == "val" else 12,
                                        match_weights=args.match_weights, loo_weight=args.loo_weight)
                    for name, qs in sets.items()} for part, sets in parts.items()}
-    rule, _ = choose_rule(recs["val"])
+    from ..delineate import AutoRule
+    rule = choose_rule(recs["val"])[0] if "val" in recs else AutoRule()
     rows = []
-    for part in ("val", "test"):
+    for part in args.parts:
         for name, rs in recs[part].items():
             used = [_redrawn(r, rule) for r in rs]
             rows.append({"set": name, "part": part, "n": len(rs), "panet": float(np.mean([r["panet"] for r in rs])),
@@ -298,7 +303,7 @@ def evaluate_auto_cmd(args) -> int:
             r = rows[-1]
             print(f"{name} {part}: PANet++ {r['panet']:.3f}, LiteMedSAM always {r['litemedsam_always']:.3f}, "
                   f"fused {r['fused']:.3f} ({r['share_redrawn']:.0%} redrawn)", flush=True)
-    test = [r for r in rows if r["part"] == "test"]
+    test = [r for r in rows if r["part"] == "test"] or rows
     ships = all(r["fused"] >= r["panet"] - 0.01 for r in test) and \
         np.mean([r["fused"] for r in test]) > np.mean([r["panet"] for r in test])
     result = {"command": "python -m core " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["evaluate-auto"] else "",

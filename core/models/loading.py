@@ -58,6 +58,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
     if meta.get("architecture") == "lesion_probe":
         from .lesion_probe import LesionProbe
         return LesionProbe.load(path)
+    if meta.get("architecture") == "image_ensemble":   # issue 28: several image classifiers, one checkpoint
+        return load_ensemble(path, meta, device)
     extra = meta.get("model", {}).get("extra") or {}
     if extra.get("input") == "image":     # issue 28: image only (with a segmentation decoder when multitask)
         cls = MultiTaskClassifier if extra.get("multitask") else ImageClassifier
@@ -65,3 +67,19 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
         model.decision_points = meta.get("decision_points")
         return model
     return _load_supervised(path, "classifier", ClassifierConfig, LesionClassifier, device)
+
+
+def load_ensemble(path, meta: dict, device="cpu"):
+    """An `ImageEnsemble` checkpoint: each member built from its config, every weight from the one file."""
+    from .ensemble import ImageEnsemble, build_member
+
+    members = meta.get("members")
+    if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, dict) for m in members):
+        raise checkpoint.CheckpointError(f"{path}: an ensemble checkpoint must list at least two members' configs")
+    try:
+        model = ImageEnsemble([build_member(m.get("model") or {}) for m in members])
+    except (TypeError, ValueError) as exc:
+        raise checkpoint.CheckpointError(f"{path}: an ensemble member's config does not build ({exc})") from exc
+    _load_state(model, path, meta)
+    model.decision_points = meta.get("decision_points")
+    return model.to(device).eval()

@@ -218,9 +218,16 @@ class MultiTaskClassifier(ImageClassifier):
         """Training: (mask logits (B, 1, H, W), class logits (B, n_classes)) from one encoder pass."""
         return self.model(self._normalised(image))
 
+    def drop_decoder(self) -> None:
+        """Keep only what classifying needs (an ensemble's member): the mask decoder is removed."""
+        self.model.decoder = None
+        self.model.segmentation_head = None
+
     @torch.inference_mode()
     def segment(self, image: torch.Tensor) -> torch.Tensor:
         """Eval mode: image (B, 3, H, W) in [0, 1] -> lesion mask logits at the image's size."""
+        if self.model.decoder is None:
+            raise RuntimeError("this classifier's mask decoder was dropped (an ensemble member)")
         self.eval()
         s = self.config.image_size
         x = torch.nn.functional.interpolate(image, size=(s, s), mode="bilinear", align_corners=False)

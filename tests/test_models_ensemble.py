@@ -1,0 +1,108 @@
+"""Issue 28: several image classifiers shipped as one checkpoint (probabilities averaged), loaded without
+unpickling, used by the pipeline like any image classifier."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core import checkpoint
+from core.inference import SupervisedPipeline
+from core.models.ensemble import ImageEnsemble, save_ensemble
+from core.models.supervised import ClassifierConfig, ImageClassifier, MultiTaskClassifier
+from core.training.image_classifier import load_image_classifier
+
+
+def _member(tmp_path, name: str, seed: int, multitask: bool = True, size: int = 64, split: str = "abc"):
+    torch.manual_seed(seed)
+    cfg = ClassifierConfig(image_size=size, weights="random", temperature=0.5 + seed)
+    model = (MultiTaskClassifier if multitask else ImageClassifier)(cfg).eval()
+    path = tmp_path / name
+    checkpoint.save(path, model.state_dict(), {"kind": "classifier", "model": model.config_dict(), "epoch": seed,
+                                               "data": {"split_hash": split, "busbra": "/x/busbra"}})
+    return path, model
+
+
+def test_the_ensemble_is_the_mean_of_its_members_and_survives_a_round_trip(tmp_path):
+    (pa, a), (pb, b) = _member(tmp_path, "a", 0), _member(tmp_path, "b", 1, multitask=False)
+    x = torch.rand(2, 3, 70, 90)
+    expected = (a.predict(x) + b.predict(x)) / 2
+    save_ensemble([pa, pb], tmp_path / "ens", half=False)
+    meta = json.loads((tmp_path / "ens.json").read_text())
+    assert meta["architecture"] == "image_ensemble" and [m["name"] for m in meta["members"]] == ["a", "b"]
+    ens = load_image_classifier(tmp_path / "ens")
+    assert isinstance(ens, ImageEnsemble) and len(ens.members) == 2
+    assert torch.allclose(ens.predict(x), expected, atol=1e-5), "the members' calibrated probabilities, averaged"
+    assert torch.allclose(torch.softmax(ens(x), 1), (torch.softmax(a(x) / a.config.temperature, 1)
+                                                     + torch.softmax(b(x) / b.config.temperature, 1)) / 2, atol=1e-5)
+    assert not any(k.startswith("members.0.model.decoder") for k in checkpoint.load_weights(tmp_path / "ens")), \
+        "a multi-task member's mask decoder is not shipped"
+    with pytest.raises(RuntimeError, match="dropped"):
+        ens.members[0].segment(x)
+
+
+def test_float16_weights_stay_close_and_the_pipeline_uses_the_ensemble(tmp_path):
+    (pa, a), (pb, b) = _member(tmp_path, "a", 0), _member(tmp_path, "b", 1)
+    save_ensemble([pa, pb], tmp_path / "ens")
+    assert checkpoint.paths(tmp_path / "ens")[0].stat().st_size < 0.6 * 2 * checkpoint.paths(pa)[0].stat().st_size
+    x = torch.rand(1, 3, 64, 64)
+    ens = load_image_classifier(tmp_path / "ens")
+    assert torch.allclose(ens.predict(x), (a.predict(x) + b.predict(x)) / 2, atol=2e-3)
+    pipe = SupervisedPipeline(None, tmp_path / "ens")
+    assert pipe.is_image and pipe.classes == ["benign", "malignant", "normal"]
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    p, present = pipe.presence(img)
+    assert 0.0 <= p <= 1.0 and isinstance(present, (bool, np.bool_))
+    res = pipe.classify(img, np.zeros((64, 64), bool))
+    assert abs(sum(res.probabilities.values()) - 1) < 1e-4 and res.label in pipe.classes
+    cam = pipe.explain(img, "malignant")
+    assert cam.shape == (64, 64) and cam.min() >= 0.0 and cam.max() <= 1.0 + 1e-6
+
+
+def test_members_from_different_splits_or_sizes_are_refused(tmp_path):
+    pa, _ = _member(tmp_path, "a", 0)
+    pb, _ = _member(tmp_path, "b", 1, split="other")
+    with pytest.raises(checkpoint.CheckpointError, match="same split"):
+        save_ensemble([pa, pb], tmp_path / "ens")
+    pc, _ = _member(tmp_path, "c", 2, size=96)
+    with pytest.raises(ValueError, match="image size"):
+        save_ensemble([pa, pc], tmp_path / "ens")
+    assert not checkpoint.paths(tmp_path / "ens")[1].exists(), "nothing half-made is left behind"
+
+
+def test_a_tampered_ensemble_checkpoint_is_a_clear_error(tmp_path):
+    (pa, _), (pb, _) = _member(tmp_path, "a", 0), _member(tmp_path, "b", 1)
+    save_ensemble([pa, pb], tmp_path / "ens")
+    meta_path = tmp_path / "ens.json"
+    meta = json.loads(meta_path.read_text())
+    meta["members"] = meta["members"][:1]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(checkpoint.CheckpointError, match="at least two"):
+        load_image_classifier(tmp_path / "ens")
+    meta["members"] = [{"model": {"backbone": "resnet9000"}}] * 2
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(checkpoint.CheckpointError, match="does not build"):
+        load_image_classifier(tmp_path / "ens")
+
+
+def test_the_command_builds_an_ensemble_a_user_can_load(tmp_path, capsys):
+    from core.cli.main import main
+
+    (pa, _), (pb, _) = _member(tmp_path, "a", 0), _member(tmp_path, "b", 1)
+    assert main(["ensemble-image-cls", "--members", str(pa), str(pb), "--save-path", str(tmp_path / "ens")]) == 0
+    assert "2 members" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "ens.json").read_text())
+    assert meta["weights_dtype"] == "float16" and meta["data"]["split_hash"] == "abc"
+    assert isinstance(load_image_classifier(tmp_path / "ens"), ImageEnsemble)
+
+
+def test_the_shipping_rule_needs_both_test_answers_not_worse():
+    from core.evaluation.report import ensemble_ships
+
+    def res(acc, auc):
+        return {"parts": {"busi_test": {"accuracy": acc}, "busbra_test": {"benign_malignant_auc": auc}}}
+    assert ensemble_ships(res(0.82, 0.85), res(0.81, 0.848))
+    assert not ensemble_ships(res(0.80, 0.90), res(0.81, 0.848)), "a lower accuracy on BUSI blocks it"
+    assert not ensemble_ships(res(0.90, 0.84), res(0.81, 0.848)), "a lower BUS-BRA AUC blocks it"
