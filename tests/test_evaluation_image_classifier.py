@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from core.evaluation import image_classifier as ev
 
@@ -75,3 +76,26 @@ def test_the_kind_calibration_keeps_presence_and_mends_an_over_confident_score()
     assert np.allclose(cal.sum(1), 1) and np.allclose(cal[:, ev.N], probs[:, ev.N])
     assert ev.binary_ece(ev.p_malignant(cal), y_mal) < ev.binary_ece(score, y_mal) - 0.05
     assert np.array_equal(ev.calibrate_kind(probs, None), probs), "no calibration stored: unchanged"
+
+
+def test_a_site_mix_moves_the_kinds_calibration_but_not_its_labels_or_ranking():
+    from core.evaluation.image_classifier import at_site_mix, malignant_odds, part_metrics
+    from core.models.presence import shift_kind_prior
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 30 + [1] * 30 + [2] * 10)
+    probs = rng.dirichlet(np.ones(3), len(y))
+    probs[y == 1, 1] += 0.5
+    probs /= probs.sum(1, keepdims=True)
+    assert np.allclose(shift_kind_prior(probs, 1.0), probs), "ratio 1: nothing moves"
+    moved = shift_kind_prior(probs, 3.0)
+    assert np.allclose(moved[:, 2], probs[:, 2]) and np.allclose(moved.sum(1), 1), "p(lesion) is kept"
+    assert (moved[:, 1] >= probs[:, 1] - 1e-12).all(), "more malignant odds: p(malignant) goes up"
+    points = {"presence_threshold": 0.3, "malignant_threshold": 0.5}
+    before, after = part_metrics(probs, y, points), at_site_mix(probs, y, points, 3.0)
+    for key in ("confusion_matrix", "benign_malignant_auc", "benign_malignant_balanced_accuracy", "accuracy"):
+        assert after[key] == before[key], key
+    assert after["benign_malignant_ece"] != before["benign_malignant_ece"] and after["prior_ratio"] == 3.0
+    assert malignant_odds(y) == 1.0
+    with pytest.raises(ValueError, match="both benign and malignant"):
+        malignant_odds(np.array([0, 0, 2]))

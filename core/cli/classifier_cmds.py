@@ -124,6 +124,26 @@ def _probs(model, data):
     return torch.softmax(z / model.config.temperature, 1).numpy()
 
 
+def _site_mix_parts(args, root, labels, probs, presence, points, val_y) -> dict:
+    """Each test part with the kind's prior moved from the val parts' mix to its own site's training-part mix
+    (known before deployment, from training labels only): calibration at the deployment mix."""
+    from ..data.multidomain import domain_set
+    from ..data.sets import data_dir, split_sets
+    from ..evaluation import image_classifier as ev
+    from ..training.image_classifier import labelled
+
+    val_odds = ev.malignant_odds(val_y)
+    train = {"busi": labelled(split_sets(data_dir(args.data), ("train",), 64, progress=False)["train"]),
+             "busbra": labelled(domain_set(root, "busbra_breast", "train", 64, progress=False), labels)}
+    out = {"val_odds": val_odds}
+    for site, y_train in train.items():
+        odds = ev.malignant_odds(y_train)
+        p, y = probs[f"{site}_test"]
+        out[f"{site}_test"] = {**ev.at_site_mix(p, y, points, odds / val_odds, presence.get(f"{site}_test")),
+                               "site_train_odds": odds}
+    return out
+
+
 def _combined_presence(args, probs: dict, sets: dict, points: dict, val_y) -> dict:
     """The classifier's p(lesion) joined with the segmenter's evidence by a logistic combiner, kept only when
     its out-of-fold presence AUC on the val parts (5 folds by patient group) beats the classifier's alone;
@@ -204,6 +224,8 @@ def evaluate_image_cls_cmd(args) -> int:
     result = {"checkpoint": run_name, "members": [Path(m).name for m in args.cls_model], "image_size": size,
               "decision_points": points,
               "parts": {k: ev.part_metrics(p, y, points, presence.get(k)) for k, (p, y) in probs.items()}}
+    if not args.no_test:
+        result["site_mix"] = _site_mix_parts(args, root, labels, probs, presence, points, val_y)
     if not args.no_test:
         result["test_reads"] = ev.record_test_read(DOCS / "image_classifier_test_reads.json", run_name,
                                                    ["busi_test", "busbra_test"])

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..metrics import auc, classification_metrics
 from ..models.presence import (calibrate_kind, kind_logit, logistic_score, presence_features,  # noqa: F401
-                               segmenter_evidence)
+                               segmenter_evidence, shift_kind_prior, shift_odds)
 from ..models.supervised import CLASSES
 
 B, M, N = (CLASSES.index(c) for c in ("benign", "malignant", "normal"))
@@ -110,6 +110,21 @@ def part_metrics(probs: np.ndarray, y: np.ndarray, points: dict, presence: np.nd
                                                          + (score[~mal] < points["malignant_threshold"]).mean()) / 2)
                if mal.any() and (~mal).any() else None)
     return out
+
+
+def malignant_odds(y: np.ndarray) -> float:
+    """malignant:benign odds among the lesions of labels `y` (the kind's prior)."""
+    m, b = int((y == M).sum()), int((y == B).sum())
+    if not m or not b:
+        raise ValueError("the kind's prior needs both benign and malignant lesions")
+    return m / b
+
+
+def at_site_mix(probs: np.ndarray, y: np.ndarray, points: dict, ratio: float, presence=None) -> dict:
+    """`part_metrics` with the kind's prior moved by `ratio` (a site's training-part odds over the val parts'):
+    the kind's threshold moves with it, so the labels and AUCs stay and only the calibration can change."""
+    moved = {**points, "malignant_threshold": float(shift_odds(points["malignant_threshold"], ratio))}
+    return {**part_metrics(shift_kind_prior(probs, ratio), y, moved, presence), "prior_ratio": ratio}
 
 
 def record_test_read(path: Path, checkpoint_name: str, parts: list[str]) -> int:

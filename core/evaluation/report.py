@@ -551,6 +551,22 @@ def ensemble_ships(ens: dict, single: dict) -> bool:
             and e["busbra_test"]["benign_malignant_auc"] >= s["busbra_test"]["benign_malignant_auc"])
 
 
+def _site_mix_lines(ens) -> list[str]:
+    """The kind's prior at each site's own mix (its training part's malignant:benign odds), from the same read."""
+    mix = ens.get("site_mix")
+    if not mix:
+        return []
+    rows = [(n, ens["parts"][k], mix[k]) for n, k in (("BUSI test", "busi_test"), ("BUS-BRA test", "busbra_test"))]
+    return ["", "The prior at the deployment mix: the kind's calibration was fitted on the pooled val lesions "
+            f"(malignant:benign odds {mix['val_odds']:.2f}); a site's own mix is known before deployment from its "
+            "training labels, and moving the kind's prior to it (odds ratio; the threshold moves with it, so labels "
+            "and AUCs do not change) gives:", "",
+            "| part | site's training odds | p(malignant given lesion) ECE at the val mix | at the site's mix |",
+            "|---|---|---|---|",
+            *[f"| {n} | {m['site_train_odds']:.2f} | {p['benign_malignant_ece']:.3f} | {m['benign_malignant_ece']:.3f} |"
+              for n, p, m in rows]]
+
+
 def _ensemble_lines(ens, single, busi_only) -> list[str]:
     """Issue 28: the multi-task recipe's seeds averaged in one checkpoint, chosen on val, read once on test."""
     from ..checkpoint import read_defaults
@@ -596,6 +612,7 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
             f"2 CPU threads: {ens.get('seconds_per_image_2_threads', float('nan')) * 1000:.0f} ms (the classifier "
             "alone). Test parts read "
             f"{ens.get('test_reads', '?')} time(s) in all by then (`docs/image_classifier_test_reads.json`).",
+            *_site_mix_lines(ens),
             "", "### One multi-task model (the default before the ensemble)" if default else ""]
 
 

@@ -50,3 +50,21 @@ def calibrate_kind(probs: np.ndarray, weights, classes=("benign", "malignant", "
     out[:, m], out[:, b] = p_les * p_mal, p_les * (1 - p_mal)
     return out
 
+
+
+def shift_odds(p: np.ndarray | float, ratio: float):
+    """p(malignant | lesion) moved to another prior: its odds multiplied by `ratio` (the deployment site's
+    malignant:benign odds over those it was calibrated on). Ranking is unchanged; a threshold moves with it."""
+    p = np.clip(np.asarray(p, float), 1e-9, 1 - 1e-9)
+    return p * ratio / (p * ratio + 1 - p)
+
+
+def shift_kind_prior(probs: np.ndarray, ratio: float, classes=("benign", "malignant", "normal")) -> np.ndarray:
+    """(n, 3) probabilities with the kind's prior shifted by `ratio` (`shift_odds`); p(lesion) is kept."""
+    b, m, n = (list(classes).index(c) for c in ("benign", "malignant", "normal"))
+    probs = np.asarray(probs, float)
+    p_les = 1.0 - probs[:, n]
+    p_mal = shift_odds(probs[:, m] / np.maximum(probs[:, m] + probs[:, b], 1e-9), ratio)
+    out = probs.copy()
+    out[:, m], out[:, b] = p_les * p_mal, p_les * (1 - p_mal)
+    return out
