@@ -134,3 +134,58 @@ def test_segment_command_takes_many_queries_and_adapts_once(tiny_checkpoint, tmp
     assert main(["segment", "--checkpoint", str(tiny_checkpoint), "--support", *files[0],
                  "--query", files[2][0], files[3][0], "--out", str(tmp_path / "x.png")]) == 2
     assert "--out-dir" in capsys.readouterr().err
+
+
+def _tiny_supports(k: int = 3, seed: int = 3):
+    data = synthetic_set(k, 96, seed=seed)
+    return torch.stack([torch.from_numpy(i).permute(2, 0, 1).float() / 255 for i in data.images]), \
+        torch.from_numpy(data.masks).float()
+
+
+def test_the_held_out_guard_keeps_weights_that_do_at_least_as_well_as_not_adapting(tiny_checkpoint):
+    from core.models.loading import load_panet
+    from core.training.adapt import AdaptConfig, HeldOutGuard, adapt_model
+
+    torch.manual_seed(0)
+    model, _ = load_panet(tiny_checkpoint)
+    imgs, msks = _tiny_supports()
+    net, summary = adapt_model(model, imgs, msks, AdaptConfig(seconds=0, steps=40, check_every=10))
+    g = summary["guard"]
+    assert g["looks"] == 4 and g["held_out_dice_kept"] >= g["held_out_dice_before"]
+    again = HeldOutGuard(imgs, msks, 0.0).score(net)
+    assert again == pytest.approx(g["held_out_dice_kept"], abs=1e-6), "the weights returned are the ones it kept"
+    if g["kept"] == "adapted":
+        assert g["held_out_dice_kept"] > g["held_out_dice_before"] and g["kept_step"] in (10, 20, 30, 40)
+
+
+def test_when_no_adapted_step_beats_the_model_its_own_weights_come_back(tiny_checkpoint, monkeypatch):
+    from core.models.loading import load_panet
+    from core.training import adapt
+
+    torch.manual_seed(0)
+    model, _ = load_panet(tiny_checkpoint)
+    imgs, msks = _tiny_supports()
+    monkeypatch.setattr(adapt.HeldOutGuard, "score", lambda self, net: -1.0)   # every look is worse
+    net, summary = adapt.adapt_model(model, imgs, msks, adapt.AdaptConfig(seconds=0, steps=10, check_every=5))
+    assert summary["guard"]["kept"] == "base" and summary["steps"] == 10
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in net.state_dict().items())
+    from webapp.finetune import adapt_report
+    assert "did not help" in adapt_report(summary)
+
+
+def test_the_held_out_support_is_never_trained_on(tiny_checkpoint, monkeypatch):
+    from core.models.loading import load_panet
+    from core.training import adapt
+
+    model, _ = load_panet(tiny_checkpoint)
+    imgs, msks = _tiny_supports(k=4)
+    seen = []
+    real_view = adapt.augment
+
+    def spy(img, m, rng, cfg):
+        seen.append(int(img.mean() * 1000))
+        return real_view(img, m, rng, cfg)
+    monkeypatch.setattr(adapt, "augment", spy)
+    adapt.adapt_model(model, imgs, msks, adapt.AdaptConfig(seconds=0, steps=12, check_every=6))
+    held_out = int((imgs[-1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8).mean() * 1000)
+    assert seen and held_out not in seen

@@ -228,6 +228,14 @@ def adapt_report(summary: dict) -> str:
     if before:
         lines.append(f"Each support segmented from the others (leave-one-out Dice): before {np.mean(before):.2f}, "
                      f"after {np.mean(after):.2f} (after is optimistic: it trained on them).")
+        g = summary.get("guard")
+        if g:
+            lines.append(f"The last support was held out of training as a check: segmented from the others, Dice "
+                         f"{g['held_out_dice_before']:.2f} before; " + (
+                             f"the adapted weights that scored best on it ({g['held_out_dice_kept']:.2f}, step "
+                             f"{g['kept_step']}) are kept." if g["kept"] == "adapted" else
+                             "no adapted step beat the model as it was, so its weights are kept (adapting did not "
+                             "help here)."))
         if np.mean(before) < 0.5:
             lines.append("The supports agree poorly before adaptation: the target may look unlike anything the "
                          "model was trained on, or the supports mark different structures.")

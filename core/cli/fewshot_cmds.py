@@ -354,6 +354,10 @@ def _adapt_with_bar(seg, supports, seconds: float) -> None:
     bar.close()
     before = summary["loo_dice_before"]
     agree = f"; supports' leave-one-out Dice before {np.mean(before):.2f}" if before else ""
+    g = summary.get("guard")
+    if g:
+        agree += (f"; held-out support {g['held_out_dice_before']:.2f} -> {g['held_out_dice_kept']:.2f} "
+                  f"(kept: {g['kept']} weights)")
     print(f"adapted: {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['status']}){agree}")
 
 
@@ -537,6 +541,8 @@ def register_multidomain(sub) -> None:
     p.add_argument("--lr-encoder", type=float, default=None)
     p.add_argument("--lr-decoder", type=float, default=None)
     p.add_argument("--no-unet", action="store_true", help="skip the U-Net baseline")
+    p.add_argument("--no-guard", action="store_true",
+                   help="adapt on every support and keep the last weights (the method before the held-out guard)")
     p.add_argument("--out", default="docs/results_adaptation.json")
     p.set_defaults(func=adaptation_curve_cmd)
 
@@ -610,11 +616,14 @@ def adaptation_curve_cmd(args) -> int:
     sets = {n: domain_set(root, n, args.part, size, split, progress=False) for n in args.sets}
     marks = tuple(int(m) if float(m).is_integer() else m for m in args.marks)
     acfg = {k: v for k, v in (("lr_encoder", args.lr_encoder), ("lr_decoder", args.lr_decoder)) if v is not None}
+    acfg["guard"] = not args.no_guard
     res = adaptation_curve(str(ckpt), sets, args.shots, args.episodes, args.queries, marks, adapt_cfg=acfg,
                            with_unet=not args.no_unet)
     res.update(part=args.part, adapt_settings=acfg)
     res["command"] = (f"python -m core adaptation-curve --checkpoint {ckpt} --sets {' '.join(args.sets)} "
-                      f"--shots {args.shots} --episodes {args.episodes} --queries {args.queries} --part {args.part}")
+                      f"--shots {args.shots} --episodes {args.episodes} --queries {args.queries} --part {args.part}"
+                      + (" --no-unet" if args.no_unet else "") + (" --no-guard" if args.no_guard else "")
+                      + f" --out {args.out}")
     save_json(res, args.out)
     for n, r in res["sets"].items():
         print(n, "PANet++", {m: round(v, 3) for m, v in r["panet"].items()}, "U-Net", {m: round(v, 3) for m, v in r["unet"].items()})

@@ -79,6 +79,8 @@ def _query_dice(predict, s_img, s_msk, qset: ImageSet, queries: list[int]) -> fl
 def adaptation_curve_episode(model, unet_factory, qset: ImageSet, support: tuple[int, ...], queries: list[int],
                              marks=(0, 10, 30, 60, 150), adapt_cfg=None) -> dict:
     """PANet++ adapted for each time mark, and a U-Net fine-tuned for the same time, on one support set."""
+    import copy
+
     from ..training.adapt import AdaptConfig, adapt_model
     from ..training.engine import Callback
 
@@ -89,6 +91,19 @@ def adaptation_curve_episode(model, unet_factory, qset: ImageSet, support: tuple
     todo = [m for m in marks if m > 0]
     result["panet"][0] = _query_dice(panet_predictor(model), s_img, s_msk, qset, queries)
 
+    scratch = []
+
+    def in_use(engine):
+        """What the user would get at this moment: with the held-out guard, the weights it keeps (the best look so
+        far, or the base model's); without it, the copy as it is."""
+        guard = getattr(engine, "guard", None)
+        if guard is None:
+            return engine.model
+        if not scratch:
+            scratch.append(copy.deepcopy(model))
+        scratch[0].load_state_dict(guard.chosen_state(model))
+        return scratch[0]
+
     class ScoreAtMarks(Callback):
         def on_start(self, engine):
             self.t0 = clock()
@@ -97,7 +112,7 @@ def adaptation_curve_episode(model, unet_factory, qset: ImageSet, support: tuple
             t = clock() - self.t0
             while todo and t >= todo[0]:
                 m = todo.pop(0)
-                result["panet"][m] = clock.pause(lambda: _query_dice(panet_predictor(engine.model), s_img, s_msk,
+                result["panet"][m] = clock.pause(lambda: _query_dice(panet_predictor(in_use(engine)), s_img, s_msk,
                                                                      qset, queries))
                 engine.model.train()
             if not todo:

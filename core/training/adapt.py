@@ -3,7 +3,9 @@
 Episodes come from the supports themselves: with k >= 2, leave-one-out (one support is the query,
 the others are the supports); with k = 1 (and for a share of the steps otherwise), augmented
 self-episodes (two differently augmented views of one support: one is the support, the other the
-query). The copy is trained on the shared engine, so a cancel, a time budget and a divergence behave
+query). With k >= 2 the last support is held out of training by default (`HeldOutGuard`): the weights
+that segment it best from the others are kept, the unadapted model's included, so adapting never ends
+worse than not adapting on that support. The copy is trained on the shared engine, so a cancel, a time budget and a divergence behave
 as everywhere else; the base model is never modified and nothing is written to disk.
 """
 from __future__ import annotations
@@ -36,6 +38,40 @@ class AdaptConfig:
     lr_decoder: float = 5e-4
     self_episode_share: float = 0.3
     seed: int = 0
+    guard: bool = True           # k >= 2: hold one support out, keep the weights that segment it best (or none)
+    check_every: int = 5         # steps between two looks at the held-out support
+
+
+class HeldOutGuard(Callback):
+    """Adaptation that never does worse than not adapting on what it can check (issue 29): the last support is
+    held out of training; every `every` steps the copy segments it from the other supports, and the weights
+    with the best Dice are kept. The unadapted model's Dice is the bar, so if no step beats it the base weights
+    come back. The looks run inside the time budget (the user waits for them)."""
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, base_dice: float, every: int = 5):
+        self.images, self.masks, self.every = images, masks, max(1, every)
+        self.best_dice, self.best_state, self.best_step, self.looks = base_dice, None, 0, 0
+
+    def score(self, net) -> float:
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            logits, _, _, _ = net(self.images[:-1], self.masks[:-1], self.images[-1:])
+        net.train(was_training)
+        return float(dice(logits[0, 0] > 0, self.masks[-1] > 0.5))
+
+    def on_step(self, engine, metrics) -> None:
+        if engine.state.step % self.every:
+            return
+        self.looks += 1
+        d = self.score(engine.model)
+        if d > self.best_dice:
+            self.best_dice, self.best_step = d, engine.state.step
+            self.best_state = {k: v.detach().clone() for k, v in engine.model.state_dict().items()}
+
+    def chosen_state(self, base: PANetPlusPlus) -> dict:
+        """The weights to use now: the best look's, or the base model's when no look beat it."""
+        return self.best_state if self.best_state is not None else base.state_dict()
 
 
 def leave_one_out_dice(model: PANetPlusPlus, images: torch.Tensor, masks: torch.Tensor) -> list[float]:
@@ -69,6 +105,8 @@ def adapt_model(model: PANetPlusPlus, images: torch.Tensor, masks: torch.Tensor,
     device = images.device
     k = images.shape[0]
     before = leave_one_out_dice(model, images, masks)
+    guard = HeldOutGuard(images, masks, before[-1], cfg.check_every) if cfg.guard and k >= 2 else None
+    k_train = k - 1 if guard else k          # the held-out support is the last one: never trained on
     net = copy.deepcopy(model).to(device)
     enc = [p for p in net.encoder.parameters() if p.requires_grad]
     rest = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
@@ -84,26 +122,32 @@ def adapt_model(model: PANetPlusPlus, images: torch.Tensor, masks: torch.Tensor,
         return to_tensor(img).to(device), mask_tensor(m).to(device)
 
     def step(engine: Engine) -> dict:
-        q = int(rng.integers(k))
-        if k == 1 or rng.random() < cfg.self_episode_share:
+        q = int(rng.integers(k_train))
+        if k_train == 1 or rng.random() < cfg.self_episode_share:
             sup_idx = [q]
         else:
-            sup_idx = [i for i in range(k) if i != q]
+            sup_idx = [i for i in range(k_train) if i != q]
         sup = [view(i) for i in sup_idx]
         q_img, q_msk = view(q)
         logits, _, _, _ = engine.net(torch.stack([s[0] for s in sup]), torch.stack([s[1] for s in sup]), q_img[None])
         loss = bce_dice_loss(logits[:, 0], q_msk[None])
         return {"loss": loss, "dice": float(dice(logits.detach()[0, 0] > 0, q_msk > 0.5))}
 
-    callbacks = [Progress(bar=False, on_progress=on_progress), *callbacks]
+    callbacks = [Progress(bar=False, on_progress=on_progress), *([guard] if guard else []), *callbacks]
     if cfg.seconds:
         callbacks.append(TimeBudget(cfg.seconds, clock) if clock else TimeBudget(cfg.seconds))
     engine = Engine(net, opt, step, epochs=1, steps_per_epoch=cfg.steps or 10 ** 9, callbacks=callbacks,
                     job=job, device=device, grad_clip=5.0)
+    engine.guard = guard
     summary = engine.run()
     net.eval()
     summary.update(shots=k, loo_dice_before=before)
     if summary["status"] in ("diverged", "cancelled", "failed"):
         return None, summary
+    if guard:
+        net.load_state_dict(guard.chosen_state(model))
+        summary["guard"] = {"held_out_dice_before": before[-1], "held_out_dice_kept": guard.best_dice,
+                            "kept_step": guard.best_step, "looks": guard.looks,
+                            "kept": "adapted" if guard.best_state is not None else "base"}
     summary["loo_dice_after"] = leave_one_out_dice(net, images, masks)  # optimistic: trained on these
     return net, summary
