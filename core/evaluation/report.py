@@ -581,6 +581,39 @@ def ensemble_ships(ens: dict, single: dict) -> bool:
             and e["busbra_test"]["benign_malignant_auc"] >= s["busbra_test"]["benign_malignant_auc"])
 
 
+def _end_to_end_lines(pipe) -> list[str]:
+    """`predict` end to end with the ensemble (presence, the shipped segmenter, the kind) and its presence decision
+    in `annotate --no-lesion`."""
+    if not pipe:
+        return []
+    end, few = pipe["predict"], pipe.get("fewshot_annotate")
+    line = (f"`predict` end to end (`python scripts/evaluate_lesion_probe.py --classifier checkpoints/{ENSEMBLE_NAME} "
+            "--out docs/results_image_classifier_mt_ens_pipeline.json`; presence, the shipped "
+            f"segmenter's mask, the kind): accuracy {end['accuracy']:.3f}, macro AUC {end['macro_auc']:.3f}, normal "
+            f"images called lesion {end['normal_called_lesion']:.3f}, confusion matrix {end['confusion_matrix']}; "
+            f"**{end['seconds_per_image'] * 1000:.0f} ms per image** on 2 CPU threads.")
+    if few:
+        w, wo = few["with"], few["without"]
+        line += (f" Its presence decision in `annotate --no-lesion` (= Segment with \"no lesion\" ticked; 5 training "
+                 f"supports, every BUSI test image): normal scans given a mask {wo['normal_given_a_mask']:.2f} -> "
+                 f"{w['normal_given_a_mask']:.2f}, lesion Dice {wo['lesion_dice']:.3f} -> {w['lesion_dice']:.3f}.")
+    return ["", line]
+
+
+def _third_seed(ens) -> str:
+    """The three-member ensemble scored on the val parts only (the selection between two and three members)."""
+    three = _load("results_image_classifier_mt_ensemble3_val.json")
+    if not three:
+        return ""
+    score = lambda x: (x["parts"]["busi_val"]["macro_auc"] + x["parts"]["busbra_val"]["benign_malignant_auc"]) / 2
+    run = three.get("third_member_run", {})
+    return (f" A third seed (`--seed 2 --epochs 8`, {run.get('train_seconds', float('nan')) / 60:.0f} min; its own best "
+            f"val score {run.get('val_score', float('nan')):.3f}) joined as a third member "
+            f"scored {score(three):.3f} on val against {score(ens):.3f} for two "
+            f"(docs/results_image_classifier_mt_ensemble3_val.json), so the ensemble has "
+            f"{'three' if score(three) > score(ens) else 'two'} members.")
+
+
 def _site_mix_lines(ens) -> list[str]:
     """The kind's prior at each site's own mix (its training part's malignant:benign odds), from the same read."""
     mix = ens.get("site_mix")
@@ -628,9 +661,11 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
             f"{score(single):.3f} for the single model); its decision points were chosen on the val parts of the "
             "stored checkpoint, then the test parts were read once. The rule, written before that read: it replaces "
             "the single model only if neither test part's answer is worse (BUSI 3-class accuracy, BUS-BRA AUC): "
-            f"{verdict}. Reproduce: the member runs (`train-image-cls --multitask --epochs 12 ... --seed 0`, then "
-            "`--seed 1` and `--seed 2` with `--epochs 8`, each 30-47 min on 2 CPU cores), then `python -m core "
-            f"ensemble-image-cls --members RUN0 RUN1 RUN2 --save-path checkpoints/{ENSEMBLE_NAME}`, `python -m core "
+            f"{verdict}.{_third_seed(ens)} Reproduce: the member runs (`train-image-cls --multitask --epochs 12 --img-size "
+            "256 --threads 2 --patience 20 --crops 0.35 --seed 0 --save-path runs/image_cls_mt_lite0_256_crops`, then "
+            "the same with `--seed 1 --epochs 8 --save-path runs/image_cls_mt_lite0_256_crops_seed1`; 47 and 32 min on "
+            "2 CPU cores), then `python -m core ensemble-image-cls --members "
+            + " ".join(f"runs/{m['name']}" for m in members) + f" --save-path checkpoints/{ENSEMBLE_NAME}`, `python -m core "
             f"evaluate-image-cls --cls-model checkpoints/{ENSEMBLE_NAME} --no-test --write-points`, `python -m core "
             f"evaluate-image-cls --cls-model checkpoints/{ENSEMBLE_NAME} --out docs/results_image_classifier_mt_ens.json`.",
             "", *_table(_target_rows(t, b, _load("results_image_classifier_mt_busi_only.json") or busi_only,
@@ -642,7 +677,7 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
             f"2 CPU threads: {ens.get('seconds_per_image_2_threads', float('nan')) * 1000:.0f} ms (the classifier "
             "alone). Test parts read "
             f"{ens.get('test_reads', '?')} time(s) in all by then (`docs/image_classifier_test_reads.json`).",
-            *_site_mix_lines(ens),
+            *_site_mix_lines(ens), *_end_to_end_lines(_load("results_image_classifier_mt_ens_pipeline.json")),
             "", "### One multi-task model (the default before the ensemble)" if default else ""]
 
 
