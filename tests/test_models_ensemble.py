@@ -10,7 +10,8 @@ import torch
 
 from core import checkpoint
 from core.inference import SupervisedPipeline
-from core.models.ensemble import ImageEnsemble, save_ensemble
+from core.models.ensemble import ImageEnsemble
+from core.training.ensemble import save_ensemble
 from core.models.supervised import ClassifierConfig, ImageClassifier, MultiTaskClassifier
 from core.training.image_classifier import load_image_classifier
 

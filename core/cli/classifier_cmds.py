@@ -84,7 +84,7 @@ def register_ensemble(sub) -> None:
 
 
 def ensemble_image_cls_cmd(args) -> int:
-    from ..models.ensemble import save_ensemble
+    from ..training.ensemble import save_ensemble
 
     path = save_ensemble(args.members, args.save_path, half=not args.float32)
     print(f"saved {path} ({len(args.members)} members); choose its decision points with "

@@ -621,7 +621,8 @@ def adaptation_curve_cmd(args) -> int:
                            with_unet=not args.no_unet)
     res.update(part=args.part, adapt_settings=acfg)
     res["command"] = (f"python -m core adaptation-curve --checkpoint {ckpt} --sets {' '.join(args.sets)} "
-                      f"--shots {args.shots} --episodes {args.episodes} --queries {args.queries} --part {args.part}"
+                      f"--shots {args.shots} --episodes {args.episodes} --queries {args.queries} --part {args.part} "
+                      f"--marks {' '.join(str(m) for m in marks)}"
                       + (" --no-unet" if args.no_unet else "") + (" --no-guard" if args.no_guard else "")
                       + f" --out {args.out}")
     save_json(res, args.out)
