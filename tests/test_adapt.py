@@ -149,7 +149,7 @@ def test_the_held_out_guard_keeps_weights_that_do_at_least_as_well_as_not_adapti
     torch.manual_seed(0)
     model, _ = load_panet(tiny_checkpoint)
     imgs, msks = _tiny_supports()
-    net, summary = adapt_model(model, imgs, msks, AdaptConfig(seconds=0, steps=40, check_every=10))
+    net, summary = adapt_model(model, imgs, msks, AdaptConfig(seconds=0, steps=40, check_every=10, guard=True))
     g = summary["guard"]
     assert g["looks"] == 4 and g["held_out_dice_kept"] >= g["held_out_dice_before"]
     again = HeldOutGuard(imgs, msks, 0.0).score(net)
@@ -166,7 +166,7 @@ def test_when_no_adapted_step_beats_the_model_its_own_weights_come_back(tiny_che
     model, _ = load_panet(tiny_checkpoint)
     imgs, msks = _tiny_supports()
     monkeypatch.setattr(adapt.HeldOutGuard, "score", lambda self, net: -1.0)   # every look is worse
-    net, summary = adapt.adapt_model(model, imgs, msks, adapt.AdaptConfig(seconds=0, steps=10, check_every=5))
+    net, summary = adapt.adapt_model(model, imgs, msks, adapt.AdaptConfig(seconds=0, steps=10, check_every=5, guard=True))
     assert summary["guard"]["kept"] == "base" and summary["steps"] == 10
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in net.state_dict().items())
     from webapp.finetune import adapt_report
@@ -186,6 +186,6 @@ def test_the_held_out_support_is_never_trained_on(tiny_checkpoint, monkeypatch):
         seen.append(int(img.mean() * 1000))
         return real_view(img, m, rng, cfg)
     monkeypatch.setattr(adapt, "augment", spy)
-    adapt.adapt_model(model, imgs, msks, adapt.AdaptConfig(seconds=0, steps=12, check_every=6))
+    adapt.adapt_model(model, imgs, msks, adapt.AdaptConfig(seconds=0, steps=12, check_every=6, guard=True))
     held_out = int((imgs[-1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8).mean() * 1000)
     assert seen and held_out not in seen

@@ -541,8 +541,11 @@ def register_multidomain(sub) -> None:
     p.add_argument("--lr-encoder", type=float, default=None)
     p.add_argument("--lr-decoder", type=float, default=None)
     p.add_argument("--no-unet", action="store_true", help="skip the U-Net baseline")
-    p.add_argument("--no-guard", action="store_true",
-                   help="adapt on every support and keep the last weights (the method before the held-out guard)")
+    p.add_argument("--guard", dest="guard", action="store_true", default=None,
+                   help="hold the last support out and keep the weights that segment it best (off by default: it "
+                        "scored lower on the val parts, docs/results.md)")
+    p.add_argument("--no-guard", dest="guard", action="store_false",
+                   help="adapt on every support and keep the last weights (the default)")
     p.add_argument("--out", default="docs/results_adaptation.json")
     p.set_defaults(func=adaptation_curve_cmd)
 
@@ -616,14 +619,15 @@ def adaptation_curve_cmd(args) -> int:
     sets = {n: domain_set(root, n, args.part, size, split, progress=False) for n in args.sets}
     marks = tuple(int(m) if float(m).is_integer() else m for m in args.marks)
     acfg = {k: v for k, v in (("lr_encoder", args.lr_encoder), ("lr_decoder", args.lr_decoder)) if v is not None}
-    acfg["guard"] = not args.no_guard
+    if args.guard is not None:
+        acfg["guard"] = args.guard
     res = adaptation_curve(str(ckpt), sets, args.shots, args.episodes, args.queries, marks, adapt_cfg=acfg,
                            with_unet=not args.no_unet)
     res.update(part=args.part, adapt_settings=acfg)
     res["command"] = (f"python -m core adaptation-curve --checkpoint {ckpt} --sets {' '.join(args.sets)} "
                       f"--shots {args.shots} --episodes {args.episodes} --queries {args.queries} --part {args.part} "
                       f"--marks {' '.join(str(m) for m in marks)}"
-                      + (" --no-unet" if args.no_unet else "") + (" --no-guard" if args.no_guard else "")
+                      + (" --no-unet" if args.no_unet else "") + {True: " --guard", False: " --no-guard", None: ""}[args.guard]
                       + f" --out {args.out}")
     save_json(res, args.out)
     for n, r in res["sets"].items():
