@@ -226,7 +226,6 @@ def evaluate_image_cls_cmd(args) -> int:
               "parts": {k: ev.part_metrics(p, y, points, presence.get(k)) for k, (p, y) in probs.items()}}
     if not args.no_test:
         result["site_mix"] = _site_mix_parts(args, root, labels, probs, presence, points, val_y)
-    if not args.no_test:
         result["test_reads"] = ev.record_test_read(DOCS / "image_classifier_test_reads.json", run_name,
                                                    ["busi_test", "busbra_test"])
         t = time.perf_counter()

@@ -173,13 +173,22 @@ def _adaptation_section(ad: dict) -> list[str]:
     return L
 
 
+def _mean_at_30(curve: dict) -> float:
+    """An adaptation curve's mean Dice over its sets after 30 s."""
+    return sum(r["panet"]["30"] for r in curve["sets"].values()) / len(curve["sets"])
+
+
+def _val_score(r: dict) -> float:
+    """Issue 28's selection score: the mean of BUSI val macro AUC and BUS-BRA val benign-vs-malignant AUC."""
+    return (r["parts"]["busi_val"]["macro_auc"] + r["parts"]["busbra_val"]["benign_malignant_auc"]) / 2
+
+
 def guard_is_default(g: dict, unguarded: dict | None) -> bool:
     """The rule for the adaptation default, written before the unguarded run: the guard stays on only if its
     mean Dice after 30 s over the val sets is at least the unguarded method's on the same episodes."""
     if not unguarded:
         return True
-    mean30 = lambda d: sum(r["panet"]["30"] for r in d["sets"].values()) / len(d["sets"])
-    return mean30(g) >= mean30(unguarded)
+    return _mean_at_30(g) >= _mean_at_30(unguarded)
 
 
 def _adaptation_guard_section(g: dict | None, before: dict | None, unguarded: dict | None = None) -> list[str]:
@@ -213,9 +222,8 @@ def _adaptation_guard_section(g: dict | None, before: dict | None, unguarded: di
         for name, r in unguarded["sets"].items():
             L.append(f"| {name} | " + " | ".join(_f(r["panet"][m]) for m in marks)
                      + f" | {r['panet']['30'] - r['panet']['0']:+.3f} |")
-        mean30 = lambda d: sum(r["panet"]["30"] for r in d["sets"].values()) / len(d["sets"])
-        L += ["", f"Mean after 30 s: {mean30(g):.3f} with the guard, {mean30(unguarded):.3f} without. The rule "
-              "(written before the run without it): the guard stays the default only if it is not lower: "
+        L += ["", f"Mean after 30 s: {_mean_at_30(g):.3f} with the guard, {_mean_at_30(unguarded):.3f} without. "
+              "The rule (written before the run without it): the guard stays the default only if it is not lower: "
               f"**{'the guard stays the default' if keep else 'the guard is not the default (AdaptConfig.guard=False)'}**."]
     elif before:
         L[-1] += (" The curve before the guard (adapting on every support, the last weights kept) is in the table "
@@ -627,13 +635,12 @@ def _third_seed(ens) -> str:
     three = _load("results_image_classifier_mt_ensemble3_val.json")
     if not three:
         return ""
-    score = lambda x: (x["parts"]["busi_val"]["macro_auc"] + x["parts"]["busbra_val"]["benign_malignant_auc"]) / 2
     run = three.get("third_member_run", {})
     return (f" A third seed (`--seed 2 --epochs 8`, {run.get('train_seconds', float('nan')) / 60:.0f} min; its own best "
             f"val score {run.get('val_score', float('nan')):.3f}) joined as a third member "
-            f"scored {score(three):.3f} on val against {score(ens):.3f} for two "
+            f"scored {_val_score(three):.3f} on val against {_val_score(ens):.3f} for two "
             f"(docs/results_image_classifier_mt_ensemble3_val.json), so the ensemble has "
-            f"{'three' if score(three) > score(ens) else 'two'} members.")
+            f"{'three' if _val_score(three) > _val_score(ens) else 'two'} members.")
 
 
 def _site_mix_lines(ens) -> list[str]:
@@ -661,7 +668,6 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
     members = meta.get("members", [])
     default = read_defaults().get("classifier") == ENSEMBLE_NAME
     ships = ensemble_ships(ens, single)
-    score = lambda x: (x["parts"]["busi_val"]["macro_auc"] + x["parts"]["busbra_val"]["benign_malignant_auc"]) / 2
     rows = [("BUSI test 3-class accuracy", "busi_test", "accuracy"), ("BUSI test macro AUC", "busi_test", "macro_auc"),
             ("BUSI test normal images called lesion", "busi_test", "normal_called_lesion"),
             ("BUSI test lesions called normal", "busi_test", "lesions_called_normal"),
@@ -669,7 +675,7 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
             ("BUSI test ECE (top label)", "busi_test", "ece_top_label"),
             ("BUS-BRA test ECE (p(malignant given lesion))", "busbra_test", "benign_malignant_ece"),
             ("val score (the selection)", None, None)]
-    cell = lambda x, part, key: f"{score(x) if part is None else x['parts'][part][key]:.3f}"
+    cell = lambda x, part, key: f"{_val_score(x) if part is None else x['parts'][part][key]:.3f}"
     seeds = ", ".join(f"`{m['name']}` (seed {m.get('train', {}).get('seed', '?')}, epoch {m.get('epoch', '?')}, val "
                       f"score {m.get('val_score', float('nan')):.3f})" for m in members)
     t, b = ens["parts"]["busi_test"], ens["parts"]["busbra_test"]
@@ -679,8 +685,8 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
             f"The default is now `checkpoints/{ENSEMBLE_NAME}`: {len(members) or '?'} runs of the multi-task recipe "
             f"below with different seeds, their calibrated probabilities averaged (flip TTA in each), shipped as one "
             f"checkpoint (every member's encoder and class head, float16; `\"architecture\": \"image_ensemble\"`; "
-            f"loads without unpickling): {seeds}. Chosen on the val parts only (val score {score(ens):.3f} against "
-            f"{score(single):.3f} for the single model); its decision points were chosen on the val parts of the "
+            f"loads without unpickling): {seeds}. Chosen on the val parts only (val score {_val_score(ens):.3f} against "
+            f"{_val_score(single):.3f} for the single model); its decision points were chosen on the val parts of the "
             "stored checkpoint, then the test parts were read once. The rule, written before that read: it replaces "
             "the single model only if neither test part's answer is worse (BUSI 3-class accuracy, BUS-BRA AUC): "
             f"{verdict}.{_third_seed(ens)} Reproduce: the member runs (`train-image-cls --multitask --epochs 12 --img-size "
@@ -732,8 +738,7 @@ def _multitask_lines(r, busi_only, default: bool = True) -> list[str]:
     cols += [("LiteMedSAM probe (the default before)", probe)] if probe else []
     meta_path = DOCS.parent / "checkpoints" / "classifier_image_mt_lite0.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    score = lambda x: (x["parts"]["busi_val"]["macro_auc"] + x["parts"]["busbra_val"]["benign_malignant_auc"]) / 2
-    others = [f"{score(x):.3f} for {n}" for n, x in (("the image-only Lite0 option", old),
+    others = [f"{_val_score(x):.3f} for {n}" for n, x in (("the image-only Lite0 option", old),
                                                     ("the first Lite2 run", _load("results_image_classifier_lite2_val.json")),
                                                     ("the second", _load("results_image_classifier_lite2_rerun_val.json"))) if x]
     role = ("and **the default classifier** (`predict`, the Classify tab, Segment's and `annotate`'s \"no lesion\")"
@@ -744,7 +749,7 @@ def _multitask_lines(r, busi_only, default: bool = True) -> list[str]:
          "both tasks (cross-entropy + BCE/Dice on the lesion mask) on the image alone, 256 px, BUSI train + BUS-BRA "
          "train plus lesion-free crops of 35% of their lesion images as extra \"normal\" (empty masks), ultrasound "
          "augmentation (speckle, gain, gamma, a depth crop cutting image and mask alike), flip TTA, temperature fitted "
-         f"on val. Selected on the val parts only: val score {score(r):.3f} (mean of BUSI val macro AUC and BUS-BRA val "
+         f"on val. Selected on the val parts only: val score {_val_score(r):.3f} (mean of BUSI val macro AUC and BUS-BRA val "
          f"AUC) against {', '.join(others)}. Decision points on the val parts only: "
          f"p(lesion) >= {p['presence_threshold']:.3f} (misses at most {p['max_missed_lesions']:.0%} of the "
          f"{p['n_val_lesions']} val lesions), p(malignant | lesion) >= {p['malignant_threshold']:.3f} (balanced "

@@ -36,8 +36,7 @@ class ImageEnsemble(ImageClassifier):
                 m.drop_decoder()
         self.members = nn.ModuleList(members)
         first = members[0].config
-        self.config = replace(first, temperature=1.0, weights_loaded=first.weights_loaded,
-                              extra={"input": "image", "ensemble": len(members)})
+        self.config = replace(first, temperature=1.0, extra={"input": "image", "ensemble": len(members)})
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image (B, 3, H, W) in [0, 1] -> log of the members' mean probabilities (softmax gives the mean back)."""
