@@ -189,3 +189,38 @@ def test_the_held_out_support_is_never_trained_on(tiny_checkpoint, monkeypatch):
     adapt.adapt_model(model, imgs, msks, adapt.AdaptConfig(seconds=0, steps=12, check_every=6, guard=True))
     held_out = int((imgs[-1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8).mean() * 1000)
     assert seen and held_out not in seen
+
+
+def test_the_weight_average_lies_between_the_base_and_the_trained_weights(tiny_checkpoint):
+    """With decay d and n steps the base keeps a share d**n: with one step the weights used are exactly
+    d * base + (1 - d) * trained, so a single bad step moves the model a little only."""
+    from core.models.loading import load_panet
+    from core.training.adapt import AdaptConfig, adapt_model
+
+    torch.manual_seed(0)
+    model, _ = load_panet(tiny_checkpoint)
+    imgs, msks = _tiny_supports()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(1)
+    trained, _ = adapt_model(model, imgs, msks, AdaptConfig(seconds=0, steps=1))
+    torch.manual_seed(1)
+    averaged, summary = adapt_model(model, imgs, msks, AdaptConfig(seconds=0, steps=1, average=0.75))
+    assert summary["average"] == {"decay": 0.75}
+    moved = 0
+    for k, v in averaged.state_dict().items():
+        if v.is_floating_point():
+            expected = 0.75 * base[k] + 0.25 * trained.state_dict()[k]
+            assert torch.allclose(v, expected, atol=1e-6), k
+            moved += int(not torch.equal(trained.state_dict()[k], base[k]))
+    assert moved > 0, "the step changed some weights"
+    assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items()), "the base model is never modified"
+
+
+def test_the_guard_and_the_average_are_alternatives(tiny_checkpoint):
+    from core.models.loading import load_panet
+    from core.training.adapt import AdaptConfig, adapt_model
+
+    model, _ = load_panet(tiny_checkpoint)
+    imgs, msks = _tiny_supports()
+    with pytest.raises(ValueError, match="alternatives"):
+        adapt_model(model, imgs, msks, AdaptConfig(seconds=0, steps=1, guard=True, average=0.9))

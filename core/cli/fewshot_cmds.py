@@ -540,6 +540,8 @@ def register_multidomain(sub) -> None:
     p.add_argument("--part", default="test", choices=["test", "val"], help="val: for choosing adaptation settings")
     p.add_argument("--lr-encoder", type=float, default=None)
     p.add_argument("--lr-decoder", type=float, default=None)
+    p.add_argument("--average", type=float, default=None,
+                   help="decay of the weight average used (< 1); 1: the trained weights as they are")
     p.add_argument("--no-unet", action="store_true", help="skip the U-Net baseline")
     p.add_argument("--guard", dest="guard", action="store_true", default=None,
                    help="hold the last support out and keep the weights that segment it best (off by default: it "
@@ -618,7 +620,8 @@ def adaptation_curve_cmd(args) -> int:
     split = load_multidomain_split()
     sets = {n: domain_set(root, n, args.part, size, split, progress=False) for n in args.sets}
     marks = tuple(int(m) if float(m).is_integer() else m for m in args.marks)
-    acfg = {k: v for k, v in (("lr_encoder", args.lr_encoder), ("lr_decoder", args.lr_decoder)) if v is not None}
+    acfg = {k: v for k, v in (("lr_encoder", args.lr_encoder), ("lr_decoder", args.lr_decoder),
+                               ("average", args.average)) if v is not None}
     if args.guard is not None:
         acfg["guard"] = args.guard
     res = adaptation_curve(str(ckpt), sets, args.shots, args.episodes, args.queries, marks, adapt_cfg=acfg,
@@ -627,6 +630,7 @@ def adaptation_curve_cmd(args) -> int:
     res["command"] = (f"python -m core adaptation-curve --checkpoint {ckpt} --sets {' '.join(args.sets)} "
                       f"--shots {args.shots} --episodes {args.episodes} --queries {args.queries} --part {args.part} "
                       f"--marks {' '.join(str(m) for m in marks)}"
+                      + "".join(f" --{k.replace('_', '-')} {v:g}" for k, v in acfg.items() if k != "guard")
                       + (" --no-unet" if args.no_unet else "") + {True: " --guard", False: " --no-guard", None: ""}[args.guard]
                       + f" --out {args.out}")
     save_json(res, args.out)

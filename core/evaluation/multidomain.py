@@ -95,13 +95,13 @@ def adaptation_curve_episode(model, unet_factory, qset: ImageSet, support: tuple
 
     def in_use(engine):
         """What the user would get at this moment: with the held-out guard, the weights it keeps (the best look so
-        far, or the base model's); without it, the copy as it is."""
-        guard = getattr(engine, "guard", None)
-        if guard is None:
+        far, or the base model's); with the weight average, the average; otherwise the copy as it is."""
+        source = getattr(engine, "weights_in_use", None)
+        if source is None:
             return engine.model
         if not scratch:
             scratch.append(copy.deepcopy(model))
-        scratch[0].load_state_dict(guard.chosen_state(model))
+        scratch[0].load_state_dict(source.chosen_state(model))
         return scratch[0]
 
     class ScoreAtMarks(Callback):

@@ -231,6 +231,53 @@ def _adaptation_guard_section(g: dict | None, before: dict | None, unguarded: di
     return L
 
 
+ADAPT_DEFAULTS = {"lr_encoder": 5e-5, "lr_decoder": 5e-4, "average": 1.0, "guard": False}   # AdaptConfig's before
+
+
+def _settings_label(settings: dict) -> str:
+    full = {**ADAPT_DEFAULTS, **settings}
+    return (f"lr {full['lr_encoder']:g} / {full['lr_decoder']:g}" + (f", average {full['average']:g}"
+            if full["average"] < 1 else "") + (", guard" if full["guard"] else ""))
+
+
+def chosen_adaptation(variants: list[dict]) -> dict | None:
+    """The rule for adaptation's default settings (issue 29), written before the variants ran: a setting may
+    become the default only if its Dice after 30 s is at least its Dice without adaptation on every val set;
+    among those, the highest mean after 30 s. None: no setting passes, the defaults stay."""
+    ok = [v for v in variants if all(r["panet"]["30"] >= r["panet"]["0"] for r in v["sets"].values())]
+    return max(ok, key=_mean_at_30) if ok else None
+
+
+def _adaptation_settings_section(variants: list[dict]) -> list[str]:
+    """Issue 29: adaptation's settings tried on the same val episodes, and the one the rule picks."""
+    if len(variants) < 2:
+        return []
+    names = list(variants[0]["sets"])
+    L = ["", "### Adaptation's settings on the val parts (issue 29)", "",
+         "The same val episodes as above (4 sets the checkpoint never saw, 2 support sets of 5, 10 queries each); "
+         "lr = encoder / decoder learning rate; *average d* = the weights used are a running average started at "
+         "the model's own (after n steps its share is d^n; `WeightAverage`). Cells: Dice after 30 s minus Dice "
+         "without adaptation. Reproduce each row: its command in `docs/results_adaptation_val_*.json`.", "",
+         "| settings | " + " | ".join(names) + " | mean after 30 s | never loses |", "|---|" + "---|" * (len(names) + 2)]
+    for v in variants:
+        d = {n: v["sets"][n]["panet"]["30"] - v["sets"][n]["panet"]["0"] for n in names}
+        L.append(f"| {_settings_label(v.get('adapt_settings', {}))} | " + " | ".join(f"{d[n]:+.3f}" for n in names)
+                 + f" | {_mean_at_30(v):.3f} | {'yes' if min(d.values()) >= 0 else 'no'} |")
+    best = chosen_adaptation(variants)
+    L += ["", "The rule (written before these runs): a setting becomes the default only if adapting 30 s is at least "
+          "not adapting on every val set; among those, the highest mean after 30 s. "
+          + (f"**Chosen: {_settings_label(best.get('adapt_settings', {}))}** (AdaptConfig's defaults)."
+             if best else "**No setting passes: the defaults stay**, and 'adaptation never loses' is missed.")]
+    return L
+
+
+def adaptation_variants() -> list[dict]:
+    """The no-guard val run (the defaults before) and every `results_adaptation_val_*.json`."""
+    base = _load("results_adaptation_noguard_val.json")
+    more = [_load(p.name) for p in sorted(DOCS.glob("results_adaptation_val_*.json"))]
+    return [v for v in [base, *more] if v]
+
+
 def render() -> Path:
     fs, sup, web = _load("results_fewshot.json"), _load("results_supervised.json"), _load("results_webapp.json")
     L = ["# Measured results", "",
@@ -246,6 +293,7 @@ def render() -> Path:
         L += _adaptation_section(ad)
     L += _adaptation_guard_section(_load("results_adaptation_guard_val.json"), ad,
                                    _load("results_adaptation_noguard_val.json"))
+    L += _adaptation_settings_section(adaptation_variants())
     L += _webapp_section(web) if web else []
     L += _supervised_section(sup) if sup else []
     L += _classifier_sections()

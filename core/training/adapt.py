@@ -6,7 +6,9 @@ self-episodes (two differently augmented views of one support: one is the suppor
 query). With k >= 2 and `guard=True` the last support is held out of training (`HeldOutGuard`): the
 weights that segment it best from the others are kept, the unadapted model's included, so adapting never
 ends worse than not adapting on that support. It is off by default: on the val parts of four unseen sets it
-scored lower after 30 s than adapting on every support (docs/results.md). The copy is trained on the
+scored lower after 30 s than adapting on every support (docs/results.md). With `average` < 1 the weights used
+are a running average (`WeightAverage`) that starts at the base model's and moves towards the trained copy by
+`1 - average` per step, so one noisy step cannot swing the result. The copy is trained on the
 shared engine, so a cancel, a time budget and a divergence behave as everywhere else; the base model is
 never modified and nothing is written to disk.
 """
@@ -43,6 +45,31 @@ class AdaptConfig:
     guard: bool = False          # k >= 2: hold one support out, keep the weights that segment it best (or none);
                                  # off: on the val parts it scored lower than adapting on every support
     check_every: int = 5         # steps between two looks at the held-out support
+    average: float = 1.0         # < 1: use a running average of the weights from the base model's (its decay);
+                                 # 1: the trained copy's weights as they are
+
+
+class WeightAverage(Callback):
+    """The weights used are a running (exponential) average of the trained copy's, started at the base model's:
+    after n steps the base keeps a share `decay ** n`. It smooths the step-to-step swings of training on 4-5
+    images and shrinks early steps towards the model that was already good (issue 29)."""
+
+    def __init__(self, base: PANetPlusPlus, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"the average's decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+
+    @torch.no_grad()
+    def on_step(self, engine, metrics) -> None:
+        for k, v in engine.model.state_dict().items():
+            if v.is_floating_point():
+                self.state[k].mul_(self.decay).add_(v.detach(), alpha=1.0 - self.decay)
+            else:
+                self.state[k].copy_(v)
+
+    def chosen_state(self, base: PANetPlusPlus) -> dict:
+        return self.state
 
 
 class HeldOutGuard(Callback):
@@ -111,6 +138,10 @@ def adapt_model(model: PANetPlusPlus, images: torch.Tensor, masks: torch.Tensor,
     guard = HeldOutGuard(images, masks, before[-1], cfg.check_every) if cfg.guard and k >= 2 else None
     k_train = k - 1 if guard else k          # the held-out support is the last one: never trained on
     net = copy.deepcopy(model).to(device)
+    if guard and cfg.average < 1:
+        raise ValueError("the held-out guard and the weight average are alternatives: choose one")
+    average = WeightAverage(net, cfg.average) if cfg.average < 1 else None
+    in_use = guard or average                # what the weights used come from (None: the copy as trained)
     enc = [p for p in net.encoder.parameters() if p.requires_grad]
     rest = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
     opt = torch.optim.Adam([{"params": enc, "lr": cfg.lr_encoder}, {"params": rest, "lr": cfg.lr_decoder}])
@@ -136,19 +167,22 @@ def adapt_model(model: PANetPlusPlus, images: torch.Tensor, masks: torch.Tensor,
         loss = bce_dice_loss(logits[:, 0], q_msk[None])
         return {"loss": loss, "dice": float(dice(logits.detach()[0, 0] > 0, q_msk > 0.5))}
 
-    callbacks = [Progress(bar=False, on_progress=on_progress), *([guard] if guard else []), *callbacks]
+    callbacks = [Progress(bar=False, on_progress=on_progress), *([in_use] if in_use else []), *callbacks]
     if cfg.seconds:
         callbacks.append(TimeBudget(cfg.seconds, clock) if clock else TimeBudget(cfg.seconds))
     engine = Engine(net, opt, step, epochs=1, steps_per_epoch=cfg.steps or 10 ** 9, callbacks=callbacks,
                     job=job, device=device, grad_clip=5.0)
-    engine.guard = guard
+    engine.weights_in_use = in_use           # an evaluation scores what a user would get mid-run
     summary = engine.run()
     net.eval()
     summary.update(shots=k, loo_dice_before=before)
     if summary["status"] in ("diverged", "cancelled", "failed"):
         return None, summary
+    if in_use:
+        net.load_state_dict(in_use.chosen_state(model))
+    if average:
+        summary["average"] = {"decay": cfg.average}
     if guard:
-        net.load_state_dict(guard.chosen_state(model))
         summary["guard"] = {"held_out_dice_before": before[-1], "held_out_dice_kept": guard.best_dice,
                             "kept_step": guard.best_step, "looks": guard.looks,
                             "kept": "adapted" if guard.best_state is not None else "base"}
