@@ -149,7 +149,7 @@ def test_the_held_out_guard_keeps_weights_that_do_at_least_as_well_as_not_adapti
     torch.manual_seed(0)
     model, _ = load_panet(tiny_checkpoint)
     imgs, msks = _tiny_supports()
-    net, summary = adapt_model(model, imgs, msks, AdaptConfig(seconds=0, steps=40, check_every=10, guard=True))
+    net, summary = adapt_model(model, imgs, msks, AdaptConfig(seconds=0, steps=40, check_every=10, guard=True, average=1.0))
     g = summary["guard"]
     assert g["looks"] == 4 and g["held_out_dice_kept"] >= g["held_out_dice_before"]
     again = HeldOutGuard(imgs, msks, 0.0).score(net)
@@ -166,7 +166,7 @@ def test_when_no_adapted_step_beats_the_model_its_own_weights_come_back(tiny_che
     model, _ = load_panet(tiny_checkpoint)
     imgs, msks = _tiny_supports()
     monkeypatch.setattr(adapt.HeldOutGuard, "score", lambda self, net: -1.0)   # every look is worse
-    net, summary = adapt.adapt_model(model, imgs, msks, adapt.AdaptConfig(seconds=0, steps=10, check_every=5, guard=True))
+    net, summary = adapt.adapt_model(model, imgs, msks, adapt.AdaptConfig(seconds=0, steps=10, check_every=5, guard=True, average=1.0))
     assert summary["guard"]["kept"] == "base" and summary["steps"] == 10
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in net.state_dict().items())
     from webapp.finetune import adapt_report
@@ -186,7 +186,7 @@ def test_the_held_out_support_is_never_trained_on(tiny_checkpoint, monkeypatch):
         seen.append(int(img.mean() * 1000))
         return real_view(img, m, rng, cfg)
     monkeypatch.setattr(adapt, "augment", spy)
-    adapt.adapt_model(model, imgs, msks, adapt.AdaptConfig(seconds=0, steps=12, check_every=6, guard=True))
+    adapt.adapt_model(model, imgs, msks, adapt.AdaptConfig(seconds=0, steps=12, check_every=6, guard=True, average=1.0))
     held_out = int((imgs[-1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8).mean() * 1000)
     assert seen and held_out not in seen
 
@@ -202,10 +202,12 @@ def test_the_weight_average_lies_between_the_base_and_the_trained_weights(tiny_c
     imgs, msks = _tiny_supports()
     base = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(1)
-    trained, _ = adapt_model(model, imgs, msks, AdaptConfig(seconds=0, steps=1))
+    trained, _ = adapt_model(model, imgs, msks, AdaptConfig(seconds=0, steps=1, average=1.0))
     torch.manual_seed(1)
     averaged, summary = adapt_model(model, imgs, msks, AdaptConfig(seconds=0, steps=1, average=0.75))
     assert summary["average"] == {"decay": 0.75}
+    from webapp.finetune import adapt_report
+    assert "running average" in adapt_report(summary)
     moved = 0
     for k, v in averaged.state_dict().items():
         if v.is_floating_point():
@@ -224,3 +226,14 @@ def test_the_guard_and_the_average_are_alternatives(tiny_checkpoint):
     imgs, msks = _tiny_supports()
     with pytest.raises(ValueError, match="alternatives"):
         adapt_model(model, imgs, msks, AdaptConfig(seconds=0, steps=1, guard=True, average=0.9))
+
+
+def test_adaptations_defaults_are_the_settings_the_val_rule_chose():
+    """The defaults change only where the rule written in docs/results.md says so (issue 29)."""
+    from core.evaluation.report import ADAPT_DEFAULTS, adaptation_variants, chosen_adaptation
+    from core.training.adapt import AdaptConfig
+
+    best = chosen_adaptation(adaptation_variants())
+    expected = {**ADAPT_DEFAULTS, **(best["adapt_settings"] if best else {})}
+    cfg = AdaptConfig()
+    assert {k: getattr(cfg, k) for k in expected} == pytest.approx(expected)

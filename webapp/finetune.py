@@ -225,6 +225,9 @@ def adapt_report(summary: dict) -> str:
     lines = [f"**Adapted** to these supports: {summary['steps']} steps in {summary['seconds']:.0f} s. "
              "Segment now uses the adapted model for exactly these supports (this session only); "
              "changing a support goes back to the checkpoint."]
+    if summary.get("average"):
+        lines.append(f"The weights used are a running average of the adapted ones, started at the model's own "
+                     f"(decay {summary['average']['decay']:g}): one noisy step moves the model a little only.")
     if before:
         lines.append(f"Each support segmented from the others (leave-one-out Dice): before {np.mean(before):.2f}, "
                      f"after {np.mean(after):.2f} (after is optimistic: it trained on them).")

@@ -624,9 +624,14 @@ def adaptation_curve_cmd(args) -> int:
                                ("average", args.average)) if v is not None}
     if args.guard is not None:
         acfg["guard"] = args.guard
+        if args.guard:
+            acfg.setdefault("average", 1.0)      # the guard keeps the trained weights it saw, not an average
     res = adaptation_curve(str(ckpt), sets, args.shots, args.episodes, args.queries, marks, adapt_cfg=acfg,
                            with_unet=not args.no_unet)
-    res.update(part=args.part, adapt_settings=acfg)
+    from ..training.adapt import AdaptConfig
+    used = AdaptConfig(**acfg)
+    res.update(part=args.part, adapt_settings={k: getattr(used, k) for k in ("lr_encoder", "lr_decoder", "average",
+                                                                             "guard")})
     res["command"] = (f"python -m core adaptation-curve --checkpoint {ckpt} --sets {' '.join(args.sets)} "
                       f"--shots {args.shots} --episodes {args.episodes} --queries {args.queries} --part {args.part} "
                       f"--marks {' '.join(str(m) for m in marks)}"
