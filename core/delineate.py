@@ -298,11 +298,31 @@ def auto_candidate(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.n
     return res.mask, res.iou, float(dice(res.mask, panet_mask))
 
 
+def auto_candidate_components(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.ndarray,
+                              margin: float = 0.05, min_share: float = 0.3, most: int = 3):
+    """Several components (issue 29): LiteMedSAM redraws each component of PANet++'s mask that is at least
+    `min_share` of the largest (one box each, at most `most`), and the union is the candidate: (mask,
+    area-weighted predicted IoU, agreement Dice with PANet++'s mask) or None. One component: `auto_candidate`."""
+    from .metrics import dice
+    from .models.boxes import component_boxes
+
+    boxes = component_boxes(panet_mask, min_share, most)
+    if not boxes:
+        return None
+    parts = [sam.predict(query, box=widen_box(b, margin, panet_mask.shape)) for b in boxes]
+    union = np.logical_or.reduce([p.mask for p in parts])
+    areas = np.array([max(1, int(p.mask.sum())) for p in parts], float)
+    iou = float(np.dot(areas, [p.iou for p in parts]) / areas.sum())
+    return union, iou, float(dice(union, panet_mask))
+
+
 def auto_mask(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.ndarray, side: int | None = None,
               rule: AutoRule = AutoRule()) -> tuple[np.ndarray, bool, float | None]:
-    """The automatic mask (no prompt): PANet++'s, or LiteMedSAM's redraw of it where `rule` trusts it.
+    """The automatic mask (no prompt): PANet++'s, or LiteMedSAM's redraw of it where `rule` trusts it; every
+    sizable component of PANet++'s mask is redrawn from a box of its own (issue 29: it gained on the val parts
+    and then on the test parts against the largest component alone, docs/results.md "Several components").
     Returns (mask, redrawn, LiteMedSAM's predicted IoU)."""
-    cand = auto_candidate(sam, query, panet_mask, rule.margin)
+    cand = auto_candidate_components(sam, query, panet_mask, rule.margin)
     mask, used = apply_rule(rule, panet_mask, cand, side if side is not None else max(query.shape[:2]))
     return mask, used, cand[1] if cand else None
 

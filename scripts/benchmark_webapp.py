@@ -74,6 +74,7 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
         after, ready_again = _time_segment_after_slot_change(page, files, 12)
         picks = _time_gallery_picks(page, 6)
         clicks = _time_overlay_clicks(page, 10)
+        classify_first, classify = _time_classify(page, queries, 8)
         opened, keys = _time_keyboard_accepts(page, 10)
         browser.close()
     rest = times[1:]
@@ -92,6 +93,8 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             "support_ready_p50_ms": pct(ready + ready_again, 50), "support_ready_p95_ms": pct(ready + ready_again, 95),
             "support_ready_n": len(ready + ready_again),
             "support_gallery_pick_p50_ms": pct(picks, 50), "support_gallery_pick_p95_ms": pct(picks, 95),
+            "classify_p50_ms": pct(classify, 50), "classify_p95_ms": pct(classify, 95), "classify_n": len(classify),
+            "classify_first_ms": round(classify_first),
             "open_project_100_p50_ms": pct(opened, 50), "open_project_100_p95_ms": pct(opened, 95),
             "open_project_100_first_ms": round(opened[0]), "open_project_100_n": len(opened),
             # the issue's names for the same figures (the new-query Segment and the click, in the page)
@@ -218,6 +221,51 @@ def _time_overlay_clicks(page, n: int) -> list[float]:
         PHASES.setdefault("click", []).append(_phases(page))
         assert "click(s)" in page.locator("#query-canvas .pc-status").inner_text()
     return out
+
+
+CLASSIFY_WATCH = """() => { window.__c0 = null; window.__c1 = null;
+    const b = document.querySelector('#classify-button');
+    const before = document.querySelector('#classify-text').textContent;
+    b.addEventListener('click', () => { window.__c0 = performance.now(); }, {capture: true, once: true});
+    const text = document.querySelector('#classify-text');
+    const seen = new MutationObserver(() => {
+        const t = text.textContent;
+        const answered = t.includes('Predicted class') || t.includes('No lesion');
+        // the old answer stays in the text (with Gradio's progress note beside it) until the new one replaces it
+        const fresh = !(before.includes('Predicted class') || before.includes('No lesion')) || !t.includes(before);
+        if (window.__c0 && !window.__c1 && answered && fresh) {
+            seen.disconnect();
+            requestAnimationFrame(() => { window.__c1 = performance.now(); });
+        } });
+    seen.observe(text, {childList: true, subtree: true, characterData: true}); }"""
+
+
+def _time_classify(page, queries: list[Path], n: int) -> tuple[float, list[float]]:
+    """A new query (never classified), Segment, a 1.5 s look at its mask, then the Classify tab and its button:
+    from the click to the frame after the answer's text shows (the probabilities, Grad-CAM and text come in one
+    answer). The cold path of the classifier (a new image each time); the first Classify of the page, which
+    loads the classifier, is returned apart."""
+    out = []
+    for r in range(n + 1):
+        page.get_by_role("tab", name="Segment", exact=True).click()
+        page.locator("#query-canvas input.pc-file").set_input_files(str(queries[(r + 3) % len(queries)]))
+        page.locator("#query-canvas .pc-status").get_by_text("ready: press").wait_for(timeout=60_000)
+        page.evaluate("() => { window.__t0 = null; window.__t1 = null; }")
+        page.locator("#segment-button").click()
+        page.wait_for_function("() => window.__t1 !== null && window.__t1 !== undefined", timeout=60_000, polling=100)
+        page.wait_for_timeout(1500)
+        page.get_by_role("tab", name="Classify", exact=True).click()
+        page.evaluate(CLASSIFY_WATCH)
+        page.locator("#classify-button").click()
+        try:        # an answer whose text equals the last one's changes nothing in the page: not timed
+            page.wait_for_function("() => window.__c1 !== null", timeout=120_000, polling=100)
+        except Exception:           # noqa: BLE001 - playwright's timeout
+            continue
+        out.append(page.evaluate("() => window.__c1 - window.__c0"))
+    page.get_by_role("tab", name="Segment", exact=True).click()
+    if not out:
+        raise RuntimeError("no Classify answer showed in the page")
+    return out[0], out[1:]
 
 
 PHASES: dict = {}     # where the time of the page's timed calls went (the canvas's own timing of its last call)

