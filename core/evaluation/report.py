@@ -402,6 +402,30 @@ def _verdict(value, target) -> str:
     return "met" if value is not None and value <= target else "**missed**"
 
 
+def _classify_row(web: dict) -> list[str]:
+    """Issue 28: the ensemble's cold path in the page (a new query each time)."""
+    if "classify_p50_ms" not in web:
+        return []
+    return [f"| Classify on a new query (after its Segment and a 1.5 s look; the Classify tab's button -> the frame after "
+            f"the answer's text shows; the page's first Classify, which loads the classifier: {web['classify_first_ms']} "
+            f"ms) | {web['classify_n']} | **{web['classify_p50_ms']} ms** | {web['classify_p95_ms']} ms | | |"]
+
+
+def _machine_control_lines(web: dict) -> list[str]:
+    """The older commit timed on the same machine right after the run: how much of a change is the machine's."""
+    c = web.get("control_now")
+    if not c:
+        return []
+    return [f"The machine's speed moves between sessions: the commit before this run's changes ({c['commit']}), timed "
+            f"on this machine next to this run, gave an API Segment median of "
+            f"{c['api_segment_median_ms']} ms, against {c['api_segment_median_ms_when_first_measured']} ms when it "
+            f"was first measured"
+            + (f"; in Chromium its new-query Segment p50 was {c['page_segment_p50_ms']} ms and a click's "
+               f"{c['page_click_p50_ms']} ms (this run: {web['segment_new_query_p50_ms']} and {web['click_p50_ms']} ms)"
+               if "page_segment_p50_ms" in c else "")
+            + ". Compare figures from one run only.", ""]
+
+
 def _webapp_section(web) -> list[str]:
     L: list[str] = ["", "## Web app: click Segment to overlay", "",
           f"Reproduce: `python scripts/benchmark_webapp.py --data $BUSI_DIR --browser`. {web['shots']} supports set once "
@@ -451,11 +475,7 @@ def _webapp_section(web) -> list[str]:
                   f"**{web.get('open_project_100_p50_ms', web.get('open_project_100_ms'))} ms** | "
                   f"{web.get('open_project_100_p95_ms', '')} ms | <= 1000 (issue 26) | "
                   f"{_verdict(web.get('open_project_100_p95_ms', web.get('open_project_100_ms')), 1000)} |"]
-        if "classify_p50_ms" in web:                       # issue 28: the ensemble's cold path in the page
-            L += [f"| Classify on a new query (after its Segment and a 1.5 s look; the Classify tab's button -> the "
-                  f"frame after the answer's text shows; the page's first Classify, which loads the classifier: "
-                  f"{web['classify_first_ms']} ms) | {web['classify_n']} | **{web['classify_p50_ms']} ms** | "
-                  f"{web['classify_p95_ms']} ms | | |"]
+        L += _classify_row(web)
         L.append("")
         if "browser_server_median_ms" in web:
             L.append(f"The server's own time of the page's Segment (PANet++ on 5 supports, LiteMedSAM's redraw, the "
@@ -470,6 +490,7 @@ def _webapp_section(web) -> list[str]:
                               f"(network, Gradio's component server, the server's work) {web[key + '_request_p50_ms']} ms, "
                               f"answer to the frame after it is drawn {web[key + '_draw_p50_ms']} ms"
                               for what, key in phases) + ".", ""]
+    L += _machine_control_lines(web)
     L.append(f"- Through the app's script API (gradio_client, the queue; `/segment` on the session's query, request "
              f"to response with the mask), "
              f"{web['repeats']} Segment calls: median **{web['median_ms']} ms**, 95th percentile "
