@@ -1184,6 +1184,9 @@ def _auto_loo_section(a) -> list[str]:
         if "with_onnx_decoder" in sp:
             L[-1] += (f" With LiteMedSAM's decoder in ONNX Runtime: **{sp['with_onnx_decoder']} images/s** "
                       f"({sp['with_onnx_decoder_note']}); the encoder's pass per image dominates.")
+        if "with_several_components" in sp:
+            L[-1] += (f" With several components redrawn (the default since): **{sp['with_several_components']} "
+                      f"images/s** against {sp['with_several_components_control']} ({sp['with_several_components_note']}).")
     return L + [""]
 
 
