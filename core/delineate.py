@@ -289,13 +289,7 @@ class AutoRule:
 
 def auto_candidate(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.ndarray, margin: float = 0.05):
     """LiteMedSAM's redraw of PANet++'s largest component: (mask, predicted IoU, agreement Dice) or None."""
-    from .metrics import dice
-
-    b = mask_box(panet_mask)
-    if b is None:
-        return None
-    res = sam.predict(query, box=widen_box(b, margin, panet_mask.shape))
-    return res.mask, res.iou, float(dice(res.mask, panet_mask))
+    return auto_candidate_components(sam, query, panet_mask, margin, most=1)
 
 
 def auto_candidate_components(sam: PromptableSegmenter, query: np.ndarray, panet_mask: np.ndarray,

@@ -178,7 +178,7 @@ def _adaptation_section(ad: dict, before: dict | None = None) -> list[str]:
         if r.get("unet"):
             L.append(f"| {name} | U-Net fine-tuned | " + " | ".join(_f(r["unet"][m]) for m in marks) + " |")
     if "30" in ad["sets"][next(iter(ad["sets"]))]["panet"]:
-        gain = lambda c, n: c["sets"][n]["panet"]["30"] - c["sets"][n]["panet"]["0"]
+        gain = lambda c, n: _gain_at_30(c["sets"][n]["panet"])
         L += ["", "After 30 s minus without adaptation, test parts: " + "; ".join(
             f"{n} {gain(ad, n):+.3f}" + (f" (before {gain(before, n):+.3f})" if before and n in before["sets"] else "")
             for n in ad["sets"]) + f". Mean after 30 s: {_mean_at_30(ad):.3f}"
@@ -191,7 +191,12 @@ def _adaptation_section(ad: dict, before: dict | None = None) -> list[str]:
 def _episodes_losing(curve: dict) -> str:
     """'k of n': the support sets whose Dice after 30 s is below their Dice without adaptation."""
     eps = [e["panet"] for r in curve["sets"].values() for e in r["episodes"]]
-    return f"{sum(e['30'] < e['0'] for e in eps)} of {len(eps)}"
+    return f"{sum(_gain_at_30(e) < 0 for e in eps)} of {len(eps)}"
+
+
+def _gain_at_30(dice_at: dict) -> float:
+    """Dice after 30 s of adaptation minus Dice without it, from one curve's {mark: Dice} (nan: no 30-s mark)."""
+    return dice_at.get("30", float("nan")) - dice_at["0"]
 
 
 def _mean_at_30(curve: dict) -> float:
@@ -218,7 +223,7 @@ def _adaptation_guard_section(g: dict | None, before: dict | None, unguarded: di
     if not g:
         return []
     marks = [str(m) for m in g["marks"]]
-    at30 = {n: (r["panet"]["30"] if "30" in r["panet"] else float("nan")) - r["panet"]["0"] for n, r in g["sets"].items()}
+    at30 = {n: _gain_at_30(r["panet"]) for n, r in g["sets"].items()}
     worst = min(at30, key=at30.get)
     L = ["", "### Adaptation that never loses: the held-out guard (issue 29; val parts)", "",
          f"Reproduce: `{g['command']}`", "",
@@ -242,7 +247,7 @@ def _adaptation_guard_section(g: dict | None, before: dict | None, unguarded: di
               "|---|" + "---|" * (len(marks) + 1)]
         for name, r in unguarded["sets"].items():
             L.append(f"| {name} | " + " | ".join(_f(r["panet"][m]) for m in marks)
-                     + f" | {r['panet']['30'] - r['panet']['0']:+.3f} |")
+                     + f" | {_gain_at_30(r['panet']):+.3f} |")
         L += ["", f"Mean after 30 s: {_mean_at_30(g):.3f} with the guard, {_mean_at_30(unguarded):.3f} without. "
               "The rule (written before the run without it): the guard stays the default only if it is not lower: "
               f"**{'the guard stays the default' if keep else 'the guard is not the default (AdaptConfig.guard=False)'}**."]
@@ -265,7 +270,7 @@ def chosen_adaptation(variants: list[dict]) -> dict | None:
     """The rule for adaptation's default settings (issue 29), written before the variants ran: a setting may
     become the default only if its Dice after 30 s is at least its Dice without adaptation on every val set;
     among those, the highest mean after 30 s. None: no setting passes, the defaults stay."""
-    ok = [v for v in variants if all(r["panet"]["30"] >= r["panet"]["0"] for r in v["sets"].values())]
+    ok = [v for v in variants if all(_gain_at_30(r["panet"]) >= 0 for r in v["sets"].values())]
     return max(ok, key=_mean_at_30) if ok else None
 
 
@@ -281,7 +286,7 @@ def _adaptation_settings_section(variants: list[dict]) -> list[str]:
          "without adaptation. Reproduce each row: its command in `docs/results_adaptation_val_*.json`.", "",
          "| settings | " + " | ".join(names) + " | mean after 30 s | never loses |", "|---|" + "---|" * (len(names) + 2)]
     for v in variants:
-        d = {n: v["sets"][n]["panet"]["30"] - v["sets"][n]["panet"]["0"] for n in names}
+        d = {n: _gain_at_30(v["sets"][n]["panet"]) for n in names}
         L.append(f"| {_settings_label(v.get('adapt_settings', {}))} | " + " | ".join(f"{d[n]:+.3f}" for n in names)
                  + f" | {_mean_at_30(v):.3f} | {'yes' if min(d.values()) >= 0 else 'no'} |")
     best = chosen_adaptation(variants)

@@ -24,21 +24,18 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     """The box of the mask's largest connected component (x0, y0, x1, y1), None when empty."""
-    comp = largest_component(mask)
-    if not comp.any():
-        return None
-    ys, xs = np.nonzero(comp)
-    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+    boxes = component_boxes(mask, most=1)
+    return boxes[0] if boxes else None
 
 
 def component_boxes(mask: np.ndarray, min_share: float = 0.3, most: int = 3) -> list[tuple[float, float, float, float]]:
     """Boxes (x0, y0, x1, y1) of the mask's 8-connected components whose area is at least `min_share` of the
-    largest one's, largest first, at most `most` (the largest alone when the others are small)."""
+    largest one's, largest first (ties: the first found, as `largest_component`), at most `most`."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(np.asarray(mask).astype(np.uint8), connectivity=8)
     if n <= 1:
         return []
     areas = stats[1:, cv2.CC_STAT_AREA]
-    order = [int(i) for i in np.argsort(-areas) if areas[i] >= min_share * areas.max()][:most]
+    order = [int(i) for i in np.argsort(-areas, kind="stable") if areas[i] >= min_share * areas.max()][:most]
     return [(float(stats[1 + i, cv2.CC_STAT_LEFT]), float(stats[1 + i, cv2.CC_STAT_TOP]),
              float(stats[1 + i, cv2.CC_STAT_LEFT] + stats[1 + i, cv2.CC_STAT_WIDTH] - 1),
              float(stats[1 + i, cv2.CC_STAT_TOP] + stats[1 + i, cv2.CC_STAT_HEIGHT] - 1)) for i in order]

@@ -133,14 +133,14 @@ def adapt_model(model: PANetPlusPlus, images: torch.Tensor, masks: torch.Tensor,
     """
     if not cfg.seconds and not cfg.steps:
         raise ValueError("adaptation needs a time budget (seconds) or a number of steps")
+    if cfg.guard and images.shape[0] >= 2 and cfg.average < 1:       # before any model pass
+        raise ValueError("the held-out guard and the weight average are alternatives: choose one")
     device = images.device
     k = images.shape[0]
     before = leave_one_out_dice(model, images, masks)
     guard = HeldOutGuard(images, masks, before[-1], cfg.check_every) if cfg.guard and k >= 2 else None
     k_train = k - 1 if guard else k          # the held-out support is the last one: never trained on
     net = copy.deepcopy(model).to(device)
-    if guard and cfg.average < 1:
-        raise ValueError("the held-out guard and the weight average are alternatives: choose one")
     average = WeightAverage(net, cfg.average) if cfg.average < 1 else None
     in_use = guard or average                # what the weights used come from (None: the copy as trained)
     enc = [p for p in net.encoder.parameters() if p.requires_grad]
