@@ -74,7 +74,7 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
         after, ready_again = _time_segment_after_slot_change(page, files, 12)
         picks = _time_gallery_picks(page, 6)
         clicks = _time_overlay_clicks(page, 10)
-        classify_first, classify = _time_classify(page, queries, 8)
+        classify_first, classify, classify_cam = _time_classify(page, queries, 8)
         opened, keys = _time_keyboard_accepts(page, 10)
         browser.close()
     rest = times[1:]
@@ -95,6 +95,7 @@ def browser_timing(url: str, files: list[tuple[Path, Path]], queries: list[Path]
             "support_gallery_pick_p50_ms": pct(picks, 50), "support_gallery_pick_p95_ms": pct(picks, 95),
             "classify_p50_ms": pct(classify, 50), "classify_p95_ms": pct(classify, 95), "classify_n": len(classify),
             "classify_first_ms": round(classify_first),
+            "classify_gradcam_p50_ms": pct(classify_cam, 50), "classify_gradcam_p95_ms": pct(classify_cam, 95),
             "open_project_100_p50_ms": pct(opened, 50), "open_project_100_p95_ms": pct(opened, 95),
             "open_project_100_first_ms": round(opened[0]), "open_project_100_n": len(opened),
             # the issue's names for the same figures (the new-query Segment and the click, in the page)
@@ -223,7 +224,7 @@ def _time_overlay_clicks(page, n: int) -> list[float]:
     return out
 
 
-CLASSIFY_WATCH = """() => { window.__c0 = null; window.__c1 = null;
+CLASSIFY_WATCH = """() => { window.__c0 = null; window.__c1 = null; window.__c2 = null;
     const b = document.querySelector('#classify-button');
     const before = document.querySelector('#classify-text').textContent;
     b.addEventListener('click', () => { window.__c0 = performance.now(); }, {capture: true, once: true});
@@ -234,18 +235,22 @@ CLASSIFY_WATCH = """() => { window.__c0 = null; window.__c1 = null;
         // the old answer stays in the text (with Gradio's progress note beside it) until the new one replaces it
         const fresh = !(before.includes('Predicted class') || before.includes('No lesion')) || !t.includes(before);
         if (window.__c0 && !window.__c1 && answered && fresh) {
-            seen.disconnect();
             requestAnimationFrame(() => { window.__c1 = performance.now(); });
+        }
+        // where the classifier looked (Grad-CAM) follows the answer: its note joins the text with the picture
+        if (window.__c0 && !window.__c2 && answered && fresh && t.includes('Grad-CAM')) {
+            seen.disconnect();
+            requestAnimationFrame(() => { window.__c2 = performance.now(); });
         } });
     seen.observe(text, {childList: true, subtree: true, characterData: true}); }"""
 
 
-def _time_classify(page, queries: list[Path], n: int) -> tuple[float, list[float]]:
+def _time_classify(page, queries: list[Path], n: int) -> tuple[float, list[float], list[float]]:
     """A new query (never classified), Segment, a 1.5 s look at its mask, then the Classify tab and its button:
-    from the click to the frame after the answer's text shows (the probabilities, Grad-CAM and text come in one
-    answer). The cold path of the classifier (a new image each time); the first Classify of the page, which
-    loads the classifier, is returned apart."""
-    out = []
+    from the click to the frame after the answer's text shows (probabilities and text), and to the frame after
+    where the classifier looked (Grad-CAM, which follows) shows. The cold path of the classifier (a new image
+    each time); the first Classify of the page, which loads the classifier, is returned apart."""
+    out, cams = [], []
     for r in range(n + 1):
         page.get_by_role("tab", name="Segment", exact=True).click()
         page.locator("#query-canvas input.pc-file").set_input_files(str(queries[(r + 3) % len(queries)]))
@@ -262,10 +267,12 @@ def _time_classify(page, queries: list[Path], n: int) -> tuple[float, list[float
         except Exception:           # noqa: BLE001 - playwright's timeout
             continue
         out.append(page.evaluate("() => window.__c1 - window.__c0"))
+        page.wait_for_function("() => window.__c2 !== null", timeout=120_000, polling=100)
+        cams.append(page.evaluate("() => window.__c2 - window.__c0"))
     page.get_by_role("tab", name="Segment", exact=True).click()
     if not out:
         raise RuntimeError("no Classify answer showed in the page")
-    return out[0], out[1:]
+    return out[0], out[1:], cams[1:]
 
 
 PHASES: dict = {}     # where the time of the page's timed calls went (the canvas's own timing of its last call)

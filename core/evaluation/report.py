@@ -413,7 +413,10 @@ def _classify_row(web: dict) -> list[str]:
         return []
     return [f"| Classify on a new query (after its Segment and a 1.5 s look; the Classify tab's button -> the frame after "
             f"the answer's text shows; the page's first Classify, which loads the classifier: {web['classify_first_ms']} "
-            f"ms) | {web['classify_n']} | **{web['classify_p50_ms']} ms** | {web['classify_p95_ms']} ms | | |"]
+            f"ms) | {web['classify_n']} | **{web['classify_p50_ms']} ms** | {web['classify_p95_ms']} ms | | |"] + (
+        [f"| ... and where it looked (Grad-CAM, which follows the answer since issue 28's last step): the same click "
+         f"-> the frame after its picture and note show | {web['classify_n']} | {web['classify_gradcam_p50_ms']} ms | "
+         f"{web['classify_gradcam_p95_ms']} ms | | |"] if "classify_gradcam_p50_ms" in web else [])
 
 
 def _machine_control_lines(web: dict) -> list[str]:

@@ -1,5 +1,5 @@
-"""The Classify tab: the lesion classifier on the query and its (corrected) mask; with the lesion probe,
-"no lesion" (class normal, the mask emptied) when its presence head says so."""
+"""The Classify tab: the lesion classifier on the query and its (corrected) mask: "no lesion" (class normal,
+the mask emptied) when its presence decision says so, else benign or malignant; then where it looked."""
 from __future__ import annotations
 
 import gradio as gr
@@ -11,13 +11,18 @@ from . import Shared
 
 
 def classify(ctx, sess: Session):
-    """The query with its mask as the Segment canvas shows it (corrected there with the brush, or not)."""
-    return exports.classify(ctx, sess)
+    """The query with its mask as the Segment canvas shows it (corrected there with the brush, or not): the
+    answer first, then the same answer with where the classifier looked (Grad-CAM)."""
+    answer = exports.classify(ctx, sess)
+    yield answer.shows()
+    yield exports.explain(answer)
 
 
 def build(ctx, shared: Shared) -> None:
-    gr.Markdown("Classifies the current query with its predicted mask (or your corrected mask). With the "
-                "LiteMedSAM lesion probe (the default classifier) it first decides whether a lesion is there.")
+    gr.Markdown("Classifies the current query with its predicted mask (or your corrected mask). The default "
+                "classifier first decides whether a lesion is there (p(lesion) against a threshold chosen on "
+                "validation images to miss at most 2% of lesions), then benign or malignant; where it looked "
+                "(Grad-CAM) follows the answer.")
     btn = gr.Button("Classify query", variant="primary", elem_id="classify-button")
     with gr.Row():
         label_out = gr.Label(num_top_classes=3, label="Class probabilities")
