@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from core.data.multidomain import (DEFAULT_MULTIDOMAIN_SPLIT, domain_set, load_multidomain_split,
-                                   make_multidomain_split)
+                                   make_multidomain_split, split_digest)
 from core.data.split import apply_manual_links, load_split
 from tests.conftest import blob_image
 
@@ -115,3 +115,18 @@ def test_committed_cvc_split_never_puts_frames_of_one_run_in_two_parts():
     changes = [(a, b) for a, b in zip(order, order[1:]) if part[a] != part[b]]
     assert all(split["groups"][a] != split["groups"][b] for a, b in changes), "a part boundary inside a group"
     assert len(changes) <= 12, "the parts are a few runs of whole videos, not interleaved frames"
+
+
+def test_a_row_measured_before_a_re_split_is_recognised():
+    """Results carry each set's split fingerprint: the report marks a row measured on an older split."""
+    from core.evaluation.report import _before_resplit
+
+    split = load_multidomain_split()
+    now = split_digest("cvc_clinicdb_polyp", split)
+    assert now and now == split_digest("cvc_clinicdb_polyp")
+    moved = {"sets": {"cvc_clinicdb_polyp": {**split["sets"]["cvc_clinicdb_polyp"]}}}
+    entry = moved["sets"]["cvc_clinicdb_polyp"]
+    entry["test"], entry["val"] = entry["val"], entry["test"]
+    assert split_digest("cvc_clinicdb_polyp", moved) != now
+    assert _before_resplit("cvc_clinicdb_polyp", {}) and not _before_resplit("cvc_clinicdb_polyp", {"split": now})
+    assert not _before_resplit("busi", {}), "only a set that was re-split is marked"

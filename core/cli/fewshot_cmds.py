@@ -568,7 +568,7 @@ def _md_root(arg):
 
 
 def evaluate_multidomain_cmd(args) -> int:
-    from ..data.multidomain import domain_set, list_sets, load_multidomain_split
+    from ..data.multidomain import domain_set, list_sets, load_multidomain_split, split_digest
     from ..evaluation.multidomain import leave_set_out_table, save_json
     from ..inference import load_panet
 
@@ -583,6 +583,9 @@ def evaluate_multidomain_cmd(args) -> int:
         sets[name] = domain_set(root, name, args.part, size, split, progress=False)
     table = leave_set_out_table(dict(args.checkpoint), sets, tuple(args.shots), args.episodes, args.seed,
                                 mismatched_shots=0 if args.no_mismatched else 5)
+    for name, rows in table.items():       # which split each row was measured on (BUSI: its own split file)
+        for row in rows.values():
+            row["split"] = split_digest(name, split) if name != "busi" else ""
     import shlex
 
     doc = {"command": "python -m core evaluate-multidomain " + " ".join(

@@ -153,6 +153,15 @@ def load_multidomain_split(path: str | Path = DEFAULT_MULTIDOMAIN_SPLIT) -> dict
     return json.loads(path.read_text())
 
 
+def split_digest(name: str, split: dict | None = None) -> str:
+    """A short fingerprint of one set's entry in the split (its train/val/test lists): a result carries it,
+    so that a row measured before the set was re-split is recognised as such."""
+    import hashlib
+
+    entry = (split or load_multidomain_split())["sets"].get(name)
+    return hashlib.sha1(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:12] if entry else ""
+
+
 def domain_set(root: str | Path, name: str, part: str, size: int, split: dict | None = None,
                progress: bool = True) -> ImageSet:
     """One part ('train', 'val', 'test' or 'all') of one set, at `size`, with its groups."""

@@ -65,6 +65,15 @@ RESPLIT = {"cvc_clinicdb_polyp": (
     "held-out row on the new split is under \"CVC-ClinicDB grouped by video\".")}
 
 
+def _before_resplit(name: str, row: dict) -> bool:
+    """A row of a set re-split after it was measured (its split fingerprint is not the committed split's)."""
+    if name not in RESPLIT:
+        return False
+    from ..data.multidomain import split_digest
+
+    return row.get("split") != split_digest(name)
+
+
 def _cvc_by_video_section(r) -> list[str]:
     if not r:
         return []
@@ -139,11 +148,12 @@ def _multidomain_section(md: dict) -> list[str]:
             if r is None:
                 continue
             cells = " | ".join(_ci(r.get(f"k{k}")) for k in shots)
-            name_shown = f"{name} (old split †)" if name in RESPLIT else name
+            name_shown = f"{name} (old split †)" if _before_resplit(name, r) else name
             L.append(f"| {name_shown} | {lab} | {'seen' if r['seen_in_training'] else 'held out'} | {cells} | "
                      f"{_f(r.get('mismatched_k5', {}).get('dice'))} |")
-    if any(n in RESPLIT for n in table):
-        L += ["", "† " + " ".join(RESPLIT[n] for n in table if n in RESPLIT)]
+    old = [n for n, rows in table.items() if any(_before_resplit(n, r) for r in rows.values())]
+    if old:
+        L += ["", "† " + " ".join(RESPLIT[n] for n in old)]
     # mean over held-out sets per checkpoint
     L += ["", "Mean over the sets each checkpoint never saw (BUSI excluded):", "",
           "| checkpoint | held-out sets | " + " | ".join(f"mean {k}-shot" for k in shots) + " |",
