@@ -477,6 +477,9 @@ def _machine_control_lines(web: dict) -> list[str]:
             + (f"; in Chromium its new-query Segment p50 was {c['page_segment_p50_ms']} ms and a click's "
                f"{c['page_click_p50_ms']} ms (this run: {web['segment_new_query_p50_ms']} and {web['click_p50_ms']} ms)"
                if "page_segment_p50_ms" in c else "")
+            + (f"; its Classify (answer and Grad-CAM in one message) p50 {c['page_classify_p50_ms']} ms, p95 "
+               f"{c['page_classify_p95_ms']} ms (this run: the answer {web['classify_p50_ms']} ms, Grad-CAM "
+               f"{web.get('classify_gradcam_p50_ms')} ms)" if "page_classify_p50_ms" in c else "")
             + ". Compare figures from one run only.", ""]
 
 
