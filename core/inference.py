@@ -370,6 +370,7 @@ class SupervisedPipeline:
         self.segmenter = load_segmenter(seg_path, device) if seg_path else None
         self.classifier = load_classifier(cls_path, device) if cls_path else None
         self._sam = None
+        self._last_probs = None     # (image key, probabilities, feature maps) of the last image classified
 
     @property
     def is_probe(self) -> bool:
@@ -389,14 +390,17 @@ class SupervisedPipeline:
     def image_probabilities(self, image) -> np.ndarray:
         """The image classifier's probabilities (temperature, flip TTA); the last image's are kept, so that
         presence and the kind (`predict`, Classify) cost one pass."""
-        img = as_image(image)
-        key = (id(self.classifier), img.shape, hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest())
-        last = getattr(self, "_last_probs", None)
+        key = self._image_key(as_image(image))
+        last = self._last_probs
         if last is not None and last[0] == key:
             return last[1].copy()
-        probs = self.classifier.predict(to_tensor(img)[None].to(self.device))[0].cpu().numpy()
-        self._last_probs = (key, probs)
+        probs, feats = self.classifier.predict_with_features(to_tensor(as_image(image))[None].to(self.device))
+        probs = probs[0].cpu().numpy()
+        self._last_probs = (key, probs, feats)     # one tuple: a concurrent call sees a whole entry or none
         return probs.copy()
+
+    def _image_key(self, img: np.ndarray) -> tuple:
+        return id(self.classifier), img.shape, hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest()
 
     def presence_threshold(self) -> float | None:
         """The threshold the presence decision compares p(lesion) with (None: no presence decision)."""
@@ -411,7 +415,9 @@ class SupervisedPipeline:
             return None
         img = as_image(image)
         k = list(self.classifier.config.classes).index(label)
-        return self.classifier.grad_cam(to_tensor(img)[None].to(self.device), k).cpu().numpy()
+        last = self._last_probs      # the feature maps of the image just classified: the encoder is not run again
+        feats = last[2] if last is not None and last[0] == self._image_key(img) else None
+        return self.classifier.grad_cam(to_tensor(img)[None].to(self.device), k, feats).cpu().numpy()
 
     def _combined_presence(self, image, p_lesion: float, points: dict) -> float:
         from .models.presence import logistic_score, presence_features, segmenter_evidence

@@ -248,7 +248,7 @@ CLASSIFY_WATCH = """() => { window.__c0 = null; window.__c1 = null; window.__c2 
 def _time_classify(page, queries: list[Path], n: int) -> tuple[float, list[float], list[float]]:
     """A new query (never classified), Segment, a 1.5 s look at its mask, then the Classify tab and its button:
     from the click to the frame after the answer's text shows (probabilities and text), and to the frame after
-    where the classifier looked (Grad-CAM, which follows) shows. The cold path of the classifier (a new image
+    where the classifier looked (Grad-CAM) shows (the same frame when both come in one message). The cold path of the classifier (a new image
     each time); the first Classify of the page, which loads the classifier, is returned apart."""
     out, cams = [], []
     for r in range(n + 1):

@@ -107,3 +107,25 @@ def test_the_shipping_rule_needs_both_test_answers_not_worse():
     assert ensemble_ships(res(0.82, 0.85), res(0.81, 0.848))
     assert not ensemble_ships(res(0.80, 0.90), res(0.81, 0.848)), "a lower accuracy on BUSI blocks it"
     assert not ensemble_ships(res(0.90, 0.84), res(0.81, 0.848)), "a lower BUS-BRA AUC blocks it"
+
+
+def test_grad_cam_reuses_the_prediction_s_feature_maps(tmp_path):
+    """Classify then explain: Grad-CAM from the feature maps the prediction kept equals Grad-CAM computed afresh."""
+    pa, pb = _member(tmp_path, "a", 0)[0], _member(tmp_path, "b", 1, multitask=False)[0]
+    save_ensemble([pa, pb], tmp_path / "ens", half=False)
+    ens = load_image_classifier(tmp_path / "ens")
+    x = torch.rand(1, 3, 90, 70)
+    probs, feats = ens.predict_with_features(x)
+    assert torch.allclose(probs, ens.predict(x), atol=1e-6) and len(feats) == 2
+    for k in range(3):
+        fresh, reused = ens.grad_cam(x, k), ens.grad_cam(x, k, feats)
+        assert reused.shape == (90, 70) and torch.allclose(fresh, reused, atol=1e-5)
+    pipe = SupervisedPipeline(None, tmp_path / "ens")
+    img = (np.random.default_rng(1).random((90, 70, 3)) * 255).astype(np.uint8)
+    fresh = pipe.explain(img, "malignant")
+    pipe.classify(img, np.zeros((90, 70), bool))
+    assert pipe._last_probs is not None and len(pipe._last_probs[2]) == 2, "the classified image's maps are kept"
+    assert np.allclose(pipe.explain(img, "malignant"), fresh, atol=1e-5)
+    other = img[::-1].copy()
+    assert np.allclose(pipe.explain(other, "benign"), SupervisedPipeline(None, tmp_path / "ens").explain(other, "benign"),
+                       atol=1e-5), "another image's Grad-CAM never reads the kept maps"

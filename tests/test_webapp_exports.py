@@ -1,5 +1,5 @@
-"""The Classify tab's answer: the probabilities and the sentence first, where the classifier looked
-(Grad-CAM) right after, for the image of that answer even if the session moves on meanwhile."""
+"""The Classify tab's answer: the probabilities, the sentence and where the classifier looked (Grad-CAM),
+for the image of that answer even if the session moves on before it is explained."""
 from __future__ import annotations
 
 import json
@@ -34,21 +34,22 @@ def _session(seed: int):
     return Session(query_image=q.image, mask=q.mask.astype(bool)), q
 
 
-def test_the_answer_comes_before_where_it_looked(ctx):
+def test_the_answer_and_where_it_looked(ctx):
+    from webapp import exports
     from webapp.tabs.classify import classify
 
     sess, q = _session(3)
-    steps = classify(ctx, sess)
-    probs, text, shown = next(steps)
+    answer = exports.classify(ctx, sess)
+    probs, text, shown = answer.shows()
     assert set(probs) == {"benign", "malignant", "normal"} and abs(sum(probs.values()) - 1) < 1e-4
     assert ("Predicted class" in text or "No lesion" in text) and "Grad-CAM" not in text
-    assert shown.shape == q.image.shape, "first the query with the mask the classifier was given"
+    assert shown.shape == q.image.shape, "the query with the mask the classifier was given"
     sess.query_image, sess.mask = _session(4)[0].query_image, None   # the user moves on meanwhile
-    probs2, text2, cam = next(steps)
+    probs2, text2, cam = exports.explain(answer)
     assert probs2 == probs and text2.startswith(text) and "Grad-CAM" in text2
-    assert cam.shape == q.image.shape and not np.array_equal(cam, shown), "then where it looked, on that image"
-    with pytest.raises(StopIteration):
-        next(steps)
+    assert cam.shape == q.image.shape and not np.array_equal(cam, shown), "where it looked, on that image"
+    sess2, _ = _session(3)
+    assert classify(ctx, sess2)[1] == text2, "the tab answers with both in one message"
 
 
 def test_classify_needs_a_segmented_query(ctx):
@@ -56,4 +57,4 @@ def test_classify_needs_a_segmented_query(ctx):
     from webapp.tabs.classify import classify
 
     with pytest.raises(UserError, match="segment a query first"):
-        next(classify(ctx, Session()))
+        classify(ctx, Session())

@@ -47,9 +47,8 @@ def export_files(ctx: AppContext, image, mask, ov, heat) -> list[str]:
 
 def classify(ctx: AppContext, session: Session):
     """Class probabilities, a sentence, and the query with the mask the classifier was given (what it saw):
-    the session's mask, as Segment drew it or as it was corrected on the canvas. The answer comes first;
-    `explain(answer)` then adds where the image classifier looked (Grad-CAM: a backward pass per member,
-    about as long as the answer itself, so the page does not wait for it)."""
+    the session's mask, as Segment drew it or as it was corrected on the canvas; `explain(answer)` adds where
+    the image classifier looked (Grad-CAM, for the image of that answer)."""
     if session.query_image is None or session.mask is None:
         raise UserError("segment a query first")
     image, mask = session.query_image, session.mask

@@ -49,9 +49,17 @@ class ImageEnsemble(ImageClassifier):
         self.eval()
         return torch.stack([m.predict(image, tta) for m in self.members]).mean(0)
 
-    def grad_cam(self, image: torch.Tensor, target: int) -> torch.Tensor:
-        """The members' Grad-CAMs of class `target`, averaged and scaled to [0, 1]."""
-        cam = torch.stack([m.grad_cam(image, target) for m in self.members]).mean(0)
+    @torch.no_grad()
+    def predict_with_features(self, image: torch.Tensor, tta: bool = True) -> tuple[torch.Tensor, list]:
+        """`predict`, and each member's feature map of the image (for `grad_cam` of the same image)."""
+        out = [m.predict_with_features(image, tta) for m in self.members]
+        return torch.stack([p for p, _ in out]).mean(0), [f for _, f in out]
+
+    def grad_cam(self, image: torch.Tensor, target: int, features: list | None = None) -> torch.Tensor:
+        """The members' Grad-CAMs of class `target`, averaged and scaled to [0, 1]; `features`: the members'
+        feature maps of this image from `predict_with_features`."""
+        feats = features or [None] * len(self.members)
+        cam = torch.stack([m.grad_cam(image, target, f) for m, f in zip(self.members, feats)]).mean(0)
         return cam / cam.max().clamp_min(1e-8)
 
     def member_configs(self) -> list[dict]:

@@ -150,33 +150,52 @@ class ImageClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(s.std).view(1, 3, 1, 1), persistent=False)
         self.bgr = s.bgr
 
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """image (B, 3, H, W) in [0, 1] -> the last feature map (what the class head and Grad-CAM read)."""
+        x = (image - self.mean) / self.std
+        return self.model.forward_features(x.flip(1) if self.bgr else x)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(features)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image (B, 3, H, W) in [0, 1] -> logits (B, n_classes)."""
-        x = (image - self.mean) / self.std
-        return self.model(x.flip(1) if self.bgr else x)
+        return self.head(self.features(image))
+
+    def _sized(self, image: torch.Tensor) -> torch.Tensor:
+        s = self.config.image_size
+        if tuple(image.shape[-2:]) == (s, s):
+            return image
+        return torch.nn.functional.interpolate(image, size=(s, s), mode="bilinear", align_corners=False)
 
     @torch.inference_mode()
     def predict(self, image: torch.Tensor, tta: bool = True) -> torch.Tensor:
         """Eval mode, temperature applied, mean of the image and its left-right mirror -> probabilities."""
+        return self.predict_with_features(image, tta)[0]
+
+    @torch.no_grad()
+    def predict_with_features(self, image: torch.Tensor, tta: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """`predict`, and the image's last feature map (not the mirror's), which `grad_cam` of the same image
+        can reuse instead of running the encoder again."""
         self.eval()
-        s = self.config.image_size
-        if tuple(image.shape[-2:]) != (s, s):
-            image = torch.nn.functional.interpolate(image, size=(s, s), mode="bilinear", align_corners=False)
-        logits = self(image)
+        image = self._sized(image)
+        feats = self.features(image)
+        logits = self.head(feats)
         if tta:
             logits = (logits + self(image.flip(-1))) / 2
-        return torch.softmax(logits / self.config.temperature, 1)
+        return torch.softmax(logits / self.config.temperature, 1), feats
 
-    def grad_cam(self, image: torch.Tensor, target: int) -> torch.Tensor:
+    def grad_cam(self, image: torch.Tensor, target: int, features: torch.Tensor | None = None) -> torch.Tensor:
         """Grad-CAM of class `target` for one image (1, 3, H, W) in [0, 1]: the last feature map weighted by
-        the class score's mean gradient, positive part, scaled to [0, 1], at the image's size (H, W)."""
+        the class score's mean gradient, positive part, scaled to [0, 1], at the image's size (H, W).
+        `features`: that image's feature map from `predict_with_features` (the encoder is then not run)."""
         self.eval()
-        s = self.config.image_size
-        x = torch.nn.functional.interpolate(image, size=(s, s), mode="bilinear", align_corners=False)
-        x = (x - self.mean) / self.std
+        if features is None:
+            with torch.no_grad():
+                features = self.features(self._sized(image))
         with torch.enable_grad():
-            feats = self.model.forward_features(x.flip(1) if self.bgr else x).detach().requires_grad_(True)
-            score = self.model.forward_head(feats)[0, target]
+            feats = features.detach().requires_grad_(True)
+            score = self.head(feats)[0, target]
             (grad,) = torch.autograd.grad(score, feats)
         cam = torch.relu((grad.mean((2, 3), keepdim=True) * feats).sum(1, keepdim=True)).detach()
         cam = torch.nn.functional.interpolate(cam, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
@@ -210,9 +229,16 @@ class MultiTaskClassifier(ImageClassifier):
         x = (image - self.mean) / self.std
         return x.flip(1) if self.bgr else x
 
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """image (B, 3, H, W) in [0, 1] -> the encoder's last feature map."""
+        return self.model.encoder(self._normalised(image))[-1]
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.classification_head(features)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image (B, 3, H, W) in [0, 1] -> class logits (B, n_classes); the encoder and its head only."""
-        return self.model.classification_head(self.model.encoder(self._normalised(image))[-1])
+        return self.head(self.features(image))
 
     def forward_both(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: (mask logits (B, 1, H, W), class logits (B, n_classes)) from one encoder pass."""
@@ -234,17 +260,4 @@ class MultiTaskClassifier(ImageClassifier):
         logits = self.model.segmentation_head(self.model.decoder(self.model.encoder(self._normalised(x))))
         return torch.nn.functional.interpolate(logits, size=tuple(image.shape[-2:]), mode="bilinear",
                                                align_corners=False)
-
-    def grad_cam(self, image: torch.Tensor, target: int) -> torch.Tensor:
-        """Grad-CAM of class `target` on the encoder's last feature map (as `ImageClassifier.grad_cam`)."""
-        self.eval()
-        s = self.config.image_size
-        x = torch.nn.functional.interpolate(image, size=(s, s), mode="bilinear", align_corners=False)
-        with torch.enable_grad():
-            feats = self.model.encoder(self._normalised(x))[-1].detach().requires_grad_(True)
-            score = self.model.classification_head(feats)[0, target]
-            (grad,) = torch.autograd.grad(score, feats)
-        cam = torch.relu((grad.mean((2, 3), keepdim=True) * feats).sum(1, keepdim=True)).detach()
-        cam = torch.nn.functional.interpolate(cam, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
-        return (cam / cam.max().clamp_min(1e-8))[0, 0]
 

@@ -12,17 +12,16 @@ from . import Shared
 
 def classify(ctx, sess: Session):
     """The query with its mask as the Segment canvas shows it (corrected there with the brush, or not): the
-    answer first, then the same answer with where the classifier looked (Grad-CAM)."""
-    answer = exports.classify(ctx, sess)
-    yield answer.shows()
-    yield exports.explain(answer)
+    answer with where the classifier looked (Grad-CAM, from the feature maps the answer computed: ~10 ms on
+    2 CPU cores, so one message; streamed in two it came later, docs/results.md)."""
+    return exports.explain(exports.classify(ctx, sess))
 
 
 def build(ctx, shared: Shared) -> None:
     gr.Markdown("Classifies the current query with its predicted mask (or your corrected mask). The default "
                 "classifier first decides whether a lesion is there (p(lesion) against a threshold chosen on "
-                "validation images to miss at most 2% of lesions), then benign or malignant; where it looked "
-                "(Grad-CAM) follows the answer.")
+                "validation images to miss at most 2% of lesions), then benign or malignant, and shows where it "
+                "looked (Grad-CAM).")
     btn = gr.Button("Classify query", variant="primary", elem_id="classify-button")
     with gr.Row():
         label_out = gr.Label(num_top_classes=3, label="Class probabilities")
