@@ -2,8 +2,6 @@
 the classifier's answer with where it looked (Grad-CAM)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 from PIL import Image
@@ -45,55 +43,30 @@ def export_files(ctx: AppContext, image, mask, ov, heat) -> list[str]:
     return [str(p) for p in paths]
 
 
-def classify(ctx: AppContext, session: Session):
+def classify(ctx: AppContext, session: Session) -> tuple[dict, str, np.ndarray]:
     """Class probabilities, a sentence, and the query with the mask the classifier was given (what it saw):
-    the session's mask, as Segment drew it or as it was corrected on the canvas; `explain(answer)` adds where
-    the image classifier looked (Grad-CAM, for the image of that answer)."""
+    the session's mask, as Segment drew it or as it was corrected on the canvas."""
     if session.query_image is None or session.mask is None:
         raise UserError("segment a query first")
-    image, mask = session.query_image, session.mask
+    mask = session.mask
     try:
         pipe = ctx.pipeline()
-        res = pipe.classify(image, mask)
+        res = pipe.classify(session.query_image, mask)
     except CheckpointError as exc:
         raise UserError(f"classifier not available: {exc}") from exc
     except DataError as exc:
         raise UserError(str(exc)) from exc
+    src = "your corrected mask" if session.corrected else "the predicted mask"
+    cam = pipe.explain(session.query_image, res.label)
     if not res.lesion_present:
         text = (f"**No lesion** (p(lesion) {res.lesion_probability:.2f}, below the presence threshold "
                 f"{pipe.presence_threshold():.2f}): class normal, the mask is emptied. Research tool: not a diagnosis.")
-        return Answer(res.probabilities, text, overlay(image, res.mask, 0.45), image, res.mask, res.label, pipe)
-    src = "your corrected mask" if session.corrected else "the predicted mask"
+        return res.probabilities, text + _cam_note(cam), _cam_or_overlay(session.query_image, res.mask, cam)
     lesion = "" if res.lesion_probability is None else f"p(lesion) {res.lesion_probability:.2f}; "
     text = (f"**Predicted class: {res.label} ({res.confidence:.2f} confidence)**, {lesion}from the query and {src} "
             f"(shown beside: {mask.mean() * 100:.1f}% of the image"
             + ("; an empty mask" if not mask.any() else "") + "). Research tool: not a diagnosis.")
-    return Answer(res.probabilities, text, overlay(image, mask, 0.45), image, mask, res.label, pipe)
-
-
-@dataclass
-class Answer:
-    """The classifier's answer as the page shows it first (probabilities, text, the mask it was given), and
-    what `explain` needs afterwards (the image and mask of that answer, not the session's, which may change)."""
-    probabilities: dict
-    text: str
-    shown: np.ndarray
-    image: np.ndarray
-    mask: np.ndarray
-    label: str
-    pipe: object
-
-    def shows(self) -> tuple[dict, str, np.ndarray]:
-        return self.probabilities, self.text, self.shown
-
-
-def explain(answer: Answer) -> tuple[dict, str, np.ndarray]:
-    """The answer again with where the image classifier looked (its Grad-CAM with the mask's outline);
-    unchanged for the classifiers that have no Grad-CAM."""
-    cam = answer.pipe.explain(answer.image, answer.label)
-    if cam is None:
-        return answer.shows()
-    return answer.probabilities, answer.text + _cam_note(cam), _cam_picture(answer.image, answer.mask, cam)
+    return res.probabilities, text + _cam_note(cam), _cam_or_overlay(session.query_image, mask, cam)
 
 
 def _cam_note(cam) -> str:
@@ -101,8 +74,11 @@ def _cam_note(cam) -> str:
                                    "bright = weighed most), with the mask's outline.")
 
 
-def _cam_picture(image: np.ndarray, mask: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    """The image classifier's Grad-CAM blended on the query with the mask's outline."""
+def _cam_or_overlay(image: np.ndarray, mask: np.ndarray, cam) -> np.ndarray:
+    """The image classifier's Grad-CAM blended on the query with the mask's outline; else the mask overlay."""
+    if cam is None:
+        return overlay(image, mask, 0.45)
+
     heat = colorize(cam, 0.0, 1.0, "inferno")
     out = (0.55 * image.astype(np.float32) + 0.45 * heat.astype(np.float32)).astype(np.uint8)
     if mask is not None and mask.any():

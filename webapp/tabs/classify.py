@@ -14,7 +14,7 @@ def classify(ctx, sess: Session):
     """The query with its mask as the Segment canvas shows it (corrected there with the brush, or not): the
     answer with where the classifier looked (Grad-CAM, from the feature maps the answer computed: ~10 ms on
     2 CPU cores, so one message; streamed in two it came later, docs/results.md)."""
-    return exports.explain(exports.classify(ctx, sess))
+    return exports.classify(ctx, sess)
 
 
 def build(ctx, shared: Shared) -> None:
