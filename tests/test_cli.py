@@ -205,3 +205,19 @@ def test_segment_box_and_click_go_through_litemedsam(tmp_path):
     r = run("segment", "--checkpoint", str(tmp_path / "p"), "--support", str(s), str(sm), "--query", str(q),
             "--out", str(tmp_path / "b.png"), "--box", *box, "--refine", "bump")
     assert r.returncode == 0 and "LiteMedSAM" not in r.stdout, r.stderr
+
+
+def test_train_image_cls_on_one_fold_writes_out_of_fold_logits(busi_dir, tmp_path):
+    """`--fold I K`: the run trains without fold I (whole patient groups) and scores fold I for calibration."""
+    r = run("train-image-cls", "--data", str(busi_dir), "--no-busbra", "--limit", "30", "--epochs", "1",
+            "--img-size", "64", "--threads", "2", "--fold", "0", "3", "--save-path", str(tmp_path / "f0"))
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "f0.json").read_text())
+    oof = json.loads((tmp_path / "f0.oof.json").read_text())
+    held = oof["sets"]["busi"]
+    assert meta["data"]["fold"] == {"index": 0, "k": 3, "held_out": {"busi": len(held["names"])}}
+    assert meta["data"]["n_train_busi"] + len(held["names"]) == 30, "the fold is left out of training"
+    assert np.array(held["logits"]).shape == (len(held["names"]), 3)
+    r = run("train-image-cls", "--data", str(busi_dir), "--no-busbra", "--limit", "30", "--fold", "3", "3",
+            "--save-path", str(tmp_path / "bad"))
+    assert r.returncode != 0 and "fold 3 of 3" in r.stderr

@@ -110,3 +110,40 @@ def test_lesion_free_crops_avoid_the_lesion(tmp_path):
     crops = lesion_free_crops(data, 64, np.random.default_rng(0), share=1.0)
     assert crops.shape == (1, 64, 64, 3), "one crop from the small lesion's image, none from the other"
     assert crops.max() < 200, "no lesion pixel in the crop"
+
+
+def test_folds_keep_groups_whole_and_the_held_fold_gets_out_of_fold_logits(tmp_path):
+    """Cross-validation for calibration: fold I of K never trains, whole groups stay on one side, and the
+    trained model's logits on fold I are written with each image's name and label."""
+    import json
+
+    from core.training.image_classifier import fold_parts, save_out_of_fold
+
+    data, y = _set(18, 0, [0, 1, 2])
+    data.groups = [i // 2 for i in range(18)]          # pairs of near-duplicates
+    train = {"busi": (data, y), "busbra": _set(9, 1, [0, 1])}
+    seen = {name: set() for name in train}
+    for fold in range(3):
+        keep, held = fold_parts(train, fold, 3)
+        for name, (d, _) in train.items():
+            kept, out = set(keep[name][0].names), set(held[name][0].names)
+            assert not kept & out and kept | out == set(d.names)
+            seen[name] |= out
+        groups_out = {data.groups[data.names.index(n)] for n in held["busi"][0].names}
+        groups_in = {data.groups[data.names.index(n)] for n in keep["busi"][0].names}
+        assert not groups_out & groups_in, "a group never sits on both sides"
+    assert all(seen[name] == set(d.names) for name, (d, _) in train.items()), "every image is held out once"
+    keep, held = fold_parts(train, 1, 3)
+    cfg = SupervisedTrainConfig(epochs=1, batch_size=4, save_path=str(tmp_path / "f1"), device="cpu")
+    val = {"busi": _set(6, 2, [0, 1, 2])}
+    assert train_image_classifier(ClassifierConfig(image_size=64, weights="random"), cfg, keep, val, {},
+                                  progress=False)["status"] == "finished"
+    doc = save_out_of_fold(tmp_path / "f1", held, tmp_path / "f1.oof.json")
+    assert json.loads((tmp_path / "f1.oof.json").read_text()) == json.loads(json.dumps(doc))
+    for name, (d, yy) in held.items():
+        got = doc["sets"][name]
+        assert got["names"] == d.names and got["labels"] == yy.tolist()
+        assert np.array(got["logits"]).shape == (len(d), 3)
+    model = load_image_classifier(tmp_path / "f1")
+    from core.training.image_classifier import logits_of
+    assert np.allclose(doc["sets"]["busi"]["logits"], logits_of(model, held["busi"][0].images, "cpu").numpy(), atol=1e-5)

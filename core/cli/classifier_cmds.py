@@ -26,6 +26,9 @@ def register(sub) -> None:
                    help="share of training lesion images that also give a lesion-free crop labelled normal")
     p.add_argument("--multitask", action="store_true",
                    help="DeepLabV3+ with the classification head on its encoder (smp aux_params), trained on the masks too")
+    p.add_argument("--fold", nargs=2, type=int, metavar=("I", "K"), default=None,
+                   help="cross-validation: train without fold I of K (whole patient groups) and write the logits on "
+                        "fold I to SAVE_PATH.oof.json (out-of-fold probabilities for calibration and model choice)")
     p.set_defaults(func=train_image_cls_cmd)
     register_evaluation(sub)
     register_ensemble(sub)
@@ -66,11 +69,26 @@ def train_image_cls_cmd(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     train, val, info = _parts(args)
+    held = None
+    if args.fold:
+        from ..training.image_classifier import fold_parts
+
+        train, held = fold_parts(train, *args.fold)
+        info.update(fold={"index": args.fold[0], "k": args.fold[1],
+                          "held_out": {name: len(d) for name, (d, _) in held.items()}},
+                    **{f"n_train_{name}": len(d) for name, (d, _) in train.items()})
     cfg = SupervisedTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
                                 seed=args.seed, device=args.device, save_path=args.save_path)
     mcfg = ClassifierConfig(backbone=args.backbone, image_size=args.img_size)
-    print(json.dumps(train_image_classifier(mcfg, cfg, train, val, info, crops_share=args.crops,
-                                                     multitask=args.multitask), indent=2))
+    summary = train_image_classifier(mcfg, cfg, train, val, info, crops_share=args.crops, multitask=args.multitask)
+    print(json.dumps(summary, indent=2))
+    if held is not None and summary.get("status") == "finished":
+        from ..device import pick_device
+        from ..training.image_classifier import save_out_of_fold
+
+        out = Path(str(args.save_path) + ".oof.json")
+        save_out_of_fold(args.save_path, held, out, pick_device(args.device))
+        print(f"out-of-fold logits: {out}")
     return 0
 
 

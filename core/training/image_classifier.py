@@ -207,6 +207,36 @@ def train_image_classifier(model_cfg: ClassifierConfig, cfg: SupervisedTrainConf
                resume_path=str(cfg.save_path) + ".resume.pt")
 
 
+def fold_parts(train: dict, fold: int, k: int, seed: int = 0) -> tuple[dict, dict]:
+    """(the training parts without fold `fold`, fold `fold`) for out-of-fold probabilities: each set is cut
+    into k folds of whole groups (patient / near-duplicate: a group never sits on both sides), each class
+    spread evenly over the folds (`group_folds`)."""
+    from .oof import group_folds
+
+    if not 0 <= fold < k:
+        raise ValueError(f"fold {fold} of {k}: the fold must be 0..{k - 1}")
+    keep, held = {}, {}
+    for name, (data, y) in train.items():
+        f = group_folds(list(data.groups), [CLASSES[v] for v in y], k, seed)
+        keep[name] = (data.subset(np.flatnonzero(f != fold).tolist()), y[f != fold])
+        held[name] = (data.subset(np.flatnonzero(f == fold).tolist()), y[f == fold])
+    return keep, held
+
+
+def save_out_of_fold(model_path: str | Path, held: dict, out: str | Path, device="cpu") -> dict:
+    """The trained checkpoint's logits (flip TTA, before its temperature) on the fold it never trained on,
+    per set with names and labels: what a calibration fitted out of fold reads. Written atomically."""
+    from ..io import atomic_write_json
+
+    model = load_image_classifier(model_path, device)
+    doc = {"checkpoint": str(model_path), "temperature": model.config.temperature, "classes": list(CLASSES),
+           "sets": {name: {"names": data.names, "labels": [int(v) for v in y],
+                           "logits": logits_of(model, data.images, device).tolist()}
+                    for name, (data, y) in held.items()}}
+    atomic_write_json(out, doc)
+    return doc
+
+
 def load_image_classifier(path: str | Path, device="cpu") -> ImageClassifier:
     from ..models.loading import load_classifier
 
