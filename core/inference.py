@@ -390,11 +390,12 @@ class SupervisedPipeline:
     def image_probabilities(self, image) -> np.ndarray:
         """The image classifier's probabilities (temperature, flip TTA); the last image's are kept, so that
         presence and the kind (`predict`, Classify) cost one pass."""
-        key = self._image_key(as_image(image))
+        img = as_image(image)
+        key = self._image_key(img)
         last = self._last_probs
         if last is not None and last[0] == key:
             return last[1].copy()
-        probs, feats = self.classifier.predict_with_features(to_tensor(as_image(image))[None].to(self.device))
+        probs, feats = self.classifier.predict_with_features(to_tensor(img)[None].to(self.device))
         probs = probs[0].cpu().numpy()
         self._last_probs = (key, probs, feats)     # one tuple: a concurrent call sees a whole entry or none
         return probs.copy()

@@ -43,15 +43,11 @@ class ImageEnsemble(ImageClassifier):
         probs = torch.stack([torch.softmax(m(image) / m.config.temperature, 1) for m in self.members])
         return probs.mean(0).clamp_min(1e-12).log()
 
-    @torch.inference_mode()
-    def predict(self, image: torch.Tensor, tta: bool = True) -> torch.Tensor:
-        """The mean of the members' `predict` (each with its temperature and flip TTA) -> probabilities."""
-        self.eval()
-        return torch.stack([m.predict(image, tta) for m in self.members]).mean(0)
-
     @torch.no_grad()
     def predict_with_features(self, image: torch.Tensor, tta: bool = True) -> tuple[torch.Tensor, list]:
-        """`predict`, and each member's feature map of the image (for `grad_cam` of the same image)."""
+        """The mean of the members' probabilities (each with its temperature and flip TTA; `predict` is this
+        without the maps), and each member's feature map of the image (for `grad_cam` of the same image)."""
+        self.eval()
         out = [m.predict_with_features(image, tta) for m in self.members]
         return torch.stack([p for p, _ in out]).mean(0), [f for _, f in out]
 

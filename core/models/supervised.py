@@ -150,10 +150,13 @@ class ImageClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(s.std).view(1, 3, 1, 1), persistent=False)
         self.bgr = s.bgr
 
+    def _normalised(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image - self.mean) / self.std
+        return x.flip(1) if self.bgr else x
+
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """image (B, 3, H, W) in [0, 1] -> the last feature map (what the class head and Grad-CAM read)."""
-        x = (image - self.mean) / self.std
-        return self.model.forward_features(x.flip(1) if self.bgr else x)
+        return self.model.forward_features(self._normalised(image))
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(features)
@@ -225,10 +228,6 @@ class MultiTaskClassifier(ImageClassifier):
         self.register_buffer("std", torch.tensor(s.std).view(1, 3, 1, 1), persistent=False)
         self.bgr = s.bgr
 
-    def _normalised(self, image: torch.Tensor) -> torch.Tensor:
-        x = (image - self.mean) / self.std
-        return x.flip(1) if self.bgr else x
-
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """image (B, 3, H, W) in [0, 1] -> the encoder's last feature map."""
         return self.model.encoder(self._normalised(image))[-1]
@@ -255,9 +254,8 @@ class MultiTaskClassifier(ImageClassifier):
         if self.model.decoder is None:
             raise RuntimeError("this classifier's mask decoder was dropped (an ensemble member)")
         self.eval()
-        s = self.config.image_size
-        x = torch.nn.functional.interpolate(image, size=(s, s), mode="bilinear", align_corners=False)
-        logits = self.model.segmentation_head(self.model.decoder(self.model.encoder(self._normalised(x))))
+        features = self.model.encoder(self._normalised(self._sized(image)))
+        logits = self.model.segmentation_head(self.model.decoder(features))
         return torch.nn.functional.interpolate(logits, size=tuple(image.shape[-2:]), mode="bilinear",
                                                align_corners=False)
 
