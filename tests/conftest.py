@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -180,4 +181,25 @@ def open_project_with_a_gallery_support(page, project: str) -> None:
     page.get_by_role("tab", name="Annotate a folder").click()
     page.locator("#project-name textarea, #project-name input").first.fill(project)
     page.get_by_role("button", name="Open / create").click()
+
+
+def fold_files(tmp_path, k=3, n=300, scale=3.0, seed=0, split="abc"):
+    """k out-of-fold files as `train-image-cls --fold I K` writes them, from an over-confident synthetic model
+    (true log-odds times `scale`), with the fold checkpoints' JSON beside them."""
+    rng = np.random.default_rng(seed)
+    true = rng.normal(0, 1.5, (n, 3))                  # calibrated logits: the labels are drawn from them
+    p = np.exp(true) / np.exp(true).sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    paths = []
+    for f in range(k):
+        ckpt = tmp_path / f"f{f}"
+        (tmp_path / f"f{f}.safetensors").write_bytes(b"")
+        (tmp_path / f"f{f}.json").write_text(json.dumps({"data": {"fold": {"index": f, "k": k}, "split_hash": split}}))
+        sel = np.arange(n) % k == f
+        doc = {"checkpoint": str(ckpt), "classes": ["benign", "malignant", "normal"],
+               "sets": {"busi": {"names": [f"{i}.png" for i in np.flatnonzero(sel)], "labels": y[sel].tolist(),
+                                 "logits": (scale * true[sel]).tolist()}}}
+        paths.append(tmp_path / f"f{f}.oof.json")
+        paths[-1].write_text(json.dumps(doc))
+    return paths
 

@@ -221,3 +221,26 @@ def test_train_image_cls_on_one_fold_writes_out_of_fold_logits(busi_dir, tmp_pat
     r = run("train-image-cls", "--data", str(busi_dir), "--no-busbra", "--limit", "30", "--fold", "3", "3",
             "--save-path", str(tmp_path / "bad"))
     assert r.returncode != 0 and "fold 3 of 3" in r.stderr
+
+
+def test_calibrate_image_cls_stores_an_out_of_fold_calibration_in_every_member(tmp_path):
+    """`calibrate-image-cls --write`: one temperature and the decision points fitted on the folds' held-out
+    logits go into the checkpoint trained on all the training parts (each ensemble member's temperature)."""
+    from tests.conftest import fold_files
+
+    paths = fold_files(tmp_path, split="abc")
+    (tmp_path / "ens.safetensors").write_bytes(b"")
+    member = {"model": {"temperature": 0.8}}
+    (tmp_path / "ens.json").write_text(json.dumps({"data": {"split_hash": "abc"}, "members": [member, member],
+                                                   "decision_points": {"presence_threshold": 0.9}}))
+    r = run("calibrate-image-cls", "--oof", *map(str, paths), "--cls-model", str(tmp_path / "ens"), "--write",
+            "--out", str(tmp_path / "cal.json"))
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "ens.json").read_text())
+    t = json.loads((tmp_path / "cal.json").read_text())["temperature"]
+    assert t > 2.0 and [m["model"]["temperature"] for m in meta["members"]] == [t, t]
+    assert "out of fold" in meta["decision_points"]["chosen_on"] and meta["decision_points"]["presence"] == "classifier"
+    assert (tmp_path / "cal.kind_reliability.png").stat().st_size > 1000
+    (tmp_path / "ens.json").write_text(json.dumps({"data": {"split_hash": "other"}, "model": {}}))
+    r = run("calibrate-image-cls", "--oof", *map(str, paths), "--cls-model", str(tmp_path / "ens"), "--write")
+    assert r.returncode != 0 and "another split" in r.stderr

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from core.evaluation import image_classifier as ev
+from tests.conftest import fold_files
 
 
 def test_presence_threshold_misses_at_most_the_allowed_share_of_lesions():
@@ -99,3 +100,39 @@ def test_a_site_mix_moves_the_kinds_calibration_but_not_its_labels_or_ranking():
     assert malignant_odds(y) == 1.0
     with pytest.raises(ValueError, match="both benign and malignant"):
         malignant_odds(np.array([0, 0, 2]))
+
+
+def test_out_of_fold_calibration_tempers_an_over_confident_model(tmp_path):
+    oof = ev.read_out_of_fold(fold_files(tmp_path))
+    assert len(oof["labels"]) == 300 and oof["k"] == 3
+    t, points = ev.fit_out_of_fold(oof, max_missed=0.02)
+    assert t > 2.0, "logits three times too large want a temperature well above 1"
+    report = ev.out_of_fold_report(oof, t, points)["busi"]
+    assert report["after"]["ece_top_label"] < report["before"]["ece_top_label"]
+    assert report["after"]["lesions_called_normal"] <= 0.02
+    assert points["n_out_of_fold"] == 300 and "out of fold" in points["chosen_on"]
+
+
+def test_out_of_fold_files_must_be_one_whole_cross_validation(tmp_path):
+    paths = fold_files(tmp_path)
+    with pytest.raises(ValueError, match="every fold"):
+        ev.read_out_of_fold(paths[:2])
+    with pytest.raises(ValueError, match="every fold"):
+        ev.read_out_of_fold([paths[0], paths[0], paths[1]])
+    import json
+    doc = json.loads(paths[1].read_text())
+    doc["sets"]["busi"]["names"][0] = json.loads(paths[0].read_text())["sets"]["busi"]["names"][0]
+    paths[1].write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="two folds"):
+        ev.read_out_of_fold(paths)
+
+
+def test_the_oof_calibration_ships_only_if_the_answer_shown_is_no_worse():
+    part = {"n": 155, "n_normal": 27, "n_lesion": 128, "accuracy": 0.871, "normal_called_lesion": 1 / 27,
+            "lesions_called_normal": 4 / 128, "macro_auc": 0.959}
+    bb = {"benign_malignant_balanced_accuracy": 0.765, "benign_malignant_auc": 0.873}
+    old = {"parts": {"busi_test": part, "busbra_test": bb}}
+    same = {"parts": {"busi_test": {**part, "accuracy": 0.871 - 1 / 155}, "busbra_test": bb}}
+    assert ev.oof_calibration_ships(same, old) == (True, [])
+    worse = {"parts": {"busi_test": {**part, "lesions_called_normal": 6 / 128}, "busbra_test": bb}}
+    assert ev.oof_calibration_ships(worse, old) == (False, ["lesions called normal"])

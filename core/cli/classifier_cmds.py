@@ -32,6 +32,7 @@ def register(sub) -> None:
     p.set_defaults(func=train_image_cls_cmd)
     register_evaluation(sub)
     register_ensemble(sub)
+    register_calibration(sub)
 
 
 def _parts(args) -> tuple[dict, dict, dict]:
@@ -110,6 +111,59 @@ def ensemble_image_cls_cmd(args) -> int:
     return 0
 
 
+def register_calibration(sub) -> None:
+    p = sub.add_parser("calibrate-image-cls",
+                       help="fit the image classifier's temperature and decision points out of fold "
+                            "(the logits of `train-image-cls --fold I K`, every fold) and store them in a checkpoint")
+    p.add_argument("--oof", required=True, nargs="+", help="the SAVE_PATH.oof.json of every fold of one cross-validation")
+    p.add_argument("--cls-model", default=None,
+                   help="checkpoint of the same recipe trained on all the training parts: --write stores the "
+                        "calibration in its JSON (every member's temperature, the decision points)")
+    p.add_argument("--max-missed", type=float, default=0.02, help="share of out-of-fold lesions presence may miss")
+    p.add_argument("--write", action="store_true", help="store it in --cls-model's JSON (atomically)")
+    p.add_argument("--out", default=None, help="JSON of the fit and the out-of-fold figures (a reliability PNG beside it)")
+    p.set_defaults(func=calibrate_image_cls_cmd)
+
+
+def calibrate_image_cls_cmd(args) -> int:
+    from .. import checkpoint
+    from ..evaluation import image_classifier as ev
+    from ..io import atomic_write
+
+    oof = ev.read_out_of_fold(args.oof)
+    t, points = ev.fit_out_of_fold(oof, args.max_missed)
+    result = {"temperature": t, "decision_points": points, "folds": oof["folds"], "k": oof["k"],
+              "n": {name: int((oof["sets"] == name).sum()) for name in sorted(set(oof["sets"]))},
+              "out_of_fold": ev.out_of_fold_report(oof, t, points)}
+    if args.write:
+        if not args.cls_model:
+            raise ValueError("--write needs --cls-model")
+        _, json_path = checkpoint.paths(args.cls_model)
+        meta = json.loads(json_path.read_text())
+        fold_split = {(checkpoint.load_meta(json.loads(Path(f).read_text())["checkpoint"]).get("data") or {})
+                      .get("split_hash") for f in args.oof}
+        if fold_split != {(meta.get("data") or {}).get("split_hash")}:
+            raise ValueError("the folds were cut from another split than the checkpoint's training parts")
+        for model in [m["model"] for m in meta.get("members", [])] or [meta["model"]]:
+            model["temperature"] = t
+        meta["decision_points"] = {**points, "presence": "classifier"}
+        meta["calibration"] = {"fitted": "out of fold", "folds": oof["folds"], "temperature": t}
+        atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+        result["written_to"] = str(json_path)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        from ..evaluation.external import plot_reliability
+
+        Path(args.out).write_text(text)
+        z, y = oof["logits"], oof["labels"]
+        les = y != ev.N
+        probs = ev.calibrate_kind(ev.softmax(z / t), points["kind_calibration"])
+        plot_reliability(ev.p_malignant(probs[les]), y[les] == ev.M, Path(args.out).with_suffix(".kind_reliability.png"),
+                         "out of fold: p(malignant | lesion)")
+    return 0
+
+
 def register_evaluation(sub) -> None:
     p = sub.add_parser("evaluate-image-cls",
                        help="choose the image classifier's decision points on the val parts, then read the test parts once")
@@ -120,6 +174,9 @@ def register_evaluation(sub) -> None:
     p.add_argument("--max-missed", type=float, default=0.02, help="share of val lesions the presence decision may miss")
     p.add_argument("--no-test", action="store_true", help="val only (selection): the test parts stay unread")
     p.add_argument("--write-points", action="store_true", help="store the decision points in the checkpoint's JSON")
+    p.add_argument("--stored-points", action="store_true",
+                   help="use the checkpoint's stored decision points (e.g. fitted out of fold by calibrate-image-cls) "
+                        "instead of choosing them on the val parts: the val parts are then a clean check")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seg-model", default=None,
                    help="segmenter whose evidence may join the presence decision (default: the shipped one); "
@@ -150,7 +207,7 @@ def _site_mix_parts(args, root, labels, probs, presence, points, val_y) -> dict:
     from ..evaluation import image_classifier as ev
     from ..training.image_classifier import labelled
 
-    val_odds = ev.malignant_odds(val_y)
+    val_odds = points.get("kind_odds") or ev.malignant_odds(val_y)    # the mix the kind was calibrated at
     train = {"busi": labelled(split_sets(data_dir(args.data), ("train",), 64, progress=False)["train"]),
              "busbra": labelled(domain_set(root, "busbra_breast", "train", 64, progress=False), labels)}
     out = {"val_odds": val_odds}
@@ -196,6 +253,19 @@ def _combined_presence(args, probs: dict, sets: dict, points: dict, val_y) -> di
     return {k: ev.logistic_score(w, f) for k, f in feats.items()}
 
 
+def _decision_points(args, val_p, val_y) -> dict:
+    """The checkpoint's stored points (--stored-points: fitted out of fold), else chosen on the val parts."""
+    from .. import checkpoint
+    from ..evaluation import image_classifier as ev
+
+    if not args.stored_points:
+        return ev.decision_points(val_p, val_y, args.max_missed)
+    points = checkpoint.load_meta(args.cls_model[0]).get("decision_points")
+    if len(args.cls_model) > 1 or not points or points.get("presence") != "classifier":
+        raise ValueError("--stored-points: one checkpoint whose stored points use the classifier's presence")
+    return points
+
+
 def evaluate_image_cls_cmd(args) -> int:
     import time
 
@@ -235,10 +305,10 @@ def evaluate_image_cls_cmd(args) -> int:
         probs["busbra_all"] = (mean_probs(whole), labelled(whole, labels))
     val_p = np.concatenate([probs["busi_val"][0], probs["busbra_val"][0]])
     val_y = np.concatenate([probs["busi_val"][1], probs["busbra_val"][1]])
-    points = ev.decision_points(val_p, val_y, args.max_missed)
+    points = _decision_points(args, val_p, val_y)
     probs = {k: (ev.calibrate_kind(p, points["kind_calibration"]), y) for k, (p, y) in probs.items()}
     sets = {"busi": busi, "busbra": {**bb, **({"all": whole} if args.busbra_all else {})}}
-    presence = _combined_presence(args, probs, sets, points, val_y)
+    presence = {} if args.stored_points else _combined_presence(args, probs, sets, points, val_y)
     result = {"checkpoint": run_name, "members": [Path(m).name for m in args.cls_model], "image_size": size,
               "decision_points": points,
               "parts": {k: ev.part_metrics(p, y, points, presence.get(k)) for k, (p, y) in probs.items()}}

@@ -60,6 +60,7 @@ def decision_points(probs: np.ndarray, y: np.ndarray, max_missed: float = 0.02) 
             "malignant_threshold": kind_threshold(p_malignant(calibrated[lesion]), y[lesion] == M),
             "kind_calibration": weights,
             "max_missed_lesions": max_missed, "chosen_on": "validation parts (BUSI val + BUS-BRA val)",
+            "kind_odds": malignant_odds(y),
             "n_val": int(len(y)), "n_val_lesions": int(lesion.sum())}
 
 
@@ -174,3 +175,89 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5
         test = f == k
         out[test] = logistic_score(fit_logistic(x[~test], y[~test]), x[test])
     return out
+
+
+# ---------------------------------------------------------------------------------- out-of-fold calibration
+def read_out_of_fold(paths: list) -> dict:
+    """The held-out logits (flip TTA, before any temperature) of every fold of one cross-validation
+    (`train-image-cls --fold I K` writes SAVE_PATH.oof.json), joined: {"logits" (n, 3), "labels" (n,),
+    "sets" (n,), "names" [...], "folds" [...]}. Refuses a fold given twice, folds of different K, a fold
+    missing, or an image in two folds (each image must be scored by a model that never saw it, once)."""
+    from .. import checkpoint
+
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    folds = [(checkpoint.load_meta(d["checkpoint"]).get("data") or {}).get("fold") or {} for d in docs]
+    ks = {f.get("k") for f in folds}
+    index = sorted(f.get("index", -1) for f in folds)
+    if len(ks) != 1 or None in ks or index != list(range(next(iter(ks)))):
+        raise ValueError(f"out-of-fold files must be every fold 0..K-1 of one K, once each (got folds {index} of {ks})")
+    if any(d.get("classes") != list(CLASSES) for d in docs):
+        raise ValueError(f"out-of-fold files must score the classes {list(CLASSES)}")
+    logits, labels, sets, names = [], [], [], []
+    for d in docs:
+        for name, part in d["sets"].items():
+            logits += part["logits"]
+            labels += part["labels"]
+            sets += [name] * len(part["labels"])
+            names += [f"{name}/{n}" for n in part["names"]]
+    if len(set(names)) != len(names):
+        raise ValueError("an image is in two folds: these files are not one cross-validation")
+    return {"logits": np.asarray(logits, float), "labels": np.asarray(labels, int), "sets": np.asarray(sets),
+            "names": names, "folds": [str(p) for p in paths], "k": int(next(iter(ks)))}
+
+
+def fit_out_of_fold(oof: dict, max_missed: float = 0.02) -> tuple[float, dict]:
+    """(temperature, decision points) fitted on out-of-fold logits alone: one temperature on the three classes
+    (NLL), then `decision_points` on the tempered probabilities (the kind's Platt scaling, the presence threshold
+    that misses at most `max_missed` of the out-of-fold lesions, the kind threshold for balanced accuracy)."""
+    import torch
+
+    from ..training.supervised import fit_temperature
+
+    z, y = oof["logits"], oof["labels"]
+    t = fit_temperature(torch.tensor(z), torch.tensor(y))
+    points = decision_points(softmax(z / t), y, max_missed)
+    points.update(chosen_on=f"out of fold ({oof['k']} folds of the training parts by patient group)",
+                  n_out_of_fold=int(len(y)), temperature=t)
+    return t, points
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def out_of_fold_report(oof: dict, t: float, points: dict) -> dict:
+    """What the fitted calibration gives on the images it was fitted on, per set (before: temperature 1)."""
+    out = {}
+    for name in sorted(set(oof["sets"])):
+        sel = oof["sets"] == name
+        z, y = oof["logits"][sel], oof["labels"][sel]
+        out[name] = {"before": part_metrics(softmax(z), y, points),
+                     "after": part_metrics(calibrate_kind(softmax(z / t), points["kind_calibration"]), y, points)}
+    return out
+
+
+# Written before the out-of-fold calibration's one read of the test parts (issue 28): it replaces the val-fitted
+# calibration of the same checkpoint only if the answer shown is no worse on that read, one image of slack
+# (the val-fitted points came from 169 images, the out-of-fold ones from the 1,175 training images).
+OOF_RULE = ("the out-of-fold calibration replaces the val-fitted one only if, on its one test read, BUSI 3-class "
+            "accuracy drops by at most one image (1/155), normal images called lesion rise by at most one "
+            "(1/27), lesions called normal by at most one (1/128), BUS-BRA balanced accuracy drops by at most "
+            "0.01, and neither BUSI macro AUC nor BUS-BRA AUC drops by more than 0.005")
+
+
+def oof_calibration_ships(new: dict, old: dict) -> tuple[bool, list[str]]:
+    """`OOF_RULE` on two evaluate-image-cls results of the same checkpoint: (ships, the checks that failed)."""
+    n, o = new["parts"]["busi_test"], old["parts"]["busi_test"]
+    nb, ob = new["parts"]["busbra_test"], old["parts"]["busbra_test"]
+    eps = 1e-9
+    checks = {"BUSI accuracy": n["accuracy"] >= o["accuracy"] - 1 / o["n"] - eps,
+              "normal called lesion": n["normal_called_lesion"] <= o["normal_called_lesion"] + 1 / o["n_normal"] + eps,
+              "lesions called normal": n["lesions_called_normal"] <= o["lesions_called_normal"] + 1 / o["n_lesion"] + eps,
+              "BUS-BRA balanced accuracy": nb["benign_malignant_balanced_accuracy"]
+              >= ob["benign_malignant_balanced_accuracy"] - 0.01,
+              "BUSI macro AUC": n["macro_auc"] >= o["macro_auc"] - 0.005,
+              "BUS-BRA AUC": nb["benign_malignant_auc"] >= ob["benign_malignant_auc"] - 0.005}
+    failed = [k for k, ok in checks.items() if not ok]
+    return not failed, failed
