@@ -365,8 +365,15 @@ class SupervisedPipeline:
     head decides first: below its threshold the answer is "no lesion" (class normal, an empty mask),
     whatever mask was given; the type head reads the image and the lesion's crop."""
 
-    def __init__(self, seg_path: str | Path | None, cls_path: str | Path | None, device: str = "cpu"):
+    def __init__(self, seg_path: str | Path | None, cls_path: str | Path | None, device: str = "cpu",
+                 malignant_odds: float | None = None):
+        """`malignant_odds`: the deployment site's malignant:benign odds among its lesions (known from its own
+        records): the image classifier's p(malignant | lesion) is moved from the mix it was calibrated at to it
+        (the kind's threshold moves with it, so the labels stay and only the probabilities change)."""
+        if malignant_odds is not None and not 0 < malignant_odds < 1e6:
+            raise DataError(f"malignant odds must be a positive number (got {malignant_odds})")
         self.device = torch.device(device)
+        self.malignant_odds = malignant_odds
         self.segmenter = load_segmenter(seg_path, device) if seg_path else None
         self.classifier = load_classifier(cls_path, device) if cls_path else None
         self._sam = None
@@ -493,16 +500,22 @@ class SupervisedPipeline:
 
     def _classify_image(self, img: np.ndarray, m: np.ndarray, presence: tuple[float, bool]) -> ClassResult:
         """The image classifier: every probability (calibrated, flip TTA); the label from the decision points."""
-        from .models.presence import calibrate_kind
+        from .models.presence import calibrate_kind, shift_kind_prior, shift_odds
 
-        classes = list(self.classifier.config.classes)
-        probs = calibrate_kind(self.image_probabilities(img)[None], self._points().get("kind_calibration"), classes)[0]
-        out = {c: float(v) for c, v in zip(classes, probs)}
+        classes, points = list(self.classifier.config.classes), self._points()
+        probs = calibrate_kind(self.image_probabilities(img)[None], points.get("kind_calibration"), classes)
+        threshold = points["malignant_threshold"]
+        if self.malignant_odds is not None:
+            if not points.get("kind_odds"):
+                raise DataError("this classifier does not record the mix it was calibrated at: no site prior")
+            ratio = self.malignant_odds / points["kind_odds"]
+            probs, threshold = shift_kind_prior(probs, ratio, classes), float(shift_odds(threshold, ratio))
+        out = {c: float(v) for c, v in zip(classes, probs[0])}
         p_lesion, present = presence
         if not present:
             return ClassResult("normal", 1 - p_lesion, out, np.zeros_like(m), 0.0, p_lesion, False)
         p_mal = out["malignant"] / max(out["malignant"] + out["benign"], 1e-9)
-        label = "malignant" if p_mal >= self._points()["malignant_threshold"] else "benign"
+        label = "malignant" if p_mal >= threshold else "benign"
         return ClassResult(label, max(p_mal, 1 - p_mal), out, m, float(m.mean()), p_lesion, True)
 
     def _classify_probe(self, img: np.ndarray, m: np.ndarray, presence: tuple[float, bool]) -> ClassResult:

@@ -3,9 +3,11 @@ and the pipeline's answer with every probability and the presence decision."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from core.data.dataset import ImageSet
+from core.data.errors import DataError
 from core.data.discover import Sample
 from core.inference import SupervisedPipeline
 from core.models.supervised import CLASSES, ClassifierConfig
@@ -85,10 +87,21 @@ def test_a_tiny_run_saves_a_checkpoint_the_pipeline_answers_with(tmp_path):
     cam = pipe.explain(img, res.label)
     assert cam.shape == img.shape[:2] and cam.min() >= 0 and cam.max() <= 1 + 1e-6, "Grad-CAM at the image's size"
     assert pipe.presence_threshold() == 0.5, "no decision points yet: the plain 0.5"
-    model.decision_points = {"presence_threshold": 1.01, "malignant_threshold": 0.5}   # nothing is a lesion
+    model.decision_points = {"presence_threshold": 0.0, "malignant_threshold": 0.5, "kind_odds": 0.5}
     pipe.classifier = model
+    here = pipe.classify(img, np.ones(img.shape[:2], bool))
+    site = SupervisedPipeline(None, tmp_path / "cls", malignant_odds=2.0)      # four times the malignant odds
+    site.classifier = model
+    there = site.classify(img, np.ones(img.shape[:2], bool))
+    odds = lambda r: r.probabilities["malignant"] / r.probabilities["benign"]
+    assert odds(there) == pytest.approx(4 * odds(here), rel=1e-4) and there.label == here.label, \
+        "a site's prior moves p(malignant), not the label"
+    assert there.probabilities["normal"] == pytest.approx(here.probabilities["normal"])
+    model.decision_points = {"presence_threshold": 1.01, "malignant_threshold": 0.5}   # nothing is a lesion
     res = pipe.classify(img, np.ones(img.shape[:2], bool))
     assert res.label == "normal" and not res.lesion_present and not res.mask.any()
+    with pytest.raises(DataError, match="mix it was calibrated at"):
+        site.classify(img, np.ones(img.shape[:2], bool), (0.9, True))
 
 
 def test_lesion_free_crops_avoid_the_lesion(tmp_path):

@@ -128,6 +128,9 @@ def _register_evaluation(sub) -> None:
     p.add_argument("--save_mask", "--save-mask", dest="save_mask", default=None,
                    help="mask PNG (for a folder: an output folder; default <folder>/predictions)")
     p.add_argument("--csv", default=None, help="for a folder: results CSV (default <out>/predictions.csv)")
+    p.add_argument("--malignant-odds", type=float, default=None,
+                   help="this site's malignant:benign odds among its lesions (e.g. 0.49 for BUSI's training part, "
+                        "0.46 for BUS-BRA's): p(malignant) is set to that prior; the labels do not change")
     p.set_defaults(func=predict_cmd)
 
 
@@ -365,7 +368,8 @@ def predict_cmd(args) -> int:
     from ..inference import SupervisedPipeline
 
     pipe = SupervisedPipeline(args.seg_model or checkpoint.default_checkpoint("segmenter"),
-                              args.cls_model or checkpoint.default_checkpoint("classifier"))
+                              args.cls_model or checkpoint.default_checkpoint("classifier"),
+                              malignant_odds=args.malignant_odds)
     from ..data.dicom import split_frame
 
     src = Path(args.image)
