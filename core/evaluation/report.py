@@ -824,6 +824,7 @@ def _site_mix_lines(ens) -> list[str]:
 def _ensemble_lines(ens, single, busi_only) -> list[str]:
     """Issue 28: the multi-task recipe's seeds averaged in one checkpoint, chosen on val, read once on test."""
     from ..checkpoint import read_defaults
+    from .image_classifier import oof_calibration_ships
 
     meta_path = DOCS.parent / "checkpoints" / f"{ENSEMBLE_NAME}.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -840,7 +841,10 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
     cell = lambda x, part, key: f"{_val_score(x) if part is None else x['parts'][part][key]:.3f}"
     seeds = ", ".join(f"`{m['name']}` (seed {m.get('train', {}).get('seed', '?')}, epoch {m.get('epoch', '?')}, val "
                       f"score {m.get('val_score', float('nan')):.3f})" for m in members)
-    t, b = ens["parts"]["busi_test"], ens["parts"]["busbra_test"]
+    oof = _load("results_image_classifier_mt_ens_oof.json")
+    oof_ships = bool(oof) and oof_calibration_ships(oof, ens)[0]
+    shown = oof if oof_ships else ens       # the target table: the calibration the checkpoint carries
+    t, b = shown["parts"]["busi_test"], shown["parts"]["busbra_test"]
     verdict = ("**ships as the default classifier**" if default else "ships" if ships else
                "**does not ship** (the rule says the single model stays)")
     return ["", "## Image-level lesion classifier (issue 28)", "",
@@ -851,7 +855,9 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
             f"{_val_score(single):.3f} for the single model); its decision points were chosen on the val parts of the "
             "stored checkpoint, then the test parts were read once. The rule, written before that read: it replaces "
             "the single model only if neither test part's answer is worse (BUSI 3-class accuracy, BUS-BRA AUC): "
-            f"{verdict}.{_third_seed(ens)} Reproduce: the member runs (`train-image-cls --multitask --epochs 12 --img-size "
+            f"{verdict}.{_third_seed(ens)}"
+            + (" Its temperature and decision points are now those fitted out of fold (below); the target table is "
+               "from that read." if oof_ships else "") + " Reproduce: the member runs (`train-image-cls --multitask --epochs 12 --img-size "
             "256 --threads 2 --patience 20 --crops 0.35 --seed 0 --save-path runs/image_cls_mt_lite0_256_crops`, then "
             "the same with `--seed 1 --epochs 8 --save-path runs/image_cls_mt_lite0_256_crops_seed1`; 47 and 32 min on "
             "2 CPU cores), then `python -m core ensemble-image-cls --members "
@@ -867,8 +873,64 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
             f"2 CPU threads: {ens.get('seconds_per_image_2_threads', float('nan')) * 1000:.0f} ms (the classifier "
             "alone). Test parts read "
             f"{ens.get('test_reads', '?')} time(s) in all by then (`docs/image_classifier_test_reads.json`).",
-            *_site_mix_lines(ens), *_end_to_end_lines(_load("results_image_classifier_mt_ens_pipeline.json")),
+            *_site_mix_lines(shown), *_oof_calibration_lines(ens, oof),
+            *_end_to_end_lines(_load("results_image_classifier_mt_ens_pipeline.json")),
             "", "### One multi-task model (the default before the ensemble)" if default else ""]
+
+
+def _oof_calibration_lines(ens, oof) -> list[str]:
+    """Issue 28: the ensemble's temperature and decision points fitted out of fold (calibrate-image-cls) beside
+    the val-fitted ones, each from its own recorded read of the test parts, and the rule written before."""
+    from .image_classifier import OOF_RULE, oof_calibration_ships
+
+    cal = _load("results_image_classifier_oof_calibration.json")
+    if not cal or not oof:
+        return []
+    ships, failed = oof_calibration_ships(oof, ens)
+    p, n = cal["decision_points"], cal["n"]
+    rows = [("BUSI test 3-class accuracy", "busi_test", "accuracy"), ("BUSI test macro AUC", "busi_test", "macro_auc"),
+            ("BUSI test normal images called lesion", "busi_test", "normal_called_lesion"),
+            ("BUSI test lesions called normal", "busi_test", "lesions_called_normal"),
+            ("BUS-BRA test benign vs malignant AUC", "busbra_test", "benign_malignant_auc"),
+            ("BUS-BRA test balanced accuracy (kind)", "busbra_test", "benign_malignant_balanced_accuracy"),
+            ("BUSI test ECE (top label)", "busi_test", "ece_top_label"),
+            ("BUSI test ECE (p(malignant given lesion))", "busi_test", "benign_malignant_ece"),
+            ("BUS-BRA test ECE (p(malignant given lesion))", "busbra_test", "benign_malignant_ece"),
+            ("BUSI val ECE (top label)", "busi_val", "ece_top_label"),
+            ("BUS-BRA val ECE (p(malignant given lesion))", "busbra_val", "benign_malignant_ece")]
+    folds = ", ".join(f"{k} {v}" for k, v in n.items())
+    after = cal["out_of_fold"]
+    oof_rows = [f"| {name} | {a['before']['ece_top_label'] if 'ece_top_label' in a['before'] else float('nan'):.3f} | "
+                f"{a['after'].get('ece_top_label', float('nan')):.3f} | {a['before']['benign_malignant_ece']:.3f} | "
+                f"{a['after']['benign_malignant_ece']:.3f} |" for name, a in after.items()]
+    return ["", "### Calibration fitted out of fold", "",
+            f"`python -m core calibrate-image-cls`: the multi-task recipe (seed 0, 8 epochs) trained {cal['k']} times, "
+            f"each time without one of {cal['k']} folds of the training parts (whole patient / near-duplicate groups, "
+            f"classes spread evenly; `train-image-cls --multitask ... --fold I {cal['k']}`), each fold scored by the "
+            f"model that never saw it (flip TTA): {folds} images. On those held-out logits alone: one temperature "
+            f"({cal['temperature']:.3f}, NLL on the three classes), the kind's Platt scaling, the presence threshold that "
+            f"misses at most {p['max_missed_lesions']:.0%} of the {p['n_val_lesions']} out-of-fold lesions "
+            f"(p(lesion) >= {p['presence_threshold']:.3f}) and the kind's threshold for balanced accuracy "
+            f"({p['malignant_threshold']:.3f}); they are stored in the shipped ensemble (every member's temperature, the "
+            "decision points), whose members were trained on all the training parts: the calibration of the recipe, "
+            "fitted on 1,175 images instead of the 169 val images (which now are a clean check). The rule, written "
+            f"before its read of the test parts: {OOF_RULE}. "
+            + ("It **ships** (the checkpoint carries it)." if ships else
+               f"It **does not ship** (failed: {', '.join(failed)}); the val-fitted points stay."), "",
+            "| | val-fitted (before) | out of fold |", "|---|---|---|",
+            *[f"| {name} | {_f(ens['parts'][part].get(key))} | {_f(oof['parts'][part].get(key))} |"
+              for name, part, key in rows], "",
+            f"Each column from its own recorded read (test parts read {oof.get('test_reads', '?')} time(s) in all by "
+            "then). The val rows of the first column are on the images its points were fitted on. On the out-of-fold "
+            "images themselves (temperature 1 before, the fitted calibration after):", "",
+            "| set | top-label ECE before | after | p(malignant given lesion) ECE before | after |", "|---|---|---|---|---|",
+            *oof_rows, "",
+            "Reproduce: `runs/folds_chain.sh`'s three runs (`python -m core train-image-cls --multitask --epochs 8 "
+            "--img-size 256 --threads 2 --patience 20 --crops 0.35 --seed 0 --fold F 3 --save-path runs/cls_mt_k3_fF`, "
+            "F = 0, 1, 2; about 35 min each on 2 CPU cores), then `python -m core calibrate-image-cls --oof "
+            "runs/cls_mt_k3_f*.oof.json --cls-model checkpoints/classifier_image_mt_ens --write --out "
+            "docs/results_image_classifier_oof_calibration.json` and `python -m core evaluate-image-cls --cls-model "
+            "checkpoints/classifier_image_mt_ens --stored-points --out docs/results_image_classifier_mt_ens_oof.json`."]
 
 
 def _target_rows(t, b, busi_only, recipe: str = "the image-only recipe") -> list[tuple]:
