@@ -811,14 +811,16 @@ def _site_mix_lines(ens) -> list[str]:
     if not mix:
         return []
     rows = [(n, ens["parts"][k], mix[k]) for n, k in (("BUSI test", "busi_test"), ("BUS-BRA test", "busbra_test"))]
-    return ["", "The prior at the deployment mix: the kind's calibration was fitted on the pooled val lesions "
+    where = ens["decision_points"].get("chosen_on", "the val parts")
+    return ["", f"The prior at the deployment mix: the kind's calibration was fitted on the lesions of {where} "
             f"(malignant:benign odds {mix['val_odds']:.2f}); a site's own mix is known before deployment from its "
             "training labels, and moving the kind's prior to it (odds ratio; the threshold moves with it, so labels "
             "and AUCs do not change) gives:", "",
-            "| part | site's training odds | p(malignant given lesion) ECE at the val mix | at the site's mix |",
+            "| part | site's training odds | p(malignant given lesion) ECE at the calibration's mix | at the site's mix |",
             "|---|---|---|---|",
             *[f"| {n} | {m['site_train_odds']:.2f} | {p['benign_malignant_ece']:.3f} | {m['benign_malignant_ece']:.3f} |"
-              for n, p, m in rows]]
+              for n, p, m in rows], "",
+            "`predict --malignant-odds X` does this for a site whose odds are X (the labels do not change)."]
 
 
 def _ensemble_lines(ens, single, busi_only) -> list[str]:
