@@ -51,3 +51,7 @@ def test_shipped_pipeline_predicts_a_real_image(busi_dir):
     res = pipe.predict_file(path)
     assert res.mask.shape == Image.open(path).size[::-1]
     assert res.label in ("benign", "malignant", "normal") and 0.33 < res.confidence <= 1
+    site = SupervisedPipeline(CKPT / defaults["segmenter"], CKPT / defaults["classifier"], malignant_odds=2.0)
+    moved = site.predict_file(path)
+    assert moved.label == res.label and moved.probabilities["malignant"] > res.probabilities["malignant"], \
+        "a site with more malignant lesions: p(malignant) rises, the label stays (the default records its mix)"
