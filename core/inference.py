@@ -500,7 +500,7 @@ class SupervisedPipeline:
 
     def _classify_image(self, img: np.ndarray, m: np.ndarray, presence: tuple[float, bool]) -> ClassResult:
         """The image classifier: every probability (calibrated, flip TTA); the label from the decision points."""
-        from .models.presence import calibrate_kind, shift_kind_prior, shift_odds
+        from .models.presence import at_kind_prior, calibrate_kind
 
         classes, points = list(self.classifier.config.classes), self._points()
         probs = calibrate_kind(self.image_probabilities(img)[None], points.get("kind_calibration"), classes)
@@ -509,7 +509,7 @@ class SupervisedPipeline:
             if not points.get("kind_odds"):
                 raise DataError("this classifier does not record the mix it was calibrated at: no site prior")
             ratio = self.malignant_odds / points["kind_odds"]
-            probs, threshold = shift_kind_prior(probs, ratio, classes), float(shift_odds(threshold, ratio))
+            probs, threshold = at_kind_prior(probs, threshold, ratio, classes)
         out = {c: float(v) for c, v in zip(classes, probs[0])}
         p_lesion, present = presence
         if not present:

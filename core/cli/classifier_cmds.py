@@ -140,9 +140,7 @@ def calibrate_image_cls_cmd(args) -> int:
             raise ValueError("--write needs --cls-model")
         _, json_path = checkpoint.paths(args.cls_model)
         meta = json.loads(json_path.read_text())
-        fold_split = {(checkpoint.load_meta(json.loads(Path(f).read_text())["checkpoint"]).get("data") or {})
-                      .get("split_hash") for f in args.oof}
-        if fold_split != {(meta.get("data") or {}).get("split_hash")}:
+        if oof["split_hashes"] != {(meta.get("data") or {}).get("split_hash")}:
             raise ValueError("the folds were cut from another split than the checkpoint's training parts")
         for model in [m["model"] for m in meta.get("members", [])] or [meta["model"]]:
             model["temperature"] = t

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import auc, classification_metrics
-from ..models.presence import (calibrate_kind, kind_logit, logistic_score, presence_features,  # noqa: F401
-                               segmenter_evidence, shift_kind_prior, shift_odds)
+from ..models.presence import (at_kind_prior, calibrate_kind, kind_logit, logistic_score,  # noqa: F401
+                               presence_features, segmenter_evidence)
 from ..models.supervised import CLASSES
 
 B, M, N = (CLASSES.index(c) for c in ("benign", "malignant", "normal"))
@@ -124,8 +124,8 @@ def malignant_odds(y: np.ndarray) -> float:
 def at_site_mix(probs: np.ndarray, y: np.ndarray, points: dict, ratio: float, presence=None) -> dict:
     """`part_metrics` with the kind's prior moved by `ratio` (a site's training-part odds over the val parts'):
     the kind's threshold moves with it, so the labels and AUCs stay and only the calibration can change."""
-    moved = {**points, "malignant_threshold": float(shift_odds(points["malignant_threshold"], ratio))}
-    return {**part_metrics(shift_kind_prior(probs, ratio), y, moved, presence), "prior_ratio": ratio}
+    probs, threshold = at_kind_prior(probs, points["malignant_threshold"], ratio)
+    return {**part_metrics(probs, y, {**points, "malignant_threshold": threshold}, presence), "prior_ratio": ratio}
 
 
 def record_test_read(path: Path, checkpoint_name: str, parts: list[str]) -> int:
@@ -181,12 +181,13 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5
 def read_out_of_fold(paths: list) -> dict:
     """The held-out logits (flip TTA, before any temperature) of every fold of one cross-validation
     (`train-image-cls --fold I K` writes SAVE_PATH.oof.json), joined: {"logits" (n, 3), "labels" (n,),
-    "sets" (n,), "names" [...], "folds" [...]}. Refuses a fold given twice, folds of different K, a fold
-    missing, or an image in two folds (each image must be scored by a model that never saw it, once)."""
+    "sets" (n,), "names" [...], "folds" [...], "k", "split_hashes" {the split each fold was cut from}}. Refuses a
+    fold given twice, folds of different K, a fold missing, or an image in two folds (each image must be scored by a model that never saw it, once)."""
     from .. import checkpoint
 
     docs = [json.loads(Path(p).read_text()) for p in paths]
-    folds = [(checkpoint.load_meta(d["checkpoint"]).get("data") or {}).get("fold") or {} for d in docs]
+    data = [checkpoint.load_meta(d["checkpoint"]).get("data") or {} for d in docs]
+    folds = [d.get("fold") or {} for d in data]
     ks = {f.get("k") for f in folds}
     index = sorted(f.get("index", -1) for f in folds)
     if len(ks) != 1 or None in ks or index != list(range(next(iter(ks)))):
@@ -203,7 +204,8 @@ def read_out_of_fold(paths: list) -> dict:
     if len(set(names)) != len(names):
         raise ValueError("an image is in two folds: these files are not one cross-validation")
     return {"logits": np.asarray(logits, float), "labels": np.asarray(labels, int), "sets": np.asarray(sets),
-            "names": names, "folds": [str(p) for p in paths], "k": int(next(iter(ks)))}
+            "names": names, "folds": [str(p) for p in paths], "k": int(next(iter(ks))),
+            "split_hashes": {d.get("split_hash") for d in data}}
 
 
 def fit_out_of_fold(oof: dict, max_missed: float = 0.02) -> tuple[float, dict]:

@@ -763,6 +763,14 @@ def _image_classifier_section(r, busi_only) -> list[str]:
 
 
 ENSEMBLE_NAME = "classifier_image_mt_ens"
+# (row name, part, key) of an evaluate-image-cls result: the answer shown, then the calibration, on the test parts
+_ANSWER_CELLS = [("BUSI test 3-class accuracy", "busi_test", "accuracy"), ("BUSI test macro AUC", "busi_test", "macro_auc"),
+                 ("BUSI test normal images called lesion", "busi_test", "normal_called_lesion"),
+                 ("BUSI test lesions called normal", "busi_test", "lesions_called_normal"),
+                 ("BUS-BRA test benign vs malignant AUC", "busbra_test", "benign_malignant_auc")]
+_ECE_CELLS = [("BUSI test ECE (top label)", "busi_test", "ece_top_label"),
+              ("BUSI test ECE (p(malignant given lesion))", "busi_test", "benign_malignant_ece"),
+              ("BUS-BRA test ECE (p(malignant given lesion))", "busbra_test", "benign_malignant_ece")]
 
 
 def ensemble_ships(ens: dict, single: dict) -> bool:
@@ -833,13 +841,7 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
     members = meta.get("members", [])
     default = read_defaults().get("classifier") == ENSEMBLE_NAME
     ships = ensemble_ships(ens, single)
-    rows = [("BUSI test 3-class accuracy", "busi_test", "accuracy"), ("BUSI test macro AUC", "busi_test", "macro_auc"),
-            ("BUSI test normal images called lesion", "busi_test", "normal_called_lesion"),
-            ("BUSI test lesions called normal", "busi_test", "lesions_called_normal"),
-            ("BUS-BRA test benign vs malignant AUC", "busbra_test", "benign_malignant_auc"),
-            ("BUSI test ECE (top label)", "busi_test", "ece_top_label"),
-            ("BUS-BRA test ECE (p(malignant given lesion))", "busbra_test", "benign_malignant_ece"),
-            ("val score (the selection)", None, None)]
+    rows = [*_ANSWER_CELLS, _ECE_CELLS[0], _ECE_CELLS[2], ("val score (the selection)", None, None)]
     cell = lambda x, part, key: f"{_val_score(x) if part is None else x['parts'][part][key]:.3f}"
     seeds = ", ".join(f"`{m['name']}` (seed {m.get('train', {}).get('seed', '?')}, epoch {m.get('epoch', '?')}, val "
                       f"score {m.get('val_score', float('nan')):.3f})" for m in members)
@@ -890,15 +892,8 @@ def _oof_calibration_lines(ens, oof) -> list[str]:
         return []
     ships, failed = oof_calibration_ships(oof, ens)
     p, n = cal["decision_points"], cal["n"]
-    rows = [("BUSI test 3-class accuracy", "busi_test", "accuracy"), ("BUSI test macro AUC", "busi_test", "macro_auc"),
-            ("BUSI test normal images called lesion", "busi_test", "normal_called_lesion"),
-            ("BUSI test lesions called normal", "busi_test", "lesions_called_normal"),
-            ("BUS-BRA test benign vs malignant AUC", "busbra_test", "benign_malignant_auc"),
-            ("BUS-BRA test balanced accuracy (kind)", "busbra_test", "benign_malignant_balanced_accuracy"),
-            ("BUSI test ECE (top label)", "busi_test", "ece_top_label"),
-            ("BUSI test ECE (p(malignant given lesion))", "busi_test", "benign_malignant_ece"),
-            ("BUS-BRA test ECE (p(malignant given lesion))", "busbra_test", "benign_malignant_ece"),
-            ("BUSI val ECE (top label)", "busi_val", "ece_top_label"),
+    rows = [*_ANSWER_CELLS, ("BUS-BRA test balanced accuracy (kind)", "busbra_test", "benign_malignant_balanced_accuracy"),
+            *_ECE_CELLS, ("BUSI val ECE (top label)", "busi_val", "ece_top_label"),
             ("BUS-BRA val ECE (p(malignant given lesion))", "busbra_val", "benign_malignant_ece")]
     folds = ", ".join(f"{k} {v}" for k, v in n.items())
     after = cal["out_of_fold"]

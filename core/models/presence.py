@@ -68,3 +68,10 @@ def shift_kind_prior(probs: np.ndarray, ratio: float, classes=("benign", "malign
     out = probs.copy()
     out[:, m], out[:, b] = p_les * p_mal, p_les * (1 - p_mal)
     return out
+
+
+def at_kind_prior(probs: np.ndarray, malignant_threshold: float, ratio: float,
+                  classes=("benign", "malignant", "normal")) -> tuple[np.ndarray, float]:
+    """(probabilities, kind threshold) with the kind's prior moved by `ratio` (`shift_kind_prior`) and the threshold
+    moved with it (`shift_odds`), so that every label stays and only p(malignant | lesion) changes."""
+    return shift_kind_prior(probs, ratio, classes), float(shift_odds(malignant_threshold, ratio))
