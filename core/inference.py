@@ -366,18 +366,33 @@ class SupervisedPipeline:
     whatever mask was given; the type head reads the image and the lesion's crop."""
 
     def __init__(self, seg_path: str | Path | None, cls_path: str | Path | None, device: str = "cpu",
-                 malignant_odds: float | None = None):
+                 malignant_odds: float | None = None, kind_head: str | Path | None = None):
         """`malignant_odds`: the deployment site's malignant:benign odds among its lesions (known from its own
         records): the image classifier's p(malignant | lesion) is moved from the mix it was calibrated at to it
-        (the kind's threshold moves with it, so the labels stay and only the probabilities change)."""
+        (the kind's threshold moves with it, so the labels stay and only the probabilities change).
+        `kind_head`: a lesion-crop head whose `fusion` was fitted with this image classifier: the kind is then
+        read from both (`fuse_kind`), the crop cut around the lesion's mask."""
         if malignant_odds is not None and not 0 < malignant_odds < 1e6:
             raise DataError(f"malignant odds must be a positive number (got {malignant_odds})")
         self.device = torch.device(device)
         self.malignant_odds = malignant_odds
         self.segmenter = load_segmenter(seg_path, device) if seg_path else None
         self.classifier = load_classifier(cls_path, device) if cls_path else None
+        self.kind_head, self.fusion = self._load_kind_head(kind_head, cls_path, device) if kind_head else (None, None)
         self._sam = None
         self._last_probs = None     # (image key, probabilities, feature maps) of the last image classified
+
+    def _load_kind_head(self, path, cls_path, device):
+        from .models.crop import CropClassifier
+
+        head = load_classifier(path, device)
+        fusion = checkpoint.load_meta(path).get("fusion")
+        if not isinstance(head, CropClassifier) or not isinstance(fusion, dict):
+            raise checkpoint.CheckpointError(f"{Path(path).name}: not a lesion-crop head with a fitted fusion")
+        if not self.is_image or fusion.get("with") != Path(cls_path).name:
+            raise checkpoint.CheckpointError(f"{Path(path).name}: its fusion was fitted with {fusion.get('with')}, "
+                                             f"not with {Path(cls_path).name if cls_path else 'no classifier'}")
+        return head, fusion
 
     @property
     def is_probe(self) -> bool:
@@ -505,6 +520,8 @@ class SupervisedPipeline:
         classes, points = list(self.classifier.config.classes), self._points()
         probs = calibrate_kind(self.image_probabilities(img)[None], points.get("kind_calibration"), classes)
         threshold = points["malignant_threshold"]
+        if self.kind_head is not None and presence[1] and m.any():
+            probs, points, threshold = self._fused(img, m, probs, points, classes)
         if self.malignant_odds is not None:
             if not points.get("kind_odds"):
                 raise DataError("this classifier does not record the mix it was calibrated at: no site prior")
@@ -517,6 +534,18 @@ class SupervisedPipeline:
         p_mal = out["malignant"] / max(out["malignant"] + out["benign"], 1e-9)
         label = "malignant" if p_mal >= threshold else "benign"
         return ClassResult(label, max(p_mal, 1 - p_mal), out, m, float(m.mean()), p_lesion, True)
+
+    def _fused(self, img, m, probs, points, classes):
+        """The kind read from the image classifier and the lesion's crop together (`fuse_kind`)."""
+        from .models.crop import fuse_kind
+
+        b, k, n = (classes.index(c) for c in ("benign", "malignant", "normal"))
+        p_les = 1.0 - probs[0, n]
+        p_mal = fuse_kind([probs[0, k] / max(probs[0, k] + probs[0, b], 1e-9)], [self.kind_head.malignancy(img, m)],
+                          self.fusion)[0]
+        out = probs.copy()
+        out[0, k], out[0, b] = p_les * p_mal, p_les * (1 - p_mal)
+        return out, {**points, "kind_odds": self.fusion["kind_odds"]}, float(self.fusion["malignant_threshold"])
 
     def _classify_probe(self, img: np.ndarray, m: np.ndarray, presence: tuple[float, bool]) -> ClassResult:
         p_lesion, present = presence

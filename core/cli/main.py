@@ -7,9 +7,9 @@ import sys
 
 from ..data.io import DataError
 from ..checkpoint import CheckpointError
-from . import annotate_cmds, classifier_cmds, data_cmds, delineate_cmds, fewshot_cmds, supervised_cmds
+from . import annotate_cmds, classifier_cmds, crop_cmds, data_cmds, delineate_cmds, fewshot_cmds, supervised_cmds
 
-COMMAND_MODULES = (data_cmds, fewshot_cmds, supervised_cmds, classifier_cmds, annotate_cmds, delineate_cmds)
+COMMAND_MODULES = (data_cmds, fewshot_cmds, supervised_cmds, classifier_cmds, crop_cmds, annotate_cmds, delineate_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,3 +47,27 @@ def lesion_parts(busi_dir: str | Path | None = None, md_dir: str | Path | None =
             out[part] = [{"name": n, "label": labels[Path(n).stem], "group": f"bb:{doc['groups'][n]}",
                           "sample": table[n]} for n in names if n in table and Path(n).stem in labels]
     return out
+
+
+def kind_parts(busi_dir: str | Path | None = None, md_dir: str | Path | None = None) -> dict[str, list[dict]]:
+    """The lesions alone (benign / malignant), part by part of each committed split: `busi_train`,
+    `busi_val`, `busi_test`, `bb_train`, `bb_val`, `bb_test`; rows as in `lesion_parts`."""
+    out: dict[str, list[dict]] = {}
+    busi_dir = busi_dir or default_data_dir()
+    if busi_dir is not None and Path(busi_dir).is_dir():
+        doc = load_split()
+        table = {s.rel_path: s for s in discover(busi_dir).samples}
+        for part in ("train", "val", "test"):
+            out[f"busi_{part}"] = [{"name": n, "label": table[n].label, "group": f"busi:{doc['groups'].get(n, n)}",
+                                    "sample": table[n]} for n in doc[part]
+                                   if n in table and table[n].label in ("benign", "malignant")]
+    md_dir = md_dir or default_multidomain_dir()
+    if md_dir is not None and (Path(md_dir) / BUSBRA).is_dir():
+        md_dir = Path(md_dir)
+        doc = load_multidomain_split()["sets"][BUSBRA]
+        table = {s.rel_path: s for s in set_samples(md_dir, BUSBRA)}
+        labels = busbra_labels(md_dir)
+        for part in ("train", "val", "test"):
+            out[f"bb_{part}"] = [{"name": n, "label": labels[Path(n).stem], "group": f"bb:{doc['groups'][n]}",
+                                  "sample": table[n]} for n in doc[part] if n in table and Path(n).stem in labels]
+    return out

@@ -60,6 +60,9 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
         return LesionProbe.load(path)
     if meta.get("architecture") == "image_ensemble":   # issue 28: several image classifiers, one checkpoint
         return load_ensemble(path, meta, device)
+    if meta.get("architecture") == "lesion_crop":     # issue 28: the lesion-crop benign / malignant head
+        from .crop import CropClassifier
+        return _load_supervised(path, "classifier", ClassifierConfig, CropClassifier, device)
     extra = meta.get("model", {}).get("extra") or {}
     if extra.get("input") == "image":     # issue 28: image only (with a segmentation decoder when multitask)
         cls = MultiTaskClassifier if extra.get("multitask") else ImageClassifier

@@ -140,7 +140,7 @@ class ImageClassifier(nn.Module):
         super().__init__()
         if config.backbone not in CLASSIFIER_BACKBONES:
             raise ValueError(f"classifier backbone must be one of {CLASSIFIER_BACKBONES}")
-        config.extra = {**config.extra, "input": "image"}
+        config.extra = {"input": "image", **config.extra}
         self.config = config
         s = BACKBONES[config.backbone]
         self.model = timm.create_model(s.timm_name, pretrained=False, num_classes=len(config.classes), drop_rate=0.2)
