@@ -112,6 +112,12 @@ def read_defaults(folder: str | Path = SHIPPED_DIR) -> dict:
         return {}
 
 
+def default_kind_head(folder: str | Path = SHIPPED_DIR) -> Path | None:
+    """The lesion-crop head DEFAULTS.json pairs with the default classifier (`"kind_head"`), if it names one."""
+    name = read_defaults(folder).get("kind_head")
+    return Path(folder) / name if name else None
+
+
 def default_checkpoint(kind: str = "panet", folder: str | Path = SHIPPED_DIR) -> Path:
     """The shipped default checkpoint of `kind` ("panet", "segmenter", "classifier") named in DEFAULTS.json."""
     name = read_defaults(folder).get(kind) or FALLBACK_DEFAULTS[kind]

@@ -140,6 +140,7 @@ def evaluate_crop_cls_cmd(args) -> int:
     result = {"command": "python -m core evaluate-crop-cls --cls-model {} --parts {}".format(
         args.cls_model, " ".join(args.parts)) + (f" --out {args.out}" if args.out else ""),
         "checkpoint": Path(args.cls_model).name, "val_auc": meta.get("val_auc"), "epoch": meta.get("epoch"),
+        "train_seconds": meta.get("train_seconds"),
         "temperature": model.config.temperature, "data": meta.get("data"), "parts": {}}
     for name, rows in _rows(args, args.parts).items():
         data = _with_segmenter_boxes(load_lesions(rows, progress=True), args.segmenter)

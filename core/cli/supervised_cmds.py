@@ -131,6 +131,9 @@ def _register_evaluation(sub) -> None:
     p.add_argument("--malignant-odds", type=float, default=None,
                    help="this site's malignant:benign odds among its lesions (e.g. 0.49 for BUSI's training part, "
                         "0.46 for BUS-BRA's): p(malignant) is set to that prior; the labels do not change")
+    p.add_argument("--kind-head", default=None,
+                   help="a lesion-crop head whose fusion was fitted with the classifier: the kind is read from both "
+                        "(default: the one DEFAULTS.json names for the default classifier, if any; 'none' for none)")
     p.set_defaults(func=predict_cmd)
 
 
@@ -367,9 +370,12 @@ def predict_cmd(args) -> int:
     from ..data.io import read_image_info
     from ..inference import SupervisedPipeline
 
+    kind_head = None if args.kind_head == "none" else args.kind_head
+    if args.kind_head is None and args.cls_model is None:
+        kind_head = checkpoint.default_kind_head()
     pipe = SupervisedPipeline(args.seg_model or checkpoint.default_checkpoint("segmenter"),
                               args.cls_model or checkpoint.default_checkpoint("classifier"),
-                              malignant_odds=args.malignant_odds)
+                              malignant_odds=args.malignant_odds, kind_head=kind_head)
     from ..data.dicom import split_frame
 
     src = Path(args.image)

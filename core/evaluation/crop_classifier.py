@@ -152,3 +152,32 @@ def answer_scores(a: dict) -> dict:
                    normal_called_lesion=float((shown[~lesion] != 2).mean()),
                    confusion_matrix=[[int(((y == i) & (shown == j)).sum()) for j in range(3)] for i in range(3)])
     return out
+
+
+CROP_RULE = ("the BUSI-only crop head is trained once with the command's defaults (Lite0, 224 px, 30 epochs, patience "
+             "8, seed 0), its epoch and temperature chosen on BUSI val with the segmenter's masks; then all of BUS-BRA "
+             "is read once, and its AUC is reported whether it beats 0.717 or not; nothing is changed after that read")
+FUSION_RULE = ("on the val lesions the fused ranking must be at least as good as the image classifier's alone on both "
+               "val parts (AUC); then, on one read of the test parts with predict end to end (both rows from that "
+               "read), the crop head becomes the default only if, against the image classifier alone, BUS-BRA test and "
+               "BUSI test kind AUC are not lower by more than 0.005, BUSI 3-class accuracy drops by at most one image "
+               "(1/155), BUS-BRA kind balanced accuracy drops by at most 0.01 and the kind's ECE on BUS-BRA test is not "
+               "higher")
+
+
+def fusion_goes_to_test(val: dict) -> bool:
+    """Step 1 of FUSION_RULE (val parts only)."""
+    return all(v["fused"]["auc"] >= v["image"]["auc"] for v in val.values())
+
+
+def kind_head_ships(rows: dict) -> tuple[bool, list[str]]:
+    """Step 2 of FUSION_RULE: (ships?, the failed conditions) from `evaluate-kind-head`'s rows."""
+    old, new = rows["image classifier"], rows["with the crop head"]
+    checks = {"BUS-BRA kind AUC": new["bb_test"]["kind_auc"] >= old["bb_test"]["kind_auc"] - 0.005,
+              "BUSI kind AUC": new["busi_test"]["kind_auc"] >= old["busi_test"]["kind_auc"] - 0.005,
+              "BUSI accuracy": new["busi_test"]["accuracy"] >= old["busi_test"]["accuracy"] - 1 / 155 - 1e-9,
+              "BUS-BRA balanced accuracy": new["bb_test"]["kind_balanced_accuracy"]
+              >= old["bb_test"]["kind_balanced_accuracy"] - 0.01,
+              "BUS-BRA kind ECE": new["bb_test"]["kind_ece"] <= old["bb_test"]["kind_ece"]}
+    failed = [k for k, ok in checks.items() if not ok]
+    return not failed, failed

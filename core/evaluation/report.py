@@ -800,6 +800,78 @@ def _end_to_end_lines(pipe) -> list[str]:
     return ["", line]
 
 
+def _crop_head_lines() -> list[str]:
+    """Issue 28: the lesion-crop head, alone on BUSI (never saw BUS-BRA), and fused with the ensemble's kind."""
+    from .crop_classifier import CROP_RULE
+
+    alone = _load("results_crop_busi_only.json")
+    if not alone:
+        return []
+    v, a = alone["parts"]["busi_val"], alone["parts"]["bb_all"]
+    cell = lambda x: f"{x['auc']:.3f} [{x['auc_ci95'][0]:.3f}, {x['auc_ci95'][1]:.3f}] | {x['ece']:.3f}"
+    return ["", "### The lesion-crop head", "",
+            "A second benign / malignant reader that sees only the lesion: a square crop around the bounding box of the "
+            "mask's largest component, widened by half its longer side on every side (zero-padded at the image's "
+            "edge), 224 px, EfficientNet-Lite0 from ImageNet, fine-tuned end to end (`core/models/crop.py`, "
+            "`python -m core train-crop-cls`). Training crops come from the true masks with the box jittered (sides "
+            "+-15%, centre +-10%, margin 0.3-0.8) so that a segmenter's box is no surprise, then the ultrasound "
+            "augmentation; the epoch and the temperature are chosen on val with the shipped segmenter's masks (what "
+            "`predict` gives it). Trained on BUSI's training split alone "
+            f"({alone['data']['n_busi_train']} lesions; epoch {alone['epoch']}, {_f(alone.get('val_auc'))} val AUC), "
+            f"the rule, written before: {CROP_RULE}.", "",
+            "| part (the crop head on BUSI alone) | lesions | AUC [95% CI], segmenter's masks | ECE | AUC, true masks | ECE |",
+            "|---|---|---|---|---|---|",
+            *[f"| {name} | {x['segmenter_masks']['n']} | {cell(x['segmenter_masks'])} | {cell(x['true_masks'])} |"
+              for name, x in (("BUSI val (its selection)", v), ("all of BUS-BRA (never seen)", a))], "",
+            f"On all of BUS-BRA it ranks **{a['segmenter_masks']['auc']:.3f}**, below the whole-image multi-task model on "
+            "BUSI alone (0.717): **missed** (target 0.80); a BUSI-trained reader of the lesion alone transfers no "
+            "better than one of the whole image (the segmenter found a lesion on "
+            f"{a['segmenter_found']} of {a['segmenter_masks']['n']} images; the rest are read whole). Reproduce: "
+            "`python -m core train-crop-cls --no-busbra --threads 2 --save-path runs/crop_busi_only` ("
+            f"{(alone.get('train_seconds') or float('nan')) / 60:.0f} min to its best epoch on 2 CPU cores), then `python -m core evaluate-crop-cls --cls-model runs/crop_busi_only --parts busi_val bb_all "
+            f"--out docs/results_crop_busi_only.json` (test parts read {alone.get('test_reads', '?')} time(s) in all by "
+            "then).", *_fusion_lines()]
+
+
+def _fusion_lines() -> list[str]:
+    from .crop_classifier import FUSION_RULE, fusion_goes_to_test, kind_head_ships
+
+    fused = _load("results_crop_fusion_val.json")
+    if not fused:
+        return []
+    val, f = fused["val"], fused["fusion"]
+    L = ["", "Fused with the default classifier's kind: a crop head trained on BUSI train + BUS-BRA train "
+         "(`train-crop-cls --save-path runs/crop_both`), then `python -m core fuse-crop-cls --cls-model "
+         f"checkpoints/{ENSEMBLE_NAME} --crop-model runs/crop_both --save-path runs/crop_both_fused --out "
+         "docs/results_crop_fusion_val.json`: p(malignant | lesion) from the mean of the two logits (no weight "
+         f"fitted), Platt-scaled on the {f['n_val_lesions']} val lesions, threshold {f['malignant_threshold']:.3f} "
+         f"(balanced accuracy). The rule, written before: {FUSION_RULE}.", "",
+         "| val part (lesions) | image classifier AUC | crop head AUC | fused AUC | ECE image / fused |",
+         "|---|---|---|---|---|",
+         *[f"| {n} | {x['image']['auc']:.3f} | {x['crop']['auc']:.3f} | {x['fused']['auc']:.3f} | "
+           f"{x['image']['ece']:.3f} / {x['fused']['ece']:.3f} |" for n, x in val.items()], ""]
+    if not fusion_goes_to_test(val):
+        return L + ["On val the fused kind does not rank at least as well on both parts: **not read on test, not shipped**."]
+    read = _load("results_kind_head.json")
+    if not read:
+        return L + ["It goes to the test read (not yet made)."]
+    ships, failed = kind_head_ships(read["rows"])
+    rows = read["rows"]
+    keys = [("BUSI test 3-class accuracy", "busi_test", "accuracy"), ("BUSI test macro AUC", "busi_test", "macro_auc"),
+            ("BUSI test kind AUC", "busi_test", "kind_auc"), ("BUSI test top-label ECE", "busi_test", "ece_top_label"),
+            ("BUSI test kind ECE", "busi_test", "kind_ece"), ("BUSI test lesions called normal", "busi_test",
+                                                              "lesions_called_normal"),
+            ("BUS-BRA test kind AUC", "bb_test", "kind_auc"), ("BUS-BRA test kind ECE", "bb_test", "kind_ece"),
+            ("BUS-BRA test kind balanced accuracy", "bb_test", "kind_balanced_accuracy")]
+    return L + [f"`{read['command']}` (predict end to end, both columns from one read; test parts read "
+                f"{read.get('test_reads', '?')} time(s) in all by then): "
+                + ("it **ships**: DEFAULTS.json names it as the default classifier's `kind_head`." if ships else
+                   f"it **does not ship** (failed: {', '.join(failed)}); it stays an option (`predict --kind-head`)."), "",
+                "| | image classifier alone | with the crop head |", "|---|---|---|",
+                *[f"| {n} | {_f(rows['image classifier'][p].get(k))} | {_f(rows['with the crop head'][p].get(k))} |"
+                  for n, p, k in keys]]
+
+
 def _third_seed(ens) -> str:
     """The three-member ensemble scored on the val parts only (the selection between two and three members)."""
     three = _load("results_image_classifier_mt_ensemble3_val.json")
@@ -878,7 +950,7 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
             "alone). Test parts read "
             f"{ens.get('test_reads', '?')} time(s) in all by then (`docs/image_classifier_test_reads.json`).",
             *_site_mix_lines(shown), *_oof_calibration_lines(ens, oof),
-            *_end_to_end_lines(_load("results_image_classifier_mt_ens_pipeline.json")),
+            *_end_to_end_lines(_load("results_image_classifier_mt_ens_pipeline.json")), *_crop_head_lines(),
             "", "### One multi-task model (the default before the ensemble)" if default else ""]
 
 
