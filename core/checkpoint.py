@@ -113,9 +113,10 @@ def read_defaults(folder: str | Path = SHIPPED_DIR) -> dict:
 
 
 def default_kind_head(folder: str | Path = SHIPPED_DIR) -> Path | None:
-    """The lesion-crop head DEFAULTS.json pairs with the default classifier (`"kind_head"`), if it names one."""
+    """The lesion-crop head DEFAULTS.json pairs with the default classifier (`"kind_head"`), if it names one
+    that is installed."""
     name = read_defaults(folder).get("kind_head")
-    return Path(folder) / name if name else None
+    return Path(folder) / name if name and (Path(folder) / f"{name}.json").exists() else None
 
 
 def default_checkpoint(kind: str = "panet", folder: str | Path = SHIPPED_DIR) -> Path:

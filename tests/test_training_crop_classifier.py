@@ -153,3 +153,33 @@ def test_a_crop_head_fitted_with_another_classifier_or_without_a_fusion_is_refus
         SupervisedPipeline(None, cls, kind_head=_crop_head(tmp_path, {"with": "other_classifier"}))
     with pytest.raises(CheckpointError, match="fitted fusion"):
         SupervisedPipeline(None, cls, kind_head=_crop_head(tmp_path, None))
+
+
+def test_fuse_and_evaluate_the_kind_head_on_real_images(busi_dir, tmp_path):
+    """The commands on a few real BUSI and BUS-BRA images with the shipped ensemble and segmenter: the fusion
+    is fitted on val lesions and written into the head; evaluate-kind-head gives both rows (a --limit run is
+    not a test read and is not recorded)."""
+    import json
+
+    from core import checkpoint
+    from core.cli.main import main
+
+    reads = checkpoint.SHIPPED_DIR.parent / "docs" / "image_classifier_test_reads.json"
+    before = reads.read_text() if reads.exists() else ""
+    head = CropClassifier(ClassifierConfig(image_size=32, weights="random", classes=("benign", "malignant")))
+    checkpoint.save(tmp_path / "crop", head.state_dict(), {"kind": "classifier", "architecture": "lesion_crop",
+                                                             "model": head.config_dict(), "data": {"sites": ["busi", "bb"]}})
+    common = ["--limit", "4", "--box-cache", str(tmp_path / "boxes.json")]
+    assert main(["fuse-crop-cls", "--cls-model", str(checkpoint.default_checkpoint("classifier")), "--crop-model",
+                 str(tmp_path / "crop"), "--out", str(tmp_path / "fusion.json"), *common]) == 0
+    fused = json.loads((tmp_path / "fusion.json").read_text())
+    assert set(fused["val"]) == {"busi_val", "bb_val"} and fused["fusion"]["with"] == "classifier_image_mt_ens"
+    assert len(json.loads((tmp_path / "boxes.json").read_text()).popitem()[1]) == 8, "8 val images' boxes cached"
+    meta = checkpoint.load_meta(tmp_path / "crop")
+    checkpoint.save(tmp_path / "fused", head.state_dict(), {**meta, "fusion": fused["fusion"]})
+    assert main(["evaluate-kind-head", "--cls-model", str(checkpoint.default_checkpoint("classifier")), "--kind-head",
+                 str(tmp_path / "fused"), "--limit", "3", "--out", str(tmp_path / "read.json")]) == 0
+    rows = json.loads((tmp_path / "read.json").read_text())["rows"]
+    assert set(rows) == {"image classifier", "with the crop head"}
+    assert rows["with the crop head"]["busi_test"]["n"] == 3 and rows["image classifier"]["bb_test"]["n"] == 3
+    assert (reads.read_text() if reads.exists() else "") == before, "a smoke run is not a read of the test parts"

@@ -385,7 +385,6 @@ class AppContext:
     def foreground(self):
         """Segments running on the page now (background work yields to them)."""
         from .background import Foreground
-
         return Foreground()
 
     def pipeline(self) -> SupervisedPipeline:
@@ -395,10 +394,11 @@ class AppContext:
                 cls = self.checkpoints("classifier")
                 if not cls:
                     raise checkpoint.CheckpointError("no lesion classifier checkpoint is installed")
-                # the defaults named in checkpoints/DEFAULTS.json (else the first listed)
+                # the defaults named in checkpoints/DEFAULTS.json (else the first listed), the kind's crop head if any
                 seg_path = seg.get(self.default_checkpoint("segmenter")) if seg else None
+                head = checkpoint.default_kind_head(self.config.checkpoints_dir)
                 self._models["pipeline"] = SupervisedPipeline(seg_path, cls[self.default_checkpoint("classifier")],
-                                                              self.device())
+                                                              self.device(), kind_head=head)
             return self._models["pipeline"]
 
     def presence_check(self):

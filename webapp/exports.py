@@ -63,7 +63,8 @@ def classify(ctx: AppContext, session: Session) -> tuple[dict, str, np.ndarray]:
                 f"{pipe.presence_threshold():.2f}): class normal, the mask is emptied. Research tool: not a diagnosis.")
         return res.probabilities, text + _cam_note(cam), _cam_or_overlay(session.query_image, res.mask, cam)
     lesion = "" if res.lesion_probability is None else f"p(lesion) {res.lesion_probability:.2f}; "
-    text = (f"**Predicted class: {res.label} ({res.confidence:.2f} confidence)**, {lesion}from the query and {src} "
+    reader = " (the kind from the whole image and the lesion's crop)" if getattr(pipe, "kind_head", None) else ""
+    text = (f"**Predicted class: {res.label} ({res.confidence:.2f} confidence)**{reader}, {lesion}from the query and {src} "
             f"(shown beside: {mask.mean() * 100:.1f}% of the image"
             + ("; an empty mask" if not mask.any() else "") + "). Research tool: not a diagnosis.")
     return res.probabilities, text + _cam_note(cam), _cam_or_overlay(session.query_image, mask, cam)

@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="first N lesions of each part (smoke runs)")
     p.add_argument("--segmenter", default=str(SEGMENTER), help="whose masks give the val crops")
+    p.add_argument("--box-cache", default=str(BOX_CACHE), help="the segmenter's boxes, cached per image")
     p.add_argument("--save-path", default="runs/crop_classifier")
     p.set_defaults(func=train_crop_cls_cmd)
 
@@ -40,6 +41,7 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--segmenter", default=str(SEGMENTER))
+    p.add_argument("--box-cache", default=str(BOX_CACHE), help="the segmenter's boxes, cached per image")
     p.add_argument("--out", default=None, help="JSON of the scores (default: printed only)")
     p.set_defaults(func=evaluate_crop_cls_cmd)
 
@@ -53,6 +55,7 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--segmenter", default=str(SEGMENTER))
+    p.add_argument("--box-cache", default=str(BOX_CACHE), help="the segmenter's boxes, cached per image")
     p.add_argument("--out", default=None)
     p.set_defaults(func=fuse_crop_cls_cmd)
 
@@ -82,10 +85,11 @@ def _rows(args, names) -> dict[str, list[dict]]:
     return out
 
 
-def _with_segmenter_boxes(data: dict, segmenter) -> dict:
+def _with_segmenter_boxes(data: dict, args) -> dict:
     from ..evaluation.crop_classifier import segmenter_boxes
 
-    return {**data, "true_boxes": data["boxes"], "boxes": segmenter_boxes(data, segmenter, BOX_CACHE, progress=True)}
+    boxes = segmenter_boxes(data, args.segmenter, args.box_cache, progress=True)
+    return {**data, "true_boxes": data["boxes"], "boxes": boxes}
 
 
 def train_crop_cls_cmd(args) -> int:
@@ -104,7 +108,7 @@ def train_crop_cls_cmd(args) -> int:
     loaded = {k: load_lesions(v, progress=True) for k, v in rows.items()}
     train = {k: sum((loaded[f"{s}_train"][k] for s in sites), []) for k in ("images", "boxes")}
     train["y"] = np.concatenate([loaded[f"{s}_train"]["y"] for s in sites])
-    vals = [_with_segmenter_boxes(loaded[f"{s}_val"], args.segmenter) for s in sites]
+    vals = [_with_segmenter_boxes(loaded[f"{s}_val"], args) for s in sites]
     val = {k: sum((v[k] for v in vals), []) for k in ("images", "boxes")}
     val["y"] = np.concatenate([v["y"] for v in vals])
     info = {"sites": sites, **{f"n_{k}": len(v) for k, v in rows.items()},
@@ -143,7 +147,7 @@ def evaluate_crop_cls_cmd(args) -> int:
         "train_seconds": meta.get("train_seconds"),
         "temperature": model.config.temperature, "data": meta.get("data"), "parts": {}}
     for name, rows in _rows(args, args.parts).items():
-        data = _with_segmenter_boxes(load_lesions(rows, progress=True), args.segmenter)
+        data = _with_segmenter_boxes(load_lesions(rows, progress=True), args)
         scores = {}
         for label, boxes in (("segmenter_masks", data["boxes"]), ("true_masks", data["true_boxes"])):
             z = crop_logits(model, data["images"], boxes, device)
@@ -172,7 +176,7 @@ def fuse_crop_cls_cmd(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    parts = {n: _with_segmenter_boxes(load_lesions(r, progress=True), args.segmenter)
+    parts = {n: _with_segmenter_boxes(load_lesions(r, progress=True), args)
              for n, r in _rows(args, ["busi_val", "bb_val"]).items()}
     p_img, p_crop = kind_probabilities(args.cls_model, args.crop_model, parts)
     y = np.concatenate([d["y"] for d in parts.values()])

@@ -120,16 +120,20 @@ def fusion_report(p_img: dict, p_crop: dict, y: dict, fusion: dict) -> dict:
 def pipeline_answers(pipe, rows: list[dict]) -> dict:
     """`predict` end to end on every image of `rows`: the probabilities (benign, malignant, normal), the
     label shown, the truth."""
+    import time
+
     classes = ("benign", "malignant", "normal")
-    probs, shown, y = [], [], []
+    probs, shown, y, seconds = [], [], [], 0.0
     for r in rows:
         image, _ = load_pair(r["sample"])
+        t0 = time.perf_counter()
         out = pipe.predict(image)
+        seconds += time.perf_counter() - t0
         probs.append([out.probabilities[c] for c in classes])
         shown.append(classes.index(out.label))
         y.append(classes.index(r["label"]))
     return {"probs": np.array(probs), "shown": np.array(shown), "y": np.array(y),
-            "groups": np.array([r["group"] for r in rows])}
+            "groups": np.array([r["group"] for r in rows]), "seconds_per_image": seconds / max(len(rows), 1)}
 
 
 def answer_scores(a: dict) -> dict:
@@ -143,8 +147,9 @@ def answer_scores(a: dict) -> dict:
     mal = y[lesion] == 1
     p_mal = probs[lesion, 1] / np.maximum(probs[lesion, 0] + probs[lesion, 1], 1e-9)
     said = shown[lesion]
-    out = {"n": int(len(y)), "kind_auc": auc(p_mal, mal), "kind_ece": binary_ece(p_mal, mal),
-           "kind_balanced_accuracy": float(((said[mal] == 1).mean() + (said[~mal] == 0).mean()) / 2),
+    out = {"n": int(len(y)), "seconds_per_image": a.get("seconds_per_image"), "kind_auc": auc(p_mal, mal), "kind_ece": binary_ece(p_mal, mal),
+           "kind_balanced_accuracy": float(((said[mal] == 1).mean() + (said[~mal] == 0).mean()) / 2)
+           if mal.any() and (~mal).any() else None,
            "lesions_called_normal": float((said == 2).mean())}
     if (~lesion).any():
         m = classification_metrics(probs, y, ("benign", "malignant", "normal"))
