@@ -417,10 +417,15 @@ class SupervisedPipeline:
         last = self._last_probs
         if last is not None and last[0] == key:
             return last[1].copy()
-        probs, feats = self.classifier.predict_with_features(to_tensor(img)[None].to(self.device))
+        probs, feats = self.classifier.predict_with_features(self._classifier_input(img))
         probs = probs[0].cpu().numpy()
         self._last_probs = (key, probs, feats)     # one tuple: a concurrent call sees a whole entry or none
         return probs.copy()
+
+    def _classifier_input(self, img: np.ndarray) -> torch.Tensor:
+        """The image at the classifier's size, resized as its training images were (area averaging: a bilinear
+        downsampling of the full image aliases the speckle the model never saw in training)."""
+        return to_tensor(resize_image(img, self.classifier.config.image_size))[None].to(self.device)
 
     def _image_key(self, img: np.ndarray) -> tuple:
         return id(self.classifier), img.shape, hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest()
@@ -440,7 +445,8 @@ class SupervisedPipeline:
         k = list(self.classifier.config.classes).index(label)
         last = self._last_probs      # the feature maps of the image just classified: the encoder is not run again
         feats = last[2] if last is not None and last[0] == self._image_key(img) else None
-        return self.classifier.grad_cam(to_tensor(img)[None].to(self.device), k, feats).cpu().numpy()
+        cam = self.classifier.grad_cam(self._classifier_input(img), k, feats).cpu().numpy()
+        return np.clip(cv2.resize(cam, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
 
     def _combined_presence(self, image, p_lesion: float, points: dict) -> float:
         from .models.presence import logistic_score, presence_features, segmenter_evidence
