@@ -797,6 +797,16 @@ def _end_to_end_lines(pipe) -> list[str]:
         line += (f" Its presence decision in `annotate --no-lesion` (= Segment with \"no lesion\" ticked; 5 training "
                  f"supports, every BUSI test image): normal scans given a mask {wo['normal_given_a_mask']:.2f} -> "
                  f"{w['normal_given_a_mask']:.2f}, lesion Dice {wo['lesion_dice']:.3f} -> {w['lesion_dice']:.3f}.")
+    before = _load("results_image_classifier_mt_ens_pipeline_bilinear.json")
+    if before:
+        b = before["predict"]
+        line += (" `predict` and the app now give the classifier the image resized as its training images were (area "
+                 "averaging); before, they downsampled the full image bilinearly, which the model never saw in training "
+                 "and which its calibration and decision points were not fitted on. The read before that fix "
+                 "(docs/results_image_classifier_mt_ens_pipeline_bilinear.json): accuracy "
+                 f"{b['accuracy']:.3f}, normal images called lesion {b['normal_called_lesion']:.3f}, confusion matrix "
+                 f"{b['confusion_matrix']}; the end-to-end answer now matches the evaluated model's (above). The fix was "
+                 "shipped before its read, whatever the read would say.")
     return ["", line]
 
 
@@ -863,10 +873,15 @@ def _fusion_lines() -> list[str]:
                                                               "lesions_called_normal"),
             ("BUS-BRA test kind AUC", "bb_test", "kind_auc"), ("BUS-BRA test kind ECE", "bb_test", "kind_ece"),
             ("BUS-BRA test kind balanced accuracy", "bb_test", "kind_balanced_accuracy")]
-    return L + [f"`{read['command']}` (predict end to end, both columns from one read; test parts read "
+    t0, t1 = (rows[k]["busi_test"].get("seconds_per_image") or float("nan") for k in ("image classifier", "with the crop head"))
+    return L + [f"`{read['command']}` (predict end to end, both columns from one read, {t0 * 1000:.0f} and "
+                f"{t1 * 1000:.0f} ms per BUSI image on 2 CPU threads; made before the resize fix above, so both columns "
+                "read the whole image through the old bilinear path, and the fusion was fitted on it; test parts read "
                 f"{read.get('test_reads', '?')} time(s) in all by then): "
                 + ("it **ships**: DEFAULTS.json names it as the default classifier's `kind_head`." if ships else
-                   f"it **does not ship** (failed: {', '.join(failed)}); it stays an option (`predict --kind-head`)."), "",
+                   f"it **does not ship** (failed: {', '.join(failed)}); it is not in checkpoints/ (the commands above rebuild "
+                   "it for `predict --kind-head runs/crop_both_fused`). The val lesions said the opposite: 156 val "
+                   "lesions flatter the fusion as they flattered the out-of-fold calibration above."), "",
                 "| | image classifier alone | with the crop head |", "|---|---|---|",
                 *[f"| {n} | {_f(rows['image classifier'][p].get(k))} | {_f(rows['with the crop head'][p].get(k))} |"
                   for n, p, k in keys]]
