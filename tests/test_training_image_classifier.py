@@ -160,3 +160,25 @@ def test_folds_keep_groups_whole_and_the_held_fold_gets_out_of_fold_logits(tmp_p
     model = load_image_classifier(tmp_path / "f1")
     from core.training.image_classifier import logits_of
     assert np.allclose(doc["sets"]["busi"]["logits"], logits_of(model, held["busi"][0].images, "cpu").numpy(), atol=1e-5)
+
+
+def test_predict_feeds_the_classifier_the_image_resized_as_in_training(tmp_path):
+    """A full-size image reaches the image classifier area-averaged to its size, as its training images were
+    (`resize_image`), not bilinearly downsampled: the pipeline's probabilities are the evaluated model's."""
+    from core import checkpoint
+    from core.data.dataset import resize_image, to_tensor
+    from core.models.supervised import ImageClassifier
+
+    torch.manual_seed(0)
+    model = ImageClassifier(ClassifierConfig(image_size=32, weights="random"))
+    checkpoint.save(tmp_path / "cls", model.state_dict(), {"kind": "classifier", "model": model.config_dict()})
+    pipe = SupervisedPipeline(None, tmp_path / "cls")
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)      # speckle: aliasing shows at once
+    want = pipe.classifier.predict(to_tensor(resize_image(img, 32))[None])[0].numpy()
+    bilinear = pipe.classifier.predict(to_tensor(img)[None])[0].numpy()
+    got = pipe.image_probabilities(img)
+    assert np.allclose(got, want, atol=1e-6)
+    assert not np.allclose(got, bilinear, atol=1e-4), "the two paths differ on a speckled image"
+    cam = pipe.explain(img, "benign")
+    assert cam.shape == img.shape[:2] and 0 <= cam.min() and cam.max() <= 1
