@@ -501,7 +501,9 @@ class SupervisedPipeline:
         return (logits[0, 0] > 0).cpu().numpy()
 
     @torch.no_grad()
-    def classify(self, image, mask, presence: tuple[float, bool] | None = None) -> ClassResult:
+    def classify(self, image, mask, presence: tuple[float, bool] | None = None,
+                 malignant_odds: float | None = None) -> ClassResult:
+        """`malignant_odds`: this call's site prior (as the constructor's, which it overrides for this call)."""
         if self.classifier is None:
             raise DataError("no classifier checkpoint loaded")
         img = as_image(image)
@@ -510,7 +512,10 @@ class SupervisedPipeline:
         if self.is_probe:
             return self._classify_probe(img, m, presence or self.presence(img))
         if self.is_image:
-            return self._classify_image(img, m, presence or self.presence(img))
+            odds = self.malignant_odds if malignant_odds is None else malignant_odds
+            if odds is not None and not 0 < odds < 1e6:
+                raise DataError(f"malignant odds must be a positive number (got {odds})")
+            return self._classify_image(img, m, presence or self.presence(img), odds)
         size = self.classifier.config.image_size
         x = to_tensor(resize_image(img, size))[None].to(self.device)
         mt = torch.from_numpy(resize_mask(m, size)).float()[None, None].to(self.device)
@@ -519,7 +524,8 @@ class SupervisedPipeline:
         k = int(p.argmax())
         return ClassResult(classes[k], float(p[k]), {c: float(v) for c, v in zip(classes, p)}, m, float(m.mean()))
 
-    def _classify_image(self, img: np.ndarray, m: np.ndarray, presence: tuple[float, bool]) -> ClassResult:
+    def _classify_image(self, img: np.ndarray, m: np.ndarray, presence: tuple[float, bool],
+                        malignant_odds: float | None = None) -> ClassResult:
         """The image classifier: every probability (calibrated, flip TTA); the label from the decision points."""
         from .models.presence import at_kind_prior, calibrate_kind
 
@@ -528,10 +534,10 @@ class SupervisedPipeline:
         threshold = points["malignant_threshold"]
         if self.kind_head is not None and presence[1] and m.any():
             probs, points, threshold = self._fused(img, m, probs, points, classes)
-        if self.malignant_odds is not None:
+        if malignant_odds is not None:
             if not points.get("kind_odds"):
                 raise DataError("this classifier does not record the mix it was calibrated at: no site prior")
-            ratio = self.malignant_odds / points["kind_odds"]
+            ratio = malignant_odds / points["kind_odds"]
             probs, threshold = at_kind_prior(probs, threshold, ratio, classes)
         out = {c: float(v) for c, v in zip(classes, probs[0])}
         p_lesion, present = presence
@@ -539,7 +545,9 @@ class SupervisedPipeline:
             return ClassResult("normal", 1 - p_lesion, out, np.zeros_like(m), 0.0, p_lesion, False)
         p_mal = out["malignant"] / max(out["malignant"] + out["benign"], 1e-9)
         label = "malignant" if p_mal >= threshold else "benign"
-        return ClassResult(label, max(p_mal, 1 - p_mal), out, m, float(m.mean()), p_lesion, True)
+        # the shown label's own probability given a lesion (the threshold is chosen for balanced accuracy, not
+        # at 0.5, so "malignant" can come with p(malignant | lesion) below one half: say so, not 1 - p)
+        return ClassResult(label, p_mal if label == "malignant" else 1 - p_mal, out, m, float(m.mean()), p_lesion, True)
 
     def _fused(self, img, m, probs, points, classes):
         """The kind read from the image classifier and the lesion's crop together (`fuse_kind`)."""

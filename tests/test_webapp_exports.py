@@ -51,3 +51,30 @@ def test_classify_needs_a_segmented_query(ctx):
 
     with pytest.raises(UserError, match="segment a query first"):
         classify(ctx, Session())
+
+
+def test_a_site_prior_moves_p_malignant_not_the_label(ctx):
+    from webapp.session import UserError
+    from webapp.tabs.classify import classify
+
+    sess, _ = _session(5)
+    pipe = ctx.pipeline()
+    if not pipe.is_image or not (pipe.classifier.decision_points or {}).get("kind_odds"):
+        pipe.classifier.decision_points = {**(pipe.classifier.decision_points or {"presence_threshold": 0.0,
+                                                                                 "malignant_threshold": 0.5}),
+                                           "presence_threshold": 0.0, "kind_odds": 0.5}
+    here, text, _ = classify(ctx, sess)
+    there, text_there, _ = classify(ctx, sess, 2.0)          # four times the calibration's odds
+    odds = lambda p: p["malignant"] / p["benign"]
+    assert odds(there) == pytest.approx(4 * odds(here), rel=1e-3)
+    assert there["normal"] == pytest.approx(here["normal"])
+    label = lambda t: t.split("**")[1].split(" (")[0]
+    assert label(text) == label(text_there), "the label is the same"
+    p_mal = there["malignant"] / (there["malignant"] + there["benign"])
+    shown = float(text_there.split("(")[1].split(" confidence")[0])
+    assert shown == pytest.approx(p_mal if "malignant" in label(text_there) else 1 - p_mal, abs=0.006), \
+        "the confidence is the shown label's own probability given a lesion"
+    assert "your site's prior (odds 2)" in text_there
+    for bad in (0, -1, "abc", float("nan"), 1e9):
+        with pytest.raises(UserError, match="malignant:benign odds"):
+            classify(ctx, sess, bad)

@@ -12,6 +12,7 @@ from core.visual import colorize, overlay
 
 from .context import AppContext
 from .handlers import ground_truth, session_tiles
+from .inputs import bounded
 from .session import Session, UserError
 
 
@@ -43,15 +44,17 @@ def export_files(ctx: AppContext, image, mask, ov, heat) -> list[str]:
     return [str(p) for p in paths]
 
 
-def classify(ctx: AppContext, session: Session) -> tuple[dict, str, np.ndarray]:
+def classify(ctx: AppContext, session: Session, site_odds=None) -> tuple[dict, str, np.ndarray]:
     """Class probabilities, a sentence, and the query with the mask the classifier was given (what it saw):
-    the session's mask, as Segment drew it or as it was corrected on the canvas."""
+    the session's mask, as Segment drew it or as it was corrected on the canvas. `site_odds`: the user's site's
+    malignant:benign odds among its lesions (empty: the mix the classifier was calibrated at)."""
     if session.query_image is None or session.mask is None:
         raise UserError("segment a query first")
     mask = session.mask
+    odds = None if site_odds in (None, "") else bounded(site_odds, 0.01, 100.0, "Site's malignant:benign odds")
     try:
         pipe = ctx.pipeline()
-        res = pipe.classify(session.query_image, mask)
+        res = pipe.classify(session.query_image, mask, malignant_odds=odds)
     except CheckpointError as exc:
         raise UserError(f"classifier not available: {exc}") from exc
     except DataError as exc:
@@ -66,7 +69,9 @@ def classify(ctx: AppContext, session: Session) -> tuple[dict, str, np.ndarray]:
     reader = " (the kind from the whole image and the lesion's crop)" if getattr(pipe, "kind_head", None) else ""
     text = (f"**Predicted class: {res.label} ({res.confidence:.2f} confidence)**{reader}, {lesion}from the query and {src} "
             f"(shown beside: {mask.mean() * 100:.1f}% of the image"
-            + ("; an empty mask" if not mask.any() else "") + "). Research tool: not a diagnosis.")
+            + ("; an empty mask" if not mask.any() else "") + ")"
+            + (f"; p(malignant) at your site's prior (odds {odds:g})" if odds is not None else "")
+            + ". Research tool: not a diagnosis.")
     return res.probabilities, text + _cam_note(cam), _cam_or_overlay(session.query_image, mask, cam)
 
 
