@@ -78,3 +78,15 @@ def test_concurrent_publishes_of_one_name_get_distinct_names(tmp_path):
     assert len(set(names)) == 8
     values = sorted(checkpoint.load_meta(dest / n)["v"] for n in names)
     assert values == list(range(8)), "every run's checkpoint survives under its own name"
+
+
+def test_the_default_kind_head_is_the_installed_one_defaults_json_names(tmp_path):
+    import json
+
+    from core.checkpoint import default_kind_head
+
+    assert default_kind_head(tmp_path) is None, "no DEFAULTS.json: no crop head"
+    (tmp_path / "DEFAULTS.json").write_text(json.dumps({"classifier": "c", "kind_head": "crop"}))
+    assert default_kind_head(tmp_path) is None, "named but not installed: predict goes on without it"
+    (tmp_path / "crop.json").write_text("{}")
+    assert default_kind_head(tmp_path) == tmp_path / "crop"
