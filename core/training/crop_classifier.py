@@ -10,6 +10,10 @@ Training crops come from the true masks with the box jittered (its sides moved, 
 margin drawn from a range) so that the head tolerates a segmenter's box; the shared ultrasound intensity
 augmentation follows. Selection and temperature on the val parts, with the shipped segmenter's masks (what
 `predict` will give the head). Resumable (`<save_path>.resume.pt`), one CSV row per epoch, a progress bar.
+
+Measured (docs/results.md): the hope above did not hold. Trained on BUSI alone it ranks all of BUS-BRA at
+0.682 (the whole-image model 0.717); fused with the shipped classifier's kind it ranked better on the val
+lesions and worse on the test parts, so it is not shipped.
 """
 from __future__ import annotations
 
