@@ -360,6 +360,13 @@ class ClassResult:
         Image.fromarray(self.mask.astype(np.uint8) * 255).save(path)
 
 
+def _checked_odds(odds: float | None) -> float | None:
+    """A site's malignant:benign odds (None: the mix the classifier was calibrated at), refused unless positive."""
+    if odds is not None and not 0 < odds < 1e6:
+        raise DataError(f"malignant odds must be a positive number (got {odds})")
+    return odds
+
+
 class SupervisedPipeline:
     """Segmenter -> lesion classifier, both loaded once. With the LiteMedSAM lesion probe, its presence
     head decides first: below its threshold the answer is "no lesion" (class normal, an empty mask),
@@ -372,10 +379,8 @@ class SupervisedPipeline:
         (the kind's threshold moves with it, so the labels stay and only the probabilities change).
         `kind_head`: a lesion-crop head whose `fusion` was fitted with this image classifier: the kind is then
         read from both (`fuse_kind`), the crop cut around the lesion's mask."""
-        if malignant_odds is not None and not 0 < malignant_odds < 1e6:
-            raise DataError(f"malignant odds must be a positive number (got {malignant_odds})")
         self.device = torch.device(device)
-        self.malignant_odds = malignant_odds
+        self.malignant_odds = _checked_odds(malignant_odds)
         self.segmenter = load_segmenter(seg_path, device) if seg_path else None
         self.classifier = load_classifier(cls_path, device) if cls_path else None
         self.kind_head, self.fusion = self._load_kind_head(kind_head, cls_path, device) if kind_head else (None, None)
@@ -512,9 +517,7 @@ class SupervisedPipeline:
         if self.is_probe:
             return self._classify_probe(img, m, presence or self.presence(img))
         if self.is_image:
-            odds = self.malignant_odds if malignant_odds is None else malignant_odds
-            if odds is not None and not 0 < odds < 1e6:
-                raise DataError(f"malignant odds must be a positive number (got {odds})")
+            odds = self.malignant_odds if malignant_odds is None else _checked_odds(malignant_odds)
             return self._classify_image(img, m, presence or self.presence(img), odds)
         size = self.classifier.config.image_size
         x = to_tensor(resize_image(img, size))[None].to(self.device)

@@ -11,10 +11,20 @@ PARTS = ("busi_val", "busi_test", "bb_val", "bb_test", "bb_all")
 TEST_PARTS = ("busi_test", "bb_test", "bb_all")
 
 
-def register(sub) -> None:
-    p = sub.add_parser("train-crop-cls", help="train the lesion-crop benign / malignant head (BUSI, + BUS-BRA)")
+def _data_args(p, boxes: bool = True) -> None:
+    """The arguments every crop-head command shares: where the data are, smoke runs, threads, whose boxes."""
     p.add_argument("--data", default=None, help="BUSI folder (default $BUSI_DIR)")
     p.add_argument("--multidomain", default=None, help="multidomain folder with busbra_breast (default: the shared copy)")
+    p.add_argument("--limit", type=int, default=0, help="first N images of each part (smoke runs; not a test read)")
+    p.add_argument("--threads", type=int, default=0)
+    if boxes:
+        p.add_argument("--segmenter", default=str(SEGMENTER), help="whose masks give the crops scored")
+        p.add_argument("--box-cache", default=str(BOX_CACHE), help="the segmenter's boxes, cached per image")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-crop-cls", help="train the lesion-crop benign / malignant head (BUSI, + BUS-BRA)")
+    _data_args(p)
     p.add_argument("--no-busbra", action="store_true", help="BUSI only, selected on BUSI val (the 'never saw BUS-BRA' model)")
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--img-size", type=int, default=224)
@@ -24,10 +34,6 @@ def register(sub) -> None:
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--limit", type=int, default=0, help="first N lesions of each part (smoke runs)")
-    p.add_argument("--segmenter", default=str(SEGMENTER), help="whose masks give the val crops")
-    p.add_argument("--box-cache", default=str(BOX_CACHE), help="the segmenter's boxes, cached per image")
     p.add_argument("--save-path", default="runs/crop_classifier")
     p.set_defaults(func=train_crop_cls_cmd)
 
@@ -36,12 +42,7 @@ def register(sub) -> None:
     p.add_argument("--cls-model", required=True)
     p.add_argument("--parts", nargs="+", default=["busi_val", "bb_val"], choices=PARTS,
                    help="bb_all = all of BUS-BRA (only for a model that never saw it)")
-    p.add_argument("--data", default=None)
-    p.add_argument("--multidomain", default=None)
-    p.add_argument("--limit", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--segmenter", default=str(SEGMENTER))
-    p.add_argument("--box-cache", default=str(BOX_CACHE), help="the segmenter's boxes, cached per image")
+    _data_args(p)
     p.add_argument("--out", default=None, help="JSON of the scores (default: printed only)")
     p.set_defaults(func=evaluate_crop_cls_cmd)
 
@@ -50,12 +51,7 @@ def register(sub) -> None:
     p.add_argument("--cls-model", required=True, help="the image classifier (its calibrated p(malignant | lesion))")
     p.add_argument("--crop-model", required=True)
     p.add_argument("--save-path", default=None, help="write a copy of the crop head with the fusion stored in it")
-    p.add_argument("--data", default=None)
-    p.add_argument("--multidomain", default=None)
-    p.add_argument("--limit", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--segmenter", default=str(SEGMENTER))
-    p.add_argument("--box-cache", default=str(BOX_CACHE), help="the segmenter's boxes, cached per image")
+    _data_args(p)
     p.add_argument("--out", default=None)
     p.set_defaults(func=fuse_crop_cls_cmd)
 
@@ -63,10 +59,7 @@ def register(sub) -> None:
                                                   "BUSI test and BUS-BRA test (one recorded read of the test parts)")
     p.add_argument("--cls-model", required=True)
     p.add_argument("--kind-head", required=True, help="a crop head with its fusion (fuse-crop-cls --save-path)")
-    p.add_argument("--data", default=None)
-    p.add_argument("--multidomain", default=None)
-    p.add_argument("--limit", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
+    _data_args(p, boxes=False)
     p.add_argument("--out", default=None)
     p.set_defaults(func=evaluate_kind_head_cmd)
 
@@ -83,6 +76,16 @@ def _rows(args, names) -> dict[str, list[dict]]:
             raise FileNotFoundError(f"{n}: no images (is the data folder there?)")
         out[n] = parts[n][:args.limit] if args.limit else parts[n]
     return out
+
+
+def _emit(result: dict, out: str | None) -> int:
+    """Print a command's result and, with --out, write it (atomically)."""
+    print(json.dumps(result, indent=1))
+    if out:
+        from ..io import atomic_write_json
+
+        atomic_write_json(out, result)
+    return 0
 
 
 def _with_segmenter_boxes(data: dict, args) -> dict:
@@ -159,12 +162,7 @@ def evaluate_crop_cls_cmd(args) -> int:
     if read and not args.limit:
         result["test_reads"] = record_test_read(ROOT / "docs" / "image_classifier_test_reads.json",
                                                 Path(args.cls_model).name, read)
-    print(json.dumps(result, indent=1))
-    if args.out:
-        from ..io import atomic_write_json
-
-        atomic_write_json(args.out, result)
-    return 0
+    return _emit(result, args.out)
 
 
 def fuse_crop_cls_cmd(args) -> int:
@@ -185,15 +183,10 @@ def fuse_crop_cls_cmd(args) -> int:
     result = {"command": "python -m core fuse-crop-cls --cls-model {} --crop-model {}".format(args.cls_model, args.crop_model)
               + (f" --save-path {args.save_path}" if args.save_path else "") + (f" --out {args.out}" if args.out else ""),
               "fusion": fusion, "val": fusion_report(p_img, p_crop, {n: d["y"] for n, d in parts.items()}, fusion)}
-    print(json.dumps(result, indent=1))
     if args.save_path and not args.limit:
         meta = checkpoint.load_meta(args.crop_model)
         checkpoint.save(args.save_path, checkpoint.load_weights(args.crop_model), {**meta, "fusion": fusion}, half=True)
-    if args.out:
-        from ..io import atomic_write_json
-
-        atomic_write_json(args.out, result)
-    return 0
+    return _emit(result, args.out)
 
 
 def evaluate_kind_head_cmd(args) -> int:
@@ -222,9 +215,4 @@ def evaluate_kind_head_cmd(args) -> int:
     if not args.limit:
         result["test_reads"] = record_test_read(ROOT / "docs" / "image_classifier_test_reads.json",
                                                 Path(args.kind_head).name, ["busi_test", "bb_test (predict end to end)"])
-    print(json.dumps(result, indent=1))
-    if args.out:
-        from ..io import atomic_write_json
-
-        atomic_write_json(args.out, result)
-    return 0
+    return _emit(result, args.out)

@@ -27,31 +27,9 @@ def busbra_labels(root: Path) -> dict[str, str]:
     return out
 
 
-def lesion_parts(busi_dir: str | Path | None = None, md_dir: str | Path | None = None) -> dict[str, list[dict]]:
-    """part -> rows {name, label, group, sample}; a source that is not on this machine gives empty parts."""
-    out: dict[str, list[dict]] = {"busi_trainval": [], "busi_test": [], "bb_trainval": [], "bb_test": []}
-    busi_dir = busi_dir or default_data_dir()
-    if busi_dir is not None and Path(busi_dir).is_dir():
-        doc = load_split()
-        table = {s.rel_path: s for s in discover(busi_dir).samples}
-        for part, names in (("busi_trainval", doc["train"] + doc["val"]), ("busi_test", doc["test"])):
-            out[part] = [{"name": n, "label": table[n].label, "group": f"busi:{doc['groups'].get(n, n)}",
-                          "sample": table[n]} for n in names if n in table]
-    md_dir = md_dir or default_multidomain_dir()
-    if md_dir is not None and (Path(md_dir) / BUSBRA).is_dir():
-        md_dir = Path(md_dir)
-        doc = load_multidomain_split()["sets"][BUSBRA]
-        table = {s.rel_path: s for s in set_samples(md_dir, BUSBRA)}
-        labels = busbra_labels(md_dir)
-        for part, names in (("bb_trainval", doc["train"] + doc["val"]), ("bb_test", doc["test"])):
-            out[part] = [{"name": n, "label": labels[Path(n).stem], "group": f"bb:{doc['groups'][n]}",
-                          "sample": table[n]} for n in names if n in table and Path(n).stem in labels]
-    return out
-
-
-def kind_parts(busi_dir: str | Path | None = None, md_dir: str | Path | None = None) -> dict[str, list[dict]]:
-    """The lesions alone (benign / malignant), part by part of each committed split: `busi_train`,
-    `busi_val`, `busi_test`, `bb_train`, `bb_val`, `bb_test`; rows as in `lesion_parts`."""
+def _split_rows(busi_dir: str | Path | None, md_dir: str | Path | None) -> dict[str, list[dict]]:
+    """`busi_<part>` / `bb_<part>` (part = train, val, test of each committed split) -> rows {name, label, group,
+    sample}; a source that is not on this machine gives no keys."""
     out: dict[str, list[dict]] = {}
     busi_dir = busi_dir or default_data_dir()
     if busi_dir is not None and Path(busi_dir).is_dir():
@@ -59,8 +37,7 @@ def kind_parts(busi_dir: str | Path | None = None, md_dir: str | Path | None = N
         table = {s.rel_path: s for s in discover(busi_dir).samples}
         for part in ("train", "val", "test"):
             out[f"busi_{part}"] = [{"name": n, "label": table[n].label, "group": f"busi:{doc['groups'].get(n, n)}",
-                                    "sample": table[n]} for n in doc[part]
-                                   if n in table and table[n].label in ("benign", "malignant")]
+                                    "sample": table[n]} for n in doc[part] if n in table]
     md_dir = md_dir or default_multidomain_dir()
     if md_dir is not None and (Path(md_dir) / BUSBRA).is_dir():
         md_dir = Path(md_dir)
@@ -71,3 +48,17 @@ def kind_parts(busi_dir: str | Path | None = None, md_dir: str | Path | None = N
             out[f"bb_{part}"] = [{"name": n, "label": labels[Path(n).stem], "group": f"bb:{doc['groups'][n]}",
                                   "sample": table[n]} for n in doc[part] if n in table and Path(n).stem in labels]
     return out
+
+
+def lesion_parts(busi_dir: str | Path | None = None, md_dir: str | Path | None = None) -> dict[str, list[dict]]:
+    """part -> rows {name, label, group, sample}; a source that is not on this machine gives empty parts."""
+    rows = _split_rows(busi_dir, md_dir)
+    return {f"{site}_{part}": (rows.get(f"{site}_train", []) + rows.get(f"{site}_val", []) if part == "trainval"
+                               else rows.get(f"{site}_test", []))
+            for site in ("busi", "bb") for part in ("trainval", "test")}
+
+
+def kind_parts(busi_dir: str | Path | None = None, md_dir: str | Path | None = None) -> dict[str, list[dict]]:
+    """The lesions alone (benign / malignant), part by part of each committed split: `busi_train`,
+    `busi_val`, `busi_test`, `bb_train`, `bb_val`, `bb_test`; rows as in `lesion_parts`."""
+    return {k: [r for r in v if r["label"] in ("benign", "malignant")] for k, v in _split_rows(busi_dir, md_dir).items()}

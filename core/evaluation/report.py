@@ -818,6 +818,8 @@ def _crop_head_lines() -> list[str]:
     if not alone:
         return []
     v, a = alone["parts"]["busi_val"], alone["parts"]["bb_all"]
+    whole = ((_load("results_image_classifier_mt_busi_only.json") or {}).get("parts", {}).get("busbra_all", {})
+             .get("benign_malignant_auc"))
     cell = lambda x: f"{x['auc']:.3f} [{x['auc_ci95'][0]:.3f}, {x['auc_ci95'][1]:.3f}] | {x['ece']:.3f}"
     return ["", "### The lesion-crop head", "",
             "A second benign / malignant reader that sees only the lesion: a square crop around the bounding box of the "
@@ -833,8 +835,9 @@ def _crop_head_lines() -> list[str]:
             "|---|---|---|---|---|---|",
             *[f"| {name} | {x['segmenter_masks']['n']} | {cell(x['segmenter_masks'])} | {cell(x['true_masks'])} |"
               for name, x in (("BUSI val (its selection)", v), ("all of BUS-BRA (never seen)", a))], "",
-            f"On all of BUS-BRA it ranks **{a['segmenter_masks']['auc']:.3f}**, below the whole-image multi-task model on "
-            "BUSI alone (0.717): **missed** (target 0.80); a BUSI-trained reader of the lesion alone transfers no "
+            f"On all of BUS-BRA it ranks **{a['segmenter_masks']['auc']:.3f}**, against "
+            f"{_f(whole)} for the whole-image multi-task model on BUSI alone: **missed** (target 0.80); a BUSI-trained "
+            "reader of the lesion alone transfers no "
             "better than one of the whole image (the segmenter found a lesion on "
             f"{a['segmenter_found']} of {a['segmenter_masks']['n']} images; the rest are read whole). Reproduce: "
             "`python -m core train-crop-cls --no-busbra --threads 2 --save-path runs/crop_busi_only` ("
