@@ -244,3 +244,8 @@ def test_calibrate_image_cls_stores_an_out_of_fold_calibration_in_every_member(t
     (tmp_path / "ens.json").write_text(json.dumps({"data": {"split_hash": "other"}, "model": {}}))
     r = run("calibrate-image-cls", "--oof", *map(str, paths), "--cls-model", str(tmp_path / "ens"), "--write")
     assert r.returncode != 0 and "another split" in r.stderr
+    (tmp_path / "ens.json").write_text(json.dumps({"data": {"split_hash": "abc", "folds": {"k": 4, "indices": [0, 1, 2, 3]}},
+                                                   "members": [member] * 4}))
+    r = run("calibrate-image-cls", "--oof", *map(str, paths), "--cls-model", str(tmp_path / "ens"), "--write")
+    assert r.returncode != 0 and "its own cross-validation" in r.stderr, "a 4-fold ensemble takes its own 4 folds"
+    assert json.loads((tmp_path / "ens.json").read_text())["members"][0]["model"]["temperature"] == 0.8, "unchanged"

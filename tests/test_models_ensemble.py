@@ -16,14 +16,31 @@ from core.models.supervised import ClassifierConfig, ImageClassifier, MultiTaskC
 from core.training.image_classifier import load_image_classifier
 
 
-def _member(tmp_path, name: str, seed: int, multitask: bool = True, size: int = 64, split: str = "abc"):
+def _member(tmp_path, name: str, seed: int, multitask: bool = True, size: int = 64, split: str = "abc",
+            fold: tuple | None = None):
     torch.manual_seed(seed)
     cfg = ClassifierConfig(image_size=size, weights="random", temperature=0.5 + seed)
     model = (MultiTaskClassifier if multitask else ImageClassifier)(cfg).eval()
     path = tmp_path / name
+    data = {"split_hash": split, "busbra": "/x/busbra"}
+    if fold:
+        data["fold"] = {"index": fold[0], "k": fold[1]}
     checkpoint.save(path, model.state_dict(), {"kind": "classifier", "model": model.config_dict(), "epoch": seed,
-                                               "data": {"split_hash": split, "busbra": "/x/busbra"}})
+                                               "data": data})
     return path, model
+
+
+def test_a_k_fold_ensemble_records_its_folds_and_refuses_a_fold_missing_or_a_full_data_member(tmp_path):
+    folds = [_member(tmp_path, f"f{i}", i, fold=(i, 3))[0] for i in range(3)]
+    save_ensemble(folds, tmp_path / "ens")
+    data = json.loads((tmp_path / "ens.json").read_text())["data"]
+    assert data["folds"] == {"k": 3, "indices": [0, 1, 2]} and "fold" not in data and data["split_hash"] == "abc"
+    full, _ = _member(tmp_path, "full", 4)
+    for members, why in ((folds[:2], "fold 2 missing"), (folds[:2] + [full], "a full-data member"),
+                         (folds + [_member(tmp_path, "g", 5, fold=(0, 4))[0]], "folds of two K")):
+        with pytest.raises(checkpoint.CheckpointError, match="every fold"):
+            save_ensemble(members, tmp_path / "bad")
+        assert not checkpoint.paths(tmp_path / "bad")[1].exists(), why
 
 
 def test_the_ensemble_is_the_mean_of_its_members_and_survives_a_round_trip(tmp_path):

@@ -25,8 +25,24 @@ def save_ensemble(member_paths: list, save_path, half: bool = True):
         raise checkpoint.CheckpointError("an ensemble's members must be image classifiers (not ensembles)")
     ens = ImageEnsemble(models)
     keep = ("model", "epoch", "val_score", "val_macro_auc", "train", "train_seconds", "selected_by", "augment")
-    meta = {"kind": "classifier", "architecture": ARCHITECTURE, "model": ens.config_dict(), "data": metas[0]["data"],
+    meta = {"kind": "classifier", "architecture": ARCHITECTURE, "model": ens.config_dict(), "data": _ensemble_data(metas),
             "members": [{"name": Path(p).name, **{k: m[k] for k in keep if k in m}}
                         for p, m in zip(member_paths, metas)],
             "weights_dtype": "float16" if half else "float32"}
     return checkpoint.save(save_path, ens.state_dict(), meta, half=half)
+
+
+def _ensemble_data(metas: list[dict]) -> dict:
+    """The members' data record. Members of one cross-validation (`train-image-cls --fold I K`) make a k-fold
+    ensemble: every fold 0..K-1 once, recorded as {"folds": {"k", "indices"}} (no member saw its own fold; every
+    training image was seen by K-1 members). Fold and full-data members are not mixed, nor folds of two K."""
+    folds = [(m.get("data") or {}).get("fold") for m in metas]
+    data = {k: v for k, v in (metas[0].get("data") or {}).items() if k != "fold"}
+    if not any(folds):
+        return data
+    ks = {f.get("k") if f else None for f in folds}
+    index = sorted(f["index"] for f in folds if f)
+    if len(ks) != 1 or None in ks or index != list(range(next(iter(ks)))):
+        raise checkpoint.CheckpointError("a k-fold ensemble needs every fold 0..K-1 of one K once, and no member "
+                                         f"trained on all the training parts (got folds {index} of {sorted(map(str, ks))})")
+    return {**data, "folds": {"k": next(iter(ks)), "indices": index}}
