@@ -967,7 +967,7 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
             f"2 CPU threads: {ens.get('seconds_per_image_2_threads', float('nan')) * 1000:.0f} ms (the classifier "
             "alone). Test parts read "
             f"{ens.get('test_reads', '?')} time(s) in all by then (`docs/image_classifier_test_reads.json`).",
-            *_site_mix_lines(shown), *_oof_calibration_lines(ens, oof),
+            *_site_mix_lines(shown), *_oof_calibration_lines(ens, oof), *_fold_ensemble_lines(ens),
             *_end_to_end_lines(_load("results_image_classifier_mt_ens_pipeline.json")), *_crop_head_lines(),
             "", "### One multi-task model (the default before the ensemble)" if default else ""]
 
@@ -1019,6 +1019,53 @@ def _oof_calibration_lines(ens, oof) -> list[str]:
             "runs/classifier_image_mt_ens_oof --write --out docs/results_image_classifier_oof_calibration.json` (on a "
             "copy of `checkpoints/classifier_image_mt_ens`) and `python -m core evaluate-image-cls --cls-model "
             "runs/classifier_image_mt_ens_oof --stored-points --out docs/results_image_classifier_mt_ens_oof.json`."]
+
+
+KFOLD_NAME = "classifier_image_mt_kfold"
+
+
+def _fold_ensemble_lines(ens) -> list[str]:
+    """Issue 28: the fold models of one cross-validation shipped as an ensemble, calibrated on their own
+    out-of-fold logits, against the default's recorded read, and the rule written before its read."""
+    from ..checkpoint import read_defaults
+    from .image_classifier import FOLD_ENSEMBLE_RULE, oof_calibration_ships
+
+    cal, kf = _load("results_image_classifier_kfold_calibration.json"), _load("results_image_classifier_mt_kfold.json")
+    if not cal or not kf or "busi_test" not in kf.get("parts", {}):
+        return []
+    ships, failed = oof_calibration_ships(kf, ens)
+    k, p = cal["k"], cal["decision_points"]
+    default = read_defaults().get("classifier") == KFOLD_NAME
+    rows = [*_ANSWER_CELLS, ("BUS-BRA test balanced accuracy (kind)", "busbra_test", "benign_malignant_balanced_accuracy"),
+            *_ECE_CELLS, ("BUSI val 3-class accuracy (clean check)", "busi_val", "accuracy"),
+            ("BUSI val ECE (top label)", "busi_val", "ece_top_label"),
+            ("BUS-BRA val AUC", "busbra_val", "benign_malignant_auc"),
+            ("BUS-BRA val ECE (p(malignant given lesion))", "busbra_val", "benign_malignant_ece")]
+    ms = lambda d: f"{d.get('seconds_per_image_2_threads', float('nan')) * 1000:.0f} ms"
+    verdict = (f"It **ships as the default classifier** (`checkpoints/{KFOLD_NAME}`)." if default else
+               "It passes the rule." if ships else f"It **does not ship** (failed: {', '.join(failed)}).")
+    folds = " ".join(f"runs/cls_mt_k{k}_f{i}" for i in range(k))
+    return ["", "### The k-fold ensemble, calibrated out of fold", "",
+            f"The {k} fold models of one cross-validation of the multi-task recipe (seed 0, 8 epochs, each trained "
+            f"without one of {k} folds of the training parts, whole patient / near-duplicate groups) averaged as one "
+            f"ensemble; its temperature ({cal['temperature']:.3f}), the kind's Platt scaling, the presence threshold "
+            f"(p(lesion) >= {p['presence_threshold']:.3f}, missing at most {p['max_missed_lesions']:.0%} of the "
+            f"{p['n_val_lesions']} out-of-fold lesions) and the kind's threshold ({p['malignant_threshold']:.3f}) "
+            "fitted on the members' own out-of-fold logits: unlike the calibration above, the models calibrated are "
+            "the models that made the logits. Nothing is fitted on the val parts but each member's epoch, so they are a "
+            f"clean check. The rule, written before its one read of the test parts: {FOLD_ENSEMBLE_RULE}. {verdict}", "",
+            "| | shipped ensemble (val-fitted) | k-fold ensemble (out of fold) |", "|---|---|---|",
+            *[f"| {name} | {_f(ens['parts'][part].get(key))} | {_f(kf['parts'][part].get(key))} |"
+              for name, part, key in rows], "",
+            f"Each column from its own recorded read (test parts read {kf.get('test_reads', '?')} time(s) in all by then); "
+            f"BUSI test confusion matrix of the k-fold ensemble (rows true benign / malignant / normal): "
+            f"{kf['parts']['busi_test']['confusion_matrix']}. The classifier alone per image on 2 CPU threads: "
+            f"{ms(kf)} ({k} members) against {ms(ens)}. Reproduce: `scripts/folds_chain.sh {k}` (the {k} fold runs, "
+            f"resumable; about 35 min each on 2 CPU cores), then `python -m core ensemble-image-cls --members {folds} "
+            f"--save-path runs/{KFOLD_NAME}`, `python -m core calibrate-image-cls --oof "
+            + " ".join(f"runs/cls_mt_k{k}_f{i}.oof.json" for i in range(k)) + f" --cls-model runs/{KFOLD_NAME} --write "
+            "--out docs/results_image_classifier_kfold_calibration.json` and `python -m core evaluate-image-cls "
+            f"--cls-model runs/{KFOLD_NAME} --stored-points --out docs/results_image_classifier_mt_kfold.json`."]
 
 
 def _fold_lines() -> list[str]:
