@@ -146,3 +146,30 @@ def test_grad_cam_reuses_the_prediction_s_feature_maps(tmp_path):
     other = img[::-1].copy()
     assert np.allclose(pipe.explain(other, "benign"), SupervisedPipeline(None, tmp_path / "ens").explain(other, "benign"),
                        atol=1e-5), "another image's Grad-CAM never reads the kept maps"
+
+
+def _read(acc=0.87, normal=0.037, missed=0.031, bal=0.76, busi_auc=0.96, bb_auc=0.87):
+    busi = {"n": 155, "n_normal": 27, "n_lesion": 128, "accuracy": acc, "macro_auc": busi_auc, "normal_called_lesion": normal,
+            "lesions_called_normal": missed, "ece_top_label": 0.05, "benign_malignant_ece": 0.06,
+            "confusion_matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}
+    bb = {"benign_malignant_auc": bb_auc, "benign_malignant_balanced_accuracy": bal, "benign_malignant_ece": 0.08}
+    return {"parts": {"busi_test": busi, "busbra_test": bb, "busi_val": {"accuracy": 0.9}, "busbra_val": {}},
+            "test_reads": 14, "seconds_per_image_2_threads": 0.2}
+
+
+def test_the_k_fold_section_states_the_rule_written_before_and_its_verdict(tmp_path, monkeypatch):
+    """docs/results.md's k-fold section: the verdict follows FOLD_ENSEMBLE_RULE against the default's own read."""
+    from core.evaluation import report
+    from core.evaluation.image_classifier import FOLD_ENSEMBLE_RULE
+
+    monkeypatch.setattr(report, "DOCS", tmp_path)
+    assert report._fold_ensemble_lines(_read()) == [], "nothing is said before the read exists"
+    cal = {"k": 4, "temperature": 1.1, "decision_points": {"presence_threshold": 0.8, "max_missed_lesions": 0.02,
+                                                         "n_val_lesions": 1000, "malignant_threshold": 0.4}}
+    (tmp_path / "results_image_classifier_kfold_calibration.json").write_text(json.dumps(cal))
+    for kfold, verdict in ((_read(acc=0.871 - 2 / 155), "does not ship** (failed: BUSI accuracy)"),
+                           (_read(acc=0.871 - 1 / 155, normal=0.037 + 1 / 27, bb_auc=0.864), "failed: BUS-BRA AUC"),
+                           (_read(acc=0.871 - 1 / 155, normal=0.037 + 1 / 27), "passes the rule")):
+        (tmp_path / "results_image_classifier_mt_kfold.json").write_text(json.dumps(kfold))
+        text = "\n".join(report._fold_ensemble_lines(_read(acc=0.871)))
+        assert verdict in text and FOLD_ENSEMBLE_RULE in text and "cls_mt_k4_f3.oof.json" in text

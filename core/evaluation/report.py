@@ -781,14 +781,15 @@ def ensemble_ships(ens: dict, single: dict) -> bool:
             and e["busbra_test"]["benign_malignant_auc"] >= s["busbra_test"]["benign_malignant_auc"])
 
 
-def _end_to_end_lines(pipe) -> list[str]:
-    """`predict` end to end with the ensemble (presence, the shipped segmenter, the kind) and its presence decision
+def _end_to_end_lines(pipe, name: str = ENSEMBLE_NAME, out: str = "results_image_classifier_mt_ens_pipeline.json",
+                      history: bool = True) -> list[str]:
+    """`predict` end to end with an ensemble (presence, the shipped segmenter, the kind) and its presence decision
     in `annotate --no-lesion`."""
     if not pipe:
         return []
     end, few = pipe["predict"], pipe.get("fewshot_annotate")
-    line = (f"`predict` end to end (`python scripts/evaluate_lesion_probe.py --classifier checkpoints/{ENSEMBLE_NAME} "
-            "--out docs/results_image_classifier_mt_ens_pipeline.json`; presence, the shipped "
+    line = (f"`predict` end to end (`python scripts/evaluate_lesion_probe.py --classifier checkpoints/{name} "
+            f"--out docs/{out}`; presence, the shipped "
             f"segmenter's mask, the kind): accuracy {end['accuracy']:.3f}, macro AUC {end['macro_auc']:.3f}, normal "
             f"images called lesion {end['normal_called_lesion']:.3f}, confusion matrix {end['confusion_matrix']}; "
             f"**{end['seconds_per_image'] * 1000:.0f} ms per image** on 2 CPU threads.")
@@ -797,7 +798,7 @@ def _end_to_end_lines(pipe) -> list[str]:
         line += (f" Its presence decision in `annotate --no-lesion` (= Segment with \"no lesion\" ticked; 5 training "
                  f"supports, every BUSI test image): normal scans given a mask {wo['normal_given_a_mask']:.2f} -> "
                  f"{w['normal_given_a_mask']:.2f}, lesion Dice {wo['lesion_dice']:.3f} -> {w['lesion_dice']:.3f}.")
-    before = _load("results_image_classifier_mt_ens_pipeline_bilinear.json")
+    before = _load("results_image_classifier_mt_ens_pipeline_bilinear.json") if history else None
     if before:
         b = before["predict"]
         line += (" `predict` and the app now give the classifier the image resized as its training images were (area "
@@ -937,12 +938,17 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
                       f"score {m.get('val_score', float('nan')):.3f})" for m in members)
     oof = _load("results_image_classifier_mt_ens_oof.json")
     oof_ships = bool(oof) and oof_calibration_ships(oof, ens)[0]
-    shown = oof if oof_ships else ens       # the target table: the calibration the checkpoint carries
+    kfold = read_defaults().get("classifier") == KFOLD_NAME and _load("results_image_classifier_mt_kfold.json")
+    shown = kfold or (oof if oof_ships else ens)       # the target table: the default's calibration, its read
     t, b = shown["parts"]["busi_test"], shown["parts"]["busbra_test"]
-    verdict = ("**ships as the default classifier**" if default else "ships" if ships else
-               "**does not ship** (the rule says the single model stays)")
+    verdict = ("**ships as the default classifier**" if default else
+               "it shipped, and was the default until the k-fold ensemble below replaced it" if kfold else
+               "ships" if ships else "**does not ship** (the rule says the single model stays)")
     return ["", "## Image-level lesion classifier (issue 28)", "",
-            f"The default is now `checkpoints/{ENSEMBLE_NAME}`: {len(members) or '?'} runs of the multi-task recipe "
+            *([f"The default is now `checkpoints/{KFOLD_NAME}`, the fold models of one cross-validation calibrated on "
+               "their own out-of-fold logits (\"The k-fold ensemble, calibrated out of fold\", below); the target table "
+               "is from its one read of the test parts. Before it:", ""] if kfold else []),
+            f"The default {'was' if kfold else 'is now'} `checkpoints/{ENSEMBLE_NAME}`: {len(members) or '?'} runs of the multi-task recipe "
             f"below with different seeds, their calibrated probabilities averaged (flip TTA in each), shipped as one "
             f"checkpoint (every member's encoder and class head, float16; `\"architecture\": \"image_ensemble\"`; "
             f"loads without unpickling): {seeds}. Chosen on the val parts only (val score {_val_score(ens):.3f} against "
@@ -969,7 +975,7 @@ def _ensemble_lines(ens, single, busi_only) -> list[str]:
             f"{ens.get('test_reads', '?')} time(s) in all by then (`docs/image_classifier_test_reads.json`).",
             *_site_mix_lines(shown), *_oof_calibration_lines(ens, oof), *_fold_ensemble_lines(ens),
             *_end_to_end_lines(_load("results_image_classifier_mt_ens_pipeline.json")), *_crop_head_lines(),
-            "", "### One multi-task model (the default before the ensemble)" if default else ""]
+            "", "### One multi-task model (the default before the ensemble)" if default or kfold else ""]
 
 
 def _oof_calibration_lines(ens, oof) -> list[str]:
@@ -1065,7 +1071,9 @@ def _fold_ensemble_lines(ens) -> list[str]:
             f"--save-path runs/{KFOLD_NAME}`, `python -m core calibrate-image-cls --oof "
             + " ".join(f"runs/cls_mt_k{k}_f{i}.oof.json" for i in range(k)) + f" --cls-model runs/{KFOLD_NAME} --write "
             "--out docs/results_image_classifier_kfold_calibration.json` and `python -m core evaluate-image-cls "
-            f"--cls-model runs/{KFOLD_NAME} --stored-points --out docs/results_image_classifier_mt_kfold.json`."]
+            f"--cls-model runs/{KFOLD_NAME} --stored-points --out docs/results_image_classifier_mt_kfold.json`.",
+            *_end_to_end_lines(_load("results_image_classifier_mt_kfold_pipeline.json"), KFOLD_NAME,
+                               "results_image_classifier_mt_kfold_pipeline.json", history=False)]
 
 
 def _fold_lines() -> list[str]:
