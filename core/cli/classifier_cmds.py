@@ -143,7 +143,7 @@ def calibrate_image_cls_cmd(args) -> int:
         if oof["split_hashes"] != {(meta.get("data") or {}).get("split_hash")}:
             raise ValueError("the folds were cut from another split than the checkpoint's training parts")
         folds = (meta.get("data") or {}).get("folds")
-        if folds and folds.get("k") != oof["k"]:
+        if isinstance(folds, dict) and folds.get("k") != oof["k"]:
             raise ValueError(f"a k-fold ensemble of {folds.get('k')} folds takes the out-of-fold logits of its own "
                              f"cross-validation (got {oof['k']} folds)")
         for model in [m["model"] for m in meta.get("members", [])] or [meta["model"]]:
