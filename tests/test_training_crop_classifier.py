@@ -67,10 +67,12 @@ def _lesions(n: int, seed: int) -> dict:
 
 
 def test_a_tiny_run_learns_the_lesions_kind_and_loads_without_unpickling(tmp_path):
+    """From a random encoder the 24-image run sat at the edge (val AUC 0.69 on 2 threads, 0.86 on 1, after a fresh
+    install here); from the offline ImageNet encoder that ships it learns the cue (AUC 1.0 on 2 threads)."""
     torch.manual_seed(0)
     train, val = _lesions(24, 0), _lesions(12, 1)
     cfg = SupervisedTrainConfig(epochs=8, batch_size=8, lr=1e-3, save_path=str(tmp_path / "crop"), device="cpu")
-    mcfg = ClassifierConfig(image_size=64, weights="random", classes=("benign", "malignant"))
+    mcfg = ClassifierConfig(image_size=64, classes=("benign", "malignant"))   # the offline ImageNet encoder, as shipped
     summary = train_crop_classifier(mcfg, cfg, train, val, {"sites": ["busi"]}, progress=False)
     assert summary["status"] == "finished"
     model = load_classifier(tmp_path / "crop")
