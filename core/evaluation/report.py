@@ -1041,6 +1041,7 @@ def _fold_ensemble_lines(ens) -> list[str]:
         return []
     ships, failed = oof_calibration_ships(kf, ens)
     k, p = cal["k"], cal["decision_points"]
+    busi_oof = (cal.get("out_of_fold") or {}).get("busi", {}).get("after", {})
     default = read_defaults().get("classifier") == KFOLD_NAME
     rows = [*_ANSWER_CELLS, ("BUS-BRA test balanced accuracy (kind)", "busbra_test", "benign_malignant_balanced_accuracy"),
             *_ECE_CELLS, ("BUSI val 3-class accuracy (clean check)", "busi_val", "accuracy"),
@@ -1066,7 +1067,11 @@ def _fold_ensemble_lines(ens) -> list[str]:
             f"Each column from its own recorded read (test parts read {kf.get('test_reads', '?')} time(s) in all by then); "
             f"BUSI test confusion matrix of the k-fold ensemble (rows true benign / malignant / normal): "
             f"{kf['parts']['busi_test']['confusion_matrix']}. The classifier alone per image on 2 CPU threads: "
-            f"{ms(kf)} ({k} members) against {ms(ens)}. Reproduce: `scripts/folds_chain.sh {k}` (the {k} fold runs, "
+            f"{ms(kf)} ({k} members) against {ms(ens)}. Out of fold, the training parts were hard for the fold models "
+            f"(BUSI macro AUC {_f(busi_oof.get('macro_auc'))}, normal images called lesion "
+            f"{_f(busi_oof.get('normal_called_lesion'))} at the fitted threshold), so the threshold fitted there lets "
+            "many more normal scans through on test than the val-fitted one. Reproduce: "
+            f"`scripts/folds_chain.sh {k}` (the {k} fold runs, "
             f"resumable; about 35 min each on 2 CPU cores), then `python -m core ensemble-image-cls --members {folds} "
             f"--save-path runs/{KFOLD_NAME}`, `python -m core calibrate-image-cls --oof "
             + " ".join(f"runs/cls_mt_k{k}_f{i}.oof.json" for i in range(k)) + f" --cls-model runs/{KFOLD_NAME} --write "
