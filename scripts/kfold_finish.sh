@@ -6,14 +6,14 @@
 set -eu
 K=${1:-5}
 cd "$(dirname "$0")/.."
-oof() { for ((f = 0; f < K; f++)); do echo "runs/cls_mt_k${K}_f$f.oof.json"; done; }
+runs() { for ((f = 0; f < K; f++)); do echo "runs/cls_mt_k${K}_f$f"; done; }
+oof() { for r in $(runs); do echo "$r.oof.json"; done; }
 until ls $(oof) >/dev/null 2>&1; do
   pgrep -f "folds_chain.sh" >/dev/null || { echo "the fold chain stopped before its $K folds were done"; exit 1; }
   sleep 30
 done
 echo "== $(date) the $K folds are done"
-python -m core ensemble-image-cls --members $(for ((f = 0; f < K; f++)); do echo "runs/cls_mt_k${K}_f$f"; done) \
-  --save-path runs/classifier_image_mt_kfold
+python -m core ensemble-image-cls --members $(runs) --save-path runs/classifier_image_mt_kfold
 python -m core calibrate-image-cls --oof $(oof) --cls-model runs/classifier_image_mt_kfold --write \
   --out docs/results_image_classifier_kfold_calibration.json
 python -m core evaluate-image-cls --cls-model runs/classifier_image_mt_kfold --stored-points \

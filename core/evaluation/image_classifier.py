@@ -184,14 +184,14 @@ def read_out_of_fold(paths: list) -> dict:
     "sets" (n,), "names" [...], "folds" [...], "k", "split_hashes" {the split each fold was cut from}}. Refuses a
     fold given twice, folds of different K, a fold missing, or an image in two folds (each image must be scored by a model that never saw it, once)."""
     from .. import checkpoint
+    from ..training.oof import fold_cover
 
     docs = [json.loads(Path(p).read_text()) for p in paths]
     data = [checkpoint.load_meta(d["checkpoint"]).get("data") or {} for d in docs]
-    folds = [d.get("fold") or {} for d in data]
-    ks = {f.get("k") for f in folds}
-    index = sorted(f.get("index", -1) for f in folds)
-    if len(ks) != 1 or None in ks or index != list(range(next(iter(ks)))):
-        raise ValueError(f"out-of-fold files must be every fold 0..K-1 of one K, once each (got folds {index} of {ks})")
+    k, index = fold_cover([d.get("fold") for d in data])
+    if k is None:
+        raise ValueError(f"out-of-fold files must be every fold 0..K-1 of one K, once each (got folds {index} of "
+                         f"{sorted({str((d.get('fold') or {}).get('k')) for d in data})})")
     if any(d.get("classes") != list(CLASSES) for d in docs):
         raise ValueError(f"out-of-fold files must score the classes {list(CLASSES)}")
     logits, labels, sets, names = [], [], [], []
@@ -204,7 +204,7 @@ def read_out_of_fold(paths: list) -> dict:
     if len(set(names)) != len(names):
         raise ValueError("an image is in two folds: these files are not one cross-validation")
     return {"logits": np.asarray(logits, float), "labels": np.asarray(labels, int), "sets": np.asarray(sets),
-            "names": names, "folds": [str(p) for p in paths], "k": int(next(iter(ks))),
+            "names": names, "folds": [str(p) for p in paths], "k": int(k),
             "split_hashes": {d.get("split_hash") for d in data}}
 
 

@@ -768,6 +768,7 @@ _ANSWER_CELLS = [("BUSI test 3-class accuracy", "busi_test", "accuracy"), ("BUSI
                  ("BUSI test normal images called lesion", "busi_test", "normal_called_lesion"),
                  ("BUSI test lesions called normal", "busi_test", "lesions_called_normal"),
                  ("BUS-BRA test benign vs malignant AUC", "busbra_test", "benign_malignant_auc")]
+_BALANCED_CELL = ("BUS-BRA test balanced accuracy (kind)", "busbra_test", "benign_malignant_balanced_accuracy")
 _ECE_CELLS = [("BUSI test ECE (top label)", "busi_test", "ece_top_label"),
               ("BUSI test ECE (p(malignant given lesion))", "busi_test", "benign_malignant_ece"),
               ("BUS-BRA test ECE (p(malignant given lesion))", "busbra_test", "benign_malignant_ece")]
@@ -988,7 +989,7 @@ def _oof_calibration_lines(ens, oof) -> list[str]:
         return []
     ships, failed = oof_calibration_ships(oof, ens)
     p, n = cal["decision_points"], cal["n"]
-    rows = [*_ANSWER_CELLS, ("BUS-BRA test balanced accuracy (kind)", "busbra_test", "benign_malignant_balanced_accuracy"),
+    rows = [*_ANSWER_CELLS, _BALANCED_CELL,
             *_ECE_CELLS, ("BUSI val ECE (top label)", "busi_val", "ece_top_label"),
             ("BUS-BRA val ECE (p(malignant given lesion))", "busbra_val", "benign_malignant_ece")]
     folds = ", ".join(f"{k} {v}" for k, v in n.items())
@@ -1043,7 +1044,7 @@ def _fold_ensemble_lines(ens) -> list[str]:
     k, p = cal["k"], cal["decision_points"]
     busi_oof = (cal.get("out_of_fold") or {}).get("busi", {}).get("after", {})
     default = read_defaults().get("classifier") == KFOLD_NAME
-    rows = [*_ANSWER_CELLS, ("BUS-BRA test balanced accuracy (kind)", "busbra_test", "benign_malignant_balanced_accuracy"),
+    rows = [*_ANSWER_CELLS, _BALANCED_CELL,
             *_ECE_CELLS, ("BUSI val 3-class accuracy (clean check)", "busi_val", "accuracy"),
             ("BUSI val ECE (top label)", "busi_val", "ece_top_label"),
             ("BUS-BRA val AUC", "busbra_val", "benign_malignant_auc"),

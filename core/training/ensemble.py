@@ -7,6 +7,7 @@ from .. import checkpoint
 from ..models.ensemble import ARCHITECTURE, ImageEnsemble
 from ..models.loading import load_classifier
 from ..models.supervised import ImageClassifier
+from .oof import fold_cover
 
 
 def save_ensemble(member_paths: list, save_path, half: bool = True):
@@ -40,9 +41,8 @@ def _ensemble_data(metas: list[dict]) -> dict:
     data = {k: v for k, v in (metas[0].get("data") or {}).items() if k != "fold"}
     if not any(folds):
         return data
-    ks = {f.get("k") if f else None for f in folds}
-    index = sorted(f["index"] for f in folds if f)
-    if len(ks) != 1 or None in ks or index != list(range(next(iter(ks)))):
+    k, index = fold_cover(folds)
+    if k is None:
         raise checkpoint.CheckpointError("a k-fold ensemble needs every fold 0..K-1 of one K once, and no member "
-                                         f"trained on all the training parts (got folds {index} of {sorted(map(str, ks))})")
-    return {**data, "folds": {"k": next(iter(ks)), "indices": index}}
+                                         f"trained on all the training parts (got fold indices {index}, -1: all)")
+    return {**data, "folds": {"k": k, "indices": index}}

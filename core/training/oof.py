@@ -21,6 +21,16 @@ import numpy as np
 from ..data.dataset import ImageSet
 
 
+def fold_cover(folds: list) -> tuple[int | None, list[int]]:
+    """(K, the fold indices sorted) of the fold records {"index", "k"} of `train-image-cls --fold I K` runs (None
+    or {} for a run on all the training parts); K is None unless they are every fold 0..K-1 of one K, once each."""
+    folds = [f or {} for f in folds]
+    ks = {f.get("k") for f in folds}
+    index = sorted(f.get("index", -1) for f in folds)
+    k = next(iter(ks)) if len(ks) == 1 else None
+    return (k if k is not None and index == list(range(k)) else None), index
+
+
 def group_folds(groups: list[int], labels: list[str | None], k: int, seed: int = 0) -> np.ndarray:
     """Fold index per sample: whole groups, each class spread evenly over the folds (greedy by size)."""
     if k < 2:
